@@ -1,0 +1,255 @@
+"""The `edgeprune` command. It parses options, calls the library, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from . import __version__, jobs, measure, models
+from .errors import EdgePruneError
+from .train import TrainConfig
+
+app = typer.Typer(
+    help="Prune deep neural networks for edge devices, and measure what each variant costs and keeps.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err = Console(stderr=True)
+_state = {"debug": False, "quiet": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgeprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state.update(debug=debug, quiet=quiet)
+
+
+def _handled(fn):
+    """Print an EdgePruneError as one line and exit 2 (the traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgePruneError as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: finished epochs are checkpointed; continue with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# Options shared by every command that builds a model and its data.
+Model = Annotated[str, typer.Option("--model", "-m", help="Model name (see `edgeprune models`).")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, "
+                                      "imagefolder or synthetic.")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")]
+Subset = Annotated[int | None, typer.Option(help="Train on the first N samples of a fixed shuffle.")]
+TestSubset = Annotated[int | None, typer.Option(help="Evaluate on the first N test samples.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Training batch size.")]
+Download = Annotated[bool, typer.Option(help="Download the data set if it is not found.")]
+Epochs = Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")]
+Name = Annotated[str | None, typer.Option("--name", "-n", help="Run name (default: <model>-<dataset>).")]
+RunsDir = Annotated[Path, typer.Option(help="Folder holding run folders.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing run of the same name.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+Ints = Annotated[list[int] | None, typer.Option()]
+
+
+def _run_config(command: str, model: str, dataset: str, data_root, subset, test_subset, batch_size, download,
+                seed: int, train: TrainConfig, measure_batch, measure_threads, measure_runs, device,
+                num_classes=None, in_channels=None, method: dict | None = None) -> jobs.RunConfig:
+    data = {"name": dataset, "root": str(data_root) if data_root else None, "batch_size": batch_size,
+            "subset": subset, "test_subset": test_subset, "download": download, "seed": seed}
+    return jobs.RunConfig(
+        command=command, model=model, data=data, train=train,
+        measure=jobs.MeasureOptions(batch_sizes=tuple(measure_batch or (1,)),
+                                    threads=tuple(measure_threads or (1,)), runs=measure_runs),
+        num_classes=num_classes, in_channels=in_channels, method=method or {}, device=device,
+    )
+
+
+def _print_report(report: dict, run_dir: Path) -> None:
+    from .report import profile_table
+
+    prof = measure.Profile.from_dict(report["profile"])
+    console.print(profile_table({report["run"]: prof}, title=f"{prof.model} on {report['data']}"))
+    console.print(f"run saved in [bold]{run_dir}[/]")
+
+
+@app.command("models")
+@_handled
+def models_cmd(
+    filter: Annotated[str | None, typer.Argument(help="Show only names containing this text.")] = None,
+) -> None:
+    """List the models `--model` accepts.
+
+    Example: [bold]edgeprune models resnet[/]
+    """
+    names = [n for n in models.list_models() if filter is None or filter in n]
+    console.print("\n".join(names), highlight=False)
+    console.print(
+        "\nAlso: any `package.module:function` returning an nn.Module (called with num_classes, in_channels).",
+        style="dim",
+    )
+
+
+@app.command()
+@_handled
+def train(
+    model: Model = "resnet20",
+    dataset: Dataset = "fashion-mnist",
+    data_root: DataRoot = None,
+    subset: Subset = None,
+    test_subset: TestSubset = None,
+    batch_size: BatchSize = 128,
+    download: Download = False,
+    epochs: Epochs = 1,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (SGD).")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step (×0.1 at 50 % and 75 %) or constant.")] = "cosine",
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.0,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Cap the batches per epoch.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    num_classes: Annotated[int | None, typer.Option(help="Check the data set has this many classes.")] = None,
+    in_channels: Annotated[int | None, typer.Option(help="Check the data has this many channels.")] = None,
+    device: Device = "cpu",
+    name: Name = None,
+    runs_dir: RunsDir = Path("runs"),
+    overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    measure_batch: Ints = None,
+    measure_threads: Ints = None,
+    measure_runs: Annotated[int, typer.Option(help="Timed runs per latency figure.")] = 30,
+) -> None:
+    """Train a dense model, then save, export and measure it into runs/NAME/.
+
+    Example: [bold]edgeprune train -m resnet20 -d fashion-mnist --subset 5000 -e 1 --name demo[/]
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = _run_config(
+        "train", model, dataset, data_root, subset, test_subset, batch_size, download, seed,
+        TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                    label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch),
+        measure_batch, measure_threads, measure_runs, device, num_classes, in_channels,
+    )
+    run_dir = runs_dir / (name or f"{model.replace(':', '_')}-{dataset}")
+    report = jobs.train(cfg, run_dir, overwrite=overwrite, resume=resume, progress=not _state["quiet"])
+    _print_report(report, run_dir)
+
+
+@app.command("eval")
+@_handled
+def eval_cmd(
+    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Override the run's data set.")] = None,
+    data_root: DataRoot = None,
+    test_subset: TestSubset = None,
+    device: Device = "cpu",
+) -> None:
+    """Top-1 accuracy of a saved model on its data set's test split.
+
+    Example: [bold]edgeprune eval runs/demo[/]
+    """
+    override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
+                                  "test_subset": test_subset}.items() if v is not None}
+    result = jobs.evaluate_saved(path, override, device=device, progress=not _state["quiet"])
+    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples): "
+                  f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
+
+
+@app.command("measure")
+@_handled
+def measure_cmd(
+    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
+    batch_size: Annotated[list[int] | None, typer.Option("--batch-size", "-b", help="Batch size(s).")] = None,
+    threads: Annotated[list[int] | None, typer.Option("--threads", "-t", help="Thread count(s).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per figure.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
+    runtime: Annotated[list[str] | None, typer.Option(help="onnxruntime and/or torch.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the profile as JSON here.")] = None,
+) -> None:
+    """Measure parameters, MACs, size, latency (ONNX Runtime and PyTorch, CPU) and memory of a saved model.
+
+    Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
+    """
+    from .report import profile_table
+    from .runs import write_json
+
+    model, extra = jobs.load(path)
+    shape = tuple(extra.get("input_shape") or ())
+    if not shape:
+        raise EdgePruneError(f"{path} records no input shape; save it with edgeprune (train/prune) first")
+    prof = measure.profile(model, shape, batch_sizes=batch_size or [1], threads=threads or [1], runs=runs,
+                           warmup=warmup, runtimes=runtime or measure.RUNTIMES)
+    console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {shape}"))
+    if json_out:
+        write_json(json_out, prof.to_dict())
+
+
+@app.command("export")
+@_handled
+def export_cmd(
+    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
+    onnx: Annotated[Path, typer.Option(help="Where to write the ONNX file.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    exporter: Annotated[str, typer.Option(help="torchscript (fast) or dynamo.")] = "torchscript",
+) -> None:
+    """Export a saved model to ONNX, checked against ONNX Runtime on a random input.
+
+    Example: [bold]edgeprune export runs/demo --onnx demo.onnx[/]
+    """
+    from .export import to_onnx
+
+    model, extra = jobs.load(path)
+    to_onnx(model, onnx, tuple(extra["input_shape"]), opset=opset, exporter=exporter)
+    console.print(f"wrote {onnx} (checked against ONNX Runtime)")
+
+
+@app.command()
+@_handled
+def rerun(
+    run: Annotated[Path, typer.Argument(help="A run folder (or its config.json) to repeat.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new run.")],
+    runs_dir: RunsDir = Path("runs"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Repeat a run from its saved config.json into a new run folder.
+
+    Example: [bold]edgeprune rerun runs/demo --name demo-again[/]
+    """
+    run_dir = runs_dir / name
+    report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=not _state["quiet"])
+    _print_report(report, run_dir)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

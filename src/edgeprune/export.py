@@ -1,0 +1,198 @@
+"""Deployable artifacts: ONNX (checked against ONNX Runtime) and state_dict + architecture spec.
+
+`save_model` writes no pickled code: the architecture is a registry name with its arguments
+(`ModelSpec`) plus the widths of every layer, so a model whose layers were physically narrowed
+after creation is rebuilt by creating the original and resizing its layers before loading weights.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import masks as masks_mod
+from .errors import CheckpointError, ExportError
+from .runs import atomic_write, torch_load, torch_save
+
+FORMAT = "edgeprune.model/1"
+
+# Constructor attributes that physical pruning changes; everything else is fixed by the spec.
+_WIDTH_ATTRS: dict[type, tuple[str, ...]] = {
+    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.modules.batchnorm._NormBase: ("num_features",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+    nn.LayerNorm: ("normalized_shape",),
+    nn.PReLU: ("num_parameters",),
+}
+
+
+def _width_attrs(module: nn.Module) -> dict:
+    for kind, attrs in _WIDTH_ATTRS.items():
+        if isinstance(module, kind):
+            return {a: getattr(module, a) for a in attrs}
+    return {}
+
+
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Save weights (masks baked in) + the spec that rebuilds the architecture, atomically."""
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is None:
+        raise ExportError(
+            "this model has no edgeprune_spec; create it with edgeprune.models.create(...) "
+            "(or a registered factory) so it can be rebuilt without pickled code"
+        )
+    baked = masks_mod.baked_copy(model)
+    widths = {name: w for name, m in baked.named_modules() if (w := _width_attrs(m))}
+    payload = {
+        "format": FORMAT,
+        "spec": spec.to_dict(),
+        "widths": widths,
+        "state_dict": {k: v.detach().cpu() for k, v in baked.state_dict().items()},
+        "extra": extra or {},
+    }
+    return torch_save(path, payload)
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_model`, physically narrowed layers included."""
+    return load(path)[0]
+
+
+def load(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model, the `extra` metadata saved with it) from a file written by `save_model`."""
+    from .models import ModelSpec, create
+
+    payload = torch_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an edgeprune model file (expected format {FORMAT})")
+    spec = ModelSpec.from_dict(payload["spec"])
+    model = create(spec.name, spec.num_classes, spec.in_channels, **spec.kwargs)
+    modules = dict(model.named_modules())
+    for name, attrs in payload["widths"].items():
+        if name not in modules:
+            raise CheckpointError(f"{path}: layer {name!r} does not exist in a fresh {spec.name}")
+        for attr, value in attrs.items():
+            setattr(modules[name], attr, tuple(value) if isinstance(value, list) else value)
+    _resize_tensors(model, payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit a {spec.name}: {str(e)[:300]}") from None
+    return model, payload.get("extra", {})
+
+
+def _resize_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every parameter/buffer the saved shape so load_state_dict can fill it."""
+    for key, saved in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        current = getattr(owner, attr, None)
+        if not isinstance(current, torch.Tensor) or current.shape == saved.shape:
+            continue
+        fresh = torch.empty(saved.shape, dtype=current.dtype)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        else:
+            owner.register_buffer(attr, fresh)
+
+
+def to_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    **kwargs,
+) -> Path:
+    """Export to `path` (atomically) after checking the export in ONNX Runtime; see `to_onnx_bytes`."""
+    data = to_onnx_bytes(model, input_shape, **kwargs)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def to_onnx_bytes(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    opset: int = 18,
+    check: bool = True,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    exporter: str = "torchscript",
+) -> bytes:
+    """Export with a dynamic batch dimension; then run it in ONNX Runtime and compare with PyTorch.
+
+    `exporter` is "torchscript" (fast; falls back to "dynamo" for what it cannot export) or "dynamo".
+    """
+    if exporter not in ("torchscript", "dynamo"):
+        raise ExportError(f"unknown exporter {exporter!r}; use 'torchscript' or 'dynamo'")
+    net = masks_mod.baked_copy(model).eval().cpu()
+    x = torch.randn(2, *input_shape)
+    buf = io.BytesIO()
+    order = ("torchscript", "dynamo") if exporter == "torchscript" else ("dynamo",)
+    errors: list[Exception] = []
+    for name in order:  # the TorchScript exporter is fast; dynamo handles what it cannot
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _export(net, x, buf, opset, name)
+            break
+        except Exception as e:
+            errors.append(e)
+            buf = io.BytesIO()
+    else:
+        first = errors[0]
+        raise ExportError(
+            f"ONNX export failed{_operator_of(first)}: {str(first).splitlines()[0][:300]}. "
+            "Replace that operation in the model, or try another --opset"
+        ) from first
+    data = buf.getvalue()
+    if check:
+        _check_with_ort(net, data, x, rtol, atol)
+    return data
+
+
+def _export(net: nn.Module, x: torch.Tensor, buf: io.BytesIO, opset: int, exporter: str) -> None:
+    names = {"input_names": ["input"], "output_names": ["output"], "opset_version": opset}
+    if exporter == "torchscript":
+        torch.onnx.export(net, (x,), buf, dynamo=False, dynamic_axes={"input": {0: "batch"}}, **names)
+        return
+    program = torch.onnx.export(
+        net, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **names
+    )
+    buf.write(program.model_proto.SerializeToString())
+
+
+def _operator_of(e: Exception) -> str:
+    text = str(e)
+    m = re.search(r"operator '?([\w:.]+)'?", text) or re.search(r"(aten::\w+(?:\.\w+)?)", text)
+    return f" at operator {m.group(1)}" if m else ""
+
+
+def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    src = str(onnx_bytes_or_path) if isinstance(onnx_bytes_or_path, Path) else onnx_bytes_or_path
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def _check_with_ort(net: nn.Module, data: bytes, x: torch.Tensor, rtol: float, atol: float) -> None:
+    with torch.no_grad():
+        ref = net(x).numpy()
+    sess = ort_session(data)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if out.shape != ref.shape or not np.allclose(out, ref, rtol=rtol, atol=atol):
+        err = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
+        raise ExportError(
+            f"ONNX Runtime output differs from PyTorch (max abs error {err:.3g} > atol {atol}, rtol {rtol}); "
+            "the model uses an operator whose export is not faithful"
+        )
+

@@ -1,0 +1,142 @@
+"""Whole runs, as the CLI and `edgeprune rerun` start them: a `RunConfig` in, a run folder out.
+
+A run folder holds config.json (this RunConfig: enough to repeat the run), model.pt, model.onnx,
+report.json and log.jsonl (see runs.py). The CLI only parses options into a RunConfig.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from . import __version__, data, export, measure, models, runs
+from .errors import ConfigError
+from .train import TrainConfig, evaluate, fit
+
+
+@dataclass
+class MeasureOptions:
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: tuple[int, ...] = (1,)
+    runs: int = 30
+    warmup: int = 5
+    runtimes: tuple[str, ...] = measure.RUNTIMES
+    memory: bool = True
+
+    def __post_init__(self) -> None:
+        self.batch_sizes, self.threads, self.runtimes = map(tuple, (self.batch_sizes, self.threads, self.runtimes))
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to repeat a run."""
+
+    command: str
+    model: str
+    data: dict  # keyword arguments of edgeprune.data.loaders
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    model_kwargs: dict = field(default_factory=dict)
+    num_classes: int | None = None  # None: taken from the data set
+    in_channels: int | None = None
+    method: dict = field(default_factory=dict)  # the pruning method's options (later commands)
+    device: str = "cpu"
+    edgeprune_version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"config has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        d["measure"] = MeasureOptions(**d.get("measure", {}))
+        return cls(**d)
+
+
+def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
+    """Load the data set and create the model to fit it."""
+    bundle = data.loaders(**cfg.data)
+    for what, asked, actual in (
+        ("num_classes", cfg.num_classes, bundle.num_classes),
+        ("in_channels", cfg.in_channels, bundle.in_channels),
+    ):
+        if asked is not None and asked != actual:
+            raise ConfigError(
+                f"--{what.replace('_', '-')} {asked} does not match data set {bundle.name!r}, which has "
+                f"{actual}; drop the option to take it from the data"
+            )
+    model = models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                          **cfg.model_kwargs)
+    return model, bundle
+
+
+def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, report: dict,
+           progress: bool = True) -> dict:
+    """Save model.pt and model.onnx, profile the model, write report.json; return the report."""
+    extra = {"input_shape": bundle.input_shape, "data": cfg.data}
+    export.save_model(model, run_dir / runs.MODEL, extra=extra)
+    onnx_bytes = export.to_onnx_bytes(model, bundle.input_shape)
+    runs.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
+    real = None if bundle.synthetic else bundle.test
+    prof = measure.profile(
+        model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
+        onnx_model=onnx_bytes, device=cfg.device,
+    )
+    report = {"run": run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic, **report,
+              "profile": prof.to_dict()}
+    runs.write_json(run_dir / runs.REPORT, report)
+    return report
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train a dense model and measure it."""
+    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+    model, bundle = build(cfg)
+    runs.write_json(run_dir / runs.CONFIG, cfg)
+    hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=run_dir, resume=resume,
+               device=cfg.device, progress=progress)
+    return finish(model, bundle, cfg, run_dir, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
+                  progress)
+
+
+JOBS: dict[str, Callable[..., dict]] = {"train": train}
+
+
+def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Repeat the run in `source` (a run folder or its config.json) into `run_dir`."""
+    source = Path(source)
+    cfg = RunConfig.from_dict(runs.read_json(source / runs.CONFIG if source.is_dir() else source))
+    if cfg.command not in JOBS:
+        raise ConfigError(f"config command {cfg.command!r} cannot be rerun; known: {sorted(JOBS)}")
+    return JOBS[cfg.command](cfg, run_dir, overwrite=overwrite, progress=progress)
+
+
+def load(path: str | Path) -> tuple[nn.Module, dict]:
+    """A saved model (a run folder or a model.pt) and the metadata saved with it."""
+    path = Path(path)
+    return export.load(path / runs.MODEL if path.is_dir() else path)
+
+
+def evaluate_saved(path: str | Path, data_options: dict | None = None, device: str = "cpu",
+                   progress: bool = True) -> dict:
+    """Top-1 accuracy of a saved model on the test split of its data set (or `data_options`)."""
+    model, extra = load(path)
+    opts = {**extra.get("data", {}), **(data_options or {})}
+    if not opts:
+        raise ConfigError(f"{path} records no data set; pass --dataset")
+    bundle = data.loaders(**opts)
+    if bundle.synthetic:
+        raise ConfigError("synthetic data gives no meaningful accuracy; pass a real --dataset")
+    t0 = time.perf_counter()
+    result = evaluate(model, bundle.test, device=device, progress=progress)
+    return {**result, "data": bundle.name, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,333 @@
+"""What a model costs and keeps: parameters, MACs, bytes, latency, memory, accuracy.
+
+Conventions (design.md): MACs = FLOPs/2 of conv/linear from torch's FlopCounterMode; effective MACs
+of a masked model = Σ layer density × layer MACs; latency = ms per batch, p50/p90/p99 over timed runs
+after warm-ups, thread count fixed and recorded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import masks as masks_mod
+from .errors import ConfigError
+
+PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+RUNTIMES = ("onnxruntime", "torch")
+
+
+@dataclass
+class Latency:
+    runtime: str
+    batch_size: int
+    threads: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+
+
+@dataclass
+class Profile:
+    """One JSON-serialisable record of a model's costs. `accuracy` is None without real data."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    params: int
+    nonzero_params: int
+    prunable_params: int
+    prunable_nonzero: int
+    macs: int
+    effective_macs: int
+    bytes_fp32: int
+    bytes_gzip: int
+    latency: list[Latency] = field(default_factory=list)
+    peak_memory_mb: float | None = None
+    accuracy: float | None = None
+    accuracy_data: str | None = None
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.prunable_nonzero / max(self.prunable_params, 1)
+
+    def latency_of(self, runtime: str, batch_size: int, threads: int) -> Latency | None:
+        return next(
+            (
+                t
+                for t in self.latency
+                if (t.runtime, t.batch_size, t.threads) == (runtime, batch_size, threads)
+            ),
+            None,
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sparsity"] = self.sparsity
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["latency"] = [Latency(**t) for t in d.get("latency", [])]
+        d["input_shape"] = tuple(d["input_shape"])
+        return cls(**d)
+
+
+def effective_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
+    """(layer name, layer, weight as used in forward, masks applied) for every conv/linear layer."""
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            yield name, module, module.weight
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters), counting each masked weight once and its mask applied."""
+    masked = {(id(m), p) for _, m, p in masks_mod.masked_modules(model)}
+    total = nonzero = 0
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            base = pname.removesuffix("_orig")
+            t = getattr(module, base) if (id(module), base) in masked else param
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    return total, nonzero
+
+
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs of one sample through each conv/linear layer (FLOPs/2 from FlopCounterMode)."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, *input_shape, device=_device_of(model))
+    with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    root = type(model).__name__
+    counts = counter.get_flop_counts()
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            key = f"{root}.{name}" if name else root
+            out[name] = int(sum(counts.get(key, {}).values()) // 2)
+    return out
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(dense MACs, effective MACs) per sample; effective weighs each layer by its weight density."""
+    per_layer = layer_macs(model, input_shape)
+    dense = sum(per_layer.values())
+    effective = 0.0
+    for name, _, w in effective_weights(model):
+        density = float(torch.count_nonzero(w)) / max(w.numel(), 1)
+        effective += density * per_layer.get(name, 0)
+    return dense, int(round(effective))
+
+
+def state_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of the saved fp32 state_dict, bytes of the same gzip-compressed), masks baked in."""
+    buf = io.BytesIO()
+    torch.save(masks_mod.baked_copy(model).float().state_dict(), buf)
+    raw = buf.getvalue()
+    return len(raw), len(gzip.compress(raw, compresslevel=6))
+
+
+def _percentiles(times_ms: list[float]) -> tuple[float, float, float, float]:
+    a = np.asarray(times_ms)
+    return (
+        float(np.percentile(a, 50)),
+        float(np.percentile(a, 90)),
+        float(np.percentile(a, 99)),
+        float(a.mean()),
+    )
+
+
+def _time(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def latency_torch(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, threads: int = 1,
+    runs: int = 30, warmup: int = 5,
+) -> Latency:
+    """PyTorch eager latency on CPU with `threads` intra-op threads (restored afterwards)."""
+    _check_timing(batch_size, threads, runs, warmup)
+    net = masks_mod.baked_copy(model).eval().cpu()
+    x = torch.randn(batch_size, *input_shape)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = _time(lambda: net(x), runs, warmup)
+    finally:
+        torch.set_num_threads(old)
+    return Latency("torch", batch_size, threads, *_percentiles(times), runs=runs, warmup=warmup)
+
+
+def latency_onnx(
+    onnx_model: bytes | str | os.PathLike, input_shape: tuple[int, ...], batch_size: int = 1,
+    threads: int = 1, runs: int = 30, warmup: int = 5,
+) -> Latency:
+    """ONNX Runtime CPU latency of an exported model (bytes or path)."""
+    from .export import ort_session
+
+    _check_timing(batch_size, threads, runs, warmup)
+    sess = ort_session(onnx_model, threads)
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
+        (batch_size, *input_shape), dtype=np.float32)}
+    times = _time(lambda: sess.run(None, feed), runs, warmup)
+    return Latency("onnxruntime", batch_size, threads, *_percentiles(times), runs=runs, warmup=warmup)
+
+
+def _check_timing(batch_size: int, threads: int, runs: int, warmup: int) -> None:
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    if threads <= 0:
+        raise ConfigError(f"thread count must be positive, got {threads}")
+    if runs < 1 or warmup < 0:
+        raise ConfigError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_inference_memory_mb(
+    onnx_model: bytes | str, input_shape: tuple[int, ...], batch_size: int = 1
+) -> float | None:
+    """Peak growth of resident memory while an ONNX Runtime session is created and run (MiB).
+
+    Sampled every millisecond from /proc; None where /proc is unavailable.
+    """
+    from .export import ort_session
+
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    base = _rss_bytes()
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        sess = ort_session(onnx_model, 1)
+        x = np.zeros((batch_size, *input_shape), dtype=np.float32)
+        for _ in range(3):
+            sess.run(None, {sess.get_inputs()[0].name: x})
+        peak = max(peak, _rss_bytes())
+    finally:
+        done.set()
+        sampler.join()
+    return (peak - base) / 2**20
+
+
+def environment() -> dict:
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def profile(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch_sizes: Iterable[int] = (1,),
+    threads: Iterable[int] = (1,),
+    runtimes: Iterable[str] = RUNTIMES,
+    runs: int = 30,
+    warmup: int = 5,
+    memory: bool = True,
+    loader: Iterable | None = None,
+    data_name: str | None = None,
+    onnx_model: bytes | str | None = None,
+    device: str = "cpu",
+) -> Profile:
+    """Measure everything about `model` for inputs of `input_shape` (C, H, W).
+
+    `loader` (real data) adds top-1 accuracy. `onnx_model` reuses an export; otherwise the model
+    is exported in memory when an ONNX Runtime figure is asked for.
+    """
+    from .export import to_onnx_bytes
+    from .train import evaluate
+
+    runtimes = tuple(runtimes)
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ConfigError(f"unknown runtime(s) {sorted(unknown)}; choose from {list(RUNTIMES)}")
+    batch_sizes, threads = tuple(batch_sizes), tuple(threads)
+    for b in batch_sizes:
+        _check_timing(b, 1, runs, warmup)
+    for t in threads:
+        _check_timing(1, t, runs, warmup)
+    params, nonzero = count_params(model)
+    prunable = [w for _, _, w in effective_weights(model)]
+    macs, eff_macs = count_macs(model, input_shape)
+    size, gz = state_bytes(model)
+    prof = Profile(
+        model=getattr(getattr(model, "edgeprune_spec", None), "name", type(model).__name__),
+        input_shape=tuple(input_shape),
+        params=params,
+        nonzero_params=nonzero,
+        prunable_params=sum(w.numel() for w in prunable),
+        prunable_nonzero=sum(int(torch.count_nonzero(w)) for w in prunable),
+        macs=macs,
+        effective_macs=eff_macs,
+        bytes_fp32=size,
+        bytes_gzip=gz,
+        environment=environment(),
+    )
+    if "onnxruntime" in runtimes or memory:
+        onnx_model = onnx_model if onnx_model is not None else to_onnx_bytes(model, input_shape)
+    for rt in runtimes:
+        for b in batch_sizes:
+            for t in threads:
+                if rt == "torch":
+                    prof.latency.append(latency_torch(model, input_shape, b, t, runs, warmup))
+                else:
+                    prof.latency.append(latency_onnx(onnx_model, input_shape, b, t, runs, warmup))
+    if memory:
+        prof.peak_memory_mb = peak_inference_memory_mb(onnx_model, input_shape)
+    if loader is not None:
+        prof.accuracy = evaluate(model, loader, device=device)["accuracy"]
+        prof.accuracy_data = data_name
+    return prof
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+

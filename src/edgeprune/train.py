@@ -1,0 +1,252 @@
+"""Training and evaluation: SGD with momentum, cosine/step schedules, atomic per-epoch checkpoints,
+exact resume, NaN guard. Masks applied with torch.nn.utils.prune stay in force by construction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, EdgePruneError
+from .runs import CHECKPOINT, append_log, torch_load, torch_save
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+class TrainingDiverged(EdgePruneError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: Sequence[float] = (0.5, 0.75)  # step schedule: fractions of the epochs
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    seed: int = 0
+    steps_per_epoch: int | None = None  # cap batches per epoch (short budgets)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose from {list(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            raise ConfigError(f"steps per epoch must be positive, got {self.steps_per_epoch}")
+        self.milestones = tuple(self.milestones)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Callback:
+    """Hook points for methods that must act during training (e.g. IMP's rewind snapshot)."""
+
+    def on_step_end(self, model: nn.Module, step: int) -> None: ...
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> None: ...
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+
+
+def _steps(loader, cfg: TrainConfig) -> int:
+    n = len(loader)
+    return min(n, cfg.steps_per_epoch) if cfg.steps_per_epoch else n
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    bounds = [m * cfg.epochs * steps_per_epoch for m in cfg.milestones]
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if cfg.schedule == "step":
+            return cfg.gamma ** sum(step >= b for b in bounds)
+        return 1.0
+
+    return factor
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    cfg: TrainConfig,
+    *,
+    val_loader: Iterable | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Train `model` in place. With `run_dir`, a checkpoint is written after every epoch and
+    `resume=True` continues from it exactly (same batches, same augmentation, same weights).
+    """
+    dev = resolve_device(device)
+    model.to(dev)
+    steps = _steps(train_loader, cfg)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    history, start = History(), 0
+    ckpt_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    if resume:
+        if ckpt_path is None:
+            raise ConfigError("resume needs a run folder")
+        start, history = _restore(ckpt_path, model, opt, sched, cfg)
+    t_start = time.perf_counter() - history.seconds
+    with _progress(progress) as bar:
+        for epoch in range(start, cfg.epochs):
+            _seed_epoch(train_loader, cfg.seed, epoch)
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, status="")
+            model.train()
+            seen = correct = 0
+            loss_sum = 0.0
+            t0 = time.perf_counter()
+            for i, (x, y) in enumerate(train_loader):
+                if i >= steps:
+                    break
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                out = model(x)
+                loss = loss_fn(out, y)
+                if not torch.isfinite(loss):
+                    kept = f"; the last good checkpoint is kept at {ckpt_path}" if ckpt_path else ""
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}{kept}. "
+                        f"Lower the learning rate (now {cfg.lr}) or check the input data."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step = epoch * steps + i + 1
+                for cb in callbacks:
+                    cb.on_step_end(model, step)
+                seen += y.numel()
+                loss_sum += loss.item() * y.numel()
+                correct += int((out.argmax(1) == y).sum())
+                bar.update(task, advance=1, status=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+            if val_loader is not None:
+                val = evaluate(model, val_loader, device=str(dev), progress=False)
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                bar.update(task, status=f"loss {record['train_loss']:.3f} val acc {val['accuracy']:.3f}")
+            history.epochs.append(record)
+            history.seconds = time.perf_counter() - t_start
+            for cb in callbacks:
+                cb.on_epoch_end(model, epoch + 1, record)
+            if run_dir is not None:
+                torch_save(ckpt_path, {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "history": history.epochs,
+                    "seconds": history.seconds, "config": cfg.to_dict(),
+                })
+                append_log(run_dir, record)
+    history.seconds = time.perf_counter() - t_start
+    return history
+
+
+def _seed_epoch(loader, seed: int, epoch: int) -> None:
+    """Make an epoch's shuffling and augmentation a function of (seed, epoch) alone, so resume is exact."""
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        gen.manual_seed(seed * 1_000_003 + epoch)
+
+
+def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History]:
+    ckpt = torch_load(path)
+    try:
+        saved = dict(ckpt["config"])
+        changed = {k for k in saved if k != "epochs" and saved[k] != cfg.to_dict()[k]
+                   and not (isinstance(saved[k], list) and tuple(saved[k]) == cfg.to_dict()[k])}
+        if changed:
+            raise ConfigError(
+                f"cannot resume with different training settings ({', '.join(sorted(changed))}); "
+                "use the saved config or start a new run"
+            )
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise CheckpointError(f"checkpoint {path} does not match this model/run ({str(e)[:200]})") from None
+    return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: str = "cpu", progress: bool = False) -> dict:
+    """Mean cross-entropy and top-1 accuracy over `loader`."""
+    dev = resolve_device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    seen = correct = 0
+    loss_sum = 0.0
+    with _progress(progress) as bar:
+        task = bar.add_task("evaluate", total=len(loader) if hasattr(loader, "__len__") else None, status="")
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            out = model(x)
+            loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+            correct += int((out.argmax(1) == y).sum())
+            seen += y.numel()
+            bar.update(task, advance=1)
+    model.train(was_training)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}

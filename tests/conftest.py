@@ -1,0 +1,32 @@
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    """Tests run on two shared cores: keep torch to one thread so timings and results are stable."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class Tiny(nn.Module):
+    """Conv-BN-ReLU-pool-linear: every layer kind the measurement and masks must handle."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return Tiny()

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from edgeprune import measure
+from edgeprune.errors import ConfigError
+
+
+def test_params_and_nonzero_count(tiny):
+    # conv 4*1*3*3 = 36, BN 4 weights (1) + 4 biases (0), fc 4*3 + 3
+    assert measure.count_params(tiny) == (36 + 8 + 15, 36 + 4 + 15)
+    with torch.no_grad():
+        tiny.conv.weight[0] = 0
+    assert measure.count_params(tiny) == (59, 55 - 9)
+
+
+def test_macs_are_exact_for_conv_and_linear(tiny):
+    # conv: 8*8 outputs * 4 channels * (1*3*3) ; fc: 4*3
+    assert measure.layer_macs(tiny, (1, 8, 8)) == {"conv": 2304, "fc": 12}
+    assert measure.count_macs(tiny, (1, 8, 8)) == (2316, 2316)
+
+
+def test_effective_macs_weigh_layers_by_density(tiny):
+    mask = torch.ones_like(tiny.conv.weight)
+    mask[:2] = 0  # half of the conv's weights
+    prune.custom_from_mask(tiny.conv, "weight", mask)
+    dense, effective = measure.count_macs(tiny, (1, 8, 8))
+    assert (dense, effective) == (2316, 2304 // 2 + 12)
+    # weight_orig is counted once, the mask buffer not at all, and masked weights are zeros
+    assert measure.count_params(tiny) == (59, 55 - 18)
+
+
+def test_latency_percentiles_are_ordered(tiny):
+    from edgeprune.export import to_onnx_bytes
+
+    t = measure.latency_torch(tiny, (1, 8, 8), batch_size=2, threads=1, runs=7, warmup=1)
+    o = measure.latency_onnx(to_onnx_bytes(tiny, (1, 8, 8)), (1, 8, 8), batch_size=2, runs=7, warmup=1)
+    for lat, rt in ((t, "torch"), (o, "onnxruntime")):
+        assert lat.runtime == rt and lat.runs == 7 and lat.threads == 1 and lat.batch_size == 2
+        assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms
+
+
+def test_profile_round_trips_through_json(tiny):
+    prof = measure.profile(tiny, (1, 8, 8), batch_sizes=(1, 4), threads=(1,), runs=3, warmup=1)
+    assert len(prof.latency) == 4  # 2 runtimes × 2 batch sizes × 1 thread count
+    assert prof.bytes_gzip < prof.bytes_fp32
+    assert prof.accuracy is None
+    back = measure.Profile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert back == prof
+    assert back.latency_of("onnxruntime", 4, 1) is not None
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_sizes": (0,)}, {"threads": (0,)}, {"runtimes": ("tflite",)}])
+def test_bad_measurement_options_name_the_value(tiny, kwargs):
+    with pytest.raises(ConfigError) as e:
+        measure.profile(tiny, (1, 8, 8), runs=1, warmup=0, **kwargs)
+    assert str(next(iter(kwargs.values()))[0]) in str(e.value)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch.nn.utils import prune
+from torch.utils.data import DataLoader, TensorDataset
+
+from edgeprune import runs
+from edgeprune.errors import ConfigError
+from edgeprune.train import Callback, TrainConfig, TrainingDiverged, evaluate, fit
+
+
+def _loader(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()  # learnable, 3 classes
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator())
+
+
+def _model():
+    from conftest import Tiny
+
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def test_training_learns(tmp_path):
+    model, loader = _model(), _loader()
+    before = evaluate(model, loader)["loss"]
+    hist = fit(model, loader, TrainConfig(epochs=5, lr=0.05), run_dir=tmp_path, progress=False)
+    assert hist.last["train_loss"] < before and evaluate(model, loader)["loss"] < before
+    assert len((tmp_path / runs.LOG).read_text().splitlines()) == 5
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, schedule="step")
+    straight = _model()
+    fit(straight, _loader(), cfg, run_dir=tmp_path / "a", progress=False)
+
+    interrupted = _model()
+
+    class Stop(Callback):
+        def on_epoch_end(self, model, epoch, record):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, _loader(), cfg, run_dir=tmp_path / "b", progress=False, callbacks=[Stop()])
+    # the epoch-2 checkpoint was not written (interrupted in its callback); epoch 1's was
+    resumed = _model()
+    hist = fit(resumed, _loader(), cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    assert [r["epoch"] for r in hist.epochs] == [1, 2, 3]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    fit(_model(), _loader(), TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        fit(_model(), _loader(), TrainConfig(epochs=2, lr=0.5), run_dir=tmp_path, resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model, loader = _model(), _loader()
+    fit(model, loader, TrainConfig(epochs=1, lr=0.01), run_dir=tmp_path, progress=False)
+    good = (tmp_path / runs.CHECKPOINT).read_bytes()
+    with torch.no_grad():
+        model.fc.weight.fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match="checkpoint is kept") as e:
+        fit(model, loader, TrainConfig(epochs=2, lr=0.01), run_dir=tmp_path, progress=False)
+    assert "Lower the learning rate" in str(e.value)
+    assert (tmp_path / runs.CHECKPOINT).read_bytes() == good
+
+
+def test_masked_weights_stay_zero_under_momentum_and_weight_decay():
+    model = _model()
+    mask = (torch.rand_like(model.conv.weight) > 0.5).float()
+    prune.custom_from_mask(model.conv, "weight", mask)
+    fit(model, _loader(), TrainConfig(epochs=2, lr=0.1, momentum=0.9, weight_decay=1e-2), progress=False)
+    assert torch.all(model.conv.weight[mask == 0] == 0)
+    assert torch.any(model.conv.weight[mask == 1] != 0)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0}, {"schedule": "linear"}, {"steps_per_epoch": 0}])
+def test_bad_train_config(bad):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**bad)
+    assert str(next(iter(bad.values()))) in str(e.value)

@@ -75,26 +75,55 @@ RunsDir = Annotated[Path, typer.Option(help="Folder holding run folders.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing run of the same name.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 Ints = Annotated[list[int] | None, typer.Option()]
+Lr = Annotated[float, typer.Option(help="Initial learning rate (SGD).")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option(help="L2 weight decay.")]
+Schedule = Annotated[str, typer.Option(help="cosine, step (×0.1 at 50 % and 75 %) or constant.")]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the loss.")]
+StepsPerEpoch = Annotated[int | None, typer.Option(help="Cap the batches per epoch.")]
+Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")]
+NumClasses = Annotated[int | None, typer.Option(help="Check the data set has this many classes.")]
+InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
+Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
 
 
-def _run_config(command: str, model: str, dataset: str, data_root, subset, test_subset, batch_size, download,
-                seed: int, train: TrainConfig, measure_batch, measure_threads, measure_runs, device,
-                num_classes=None, in_channels=None, method: dict | None = None) -> jobs.RunConfig:
-    data = {"name": dataset, "root": str(data_root) if data_root else None, "batch_size": batch_size,
-            "subset": subset, "test_subset": test_subset, "download": download, "seed": seed}
-    return jobs.RunConfig(
-        command=command, model=model, data=data, train=train,
-        measure=jobs.MeasureOptions(batch_sizes=tuple(measure_batch or (1,)),
-                                    threads=tuple(measure_threads or (1,)), runs=measure_runs),
-        num_classes=num_classes, in_channels=in_channels, method=method or {}, device=device,
+def _start(command: str, args: dict, method: dict | None = None) -> None:
+    """Build the RunConfig from a command's options, run the job, print its report."""
+    a = args
+    data = {"name": a["dataset"], "root": str(a["data_root"]) if a["data_root"] else None,
+            "batch_size": a["batch_size"], "subset": a["subset"], "test_subset": a["test_subset"],
+            "download": a["download"], "seed": a["seed"]}
+    cfg = jobs.RunConfig(
+        command=command, model=a["model"], data=data,
+        train=TrainConfig(epochs=a["epochs"], lr=a["lr"], momentum=a["momentum"], weight_decay=a["weight_decay"],
+                          schedule=a["schedule"], label_smoothing=a["label_smoothing"], seed=a["seed"],
+                          steps_per_epoch=a["steps_per_epoch"]),
+        measure=jobs.MeasureOptions(batch_sizes=tuple(a["measure_batch"] or (1,)),
+                                    threads=tuple(a["measure_threads"] or (1,)), runs=a["measure_runs"]),
+        num_classes=a["num_classes"], in_channels=a["in_channels"], method=method or {}, device=a["device"],
     )
+    default = f"{a['model'].replace(':', '_')}-{a['dataset']}" + (f"-{method['name']}" if method else "")
+    run_dir = a["runs_dir"] / (a["name"] or default)
+    report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"],
+                                progress=not _state["quiet"])
+    _print_report(report, run_dir)
 
 
 def _print_report(report: dict, run_dir: Path) -> None:
     from .report import profile_table
 
-    prof = measure.Profile.from_dict(report["profile"])
-    console.print(profile_table({report["run"]: prof}, title=f"{prof.model} on {report['data']}"))
+    if "levels" in report:  # IMP: one column per level
+        profiles = {f"level {r['level']} (density {r['density']:.3f})": measure.Profile.from_dict(r["profile"])
+                    for r in report["levels"]}
+        title = f"IMP levels on {report['data']}"
+    else:
+        profiles = {report["run"]: measure.Profile.from_dict(report["profile"])}
+        title = f"{profiles[report['run']].model} on {report['data']}"
+    console.print(profile_table(profiles, title=title))
+    if "prune_seconds" in report:
+        console.print(f"pruning took {report['prune_seconds']:.2f} s; training "
+                      f"{report['train']['seconds']:.1f} s")
     console.print(f"run saved in [bold]{run_dir}[/]")
 
 
@@ -126,40 +155,97 @@ def train(
     batch_size: BatchSize = 128,
     download: Download = False,
     epochs: Epochs = 1,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (SGD).")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step (×0.1 at 50 % and 75 %) or constant.")] = "cosine",
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.0,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="Cap the batches per epoch.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
-    num_classes: Annotated[int | None, typer.Option(help="Check the data set has this many classes.")] = None,
-    in_channels: Annotated[int | None, typer.Option(help="Check the data has this many channels.")] = None,
+    lr: Lr = 0.1,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    schedule: Schedule = "cosine",
+    label_smoothing: LabelSmoothing = 0.0,
+    steps_per_epoch: StepsPerEpoch = None,
+    seed: Seed = 0,
+    num_classes: NumClasses = None,
+    in_channels: InChannels = None,
     device: Device = "cpu",
     name: Name = None,
     runs_dir: RunsDir = Path("runs"),
     overwrite: Overwrite = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    resume: Resume = False,
     measure_batch: Ints = None,
     measure_threads: Ints = None,
-    measure_runs: Annotated[int, typer.Option(help="Timed runs per latency figure.")] = 30,
+    measure_runs: MeasureRuns = 30,
 ) -> None:
     """Train a dense model, then save, export and measure it into runs/NAME/.
 
-    Example: [bold]edgeprune train -m resnet20 -d fashion-mnist --subset 5000 -e 1 --name demo[/]
+    Example: [bold]edgeprune train -m resnet20 -d fashion-mnist --subset 5000 -e 1 --name dense[/]
     """
-    import torch
+    _start("train", locals())
 
-    torch.manual_seed(seed)
-    cfg = _run_config(
-        "train", model, dataset, data_root, subset, test_subset, batch_size, download, seed,
-        TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                    label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch),
-        measure_batch, measure_threads, measure_runs, device, num_classes, in_channels,
-    )
-    run_dir = runs_dir / (name or f"{model.replace(':', '_')}-{dataset}")
-    report = jobs.train(cfg, run_dir, overwrite=overwrite, resume=resume, progress=not _state["quiet"])
-    _print_report(report, run_dir)
+
+@app.command()
+@_handled
+def prune(
+    method: Annotated[str, typer.Option(help="random, magnitude, snip, grasp, synflow (pruning at "
+                                        "initialisation) or imp (iterative magnitude pruning, rewinding).")],
+    sparsity: Annotated[float, typer.Option(help="Fraction of conv/linear weights removed (PaI methods).")] = 0.9,
+    scope: Annotated[str, typer.Option(help="global (rank all layers together) or layer.")] = "global",
+    rounds: Annotated[int | None, typer.Option(help="Pruning rounds (default: SynFlow 100, others 1).")] = None,
+    min_layer_density: Annotated[float, typer.Option(help="Every layer keeps at least this fraction.")] = 0.01,
+    score_batches: Annotated[int, typer.Option(help="Batches SNIP/GraSP score on.")] = 1,
+    exclude: Annotated[list[str] | None, typer.Option(help="Weights not to prune (fnmatch pattern).")] = None,
+    levels: Annotated[int, typer.Option(help="IMP: pruning levels after the dense one.")] = 3,
+    fraction: Annotated[float, typer.Option(help="IMP: fraction of remaining weights removed per level.")] = 0.2,
+    rewind_iter: Annotated[int, typer.Option(help="IMP: iteration whose weights survivors rewind to.")] = 0,
+    model: Model = "resnet20",
+    dataset: Dataset = "fashion-mnist",
+    data_root: DataRoot = None,
+    subset: Subset = None,
+    test_subset: TestSubset = None,
+    batch_size: BatchSize = 128,
+    download: Download = False,
+    epochs: Epochs = 1,
+    lr: Lr = 0.1,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    schedule: Schedule = "cosine",
+    label_smoothing: LabelSmoothing = 0.0,
+    steps_per_epoch: StepsPerEpoch = None,
+    seed: Seed = 0,
+    num_classes: NumClasses = None,
+    in_channels: InChannels = None,
+    device: Device = "cpu",
+    name: Name = None,
+    runs_dir: RunsDir = Path("runs"),
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    measure_batch: Ints = None,
+    measure_threads: Ints = None,
+    measure_runs: MeasureRuns = 30,
+) -> None:
+    """Prune a model, train it with its masks kept, then save, export and measure it into runs/NAME/.
+
+    Examples:
+      [bold]edgeprune prune --method synflow --sparsity 0.9 -m resnet20 -d fashion-mnist -e 1[/]
+      [bold]edgeprune prune --method imp --levels 3 --rewind-iter 100 -m resnet20 -e 1[/]
+    """
+    if method == "imp":
+        options = {"levels": levels, "fraction": fraction, "rewind_iter": rewind_iter}
+    else:
+        options = {"sparsity": sparsity, "rounds": rounds, "score_batches": score_batches}
+    _start("prune", locals(), {"name": method, "scope": scope, "min_layer_density": min_layer_density,
+                               "exclude": exclude or [], **options})
+
+
+@app.command()
+@_handled
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side.")],
+) -> None:
+    """Print the profiles of several runs side by side, with ratios to the first.
+
+    Example: [bold]edgeprune compare runs/dense runs/synflow-90[/]
+    """
+    from .report import profile_table
+
+    console.print(profile_table({str(r): jobs.load_profile(r) for r in runs}, title="runs compared"))
 
 
 @app.command("eval")

@@ -52,5 +52,5 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
         shown = ", ".join(choices[:20]) + (", …" if len(choices) > 20 else "")
         msg += f"; available: {shown}"
     if hint:
-        msg += f". {hint}"
+        msg += f" ({hint})"
     return UnknownNameError(msg)

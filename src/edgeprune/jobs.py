@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from . import __version__, data, export, measure, models, runs
-from .errors import ConfigError
+from . import __version__, data, export, masks, measure, models, runs
+from .errors import ConfigError, unknown_name
 from .train import TrainConfig, evaluate, fit
 
 
@@ -63,7 +64,7 @@ class RunConfig:
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
-    """Load the data set and create the model to fit it."""
+    """Load the data set and create the model to fit it, initialised from the run's seed."""
     bundle = data.loaders(**cfg.data)
     for what, asked, actual in (
         ("num_classes", cfg.num_classes, bundle.num_classes),
@@ -74,6 +75,7 @@ def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
                 f"--{what.replace('_', '-')} {asked} does not match data set {bundle.name!r}, which has "
                 f"{actual}; drop the option to take it from the data"
             )
+    torch.manual_seed(cfg.train.seed)
     model = models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                           **cfg.model_kwargs)
     return model, bundle
@@ -84,6 +86,10 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
     """Save model.pt and model.onnx, profile the model, write report.json; return the report."""
     extra = {"input_shape": bundle.input_shape, "data": cfg.data}
     export.save_model(model, run_dir / runs.MODEL, extra=extra)
+    kept = {f"{name}.{p}" if name else p: getattr(m, f"{p}_mask").bool()
+            for name, m, p in masks.masked_modules(model)}
+    if kept:
+        runs.torch_save(run_dir / runs.MASKS, kept)
     onnx_bytes = export.to_onnx_bytes(model, bundle.input_shape)
     runs.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
     real = None if bundle.synthetic else bundle.test
@@ -100,16 +106,71 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: bool = True) -> dict:
     """Train a dense model and measure it."""
-    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+    runs.check(run_dir, overwrite=overwrite, resume=resume)
     model, bundle = build(cfg)
+    resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
+    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
     runs.write_json(run_dir / runs.CONFIG, cfg)
-    hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=run_dir, resume=resume,
+    hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=run_dir, resume=resume_fit,
                device=cfg.device, progress=progress)
     return finish(model, bundle, cfg, run_dir, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
                   progress)
 
 
-JOBS: dict[str, Callable[..., dict]] = {"train": train}
+PRUNE_INFO = "prune.json"
+
+
+def method_options(method: dict):
+    """The options object of a pruning method from its config entry: {"name": ..., **options}."""
+    from . import scores
+    from .methods.imp import IMPOptions
+    from .methods.pai import PaIOptions
+
+    opts = {k: v for k, v in method.items() if k != "name"}
+    name = method.get("name")
+    if name == "imp":
+        return IMPOptions(**opts)
+    if name in scores.list_criteria():
+        return PaIOptions(criterion=name, **opts)
+    raise unknown_name("method", str(name), [*scores.list_criteria(), "imp"])
+
+
+def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
+    from .methods import imp, pai
+
+    opts = method_options(cfg.method)  # bad options fail here, before anything is written
+    runs.check(run_dir, overwrite=overwrite, resume=resume)
+    model, bundle = build(cfg)
+    if isinstance(opts, imp.IMPOptions):
+        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+        runs.write_json(run_dir / runs.CONFIG, cfg)
+        levels = imp.run(model, bundle.train, cfg.train, opts, run_dir,
+                         finish=lambda m, out, info: finish(m, bundle, cfg, out, info, progress),
+                         device=cfg.device, progress=progress)
+        report = {"run": run_dir.name, "data": bundle.name, "method": "imp", "options": opts.to_dict(),
+                  "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]} for r in levels]}
+        runs.write_json(run_dir / runs.REPORT, report)
+        return report
+    resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
+    if resume_fit:  # the masks are in the checkpoint; the pruning itself is not redone
+        run_dir = runs.prepare(run_dir, resume=True)
+        state = runs.torch_load(run_dir / runs.CHECKPOINT)["model"]
+        masks.apply(model, {k.removesuffix("_mask"): v for k, v in state.items() if k.endswith("_mask")})
+        info = runs.read_json(run_dir / PRUNE_INFO)
+    else:
+        info = pai.prune_at_init(model, opts, bundle.train, bundle.input_shape, progress=progress)
+        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+        runs.write_json(run_dir / runs.CONFIG, cfg)
+        runs.write_json(run_dir / PRUNE_INFO, info)
+    hist = fit(model, bundle.train, cfg.train, run_dir=run_dir, resume=resume_fit, device=cfg.device,
+               progress=progress)
+    return finish(model, bundle, cfg, run_dir, {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}},
+                  progress)
+
+
+JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune}
 
 
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
@@ -140,3 +201,11 @@ def evaluate_saved(path: str | Path, data_options: dict | None = None, device: s
     t0 = time.perf_counter()
     result = evaluate(model, bundle.test, device=device, progress=progress)
     return {**result, "data": bundle.name, "seconds": time.perf_counter() - t0}
+
+
+def load_profile(run_dir: str | Path) -> measure.Profile:
+    """The measured profile of a finished run (for IMP, of its last level)."""
+    report = runs.read_json(Path(run_dir) / runs.REPORT)
+    if "levels" in report:
+        report = report["levels"][-1]
+    return measure.Profile.from_dict(report["profile"])

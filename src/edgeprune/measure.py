@@ -11,7 +11,9 @@ import gzip
 import io
 import os
 import platform
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,10 +24,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import masks as masks_mod
-from .errors import ConfigError
+from .errors import ConfigError, EdgePruneError
+from .masks import PRUNABLE
 
-PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 RUNTIMES = ("onnxruntime", "torch")
+
+
+class MeasurementError(EdgePruneError):
+    """A measurement could not be taken."""
 
 
 @dataclass
@@ -208,44 +214,44 @@ def _check_timing(batch_size: int, threads: int, runs: int, warmup: int) -> None
         raise ConfigError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+# Runs in a fresh interpreter; VmHWM (peak RSS) belongs to that process's own address space,
+# unlike ru_maxrss, which Linux carries over from the parent across fork and exec.
+_MEMORY_PROBE = """
+import sys
+import numpy as np, onnxruntime as ort
+def status(key):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ':'))
+base = status('VmRSS')
+opts = ort.SessionOptions(); opts.intra_op_num_threads = 1; opts.log_severity_level = 3
+sess = ort.InferenceSession(sys.argv[1], opts, providers=['CPUExecutionProvider'])
+x = np.zeros([int(v) for v in sys.argv[2].split(',')], dtype=np.float32)
+for _ in range(3):
+    sess.run(None, {sess.get_inputs()[0].name: x})
+print(status('VmHWM') - base)
+"""
 
 
 def peak_inference_memory_mb(
-    onnx_model: bytes | str, input_shape: tuple[int, ...], batch_size: int = 1
+    onnx_model: bytes | str | os.PathLike, input_shape: tuple[int, ...], batch_size: int = 1
 ) -> float | None:
-    """Peak growth of resident memory while an ONNX Runtime session is created and run (MiB).
-
-    Sampled every millisecond from /proc; None where /proc is unavailable.
+    """Peak resident memory an ONNX Runtime CPU session adds to a fresh process to load and run the
+    model (MiB): the figure a device needs beyond the runtime itself. None where /proc is unavailable.
     """
-    from .export import ort_session
-
-    if not os.path.exists("/proc/self/statm"):
+    if not os.path.exists("/proc/self/status"):
         return None
-    base = _rss_bytes()
-    peak = base
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        sess = ort_session(onnx_model, 1)
-        x = np.zeros((batch_size, *input_shape), dtype=np.float32)
-        for _ in range(3):
-            sess.run(None, {sess.get_inputs()[0].name: x})
-        peak = max(peak, _rss_bytes())
-    finally:
-        done.set()
-        sampler.join()
-    return (peak - base) / 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        path = onnx_model
+        if isinstance(onnx_model, bytes):
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(onnx_model)
+        shape = ",".join(str(v) for v in (batch_size, *input_shape))
+        done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), shape],
+                              capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise MeasurementError(f"memory probe failed: {done.stderr.strip().splitlines()[-1:]}")
+    return int(done.stdout.strip()) / 2**20
 
 
 def environment() -> dict:

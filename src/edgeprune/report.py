@@ -41,4 +41,31 @@ def profile_table(profiles: dict[str, Profile], title: str = "profile") -> Table
 
         row(f"{rt} p50, batch {b}, {th} thread{'s' * (th > 1)}", fmt)
     row("peak inference memory", lambda p: "—" if p.peak_memory_mb is None else f"{p.peak_memory_mb:.1f} MiB")
+    if len(ps) > 1:
+        _ratio_rows(table, ps, keys)
     return table
+
+
+def _ratio_rows(table: Table, ps: list[Profile], keys: list[tuple]) -> None:
+    """Ratios of every profile to the first (the baseline): how much smaller, cheaper, faster."""
+    base = ps[0]
+    table.add_section()
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "—" if not a or not b else f"{a / b:.2f}×"
+
+    table.add_row(f"vs {base.model} (first column):", *[""] * len(ps))
+    table.add_row("  compression (non-zero params)", *(ratio(base.nonzero_params, p.nonzero_params) for p in ps))
+    table.add_row("  size ×smaller (fp32 / gzip)", *(
+        f"{ratio(base.bytes_fp32, p.bytes_fp32)} / {ratio(base.bytes_gzip, p.bytes_gzip)}" for p in ps))
+    table.add_row("  MACs ×fewer (dense / effective)", *(
+        f"{ratio(base.macs, p.macs)} / {ratio(base.effective_macs, p.effective_macs)}" for p in ps))
+    for rt, b, th in keys:
+        def speed(p: Profile, rt=rt, b=b, th=th) -> str:
+            t0, t1 = base.latency_of(rt, b, th), p.latency_of(rt, b, th)
+            return ratio(t0 and t0.p50_ms, t1 and t1.p50_ms)
+
+        table.add_row(f"  {rt} speed-up, batch {b}, {th} thr.", *(speed(p) for p in ps))
+    table.add_row("  accuracy Δ (points)", *(
+        "—" if p.accuracy is None or base.accuracy is None else f"{100 * (p.accuracy - base.accuracy):+.2f}"
+        for p in ps))

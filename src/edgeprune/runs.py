@@ -86,23 +86,29 @@ def append_log(run_dir: str | Path, record: dict) -> None:
         f.write(json.dumps(record, default=_jsonable) + "\n")
 
 
-def prepare(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make `run_dir` ready for a new run (or a resumed one), refusing to clobber an existing run."""
+def check(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Raise unless `prepare` would succeed; writes nothing (call it before expensive work)."""
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
-    if resume:
-        if not (run_dir / CHECKPOINT).is_file():
-            raise CheckpointError(f"cannot resume: {run_dir / CHECKPOINT} does not exist; start a new run instead")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunExistsError(
-                f"run folder {run_dir} already exists; pass --overwrite to replace it, "
-                "--resume to continue it, or choose another --name"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not (run_dir / CONFIG).is_file():
+        raise CheckpointError(f"cannot resume: {run_dir} holds no started run ({CONFIG} is missing); "
+                              "start a new run instead")
+    if not resume and not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        raise RunExistsError(
+            f"run folder {run_dir} already exists; pass --overwrite to replace it, "
+            "--resume to continue it, or choose another --name"
+        )
+    return run_dir
+
+
+def prepare(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make `run_dir` ready for a new run (or a resumed one), refusing to clobber an existing run."""
+    run_dir = check(run_dir, overwrite, resume)
+    if not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
     return run_dir
 
 

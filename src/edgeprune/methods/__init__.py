@@ -1,0 +1,1 @@
+"""Pruning methods: short compositions of scores, masks, structure, surgery and training."""

@@ -1,0 +1,103 @@
+"""The CLI as a user meets it: files written, exit codes, one-line errors, nothing of theirs changed."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeprune import export
+from edgeprune.cli import app
+
+runner = CliRunner()
+# LeNet-5 on synthetic 1×28×28 data: the cheapest full run (train, save, export, measure).
+TRAIN = ["-q", "train", "-m", "lenet5", "-d", "synthetic", "-e", "1", "--measure-runs", "2", "-b", "64"]
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def run(tmp_path):
+    result = _invoke(*TRAIN, "--runs-dir", tmp_path, "--name", "r")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "r"
+
+
+def test_train_writes_a_complete_run(run):
+    assert {p.name for p in run.iterdir()} >= {"config.json", "model.pt", "model.onnx", "report.json",
+                                               "log.jsonl", "checkpoint.pt"}
+    report = json.loads((run / "report.json").read_text())
+    assert report["synthetic_data"] is True
+    assert report["profile"]["accuracy"] is None  # synthetic data never yields an accuracy
+    assert report["profile"]["params"] == sum(p.numel() for p in export.load_model(run / "model.pt").parameters())
+    assert {t["runtime"] for t in report["profile"]["latency"]} == {"onnxruntime", "torch"}
+
+
+def test_existing_run_is_refused_and_untouched(run):
+    before = _snapshot(run)
+    result = _invoke(*TRAIN, "--runs-dir", run.parent, "--name", "r")
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert _snapshot(run) == before
+
+
+def test_rerun_repeats_the_run_exactly(run):
+    result = _invoke("-q", "rerun", run, "--name", "again", "--runs-dir", run.parent)
+    assert result.exit_code == 0, result.output
+    a = export.load_model(run / "model.pt").state_dict()
+    b = export.load_model(run.parent / "again" / "model.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_measure_and_export_a_saved_run(run, tmp_path):
+    result = _invoke("measure", run, "-b", "1", "-b", "4", "--runs", "3", "--warmup", "1", "--runtime",
+                     "onnxruntime", "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime p50, batch 4" in result.output
+    assert len(json.loads((tmp_path / "p.json").read_text())["latency"]) == 2
+    result = _invoke("export", run, "--onnx", tmp_path / "m.onnx")
+    assert result.exit_code == 0 and (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "-m", "resnet21", "-d", "synthetic"], "'resnet20'"),
+        (["train", "-m", "lenet5", "-d", "fashion-mnst"], "fashion-mnist"),
+        (["train", "-m", "lenet5", "-d", "synthetic", "-b", "0"], "batch"),
+        (["train", "-m", "lenet5", "-d", "mnist", "--data-root", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["train", "-m", "lenet5", "-d", "synthetic", "--num-classes", "7"], "--num-classes 7"),
+        (["train", "-m", "lenet5", "-d", "synthetic", "--in-channels", "1"], "--in-channels 1"),
+        (["train", "-m", "lenet5", "-d", "synthetic", "--resume"], "cannot resume"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, message):
+    result = _invoke("-q", *args, "--runs-dir", tmp_path, "--name", "bad")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "bad" / "model.pt").exists()
+
+
+def test_corrupt_model_is_a_clear_error(run):
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes()[:300])
+    result = _invoke("eval", run)
+    assert result.exit_code == 2 and "corrupt or truncated" in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = _invoke("--debug", "train", "-m", "resnet21", "-d", "synthetic", "--runs-dir", tmp_path)
+    assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize("command", ["models", "train", "eval", "measure", "export", "rerun"])
+def test_every_command_has_help_with_an_example(command):
+    result = _invoke(command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output

@@ -1,0 +1,238 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from edgeprune import export, models
+from edgeprune.errors import ConfigError, UnsupportedModelError
+from edgeprune.measure import PRUNABLE, count_macs, count_params
+from edgeprune.surgery import dependency_graph, materialize, out_channel_group, width
+
+SMALL = (3, 32, 32)  # in-house CIFAR models
+TV = (3, 64, 64)  # torchvision models: small inputs keep the test quick
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Distinct BN values, so that kept-vs-removed channels are told apart and outputs are not degenerate."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.rand(n, generator=g) - 0.5
+            m.running_mean = torch.rand(n, generator=g) - 0.5
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model.eval()
+
+
+def _make(name: str):
+    torch.manual_seed(0)
+    shape = TV if name.startswith("tv:") else SMALL
+    return _randomize_bn(models.create(name, num_classes=10)), torch.randn(1, *shape), shape
+
+
+def _coupled(model: nn.Module, name: str, x: torch.Tensor) -> list[str]:
+    """The conv/linear layers whose output channels are tied to those of `name` (torch-pruning's group)."""
+    dg = dependency_graph(model, x)
+    layer = model.get_submodule(name)
+    names = {m: n for n, m in model.named_modules()}
+    group = out_channel_group(dg, layer, range(width(layer)), name)
+    return [names[it.dep.target.module] for it in group
+            if isinstance(it.dep.target.module, PRUNABLE) and dg.is_out_channel_pruning_fn(it.dep.handler)]
+
+
+def _is_subsequence(new: torch.Tensor, old: torch.Tensor, dim: int) -> bool:
+    """Whether `new` is `old` with some slices along `dim` left out, bit for bit and in order."""
+    new_slices = [s.contiguous().numpy().tobytes() for s in new.detach().unbind(dim)]
+    old_slices = [s.contiguous().numpy().tobytes() for s in old.detach().unbind(dim)]
+    it = iter(old_slices)
+    return all(any(s == o for o in it) for s in new_slices)
+
+
+def _assert_kept_weights_identical(old: nn.Module, new: nn.Module, report) -> None:
+    old_modules = dict(old.named_modules())
+    for name, m in new.named_modules():
+        o = old_modules[name]
+        if isinstance(m, PRUNABLE) and m.weight.shape == o.weight.shape:
+            assert torch.equal(m.weight, o.weight), name
+        elif isinstance(m, PRUNABLE):
+            rows = report.kept.get(name, range(width(o)))
+            w = o.weight[list(rows)]
+            assert _is_subsequence(m.weight, w, 1), name
+            if m.bias is not None:
+                assert torch.equal(m.bias, o.bias[list(rows)]), name
+        elif isinstance(m, nn.BatchNorm2d):
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                assert _is_subsequence(getattr(m, attr), getattr(o, attr), 0), f"{name}.{attr}"
+
+
+# Layers to narrow in each model: one inside a block, and one whose channels are tied to others'
+# (residual add, concatenation, multiplication, depthwise or grouped conv); every tied layer gets the decision.
+CASES = {
+    "resnet20": ["features.2.conv1.0", "features.4.conv2.0"],
+    "resnet56": ["features.5.conv1.0", "features.20.conv2.0"],
+    "vgg16": ["features.1.0", "features.11.0"],
+    "mobilenetv2": ["features.5.layers.0.0", "features.6.layers.2.0"],
+    "lenet5": ["features.0", "classifier.1"],
+    "tv:resnet18": ["layer1.0.conv1", "layer2.1.conv2"],
+    "tv:resnet50": ["layer1.0.conv2", "layer3.0.conv3"],
+    "tv:mobilenet_v2": ["features.2.conv.0.0", "features.5.conv.2"],
+    "tv:mobilenet_v3_small": ["features.4.block.0.0", "features.9.block.3.0"],
+    "tv:efficientnet_b0": ["features.2.0.block.0.0", "features.3.1.block.3.0"],
+    "tv:regnet_x_400mf": ["trunk_output.block1.block1-0.f.a.0", "trunk_output.block2.block2-1.f.c.0"],
+    "tv:densenet121": ["features.denseblock1.denselayer1.conv1", "features.denseblock2.denselayer3.conv2"],
+    "tv:vgg11_bn": ["features.4", "features.8"],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_halving_layers_shrinks_every_architecture(name, tmp_path):
+    model, x, shape = _make(name)
+    original = copy.deepcopy(model)
+    decided = list(dict.fromkeys(n for layer in CASES[name] for n in _coupled(model, layer, x)))
+    # Plain chains have nothing tied; a densenet layer's slice of a concatenation has a single producer.
+    assert len(decided) > len(CASES[name]) or name in ("vgg16", "lenet5", "tv:vgg11_bn", "tv:densenet121")
+    # Every other channel: a grouped conv can lose the same positions in each of its groups.
+    keep = {n: range(0, width(model.get_submodule(n)), 2) for n in decided}
+    macs_before = count_macs(model, shape)[0]
+    with torch.no_grad():
+        y0 = model(x)
+
+    report = materialize(model, keep, x)
+
+    assert report.skipped == {}
+    for n in decided:
+        n_before = width(original.get_submodule(n))
+        assert report.after[n] == width(model.get_submodule(n)) == (n_before + 1) // 2
+        assert report.kept[n] == list(range(0, n_before, 2))
+    assert report.params_after == count_params(model)[0] < report.params_before == count_params(original)[0]
+    assert count_macs(model, shape)[0] < macs_before
+    with torch.no_grad():
+        assert model(x).shape == y0.shape
+    _assert_kept_weights_identical(original, model, report)
+    if report.params_after > 30e6:
+        return  # vgg11_bn: writing half a gigabyte proves nothing more
+    export.save_model(model, tmp_path / "m.pt")
+    back = export.load_model(tmp_path / "m.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "tv:densenet121"])
+def test_narrowed_models_export_to_onnx(name):
+    model, x, shape = _make(name)
+    materialize(model, {n: [0, 2, 3] for n in CASES[name][:1]}, x)
+    assert export.to_onnx_bytes(model, shape)  # to_onnx_bytes checks the export against ONNX Runtime
+
+
+def test_plain_chain_loses_exactly_the_predicted_params_and_macs():
+    model, x, shape = _make("vgg16")
+    original = copy.deepcopy(model)
+    conv, nxt = model.features[1][0], model.features[3][0]  # 64 -> 64 at 32x32, then 64 -> 128 at 16x16
+    kept = [0, 5, 6, 9, 63]
+    removed = 64 - len(kept)
+    macs = count_macs(model, shape)[0]
+    report = materialize(model, {"features.1.0": kept}, x)
+    # conv rows (64*3*3 each), BN weight+bias, next conv's input columns (128*3*3 each)
+    assert report.params_before - report.params_after == removed * (64 * 9 + 2 + 128 * 9)
+    assert macs - count_macs(model, shape)[0] == removed * (64 * 9 * 32 * 32 + 128 * 9 * 16 * 16)
+    assert torch.equal(conv.weight, original.features[1][0].weight[kept])
+    assert torch.equal(nxt.weight, original.features[3][0].weight[:, kept])
+    assert torch.equal(model.features[1][1].running_mean, original.features[1][1].running_mean[kept])
+
+
+def test_a_coupled_layer_alone_keeps_its_channels_and_says_why():
+    model, x, _ = _make("resnet20")
+    report = materialize(model, {"features.1.conv2.0": [0, 1]}, x)
+    assert model.features[1].conv2[0].out_channels == 16
+    reason = report.skipped["features.1.conv2.0"]
+    assert "residual add" in reason and "features.0.0" in reason and "keep those channels" in reason
+
+
+def test_coupled_decisions_remove_only_what_all_of_them_remove():
+    model, x, _ = _make("resnet20")
+    stage = _coupled(model, "features.0.0", x)
+    keep = {n: range(8) for n in stage}
+    keep["features.2.conv2.0"] = range(0, 16, 2)  # removes the odd channels; the others remove 8..15
+    report = materialize(model, keep, x)
+    assert report.kept["features.0.0"] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14]
+    assert all(report.after[n] == 12 for n in stage)
+    assert "features.2.conv2.0" in report.skipped["features.0.0"]
+
+
+def test_model_outputs_and_ignored_layers_keep_their_outputs():
+    model, x, _ = _make("lenet5")
+    keep = {"classifier.5": [0, 1], "classifier.3": [0, 1], "classifier.1": range(60)}
+    report = materialize(model, keep, x, ignored=["classifier.3"])
+    assert model.classifier[5].out_features == 10 and model.classifier[3].out_features == 84
+    assert "output" in report.skipped["classifier.5"] and "ignored" in report.skipped["classifier.3"]
+    assert model.classifier[3].in_features == 60  # as in torch-pruning, an ignored layer's inputs may go
+
+
+def test_round_to_keeps_multiples_and_refuses_wider_than_the_layer():
+    model, x, _ = _make("resnet20")
+    report = materialize(model, {"features.1.conv1.0": [0, 3, 7], "features.4.conv1.0": range(9)}, x, round_to=4)
+    assert report.after == {"features.1.conv1.0": 4, "features.4.conv1.0": 12}
+    assert report.kept["features.1.conv1.0"] == [0, 1, 3, 7]  # the lowest-index removed channel came back
+    assert "round_to=4" in report.skipped["features.1.conv1.0"]
+    with pytest.raises(ConfigError, match=r"round_to=32 .*features\.2\.conv1\.0.* 16 "):
+        materialize(model, {"features.2.conv1.0": [0]}, x, round_to=32)
+
+
+def test_removing_every_channel_keeps_one_and_reports_it():
+    model, x, _ = _make("resnet20")
+    report = materialize(model, {"features.1.conv1.0": []}, x)
+    assert report.after["features.1.conv1.0"] == 1 and report.kept["features.1.conv1.0"] == [0]
+    assert "every channel" in report.skipped["features.1.conv1.0"]
+
+
+def test_grouped_convs_lose_a_position_only_in_every_group():
+    model, x, _ = _make("tv:regnet_x_400mf")
+    name = "trunk_output.block1.block1-0.f.a.0"  # feeds a conv with 2 groups of 16 channels
+    report = materialize(model, {name: range(16)}, x)  # would empty the second group only
+    assert model.get_submodule(name).out_channels == 32
+    assert "grouped convolution" in report.skipped[name]
+
+
+def test_bad_names_and_indices_are_config_errors():
+    model, x, _ = _make("resnet20")
+    with pytest.raises(ConfigError, match="features.1.conv1.0"):
+        materialize(model, {"features.1.conv1.O": [0]}, x)
+    with pytest.raises(ConfigError, match="BatchNorm2d"):
+        materialize(model, {"features.1.conv1.1": [0]}, x)
+    with pytest.raises(ConfigError, match=r"\[0, 16\)"):
+        materialize(model, {"features.1.conv1.0": [16]}, x)
+
+
+def test_masks_are_baked_before_surgery():
+    model, x, _ = _make("lenet5")
+    prune.l1_unstructured(model.features[0], "weight", amount=0.5)
+    zeros = int((model.features[0].weight[:3] == 0).sum())
+    materialize(model, {"features.0": [0, 1, 2]}, x)
+    assert not hasattr(model.features[0], "weight_mask")
+    assert int((model.features[0].weight == 0).sum()) == zeros
+
+
+def test_a_model_torch_pruning_cannot_trace_is_refused():
+    model = models.create("tv:shufflenet_v2_x1_0", num_classes=10)  # channel shuffle: view, transpose, view
+    with pytest.raises(UnsupportedModelError, match="ShuffleNetV2.*reshape"):
+        materialize(model, {"conv1.0": [0, 1, 2]}, torch.randn(1, *TV))
+
+
+class _Flip(nn.Module):
+    """Reverses the channel order between two convs: torch-pruning takes the flip for an element-wise op."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(torch.flip(self.a(x), dims=[1])).mean((2, 3)))
+
+
+def test_a_mistraced_layer_raises_instead_of_returning_a_wrong_model():
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedModelError, match="layer 'a'"):
+        materialize(_Flip(), {"a": [0, 1, 2]}, torch.randn(1, 3, 16, 16))

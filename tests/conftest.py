@@ -30,3 +30,12 @@ class Tiny(nn.Module):
 def tiny():
     torch.manual_seed(0)
     return Tiny()
+
+
+def small_vgg(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A plain conv chain (no residuals), small enough to prune and train in a test."""
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+    return nn.Sequential(*block(in_channels, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 32), *block(32, 64),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))

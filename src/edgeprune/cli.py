@@ -183,8 +183,9 @@ def train(
 @app.command()
 @_handled
 def prune(
-    method: Annotated[str, typer.Option(help="random, magnitude, snip, grasp, synflow (pruning at "
-                                        "initialisation) or imp (iterative magnitude pruning, rewinding).")],
+    method: Annotated[str, typer.Option(help="random, magnitude, snip, grasp, synflow (unstructured pruning at "
+                                        "initialisation), reconvene (structured, at initialisation) or imp "
+                                        "(iterative magnitude pruning with rewinding).")],
     sparsity: Annotated[float, typer.Option(help="Fraction of conv/linear weights removed (PaI methods).")] = 0.9,
     scope: Annotated[str, typer.Option(help="global (rank all layers together) or layer.")] = "global",
     rounds: Annotated[int | None, typer.Option(help="Pruning rounds (default: SynFlow 100, others 1).")] = None,
@@ -194,6 +195,12 @@ def prune(
     levels: Annotated[int, typer.Option(help="IMP: pruning levels after the dense one.")] = 3,
     fraction: Annotated[float, typer.Option(help="IMP: fraction of remaining weights removed per level.")] = 0.2,
     rewind_iter: Annotated[int, typer.Option(help="IMP: iteration whose weights survivors rewind to.")] = 0,
+    criterion: Annotated[str, typer.Option(help="Reconvene: the unstructured criterion it starts from.")] = "synflow",
+    conversion: Annotated[str, typer.Option(help="Reconvene: width (density → channel count, dense) or dead "
+                                            "(remove only empty channels).")] = "width",
+    reference: Annotated[str, typer.Option(help="Reconvene: a layer sparser than this is non-sensitive: global "
+                                           "(the sparsity) or mean (mean layer sparsity).")] = "global",
+    round_to: Annotated[int | None, typer.Option(help="Reconvene: keep channel counts multiples of this.")] = None,
     model: Model = "resnet20",
     dataset: Dataset = "fashion-mnist",
     data_root: DataRoot = None,
@@ -224,12 +231,15 @@ def prune(
 
     Examples:
       [bold]edgeprune prune --method synflow --sparsity 0.9 -m resnet20 -d fashion-mnist -e 1[/]
+      [bold]edgeprune prune --method reconvene --criterion synflow --sparsity 0.9 -m vgg16 -e 1[/]
       [bold]edgeprune prune --method imp --levels 3 --rewind-iter 100 -m resnet20 -e 1[/]
     """
     if method == "imp":
         options = {"levels": levels, "fraction": fraction, "rewind_iter": rewind_iter}
     else:
         options = {"sparsity": sparsity, "rounds": rounds, "score_batches": score_batches}
+    if method == "reconvene":
+        options.update(criterion=criterion, conversion=conversion, reference=reference, round_to=round_to)
     _start("prune", locals(), {"name": method, "scope": scope, "min_layer_density": min_layer_density,
                                "exclude": exclude or [], **options})
 

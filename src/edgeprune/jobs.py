@@ -125,20 +125,23 @@ def method_options(method: dict):
     from . import scores
     from .methods.imp import IMPOptions
     from .methods.pai import PaIOptions
+    from .methods.reconvene import ReconveneOptions
 
     opts = {k: v for k, v in method.items() if k != "name"}
     name = method.get("name")
     if name == "imp":
         return IMPOptions(**opts)
+    if name == "reconvene":
+        return ReconveneOptions(**opts)
     if name in scores.list_criteria():
         return PaIOptions(criterion=name, **opts)
-    raise unknown_name("method", str(name), [*scores.list_criteria(), "imp"])
+    raise unknown_name("method", str(name), [*scores.list_criteria(), "imp", "reconvene"])
 
 
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: bool = True) -> dict:
     """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
-    from .methods import imp, pai
+    from .methods import imp, pai, reconvene
 
     opts = method_options(cfg.method)  # bad options fail here, before anything is written
     runs.check(run_dir, overwrite=overwrite, resume=resume)
@@ -154,7 +157,11 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
         runs.write_json(run_dir / runs.REPORT, report)
         return report
     resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
-    if resume_fit:  # the masks are in the checkpoint; the pruning itself is not redone
+    if isinstance(opts, reconvene.ReconveneOptions):  # seconds, and deterministic: redone on resume too
+        info = reconvene.reconvene(model, opts, bundle.train, bundle.input_shape, progress=progress)
+        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+        runs.write_json(run_dir / runs.CONFIG, cfg)
+    elif resume_fit:  # the masks are in the checkpoint; the pruning itself is not redone
         run_dir = runs.prepare(run_dir, resume=True)
         state = runs.torch_load(run_dir / runs.CHECKPOINT)["model"]
         masks.apply(model, {k.removesuffix("_mask"): v for k, v in state.items() if k.endswith("_mask")})

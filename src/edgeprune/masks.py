@@ -63,7 +63,7 @@ def current(model: nn.Module, names: Sequence[str]) -> Masks:
     return out
 
 
-def _top_k(values: torch.Tensor, k: int) -> torch.Tensor:
+def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly k largest entries of a 1-D tensor; ties go to the lower index."""
     n = values.numel()
     if k >= n:
@@ -101,7 +101,7 @@ def select(
     if alive is not None:
         flat = {n: v.masked_fill(alive[n].flatten() == 0, -math.inf) for n, v in flat.items()}
     if scope == "layer":
-        keep = {n: _top_k(v, round(density * v.numel())) for n, v in flat.items()}
+        keep = {n: top_k(v, round(density * v.numel())) for n, v in flat.items()}
     else:
         keep = _select_global(flat, density, min_layer_density)
     masks = {n: keep[n].view_as(scores[n]).to(scores[n].dtype if scores[n].is_floating_point() else torch.float32)
@@ -120,7 +120,7 @@ def _select_global(flat: dict[str, torch.Tensor], density: float, min_layer_dens
     if min_layer_density > 0:
         for n, v in flat.items():
             m = max(1, math.ceil(min_layer_density * v.numel()))
-            forced[n] = _top_k(v, min(m, int(torch.isfinite(v).sum()) or m))
+            forced[n] = top_k(v, min(m, int(torch.isfinite(v).sum()) or m))
         n_forced = sum(int(f.sum()) for f in forced.values())
         if n_forced > k:
             raise ConfigError(
@@ -128,7 +128,7 @@ def _select_global(flat: dict[str, torch.Tensor], density: float, min_layer_dens
                 f"(min_layer_density {min_layer_density} per layer); lower the sparsity or min_layer_density"
             )
     rest = torch.cat([v.masked_fill(forced[n], -math.inf) if forced else v for n, v in flat.items()])
-    chosen = _top_k(rest, k - sum(int(f.sum()) for f in forced.values()))
+    chosen = top_k(rest, k - sum(int(f.sum()) for f in forced.values()))
     out, start = {}, 0
     for n, v in flat.items():
         piece = chosen[start:start + v.numel()]

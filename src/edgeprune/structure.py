@@ -8,6 +8,7 @@ it before the channel goes (papers.md §2, caveat [I]), so the smaller model com
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
@@ -233,3 +234,77 @@ def _max_abs_error(model: nn.Module, net: nn.Module, example_inputs: torch.Tenso
             return float((model(x) - net.eval()(x)).abs().max())
     finally:
         model.train(was_training)
+
+
+# --- Reconvene: layer sensitivity and density-to-width (papers.md §1) -------------------------------------
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[list[str]]:
+    """Conv/linear layers whose output channels are tied (residual adds, depthwise convs, …), in model
+    order, from torch-pruning's dependency graph; a layer tied to nothing is a group of its own."""
+    dg = dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    groups, seen = [], set()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, PRUNABLE) or name in seen:
+            continue
+        group = out_channel_group(dg, layer, range(width(layer)), name)
+        members = {names[it.dep.target.module] for it in group
+                   if dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)}
+        members = sorted(members | {name}, key=order.__getitem__)
+        seen |= set(members)
+        groups.append(members)
+    return groups
+
+
+def group_sparsity(model: nn.Module, group: list[str]) -> float:
+    """Fraction of zero weights over all layers of a group, masks applied."""
+    ws = [model.get_submodule(n).weight for n in group]
+    return 1 - sum(int(torch.count_nonzero(w)) for w in ws) / sum(w.numel() for w in ws)
+
+
+def channel_scores(model: nn.Module, scores: dict[str, torch.Tensor], group: list[str]) -> torch.Tensor | None:
+    """Summed score of each output channel's surviving weights, over all layers of a group.
+
+    None where the group's layers differ in width (a concatenation maps channels apart).
+    """
+    per_layer = []
+    for n in group:
+        w = model.get_submodule(n).weight.detach()
+        per_layer.append((scores[f"{n}.weight"].double() * (w != 0)).flatten(1).sum(1))
+    if len({t.numel() for t in per_layer}) != 1:
+        return None
+    return torch.stack(per_layer).sum(0)
+
+
+def density_to_width(channel_score: torch.Tensor, density: float) -> list[int]:
+    """Keep ⌈density × channels⌉ channels (at least one), the best by score; ties to the lower index."""
+    k = max(1, math.ceil(density * channel_score.numel() - 1e-9))
+    return sorted(masks_mod.top_k(channel_score.double(), k).nonzero().flatten().tolist())
+
+
+def rectify(model: nn.Module, shapes_before: dict[str, tuple]) -> list[str]:
+    """Re-initialise every conv/linear/norm layer whose parameter shapes changed, with its new fan-in
+    and fan-out (Reconvene's Resilient Layer Rectifier); return their names.
+
+    Convs get Kaiming-normal (fan-out, ReLU), as the in-house models are initialised; linears and norms
+    their PyTorch defaults (norms: weight 1, bias 0, running statistics reset).
+    """
+    changed = []
+    for name, module in model.named_modules():
+        before = shapes_before.get(name)
+        if before is None or before == parameter_shapes(module):
+            continue
+        if isinstance(module, nn.modules.conv._ConvNd):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # Linear; BatchNorm also resets its running statistics
+        changed.append(name)
+    return changed
+
+
+def parameter_shapes(module: nn.Module) -> tuple:
+    return tuple(tuple(p.shape) for p in module.parameters(recurse=False))

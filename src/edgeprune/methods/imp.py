@@ -128,6 +128,7 @@ def run(
 
 
 def _load_level(model: nn.Module, out: Path) -> None:
-    saved = runs.torch_load(out / runs.MASKS, "masks")
-    masks.apply(model, {k: v.float() for k, v in saved.items()})
+    if (out / runs.MASKS).exists():  # level 0 is dense
+        saved = runs.torch_load(out / runs.MASKS, "masks")
+        masks.apply(model, {k: v.float() for k, v in saved.items()})
     rewind(model, runs.torch_load(out / runs.MODEL, "model file")["state_dict"])

@@ -66,4 +66,4 @@ def prune_at_init(
                                     progress=lambda k: bar.update(task, completed=k))
     seconds = time.perf_counter() - t0
     return {"method": "pai", "options": opts.to_dict(), "rounds": rounds, "prune_seconds": seconds,
-            "layers": masks.table(model, names)}
+            "density": 1 - opts.sparsity, "layers": masks.table(model, names)}

@@ -246,6 +246,36 @@ def prune(
 
 @app.command()
 @_handled
+def shrink(
+    run: Annotated[Path, typer.Argument(help="A sparse run folder (from `edgeprune prune`; an IMP level_NN).")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="The new run (default: <run>-shrunk).")] = None,
+    fold_constants: Annotated[bool, typer.Option(help="Fold the constant output of removed channels into "
+                                                 "their consumers (exact); off drops it, as DNNShifter does.")]
+    = True,
+    round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of this.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Folder for the new run (default: beside RUN).")] = None,
+    overwrite: Overwrite = False,
+    measure_runs: MeasureRuns = 30,
+) -> None:
+    """Remove every channel a sparse run's masks emptied (DNNShifter) into a new, smaller run.
+
+    The input run is never modified. Reports the size and speed against the sparse model and the largest
+    output difference between them.
+
+    Example: [bold]edgeprune shrink runs/imp/level_03 --name imp3-small[/]
+    """
+    run_dir = (runs_dir or run.parent) / (name or f"{run.name}-shrunk")
+    cfg = jobs.shrink_config(run, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
+    report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=not _state["quiet"])
+    _print_report(report, run_dir)
+    v = report["vs_source"]
+    console.print(f"vs the sparse model: {v['params_x_smaller']:.2f}× fewer parameters, {v['bytes_x_smaller']:.2f}× "
+                  f"smaller, ORT batch-1 speed-up {v['ort_b1_speedup']:.2f}×; largest output difference "
+                  f"{report['max_abs_error']:.2e}; took {report['shrink_seconds']:.2f} s")
+
+
+@app.command()
+@_handled
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side.")],
 ) -> None:

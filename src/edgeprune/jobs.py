@@ -177,7 +177,57 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                   progress)
 
 
-JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune}
+def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+           progress: bool = True) -> dict:
+    """DNNShifter: remove the dead channels of the sparse run `cfg.method["source"]` into a new run."""
+    from .methods import dnnshifter
+
+    source = Path(cfg.method["source"])
+    if not (source / runs.MASKS).exists():
+        raise ConfigError(f"{source} has no {runs.MASKS}: shrink takes a sparse run (made by `edgeprune prune`; "
+                          "for IMP, one of its level_NN folders)")
+    if Path(run_dir).resolve() == source.resolve():
+        raise ConfigError(f"shrink writes a new run; choose a --name other than the source {source.name!r}")
+    runs.check(run_dir, overwrite=overwrite)
+    model, extra = load(source)
+    masks.apply(model, {k: v.float() for k, v in runs.torch_load(source / runs.MASKS, "masks").items()})
+    small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
+        k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
+    bundle = data.loaders(**cfg.data)
+    run_dir = runs.prepare(run_dir, overwrite=overwrite)
+    runs.write_json(run_dir / runs.CONFIG, cfg)
+    report = finish(small, bundle, cfg, run_dir, {**info, "source": str(source)}, progress)
+    sparse = load_profile(source)
+    dense_shape = measure.Profile.from_dict(report["profile"])
+    report["vs_source"] = {
+        "params_x_smaller": sparse.params / dense_shape.params,
+        "bytes_x_smaller": sparse.bytes_fp32 / dense_shape.bytes_fp32,
+        "macs_x_fewer": sparse.macs / dense_shape.macs,
+        "ort_b1_speedup": _speedup(sparse, dense_shape),
+    }
+    runs.write_json(run_dir / runs.REPORT, report)
+    return report
+
+
+def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int | None = None,
+                  measure_runs: int | None = None) -> RunConfig:
+    """The config of a shrink of run `source`: its own config (an IMP level's is its parent's), re-aimed."""
+    source = Path(source)
+    own = source / runs.CONFIG
+    cfg = RunConfig.from_dict(runs.read_json(own if own.exists() else source.parent / runs.CONFIG))
+    cfg.command = "shrink"
+    cfg.method = {"name": "dnnshifter", "source": str(source), "fold_constants": fold_constants, "round_to": round_to}
+    if measure_runs is not None:
+        cfg.measure.runs = measure_runs
+    return cfg
+
+
+def _speedup(before: measure.Profile, after: measure.Profile) -> float | None:
+    a, b = before.latency_of("onnxruntime", 1, 1), after.latency_of("onnxruntime", 1, 1)
+    return a.p50_ms / b.p50_ms if a and b else None
+
+
+JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune, "shrink": shrink}
 
 
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:

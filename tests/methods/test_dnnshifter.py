@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from edgeprune import export, jobs
+from edgeprune.errors import ConfigError
+from edgeprune.train import TrainConfig
+
+DATA = {"name": "synthetic", "shape": (1, 12, 12), "num_classes": 10, "size": 64, "batch_size": 32}
+
+
+def _sparse_run(tmp_path, method):
+    cfg = jobs.RunConfig(command="prune", model="conftest:small_vgg", data=DATA, train=TrainConfig(epochs=1, lr=0.05),
+                         measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False), method=method)
+    jobs.prune(cfg, tmp_path / "sparse", progress=False)
+    return tmp_path / "sparse"
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_shrink_makes_a_smaller_equivalent_run_and_leaves_the_source(tmp_path):
+    source = _sparse_run(tmp_path, {"name": "magnitude", "sparsity": 0.97})
+    before = _snapshot(source)
+    report = jobs.shrink(jobs.shrink_config(source, fold_constants=False), tmp_path / "small", progress=False)
+    assert _snapshot(source) == before
+    assert report["vs_source"]["params_x_smaller"] > 1.0
+    sparse, small = export.load_model(source / "model.pt"), export.load_model(tmp_path / "small" / "model.pt")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in sparse.parameters())
+    x = torch.randn(8, 1, 12, 12)
+    sparse.eval(), small.eval()
+    with torch.no_grad():  # no dead channel here carried a constant the surgery had to drop... or it is folded
+        err = float((sparse(x) - small(x)).abs().max())
+    assert err == pytest.approx(report["max_abs_error"], abs=1e-3)
+    assert report["profile"]["prunable_nonzero"] == jobs.load_profile(source).prunable_nonzero
+
+
+def test_shrink_of_an_imp_level_and_the_cli_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+
+    run = _sparse_run(tmp_path, {"name": "imp", "levels": 1, "fraction": 0.9})
+    result = CliRunner().invoke(app, ["-q", "shrink", str(run / "level_01"), "--name", "l1", "--measure-runs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "largest output difference" in result.output and (run / "l1" / "model.onnx").exists()
+
+
+def test_a_run_without_masks_is_refused(tmp_path):
+    cfg = jobs.RunConfig(command="train", model="conftest:small_vgg", data=DATA, train=TrainConfig(epochs=1),
+                         measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False))
+    jobs.train(cfg, tmp_path / "dense", progress=False)
+    with pytest.raises(ConfigError, match="masks.pt"):
+        jobs.shrink(jobs.shrink_config(tmp_path / "dense"), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()

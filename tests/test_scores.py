@@ -69,6 +69,16 @@ def test_snip_sums_gradients_over_num_batches():
         torch.testing.assert_close(s[n], (model.get_parameter(n).detach() * (grads[0][i] + grads[1][i])).abs())
 
 
+@pytest.mark.parametrize("criterion", ["snip", "grasp"])
+def test_data_criteria_normalise_with_batch_statistics_whatever_the_callers_mode(criterion):
+    model = Tiny()
+    model.bn.running_mean.fill_(5.0)
+    in_train = scores.score(criterion, model.train(), _batches())
+    in_eval = scores.score(criterion, model.eval(), _batches())
+    for n in in_train:
+        torch.testing.assert_close(in_eval[n], in_train[n], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 200.0])
 def test_grasp_is_plus_weight_times_hessian_gradient_product(temperature):
     # GraSP removes the highest -θ⊙Hg, so with higher = keep the score is +θ⊙Hg.

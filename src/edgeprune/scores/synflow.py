@@ -26,7 +26,7 @@ def synflow(model: nn.Module, names: list[str], batches, input_shape) -> dict[st
     if input_shape is None:
         raise ConfigError("criterion 'synflow' needs input_shape=(C, H, W), the shape of one input without "
                           "the batch dimension; it reads no data")
-    net = model.double().eval()
+    net = masks.baked_copy(model).double().eval()
     with torch.no_grad():
         for t in net.state_dict().values():
             if t.is_floating_point():

@@ -98,12 +98,13 @@ def select(
         raise ConfigError(f"min_layer_density must be in [0, 1], got {min_layer_density}")
     names = list(scores)
     flat = {n: scores[n].detach().flatten().double() for n in names}
-    if alive is not None:
-        flat = {n: v.masked_fill(alive[n].flatten() == 0, -math.inf) for n, v in flat.items()}
+    live = {n: alive[n].flatten() != 0 for n in names} if alive is not None else None
     if scope == "layer":
+        if live is not None:
+            flat = {n: v.masked_fill(~live[n], -math.inf) for n, v in flat.items()}
         keep = {n: top_k(v, round(density * v.numel())) for n, v in flat.items()}
     else:
-        keep = _select_global(flat, density, min_layer_density)
+        keep = _select_global(flat, live, density, min_layer_density)
     masks = {n: keep[n].view_as(scores[n]).to(scores[n].dtype if scores[n].is_floating_point() else torch.float32)
              for n in names}
     empty = [n for n, m in masks.items() if not m.any()]
@@ -113,28 +114,46 @@ def select(
     return masks
 
 
-def _select_global(flat: dict[str, torch.Tensor], density: float, min_layer_density: float) -> dict:
-    total = sum(v.numel() for v in flat.values())
-    k = round(density * total)
-    forced = {}
+def _select_global(flat: dict[str, torch.Tensor], live: dict[str, torch.Tensor] | None, density: float,
+                   min_layer_density: float) -> dict:
+    values = torch.cat(list(flat.values()))
+    sizes = [v.numel() for v in flat.values()]
+    k = round(density * values.numel())
+    # Rank only the weights still alive: in an iterative schedule they shrink to a small fraction.
+    on = None if live is None else torch.cat(list(live.values()))
+
+    def best(vals: torch.Tensor, count: int) -> torch.Tensor:
+        if on is None:
+            return top_k(vals, count)
+        sub = vals[on]
+        keep = torch.zeros(vals.numel(), dtype=torch.bool)
+        keep[on] = top_k(sub, min(count, sub.numel()))
+        return keep
+
+    chosen = best(values, k)
     if min_layer_density > 0:
-        for n, v in flat.items():
-            m = max(1, math.ceil(min_layer_density * v.numel()))
-            forced[n] = top_k(v, min(m, int(torch.isfinite(v).sum()) or m))
-        n_forced = sum(int(f.sum()) for f in forced.values())
-        if n_forced > k:
-            raise ConfigError(
-                f"density {density:.4g} keeps {k} weights, but the layer-collapse guard needs {n_forced} "
-                f"(min_layer_density {min_layer_density} per layer); lower the sparsity or min_layer_density"
-            )
-    rest = torch.cat([v.masked_fill(forced[n], -math.inf) if forced else v for n, v in flat.items()])
-    chosen = top_k(rest, k - sum(int(f.sum()) for f in forced.values()))
-    out, start = {}, 0
-    for n, v in flat.items():
-        piece = chosen[start:start + v.numel()]
-        out[n] = piece | forced[n] if forced else piece
-        start += v.numel()
-    return out
+        minimum = [max(1, math.ceil(min_layer_density * n)) for n in sizes]
+        alive = sizes if live is None else [int(a.sum()) for a in live.values()]
+        got = [int(c.sum()) for c in chosen.split(sizes)]
+        # Where every layer already has its minimum, the guarded choice is the same set.
+        if any(g < min(m, a) for g, m, a in zip(got, minimum, alive, strict=True)):
+            if live is not None:
+                flat = {n: v.masked_fill(~live[n], -math.inf) for n, v in flat.items()}
+            chosen = _guarded(flat, torch.cat(list(flat.values())), k, minimum, best, min_layer_density, density)
+    return dict(zip(flat, chosen.split(sizes), strict=True))
+
+
+def _guarded(flat, values, k, minimum, best, min_layer_density, density) -> torch.Tensor:
+    """Every layer's best `minimum` weights, then the best of the rest globally."""
+    forced = torch.cat([top_k(v, min(m, int(torch.isfinite(v).sum()) or m))
+                        for v, m in zip(flat.values(), minimum, strict=True)])
+    n_forced = int(forced.sum())
+    if n_forced > k:
+        raise ConfigError(
+            f"density {density:.4g} keeps {k} weights, but the layer-collapse guard needs {n_forced} "
+            f"(min_layer_density {min_layer_density} per layer); lower the sparsity or min_layer_density"
+        )
+    return best(values.masked_fill(forced, -math.inf), k - n_forced) | forced
 
 
 def apply(model: nn.Module, masks: Masks) -> nn.Module:

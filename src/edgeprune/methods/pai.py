@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from rich.progress import Progress
@@ -41,6 +41,13 @@ class PaIOptions:
         return asdict(self)
 
 
+def make_scorer(opts: PaIOptions, data: list | None, input_shape: tuple[int, ...]) -> Callable[[nn.Module], dict]:
+    """The criterion as a function of the (masked) model, reading every batch in `data`."""
+    extra = {"num_batches": len(data)} if data and scores.needs_data(opts.criterion) else {}
+    return lambda m: scores.score(opts.criterion, m, data, input_shape=input_shape, include=opts.include,
+                                  exclude=opts.exclude, **extra)
+
+
 def prune_at_init(
     model: nn.Module,
     opts: PaIOptions,
@@ -53,9 +60,7 @@ def prune_at_init(
     data = list(itertools.islice(batches, opts.score_batches)) if batches is not None else None
     rounds = opts.rounds or scores.default_rounds(opts.criterion)
 
-    def scorer(m: nn.Module):
-        return scores.score(opts.criterion, m, data, input_shape=input_shape,
-                            include=opts.include, exclude=opts.exclude)
+    scorer = make_scorer(opts, data, input_shape)
 
     t0 = time.perf_counter()
     with Progress(disable=not progress or rounds < 5, transient=True) as bar:

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .. import masks, scores, structure, surgery
+from .. import masks, structure, surgery
 from ..errors import ConfigError
-from .pai import PaIOptions, prune_at_init
+from .pai import PaIOptions, make_scorer, prune_at_init
 
 
 @dataclass
@@ -68,8 +68,7 @@ def reconvene(
     non_sensitive = [g for g in groups if sparsity[tuple(g)] > reference]
 
     # (iii) per-channel decisions for the non-sensitive groups
-    s = scores.score(opts.criterion, model, data, input_shape=input_shape, include=opts.include,
-                     exclude=opts.exclude) if opts.conversion == "width" else None
+    s = make_scorer(opts, data, input_shape)(model) if opts.conversion == "width" else None
     keep, not_converted = {}, {}
     for g in non_sensitive:
         if opts.conversion == "width":

@@ -1,0 +1,55 @@
+"""What the benchmark scripts share: one training budget per model, and cells that are ordinary runs.
+
+A cell is an edgeprune run folder under benchmarks/runs/<model>/; a finished cell (report.json present)
+is read back, not redone, so scripts share cells and an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeprune import jobs, measure
+from edgeprune.train import TrainConfig
+
+HERE = Path(__file__).parent
+RUNS = HERE / "runs"
+RESULTS = HERE / "results"
+
+# Short budgets that fit two CPU cores: they rank methods, they do not reach published accuracies.
+BUDGETS = {
+    "resnet20": {"subset": 10_000, "epochs": 2},
+    "vgg16": {"subset": 5_000, "epochs": 2},
+}
+MEASURE = jobs.MeasureOptions(batch_sizes=(1, 32), threads=(1, 2), runtimes=("onnxruntime",), runs=30, warmup=5,
+                              memory=False)
+
+
+def budget_text(model: str) -> str:
+    b = BUDGETS[model]
+    return (f"{model}: the first {b['subset']:,} Fashion-MNIST training images of a fixed shuffle, {b['epochs']} "
+            "epochs, SGD (lr 0.1, momentum 0.9, weight decay 5e-4, cosine), batch 128; top-1 on 5,000 test images")
+
+
+def config(model: str, method: dict | None = None) -> jobs.RunConfig:
+    b = BUDGETS[model]
+    return jobs.RunConfig(
+        command="prune" if method else "train", model=model,
+        data={"name": "fashion-mnist", "subset": b["subset"], "test_subset": 5000, "batch_size": 128},
+        train=TrainConfig(epochs=b["epochs"], lr=0.1, schedule="cosine"), measure=MEASURE, method=method or {},
+    )
+
+
+def cell(model: str, name: str, method: dict | None = None) -> dict:
+    """The report of run `name` for `model`, running it first if it has not finished before."""
+    run_dir = RUNS / model / name
+    if (run_dir / "report.json").exists():
+        return json.loads((run_dir / "report.json").read_text())
+    cfg = config(model, method)
+    print(f"running {model}/{name} …", flush=True)
+    return jobs.JOBS[cfg.command](cfg, run_dir, overwrite=True, progress=False)
+
+
+def p50(report: dict, batch: int = 1, threads: int = 1) -> float:
+    t = measure.Profile.from_dict(report["profile"]).latency_of("onnxruntime", batch, threads)
+    return t.p50_ms

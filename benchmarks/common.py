@@ -21,6 +21,7 @@ BUDGETS = {
     "resnet20": {"subset": 10_000, "epochs": 2},
     "vgg16": {"subset": 5_000, "epochs": 2},
 }
+IMP = {"name": "imp", "levels": 5, "fraction": 0.5, "rewind_iter": 20}  # densities 0.5 … 0.03
 MEASURE = jobs.MeasureOptions(batch_sizes=(1, 32), threads=(1, 2), runtimes=("onnxruntime",), runs=30, warmup=5,
                               memory=False)
 

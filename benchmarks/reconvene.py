@@ -15,14 +15,13 @@ import argparse
 import json
 import time
 
-from common import RESULTS, RUNS, budget_text, cell, p50
+from common import IMP, RESULTS, RUNS, budget_text, cell, p50
 
 from edgeprune import jobs, measure
 
 CRITERIA = ("magnitude", "snip", "synflow")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 CONVERSIONS = ("width", "dead")
-IMP = {"name": "imp", "levels": 5, "fraction": 0.5, "rewind_iter": 20}
 
 
 def summary(report: dict) -> dict:
@@ -42,17 +41,27 @@ def versus(rec: dict, upai: dict) -> dict:
             "accuracy_delta": rec["accuracy"] - upai["accuracy"], "speedup_efficiency": lat / macs}
 
 
-def grid(model: str) -> list[dict]:
-    rows = [{"model": model, "method": "dense", "criterion": "-", "sparsity": 0.0, **summary(cell(model, "dense"))}]
-    for crit in CRITERIA:
-        for s in SPARSITIES:
-            upai = summary(cell(model, f"{crit}-{s}", {"name": crit, "sparsity": s}))
+def grid(model: str, criteria=CRITERIA, sparsities=SPARSITIES, report_only: bool = False) -> list[dict]:
+    """The rows of `model`'s grid; with `report_only`, only the cells that have finished (nothing is run)."""
+    def get(name: str, method: dict | None = None) -> dict | None:
+        if report_only and not (RUNS / model / name / "report.json").exists():
+            return None
+        return summary(cell(model, name, method))
+
+    rows = []
+    if dense := get("dense"):
+        rows.append({"model": model, "method": "dense", "criterion": "-", "sparsity": 0.0, **dense})
+    for crit in criteria:
+        for s in sparsities:
+            if not (upai := get(f"{crit}-{s}", {"name": crit, "sparsity": s})):
+                continue
             rows.append({"model": model, "method": "unstructured", "criterion": crit, "sparsity": s, **upai})
             for conv in CONVERSIONS:
-                rec = summary(cell(model, f"reconvene-{crit}-{conv}-{s}", {
-                    "name": "reconvene", "criterion": crit, "conversion": conv, "sparsity": s}))
-                rows.append({"model": model, "method": f"reconvene-{conv}", "criterion": crit, "sparsity": s, **rec,
-                             "vs_unstructured": versus(rec, upai)})
+                rec = get(f"reconvene-{crit}-{conv}-{s}", {"name": "reconvene", "criterion": crit,
+                                                            "conversion": conv, "sparsity": s})
+                if rec:
+                    rows.append({"model": model, "method": f"reconvene-{conv}", "criterion": crit, "sparsity": s,
+                                 **rec, "vs_unstructured": versus(rec, upai)})
     return rows
 
 
@@ -109,16 +118,25 @@ def headline(rows: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
+    ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
+    ap.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    ap.add_argument("--report-only", action="store_true", help="tabulate the finished cells of the full grid; run none")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = [r for m in args.models for r in grid(m)]
-    shrunk = shrink_imp("resnet20") if "resnet20" in args.models else []
+    if not args.report_only:  # run what was asked for
+        for m in args.models:
+            grid(m, args.criteria, args.sparsities)
+    rows = [r for m in args.models for r in grid(m, report_only=True)]
+    shrunk = shrink_imp("resnet20") if "resnet20" in args.models and not args.report_only or (
+        RUNS / "resnet20" / "imp" / "report.json").exists() else []
     env = measure.environment()
     lines = [
         "# Reconvene vs unstructured pruning at initialisation (Fashion-MNIST)", "",
         f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/reconvene.py` on {env['cpu_count']} CPU cores, torch "
         f"{env['torch']}, onnxruntime {env['onnxruntime']}; {time.perf_counter() - t0:.0f} s for this invocation "
         "(finished cells are reused).", "",
+        "Cells run: every row below (the full grid is 3 criteria × 4 sparsities × unstructured/2 conversions per "
+        "model; rows missing for a model were not run in the time available).", "",
         "Budgets (the same for every row of a model): " + "; ".join(budget_text(m) for m in args.models) + ". "
         "These short budgets rank methods; they are far from fully trained accuracies, and one seed per cell "
         "means differences of about a point are noise.", "",

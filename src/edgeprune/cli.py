@@ -121,6 +121,9 @@ def _print_report(report: dict, run_dir: Path) -> None:
         profiles = {report["run"]: measure.Profile.from_dict(report["profile"])}
         title = f"{profiles[report['run']].model} on {report['data']}"
     console.print(profile_table(profiles, title=title))
+    if "budget" in report:
+        b = report["budget"]
+        console.print(f"budget search: {len(b['probes'])} probes, sparsity {b['found_sparsity']:.4f} chosen")
     if "prune_seconds" in report:
         console.print(f"pruning took {report['prune_seconds']:.2f} s; training "
                       f"{report['train']['seconds']:.1f} s")
@@ -201,6 +204,12 @@ def prune(
     reference: Annotated[str, typer.Option(help="Reconvene: a layer sparser than this is non-sensitive: global "
                                            "(the sparsity) or mean (mean layer sparsity).")] = "global",
     round_to: Annotated[int | None, typer.Option(help="Reconvene: keep channel counts multiples of this.")] = None,
+    target_latency: Annotated[float | None, typer.Option(help="Find the least sparsity whose model runs within "
+                                                         "this many ms (ONNX Runtime p50, measured here).")] = None,
+    target_size: Annotated[float | None, typer.Option(help="… whose fp32 model is at most this many MiB.")] = None,
+    target_macs: Annotated[float | None, typer.Option(help="… whose model needs at most this many MACs.")] = None,
+    target_batch: Annotated[int, typer.Option(help="Batch size of the latency budget.")] = 1,
+    target_threads: Annotated[int, typer.Option(help="Threads of the latency budget.")] = 1,
     model: Model = "resnet20",
     dataset: Dataset = "fashion-mnist",
     data_root: DataRoot = None,
@@ -233,6 +242,9 @@ def prune(
       [bold]edgeprune prune --method synflow --sparsity 0.9 -m resnet20 -d fashion-mnist -e 1[/]
       [bold]edgeprune prune --method reconvene --criterion synflow --sparsity 0.9 -m vgg16 -e 1[/]
       [bold]edgeprune prune --method imp --levels 3 --rewind-iter 100 -m resnet20 -e 1[/]
+      [bold]edgeprune prune --method reconvene --criterion magnitude --target-latency 0.2 -m resnet20[/]
+
+    With a --target-* budget the sparsity is searched (bisection over measured probes) instead of given.
     """
     if method == "imp":
         options = {"levels": levels, "fraction": fraction, "rewind_iter": rewind_iter}
@@ -240,6 +252,13 @@ def prune(
         options = {"sparsity": sparsity, "rounds": rounds, "score_batches": score_batches}
     if method == "reconvene":
         options.update(criterion=criterion, conversion=conversion, reference=reference, round_to=round_to)
+    targets = {k: v for k, v in {"latency": target_latency, "size": target_size, "macs": target_macs}.items()
+               if v is not None}
+    if len(targets) > 1:
+        raise EdgePruneError(f"give one budget, not {len(targets)} ({', '.join('--target-' + k for k in targets)})")
+    if targets:
+        (metric, value), = targets.items()
+        options["target"] = {"metric": metric, "value": value, "batch_size": target_batch, "threads": target_threads}
     _start("prune", locals(), {"name": method, "scope": scope, "min_layer_density": min_layer_density,
                                "exclude": exclude or [], **options})
 

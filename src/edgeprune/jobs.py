@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import __version__, data, export, masks, measure, models, runs
+from . import __version__, budget, data, export, masks, measure, models, runs
 from .errors import ConfigError, unknown_name
 from .train import TrainConfig, evaluate, fit
 
@@ -75,10 +75,14 @@ def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
                 f"--{what.replace('_', '-')} {asked} does not match data set {bundle.name!r}, which has "
                 f"{actual}; drop the option to take it from the data"
             )
+    return fresh_model(cfg, bundle), bundle
+
+
+def fresh_model(cfg: RunConfig, bundle: data.DataBundle) -> nn.Module:
+    """The run's model as initialised from its seed: the same weights every time."""
     torch.manual_seed(cfg.train.seed)
-    model = models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                          **cfg.model_kwargs)
-    return model, bundle
+    return models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                         **cfg.model_kwargs)
 
 
 def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, report: dict,
@@ -117,9 +121,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                   progress)
 
 
-PRUNE_INFO = "prune.json"
-
-
 def method_options(method: dict):
     """The options object of a pruning method from its config entry: {"name": ..., **options}."""
     from . import scores
@@ -127,7 +128,7 @@ def method_options(method: dict):
     from .methods.pai import PaIOptions
     from .methods.reconvene import ReconveneOptions
 
-    opts = {k: v for k, v in method.items() if k != "name"}
+    opts = {k: v for k, v in method.items() if k not in ("name", "target")}
     name = method.get("name")
     if name == "imp":
         return IMPOptions(**opts)
@@ -141,9 +142,13 @@ def method_options(method: dict):
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: bool = True) -> dict:
     """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
-    from .methods import imp, pai, reconvene
+    from .methods import imp
 
     opts = method_options(cfg.method)  # bad options fail here, before anything is written
+    target = budget.Target(**cfg.method["target"]) if cfg.method.get("target") else None
+    if target is not None and isinstance(opts, imp.IMPOptions):
+        raise ConfigError("a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
+                          "at initialisation (random, magnitude, snip, grasp, synflow, reconvene), not imp")
     runs.check(run_dir, overwrite=overwrite, resume=resume)
     model, bundle = build(cfg)
     if isinstance(opts, imp.IMPOptions):
@@ -156,25 +161,52 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                   "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]} for r in levels]}
         runs.write_json(run_dir / runs.REPORT, report)
         return report
+    searched = _search_budget(cfg, opts, bundle, target, progress) if target is not None else None
+    if searched is not None:
+        opts = replace(opts, sparsity=searched.sparsity)
+    # Pruning at initialisation is deterministic (seeded model, seeded data order), so a resumed run
+    # redoes it and gets the very masks and widths its checkpoint was trained with.
+    info = _prune_at_init(model, opts, bundle, progress)
     resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
-    if isinstance(opts, reconvene.ReconveneOptions):  # seconds, and deterministic: redone on resume too
-        info = reconvene.reconvene(model, opts, bundle.train, bundle.input_shape, progress=progress)
-        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
-        runs.write_json(run_dir / runs.CONFIG, cfg)
-    elif resume_fit:  # the masks are in the checkpoint; the pruning itself is not redone
-        run_dir = runs.prepare(run_dir, resume=True)
-        state = runs.torch_load(run_dir / runs.CHECKPOINT)["model"]
-        masks.apply(model, {k.removesuffix("_mask"): v for k, v in state.items() if k.endswith("_mask")})
-        info = runs.read_json(run_dir / PRUNE_INFO)
-    else:
-        info = pai.prune_at_init(model, opts, bundle.train, bundle.input_shape, progress=progress)
-        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
-        runs.write_json(run_dir / runs.CONFIG, cfg)
-        runs.write_json(run_dir / PRUNE_INFO, info)
+    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
+    runs.write_json(run_dir / runs.CONFIG, cfg)
+    if searched is not None:
+        info["budget"] = {"target": asdict(target), "found_sparsity": searched.sparsity,
+                          "probes": searched.probes}
     hist = fit(model, bundle.train, cfg.train, run_dir=run_dir, resume=resume_fit, device=cfg.device,
                progress=progress)
     return finish(model, bundle, cfg, run_dir, {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}},
                   progress)
+
+
+def _prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: bool) -> dict:
+    from .methods import pai, reconvene
+
+    method = reconvene.reconvene if isinstance(opts, reconvene.ReconveneOptions) else pai.prune_at_init
+    return method(model, opts, bundle.train, bundle.input_shape, progress=progress)
+
+
+def _search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.Target,
+                   progress: bool) -> budget.Search:
+    """Bisect the sparsity of `opts` until the pruned model meets `target` (see budget.py)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+
+    def pruned_at(sparsity: float) -> nn.Module:
+        model = fresh_model(cfg, bundle)
+        if sparsity > 0:
+            _prune_at_init(model, replace(opts, sparsity=sparsity), bundle, progress=False)
+        return model
+
+    def report(p: dict) -> None:
+        console.print(f"  probe: sparsity {p['sparsity']:.4f} → {target.describe(p['cost'])} "
+                      f"({'meets' if p['meets'] else 'over'} the budget)", highlight=False)
+
+    console.print(f"searching the sparsity that meets {target.describe()}", highlight=False)
+    # The layer-collapse guard keeps min_layer_density of every layer: stay below what it allows.
+    ceiling = min(target.max_sparsity, 1 - 2 * opts.min_layer_density)
+    return budget.search(replace(target, max_sparsity=ceiling), pruned_at, bundle.input_shape, progress=report)
 
 
 def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,

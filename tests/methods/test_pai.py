@@ -38,3 +38,20 @@ def test_bad_pruning_options_write_nothing(tmp_path, method, message):
     with pytest.raises(ConfigError, match=message):
         jobs.prune(_cfg(**method), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", [{"name": "snip", "sparsity": 0.8}, {"name": "reconvene", "criterion": "synflow",
+                                                                       "rounds": 5, "sparsity": 0.8}])
+def test_resumed_pruned_run_ends_where_an_uninterrupted_one_does(tmp_path, method):
+    def cfg(epochs):
+        c = _cfg(**method)
+        c.model = "conftest:small_vgg"
+        c.train = TrainConfig(epochs=epochs, lr=0.05, schedule="constant")
+        return c
+
+    jobs.prune(cfg(2), tmp_path / "straight", progress=False)
+    jobs.prune(cfg(1), tmp_path / "cut", progress=False)  # as if stopped after epoch 1
+    jobs.prune(cfg(2), tmp_path / "cut", resume=True, progress=False)
+    a = export.load_model(tmp_path / "straight" / "model.pt").state_dict()
+    b = export.load_model(tmp_path / "cut" / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

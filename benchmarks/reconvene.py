@@ -21,7 +21,8 @@ from edgeprune import jobs, measure
 
 CRITERIA = ("magnitude", "snip", "synflow")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
-CONVERSIONS = ("width", "dead")
+# (conversion, width rule): the paper's reconstruction, its parameter-preserving variant, dead channels only
+CONVERSIONS = (("width", "channels"), ("width", "sqrt"), ("dead", "channels"))
 
 
 def summary(report: dict) -> dict:
@@ -56,11 +57,12 @@ def grid(model: str, criteria=CRITERIA, sparsities=SPARSITIES, report_only: bool
             if not (upai := get(f"{crit}-{s}", {"name": crit, "sparsity": s})):
                 continue
             rows.append({"model": model, "method": "unstructured", "criterion": crit, "sparsity": s, **upai})
-            for conv in CONVERSIONS:
-                rec = get(f"reconvene-{crit}-{conv}-{s}", {"name": "reconvene", "criterion": crit,
-                                                            "conversion": conv, "sparsity": s})
+            for conv, rule in CONVERSIONS:
+                label = conv if rule == "channels" else f"{conv}-{rule}"
+                rec = get(f"reconvene-{crit}-{label}-{s}", {"name": "reconvene", "criterion": crit,
+                                                             "conversion": conv, "width_rule": rule, "sparsity": s})
                 if rec:
-                    rows.append({"model": model, "method": f"reconvene-{conv}", "criterion": crit, "sparsity": s,
+                    rows.append({"model": model, "method": f"reconvene-{label}", "criterion": crit, "sparsity": s,
                                  **rec, "vs_unstructured": versus(rec, upai)})
     return rows
 
@@ -135,7 +137,7 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/reconvene.py` on {env['cpu_count']} CPU cores, torch "
         f"{env['torch']}, onnxruntime {env['onnxruntime']}; {time.perf_counter() - t0:.0f} s for this invocation "
         "(finished cells are reused).", "",
-        "Cells run: every row below (the full grid is 3 criteria × 4 sparsities × unstructured/2 conversions per "
+        "Cells run: every row below (the full grid is 3 criteria × 4 sparsities × unstructured/3 conversions per "
         "model; rows missing for a model were not run in the time available).", "",
         "Budgets (the same for every row of a model): " + "; ".join(budget_text(m) for m in args.models) + ". "
         "These short budgets rank methods; they are far from fully trained accuracies, and one seed per cell "

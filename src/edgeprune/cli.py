@@ -201,6 +201,9 @@ def prune(
     criterion: Annotated[str, typer.Option(help="Reconvene: the unstructured criterion it starts from.")] = "synflow",
     conversion: Annotated[str, typer.Option(help="Reconvene: width (density → channel count, dense) or dead "
                                             "(remove only empty channels).")] = "width",
+    width_rule: Annotated[str, typer.Option(help="Reconvene width: channels (keep C·d channels) or sqrt (C·√d, "
+                                            "keeps each layer's weight budget when its neighbours shrink too).")]
+    = "channels",
     reference: Annotated[str, typer.Option(help="Reconvene: a layer sparser than this is non-sensitive: global "
                                            "(the sparsity) or mean (mean layer sparsity).")] = "global",
     round_to: Annotated[int | None, typer.Option(help="Reconvene: keep channel counts multiples of this.")] = None,
@@ -251,7 +254,8 @@ def prune(
     else:
         options = {"sparsity": sparsity, "rounds": rounds, "score_batches": score_batches}
     if method == "reconvene":
-        options.update(criterion=criterion, conversion=conversion, reference=reference, round_to=round_to)
+        options.update(criterion=criterion, conversion=conversion, width_rule=width_rule, reference=reference,
+                       round_to=round_to)
     targets = {k: v for k, v in {"latency": target_latency, "size": target_size, "macs": target_macs}.items()
                if v is not None}
     if len(targets) > 1:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import masks as masks_mod
+from .errors import ConfigError
 from .measure import PRUNABLE, effective_weights
 from .surgery import (
     CHANNELWISE,
@@ -278,9 +279,20 @@ def channel_scores(model: nn.Module, scores: dict[str, torch.Tensor], group: lis
     return torch.stack(per_layer).sum(0)
 
 
-def density_to_width(channel_score: torch.Tensor, density: float) -> list[int]:
-    """Keep ⌈density × channels⌉ channels (at least one), the best by score; ties to the lower index."""
-    k = max(1, math.ceil(density * channel_score.numel() - 1e-9))
+WIDTH_RULES = ("channels", "sqrt")
+
+
+def density_to_width(channel_score: torch.Tensor, density: float, rule: str = "channels") -> list[int]:
+    """The best channels by score (ties to the lower index), at least one:
+
+    - `channels`: ⌈density × C⌉, the layer's weight density read as a channel fraction;
+    - `sqrt`: ⌈√density × C⌉: where the neighbouring layers shrink as well, a layer loses inputs too, and
+      this keeps about density × its weights instead of density².
+    """
+    if rule not in WIDTH_RULES:
+        raise ConfigError(f"unknown width rule {rule!r}; choose from {list(WIDTH_RULES)}")
+    fraction = density if rule == "channels" else math.sqrt(density)
+    k = max(1, math.ceil(fraction * channel_score.numel() - 1e-9))
     return sorted(masks_mod.top_k(channel_score.double(), k).nonzero().flatten().tolist())
 
 

@@ -22,17 +22,20 @@ def _convs(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-@pytest.mark.parametrize("criterion", ["magnitude", "synflow"])
-def test_width_conversion_yields_exactly_the_decided_widths(criterion):
+@pytest.mark.parametrize("criterion, rule", [("magnitude", "channels"), ("synflow", "channels"),
+                                             ("synflow", "sqrt")])
+def test_width_conversion_yields_exactly_the_decided_widths(criterion, rule):
     model = _small()
     before = {n: m.out_channels for n, m in _convs(model).items()}
-    info = reconvene(model, ReconveneOptions(criterion=criterion, sparsity=0.9, rounds=10, min_layer_density=0),
-                     None, SHAPE, progress=False)
+    info = reconvene(model, ReconveneOptions(criterion=criterion, sparsity=0.9, rounds=10, min_layer_density=0,
+                                             width_rule=rule), None, SHAPE, progress=False)
+    fraction = (lambda d: d) if rule == "channels" else math.sqrt
     non_sensitive = [g for g in info["groups"] if not g["sensitive"]]
     assert non_sensitive, "the criterion found no layer sparser than the global sparsity"
     for g in info["groups"]:
         (layer,) = g["layers"]  # a plain chain: every conv is a group of its own
-        expected = math.ceil((1 - g["sparsity"]) * before[layer] - 1e-9) if not g["sensitive"] else before[layer]
+        expected = (math.ceil(fraction(1 - g["sparsity"]) * before[layer] - 1e-9) if not g["sensitive"]
+                    else before[layer])
         assert _convs(model)[layer].out_channels == expected == g["width_after"]
         assert (g["sparsity"] > info["reference_sparsity"]) != g["sensitive"]
     assert model(torch.randn(2, *SHAPE)).shape == (2, 10)
@@ -93,6 +96,7 @@ def test_residual_groups_shrink_together_and_the_run_trains_with_masks(tmp_path)
 
 
 @pytest.mark.parametrize("bad, message", [({"conversion": "both"}, "conversion"), ({"reference": "max"}, "reference"),
+                                          ({"width_rule": "cube"}, "width_rule"),
                                           ({"round_to": 0}, "round_to")])
 def test_bad_options(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,8 +4,9 @@
 2. Pruning Sensitivity Evaluator: a layer (or a group of layers whose channels are tied, e.g. by a
    residual add) whose sparsity exceeds the reference (p, or the mean layer sparsity) is non-sensitive:
    the criterion found it redundant.
-3. Non-sensitive layers become structured: `width` keeps ⌈(1 − s)·C⌉ channels ranked by summed score and
-   turns dense; `dead` removes only channels with no surviving weight. Sensitive layers keep their mask.
+3. Non-sensitive layers become structured: `width` keeps ⌈(1 − s)·C⌉ channels (or ⌈√(1 − s)·C⌉ with
+   width_rule="sqrt") ranked by summed score and turns dense; `dead` removes only channels with no
+   surviving weight. Sensitive layers keep their mask.
 4. Resilient Layer Rectifier: layers whose shape changed are re-initialised for their new fan-in/out.
 5. The smaller model trains (the caller's job), sensitive layers' masks in force.
 
@@ -31,6 +32,7 @@ from .pai import PaIOptions, make_scorer, prune_at_init
 @dataclass
 class ReconveneOptions(PaIOptions):
     conversion: str = "width"  # width | dead
+    width_rule: str = "channels"  # width conversion: channels (C·d) | sqrt (C·√d, keeps the layer's weight budget)
     reference: str = "global"  # global | mean
     round_to: int | None = None
 
@@ -38,6 +40,8 @@ class ReconveneOptions(PaIOptions):
         super().__post_init__()
         if self.conversion not in ("width", "dead"):
             raise ConfigError(f"conversion must be 'width' or 'dead', got {self.conversion!r}")
+        if self.width_rule not in structure.WIDTH_RULES:
+            raise ConfigError(f"width_rule must be one of {list(structure.WIDTH_RULES)}, got {self.width_rule!r}")
         if self.reference not in ("global", "mean"):
             raise ConfigError(f"reference must be 'global' or 'mean', got {self.reference!r}")
         if self.round_to is not None and self.round_to < 1:
@@ -76,7 +80,7 @@ def reconvene(
             if cs is None:
                 not_converted[", ".join(g)] = "its layers differ in width (a concatenation)"
                 continue
-            kept = structure.density_to_width(cs, 1 - sparsity[tuple(g)])
+            kept = structure.density_to_width(cs, 1 - sparsity[tuple(g)], opts.width_rule)
         else:
             dead = torch.stack([structure.dead_channels(model)[n] for n in g]).all(0)
             kept = (~dead).nonzero().flatten().tolist() or [0]

@@ -35,7 +35,9 @@ demo: $(VENV)/.installed data
 	$(BIN)/edgeprune train --model resnet20 --dataset fashion-mnist $(DEMO_ARGS) --name demo-dense --overwrite
 	$(BIN)/edgeprune prune --method synflow --sparsity 0.9 --model resnet20 --dataset fashion-mnist $(DEMO_ARGS) \
 		--name demo-synflow90 --overwrite
-	$(BIN)/edgeprune compare runs/demo-dense runs/demo-synflow90
+	$(BIN)/edgeprune prune --method reconvene --criterion synflow --sparsity 0.9 --model resnet20 \
+		--dataset fashion-mnist $(DEMO_ARGS) --name demo-reconvene90 --overwrite
+	$(BIN)/edgeprune compare runs/demo-dense runs/demo-synflow90 runs/demo-reconvene90
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -101,3 +101,20 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_every_command_has_help_with_an_example(command):
     result = _invoke(command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_prune_reconvene_from_the_command_line(tmp_path):
+    result = _invoke("-q", "prune", "--method", "reconvene", "--criterion", "magnitude", "--sparsity", "0.9",
+                     "-m", "conftest:small_vgg", "-d", "synthetic", "-e", "1", "--measure-runs", "2",
+                     "--runs-dir", tmp_path, "--name", "rec")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rec" / "report.json").read_text())
+    assert report["method"] == "reconvene" and report["options"]["sparsity"] == 0.9
+    assert any(g["width_after"] < g["width_before"] for g in report["groups"])
+    assert "pruning took" in result.output
+
+
+def test_two_budgets_at_once_are_refused(tmp_path):
+    result = _invoke("prune", "--method", "reconvene", "--target-size", "1", "--target-macs", "1000",
+                     "-d", "synthetic", "--runs-dir", tmp_path)
+    assert result.exit_code == 2 and "one budget" in result.output

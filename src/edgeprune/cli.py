@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -88,6 +89,29 @@ Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its
 MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
 
 
+# Options of every command that trains a model, declared once and appended to each such command.
+_TRAINING_OPTIONS = [
+    ("model", Model, "resnet20"), ("dataset", Dataset, "fashion-mnist"), ("data_root", DataRoot, None),
+    ("subset", Subset, None), ("test_subset", TestSubset, None), ("batch_size", BatchSize, 128),
+    ("download", Download, False), ("epochs", Epochs, 1), ("lr", Lr, 0.1), ("momentum", Momentum, 0.9),
+    ("weight_decay", WeightDecay, 5e-4), ("schedule", Schedule, "cosine"), ("label_smoothing", LabelSmoothing, 0.0),
+    ("steps_per_epoch", StepsPerEpoch, None), ("seed", Seed, 0), ("num_classes", NumClasses, None),
+    ("in_channels", InChannels, None), ("device", Device, "cpu"), ("name", Name, None),
+    ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False), ("resume", Resume, False),
+    ("measure_batch", Ints, None), ("measure_threads", Ints, None), ("measure_runs", MeasureRuns, 30),
+]
+
+
+def _training_options(fn):
+    """Give `fn(..., **args)` the training options as keyword parameters typer can see."""
+    sig = inspect.signature(fn, eval_str=True)  # resolve the postponed annotations typer needs
+    own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+              for n, a, d in _TRAINING_OPTIONS]
+    fn.__signature__ = sig.replace(parameters=own + shared)
+    return fn
+
+
 def _start(command: str, args: dict, method: dict | None = None) -> None:
     """Build the RunConfig from a command's options, run the job, print its report."""
     a = args
@@ -149,42 +173,18 @@ def models_cmd(
 
 @app.command()
 @_handled
-def train(
-    model: Model = "resnet20",
-    dataset: Dataset = "fashion-mnist",
-    data_root: DataRoot = None,
-    subset: Subset = None,
-    test_subset: TestSubset = None,
-    batch_size: BatchSize = 128,
-    download: Download = False,
-    epochs: Epochs = 1,
-    lr: Lr = 0.1,
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4,
-    schedule: Schedule = "cosine",
-    label_smoothing: LabelSmoothing = 0.0,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    num_classes: NumClasses = None,
-    in_channels: InChannels = None,
-    device: Device = "cpu",
-    name: Name = None,
-    runs_dir: RunsDir = Path("runs"),
-    overwrite: Overwrite = False,
-    resume: Resume = False,
-    measure_batch: Ints = None,
-    measure_threads: Ints = None,
-    measure_runs: MeasureRuns = 30,
-) -> None:
+@_training_options
+def train(**args) -> None:
     """Train a dense model, then save, export and measure it into runs/NAME/.
 
     Example: [bold]edgeprune train -m resnet20 -d fashion-mnist --subset 5000 -e 1 --name dense[/]
     """
-    _start("train", locals())
+    _start("train", args)
 
 
 @app.command()
 @_handled
+@_training_options
 def prune(
     method: Annotated[str, typer.Option(help="random, magnitude, snip, grasp, synflow (unstructured pruning at "
                                         "initialisation), reconvene (structured, at initialisation) or imp "
@@ -213,31 +213,7 @@ def prune(
     target_macs: Annotated[float | None, typer.Option(help="… whose model needs at most this many MACs.")] = None,
     target_batch: Annotated[int, typer.Option(help="Batch size of the latency budget.")] = 1,
     target_threads: Annotated[int, typer.Option(help="Threads of the latency budget.")] = 1,
-    model: Model = "resnet20",
-    dataset: Dataset = "fashion-mnist",
-    data_root: DataRoot = None,
-    subset: Subset = None,
-    test_subset: TestSubset = None,
-    batch_size: BatchSize = 128,
-    download: Download = False,
-    epochs: Epochs = 1,
-    lr: Lr = 0.1,
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4,
-    schedule: Schedule = "cosine",
-    label_smoothing: LabelSmoothing = 0.0,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    num_classes: NumClasses = None,
-    in_channels: InChannels = None,
-    device: Device = "cpu",
-    name: Name = None,
-    runs_dir: RunsDir = Path("runs"),
-    overwrite: Overwrite = False,
-    resume: Resume = False,
-    measure_batch: Ints = None,
-    measure_threads: Ints = None,
-    measure_runs: MeasureRuns = 30,
+    **args,
 ) -> None:
     """Prune a model, train it with its masks kept, then save, export and measure it into runs/NAME/.
 
@@ -263,7 +239,7 @@ def prune(
     if targets:
         (metric, value), = targets.items()
         options["target"] = {"metric": metric, "value": value, "batch_size": target_batch, "threads": target_threads}
-    _start("prune", locals(), {"name": method, "scope": scope, "min_layer_density": min_layer_density,
+    _start("prune", args, {"name": method, "scope": scope, "min_layer_density": min_layer_density,
                                "exclude": exclude or [], **options})
 
 

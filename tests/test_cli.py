@@ -118,3 +118,10 @@ def test_two_budgets_at_once_are_refused(tmp_path):
     result = _invoke("prune", "--method", "reconvene", "--target-size", "1", "--target-macs", "1000",
                      "-d", "synthetic", "--runs-dir", tmp_path)
     assert result.exit_code == 2 and "one budget" in result.output
+
+
+def test_report_over_runs(run, tmp_path):
+    result = _invoke("report", run, "--out", tmp_path / "rep")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "results.csv").exists()
+    assert oct((tmp_path / "rep" / "report.html").stat().st_mode & 0o777) != "0o600"

@@ -287,6 +287,26 @@ def compare(
     console.print(profile_table({str(r): jobs.load_profile(r) for r in runs}, title="runs compared"))
 
 
+@app.command()
+@_handled
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders and/or sweep folders (searched for runs).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.md, the PNG plots and "
+                                      "report.html.")] = Path("report"),
+    title: Annotated[str, typer.Option(help="Title of the report.")] = "edgeprune report",
+) -> None:
+    """Tables (CSV, Markdown), plots (PNG) and one self-contained HTML page over many runs.
+
+    Runs of different data sets get separate sections; ratios are against the dense run of the same model.
+
+    Example: [bold]edgeprune report runs/sweeps/smoke --out report/[/]
+    """
+    from .report import write_report
+
+    files = write_report(paths, out, title=title)
+    console.print(f"wrote {len(files)} files to {out}: open [bold]{files['html']}[/] in a browser")
+
+
 @app.command("eval")
 @_handled
 def eval_cmd(

@@ -1,10 +1,34 @@
-"""Tables for people: a profile (or several side by side) as a rich table."""
+"""Reports for people: a profile (or several side by side) as a rich table, and a collection of runs as
+CSV, Markdown, PNG plots and one self-contained HTML page.
+
+Runs on different data sets are never compared: every table and plot holds one data set. Ratios
+(compression, size, speed-up, accuracy Δ) are to the dense run of the same model and data set found in
+the collection, and blank without one.
+"""
 
 from __future__ import annotations
 
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from rich.table import Table
 
+from . import runs
+from .errors import ConfigError
 from .measure import Profile
+
+MAX_LAYER_FIGURES = 6
+FIGSIZE, DPI = (7.0, 4.5), 120
+LAYERS_FIGSIZE = (7.0, 8.0)  # two panels: per-layer density above, per-group width below
+RUN_FOLDER = "a run folder contains config.json and, once the run has finished, report.json"
+MAIN_LATENCY = ("onnxruntime", 1, 1)
 
 
 def _si(n: float) -> str:
@@ -69,3 +93,679 @@ def _ratio_rows(table: Table, ps: list[Profile], keys: list[tuple]) -> None:
     table.add_row("  accuracy Δ (points)", *(
         "—" if p.accuracy is None or base.accuracy is None else f"{100 * (p.accuracy - base.accuracy):+.2f}"
         for p in ps))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Collecting runs
+
+
+@dataclass
+class RunRow:
+    """One finished run (or one IMP level) as a report shows it."""
+
+    name: str  # the run folder's name; an IMP level is "<run>/level_NN"
+    path: Path
+    data: str
+    synthetic: bool
+    model: str
+    method: str  # dense, a PaI criterion, reconvene-<conversion>-<criterion>, imp, dnnshifter
+    variant: str  # the options that make a different curve of the same method (not sparsity, level, budget)
+    options: str  # the method's options, compactly
+    options_full: dict
+    sparsity_requested: float | None
+    profile: Profile
+    prune_seconds: float | None
+    train_seconds: float | None
+    model_kwargs: dict = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)  # per-layer rows: layer, shape, weights, kept, density
+    groups: list[dict] = field(default_factory=list)  # Reconvene: coupled channels, width_before/width_after
+    dense_layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> shape in the dense original
+    source: str | None = None  # DNNShifter: the sparse run it shrank
+    # ratios to the dense run of the same model and data set (None without one)
+    dense_run: str | None = None
+    compression: float | None = None  # dense prunable weights / remaining prunable weights
+    size_x_fp32: float | None = None
+    size_x_gzip: float | None = None
+    speedup: float | None = None  # ONNX Runtime p50, batch 1, 1 thread
+    accuracy_delta: float | None = None  # percentage points
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.profile.accuracy
+
+    @property
+    def sparsity_measured(self) -> float:
+        return self.profile.sparsity
+
+    def latency_ms(self, runtime: str = "onnxruntime", batch_size: int = 1, threads: int = 1) -> float | None:
+        t = self.profile.latency_of(runtime, batch_size, threads)
+        return None if t is None else t.p50_ms
+
+    @property
+    def plot_sparsity(self) -> float:
+        """Sparsity for accuracy-vs-sparsity: as requested; else as measured against the dense original."""
+        if self.sparsity_requested is not None:
+            return self.sparsity_requested
+        return 1 - 1 / self.compression if self.compression else self.sparsity_measured
+
+
+def collect(paths: Sequence[str | Path]) -> list[RunRow]:
+    """The finished runs under `paths`: run folders, sweep folders (any folder holding run folders, at any
+    depth) and IMP runs (one row per level). Unfinished runs inside sweeps are skipped."""
+    return _collect(paths)[0]
+
+
+def _collect(paths: Sequence[str | Path]) -> tuple[list[RunRow], list[Path]]:
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.name in (runs.REPORT, runs.CONFIG):
+            p = p.parent
+        if not p.is_dir():
+            raise ConfigError(f"{p} is not a run or sweep folder: {'it is a file' if p.exists() else 'no such folder'}"
+                              f"; pass run folders or folders holding them ({RUN_FOLDER})")
+        found = [p] if _is_run(p) else _runs_under(p)
+        if not found:
+            raise ConfigError(f"{p} is not a run or sweep folder: no run folder in it at any depth ({RUN_FOLDER})")
+        folders += found
+    rows: list[RunRow] = []
+    unfinished: list[Path] = []
+    seen: set[Path] = set()
+    for d in folders:
+        if d.resolve() in seen:
+            continue
+        seen.add(d.resolve())
+        got = _read_run(d)
+        rows += got
+        if not got:
+            unfinished.append(d)
+    if not rows:
+        shown = ", ".join(str(d) for d in unfinished[:5]) or ", ".join(map(str, paths))
+        raise ConfigError(f"no finished runs in {shown}: {RUN_FOLDER} (or, for IMP, level_NN/report.json)")
+    _unique_names(rows)
+    _link_sources(rows)
+    _dense_ratios(rows)
+    return rows, unfinished
+
+
+def _is_run(d: Path) -> bool:
+    return (d / runs.REPORT).is_file() or (d / runs.CONFIG).is_file()
+
+
+def _runs_under(d: Path) -> list[Path]:
+    out = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out += [sub] if _is_run(sub) else _runs_under(sub)
+    return out
+
+
+def _read_run(d: Path) -> list[RunRow]:
+    """The rows of one run folder: one, one per finished IMP level, or none while unfinished."""
+    config = runs.read_json(d / runs.CONFIG) if (d / runs.CONFIG).is_file() else (
+        runs.read_json(d.parent / runs.CONFIG) if (d.parent / runs.CONFIG).is_file() else {})
+    report = runs.read_json(d / runs.REPORT) if (d / runs.REPORT).is_file() else None
+    level_dirs = sorted(p for p in d.glob("level_[0-9]*") if (p / runs.REPORT).is_file())
+    if report is None and not level_dirs:
+        return []
+    if report is None or "levels" in report:  # IMP, finished or not: one row per finished level
+        by_level = {lv["level"]: lv for lv in (report or {}).get("levels", [])}
+        rows = []
+        for p in level_dirs:
+            level = runs.read_json(p / runs.REPORT)
+            by_level.pop(level.get("level"), None)
+            rows.append(_row(p, f"{d.name}/{p.name}", {**(report or {}), **level}, config))
+        for lv in by_level.values():  # a level folder gone: its profile is still in the run's report
+            rows.append(_row(d / f"level_{lv['level']:02d}", f"{d.name}/level_{lv['level']:02d}",
+                             {**report, **lv, "method": "imp"}, config))
+        return sorted(rows, key=lambda r: r.name)
+    return [_row(d, d.name, report, config)]
+
+
+def _row(d: Path, name: str, report: dict, config: dict) -> RunRow:
+    profile = Profile.from_dict(report["profile"])
+    method, variant, options, requested = _method_of(report)
+    return RunRow(
+        name=name, path=d, data=report.get("data") or profile.accuracy_data or "unknown",
+        synthetic=bool(report.get("synthetic_data", False)), model=profile.model, method=method,
+        variant=variant, options=options, options_full=report.get("options", {}), sparsity_requested=requested,
+        profile=profile,
+        prune_seconds=report.get("prune_seconds", report.get("shrink_seconds")),
+        train_seconds=(report.get("train") or {}).get("seconds"), model_kwargs=config.get("model_kwargs", {}),
+        layers=report.get("layers", []), groups=report.get("groups", []),
+        dense_layers={r["layer"]: r["shape"] for r in (report.get("pai") or {}).get("layers", [])},
+        source=report.get("source"),
+    )
+
+
+def _method_of(report: dict) -> tuple[str, str, str, float | None]:
+    """(method label, variant, options in a few words, requested sparsity) of a run's report. The variant
+    holds the options that make a different curve (everything but sparsity, IMP level and budget)."""
+    o = report.get("options", {})
+    method = report.get("method")
+    if method is None:
+        return "dense", "", "", 0.0
+    if method == "imp":
+        variant = (f"magnitude, scope {o.get('scope', 'global')}, −{o.get('fraction', 0):.0%}/level, "
+                   f"rewind {o.get('rewind_iter', 0)}")
+        return "imp", variant, f"level {report.get('level', '?')}, {variant}", 1 - report["density"]
+    if method == "dnnshifter":
+        return "dnnshifter", "", f"from {Path(report.get('source', '?')).name}", None
+    words = [str(o.get("criterion", "?"))]
+    if method == "reconvene":
+        conversion = o.get("conversion", "?")
+        if conversion == "width" and o.get("width_rule", "channels") != "channels":
+            conversion = f"width-{o['width_rule']}"
+        words = [f"{o.get('criterion')}→{conversion}"]
+        if o.get("reference", "global") != "global":
+            words.append(f"reference {o['reference']}")
+        if o.get("round_to"):
+            words.append(f"round to {o['round_to']}")
+        method = f"reconvene-{conversion}-{o.get('criterion')}"
+    else:  # prune at initialisation: the criterion names the method
+        method = o.get("criterion", method)
+    words.append(f"scope {o.get('scope', 'global')}")
+    if o.get("rounds"):
+        words.append(f"{o['rounds']} rounds")
+    variant = ", ".join(words)
+    if report.get("budget"):
+        t = report["budget"]["target"]
+        words.append(f"budget {t['metric']} {t['value']:g}")
+    return method, variant, ", ".join(words), o.get("sparsity")
+
+
+def _unique_names(rows: list[RunRow]) -> None:
+    """Runs of different sweeps may share a folder name: name those by their parent folder too."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    for r in rows:
+        if counts[r.name] > 1:
+            run_dir = r.path.parent if "/" in r.name else r.path  # an IMP level's run is its parent
+            r.name = f"{run_dir.parent.name}/{r.name}"
+
+
+def _same_run(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or a.parts[-2:] == b.parts[-2:]
+
+
+def _link_sources(rows: list[RunRow]) -> None:
+    """A DNNShifter run takes its requested sparsity and dense shapes from its source, if collected."""
+    for r in rows:
+        src = next((s for s in rows if r.source and _same_run(s.path, Path(r.source))), None)
+        if src is not None:
+            r.sparsity_requested = src.sparsity_requested
+            r.dense_layers = r.dense_layers or _masked_shapes(src)
+
+
+def _masked_shapes(r: RunRow) -> dict[str, list[int]]:
+    return {} if r.method.startswith(("reconvene", "dnnshifter")) else {x["layer"]: x["shape"] for x in r.layers}
+
+
+def _key(r: RunRow) -> tuple:
+    return r.data, r.synthetic, r.model, json.dumps(r.model_kwargs, sort_keys=True)
+
+
+def _dense_ratios(rows: list[RunRow]) -> None:
+    dense: dict[tuple, RunRow] = {}
+    shapes: dict[tuple, dict[str, list[int]]] = {}
+    for r in rows:
+        if r.method == "dense":
+            dense.setdefault(_key(r), r)
+        shapes.setdefault(_key(r), {}).update({**_masked_shapes(r), **r.dense_layers})
+    for r in rows:
+        r.dense_layers = {**shapes.get(_key(r), {}), **r.dense_layers}
+        d = dense.get(_key(r))
+        if d is None:
+            continue
+        p, q = d.profile, r.profile
+        r.dense_run = d.name
+        r.compression = p.prunable_params / q.prunable_nonzero if q.prunable_nonzero else None
+        r.size_x_fp32 = p.bytes_fp32 / q.bytes_fp32
+        r.size_x_gzip = p.bytes_gzip / q.bytes_gzip
+        t0, t1 = d.latency_ms(*MAIN_LATENCY), r.latency_ms(*MAIN_LATENCY)
+        r.speedup = t0 / t1 if t0 and t1 else None
+        if p.accuracy is not None and q.accuracy is not None:
+            r.accuracy_delta = 100 * (q.accuracy - p.accuracy)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class _Column:
+    key: str  # CSV header (raw values, unit in the name)
+    header: str  # Markdown/HTML header (formatted values, unit in brackets)
+    value: Callable[[RunRow], object]
+    fmt: Callable[[object], str] = str
+
+
+def _f(spec: str, scale: float = 1.0) -> Callable[[object], str]:
+    return lambda v: format(v * scale, spec)
+
+
+def _latency_keys(rows: list[RunRow]) -> list[tuple[str, int, int]]:
+    keys = {(t.runtime, t.batch_size, t.threads) for r in rows for t in r.profile.latency}
+    return [MAIN_LATENCY] + sorted(keys - {MAIN_LATENCY})
+
+
+def _columns(rows: list[RunRow], data_column: bool) -> list[_Column]:
+    def latency(rt: str, b: int, th: int) -> _Column:
+        short = "ORT" if rt == "onnxruntime" else rt
+        return _Column(f"latency_ms_{short.lower()}_b{b}_t{th}", f"{short} p50 b{b} t{th} (ms)",
+                       lambda r: r.latency_ms(rt, b, th), _f(".3f"))
+
+    cols = [_Column("run", "run", lambda r: r.name)]
+    if data_column:
+        cols += [_Column("data", "data set", lambda r: r.data),
+                 _Column("synthetic_data", "synthetic", lambda r: r.synthetic)]
+    cols += [
+        _Column("model", "model", lambda r: r.model),
+        _Column("method", "method", lambda r: r.method),
+        _Column("options", "options", lambda r: r.options),
+        _Column("sparsity_requested", "sparsity req. (%)", lambda r: r.sparsity_requested, _f(".1f", 100)),
+        _Column("sparsity_measured", "sparsity meas. (%)", lambda r: r.sparsity_measured, _f(".1f", 100)),
+        _Column("params", "params (M)", lambda r: r.profile.params, _f(".3f", 1e-6)),
+        _Column("nonzero_params", "non-zero (M)", lambda r: r.profile.nonzero_params, _f(".3f", 1e-6)),
+        _Column("macs_dense", "MACs dense (M)", lambda r: r.profile.macs, _f(".2f", 1e-6)),
+        _Column("macs_effective", "MACs eff. (M)", lambda r: r.profile.effective_macs, _f(".2f", 1e-6)),
+        _Column("bytes_fp32", "fp32 (MiB)", lambda r: r.profile.bytes_fp32, _f(".3f", 2**-20)),
+        _Column("bytes_gzip", "gzip (MiB)", lambda r: r.profile.bytes_gzip, _f(".3f", 2**-20)),
+        *(latency(*k) for k in _latency_keys(rows)),
+        _Column("accuracy", "accuracy (%)", lambda r: r.accuracy, _f(".2f", 100)),
+        _Column("prune_s", "prune (s)", lambda r: r.prune_seconds, _f(".3g")),
+        _Column("train_s", "train (s)", lambda r: r.train_seconds, _f(".1f")),
+        _Column("dense_run", "vs dense run", lambda r: r.dense_run),
+        _Column("compression_x", "compression (×)", lambda r: r.compression, _f(".2f")),
+        _Column("size_x_fp32", "size fp32 (×)", lambda r: r.size_x_fp32, _f(".2f")),
+        _Column("size_x_gzip", "size gzip (×)", lambda r: r.size_x_gzip, _f(".2f")),
+        _Column("speedup_x", "ORT b1 t1 speed-up (×)", lambda r: r.speedup, _f(".2f")),
+        _Column("accuracy_delta_pts", "accuracy Δ (pts)", lambda r: r.accuracy_delta, _f("+.2f")),
+    ]
+    return cols
+
+
+def _cell(col: _Column, r: RunRow) -> str:
+    v = col.value(r)
+    return "—" if v is None or v == "" else col.fmt(v)
+
+
+def _csv_text(rows: list[RunRow]) -> str:
+    cols = _columns(rows, data_column=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([c.key for c in cols] + ["options_json", "path"])
+    for r in rows:
+        values = ["" if (v := c.value(r)) is None else v for c in cols]
+        w.writerow(values + [json.dumps(r.options_full, sort_keys=True), str(r.path)])
+    return buf.getvalue()
+
+
+def _md_table(rows: list[RunRow]) -> str:
+    cols = _columns(rows, data_column=False)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+    out = [line([c.header for c in cols]), line(["---"] * len(cols))]
+    out += [line([_cell(c, r) for c in cols]) for r in rows]
+    return "\n".join(out)
+
+
+def _html_table(rows: list[RunRow]) -> str:
+    cols = _columns(rows, data_column=False)
+    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(c, r))}</td>" for c in cols) + "</tr>\n" for r in rows)
+    return f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>'
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API on the Agg canvas: no display, no global pyplot state)
+
+
+@dataclass
+class _Plot:
+    file: str
+    caption: str
+    png: bytes
+
+
+def _figure(figsize: tuple[float, float] = FIGSIZE):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-").lower() or "x"
+
+
+class _Style:
+    """One colour per curve (method and variant) and one marker per model, the same in every plot of a
+    data set; a label names the model only where a data set has several, the variant only where a
+    method has several."""
+
+    MARKERS = "osD^vP*X"
+
+    def __init__(self, rows: list[RunRow]):
+        from matplotlib import colormaps
+
+        curves = sorted({(r.method, r.variant) for r in rows if r.method != "dense"})
+        cmap = colormaps["tab10" if len(curves) <= 10 else "tab20"]
+        self.colors = {c: cmap(i % cmap.N) for i, c in enumerate(curves)}
+        self.models = sorted({r.model for r in rows})
+        self.variants = {m: sum(1 for c in curves if c[0] == m) for m, _ in curves}
+
+    def label(self, r: RunRow) -> str:
+        label = f"{r.method} ({r.variant})" if self.variants.get(r.method, 0) > 1 else r.method
+        return f"{r.model} {label}" if len(self.models) > 1 else label
+
+    def linestyle(self, r: RunRow) -> str:
+        """Curves that coincide stay visible: each next curve is dashed differently."""
+        return ("-", "--", "-.", ":")[list(self.colors).index((r.method, r.variant)) % 4]
+
+    def kw(self, r: RunRow) -> dict:
+        if r.method == "dense":
+            return {"color": "black", "marker": "*"}
+        return {"color": self.colors[r.method, r.variant],
+                "marker": self.MARKERS[self.models.index(r.model) % len(self.MARKERS)]}
+
+
+def _accuracy_vs_sparsity(rows: list[RunRow], data: str, style: _Style) -> _Plot:
+    fig = _figure()
+    ax = fig.add_subplot()
+    curves: dict[str, list[RunRow]] = {}
+    for r in rows:
+        curves.setdefault(style.label(r), []).append(r)
+    for label, rs in sorted(curves.items(), key=lambda kv: (kv[1][0].method != "dense", kv[0])):
+        rs = sorted(rs, key=lambda r: r.plot_sparsity)
+        xs, ys = [100 * r.plot_sparsity for r in rs], [100 * r.accuracy for r in rs]
+        if rs[0].method == "dense":  # a level to compare with, not a point at sparsity 0 that squeezes the axis
+            ax.axhline(ys[0], color="black", lw=1.2, ls=":", label=f"{label} ({ys[0]:.1f} %)", zorder=1)
+        else:
+            ax.plot(xs, ys, lw=1.6, ms=6, ls=style.linestyle(rs[0]), label=label, zorder=2, **style.kw(rs[0]))
+    ax.set(xlabel="sparsity requested (% of prunable weights removed)", ylabel="top-1 accuracy (%)",
+           title=f"Accuracy vs sparsity — {data}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _Plot(f"{_slug(data)}-accuracy-vs-sparsity.png",
+                 "Accuracy against requested sparsity, one line per method (dotted: the dense run).", _png(fig))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, accuracy) points no other point beats on both (lower cost, higher accuracy),
+    cheapest first."""
+    front, best = [], float("-inf")
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1])):
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _accuracy_vs_cost(rows: list[RunRow], data: str, style: _Style, cost: Callable[[RunRow], float | None],
+                      what: str, xlabel: str, slug: str) -> _Plot | None:
+    rows = [r for r in rows if cost(r) is not None]
+    if not rows:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    pts = [(cost(r), 100 * r.accuracy) for r in rows]
+    done: set[str] = set()
+    for r, (x, y) in zip(rows, pts, strict=True):
+        label = style.label(r)
+        ax.plot([x], [y], ls="none", ms=11 if r.method == "dense" else 7, alpha=0.9,
+                label=None if label in done else label, zorder=3, **style.kw(r))
+        done.add(label)
+    front = pareto_front(pts)
+    fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+    xs = [p[0] for p in pts]
+    if max(xs) > 20 * min(xs) > 0:
+        ax.set_xscale("log")
+    ax.step(fx + [max(xs)], fy + [fy[-1]], where="post", color="0.25", lw=1.2, ls="--", zorder=2,
+            label="Pareto front")
+    ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="0.1", linewidths=1.4, zorder=4)
+    ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=f"Accuracy vs {what} — {data}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _name_points(fig, ax, pts, front, [r.name for r in rows])
+    return _Plot(f"{_slug(data)}-accuracy-vs-{slug}.png",
+                 f"Accuracy against {what}; circled points and the dashed step line are the Pareto front "
+                 "(no other run is both cheaper and more accurate), cheapest first: "
+                 + ", ".join(rows[i].name for i in front) + ".", _png(fig))
+
+
+def _name_points(fig, ax, pts: list[tuple[float, float]], which: list[int], names: list[str]) -> None:
+    """Name the points `which` where a name covers no other name, point or the legend; a point with no
+    such place stays unnamed (the caption lists them all)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()  # final layout, axis limits and legend place
+    legend = ax.get_legend()
+    legend.set_loc(tuple(legend.get_window_extent(renderer).transformed(ax.transAxes.inverted()).p0))
+    taken = [legend.get_window_extent(renderer)]
+    for i, (x, y) in enumerate(ax.transData.transform(pts)):
+        r = 12 if i in which else 7  # pixels: ringed front points are larger
+        taken.append(Bbox.from_bounds(x - r, y - r, 2 * r, 2 * r))
+    inside = ax.get_window_extent(renderer)
+    for i in which:
+        for dx, dy in ((9, -9), (9, 9), (-9, -9), (-9, 9), (14, -22), (14, 22), (-14, -22), (-14, 22), (20, -34),
+                       (-20, -34)):
+            t = ax.annotate(names[i], pts[i], xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                            color="0.15", ha="left" if dx > 0 else "right", va="center",
+                            arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 7})
+            t.set_in_layout(False)
+            t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer)  # the name alone, not its leader line
+            if (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+                    and not any(box.overlaps(b) for b in taken)):
+                taken.append(box)
+                break
+            t.remove()
+
+
+def _group_label(g: dict) -> str:
+    first, more = g["layers"][0], len(g["layers"]) - 1
+    return f"{first} +{more}" if more else first
+
+
+def _layers_figure(r: RunRow) -> _Plot:
+    import numpy as np
+
+    fig = _figure(LAYERS_FIGSIZE if r.groups else FIGSIZE)
+    axes = fig.subplots(2, 1) if r.groups else [fig.add_subplot()]
+    sp = "" if r.sparsity_requested is None else f", sparsity {100 * r.sparsity_requested:.0f} %"
+    fig.suptitle(f"{r.name}\n{r.method}{sp}, {r.data}", fontsize=10)
+    ax = axes[0]
+    idx = np.arange(len(r.layers))
+    dense_w = [int(np.prod(r.dense_layers.get(x["layer"], x["shape"]))) for x in r.layers]
+    of_dense = np.array([100 * x["kept"] / w for x, w in zip(r.layers, dense_w, strict=True)])
+    narrowed = np.array([w != x["weights"] for x, w in zip(r.layers, dense_w, strict=True)])
+    ax.bar(idx, 100, 0.85, color="0.88", label="dense original (100 %)", zorder=1)
+    # a narrowed layer shows its share of the dense layer beside its density inside the narrow layer
+    shift = np.where(narrowed, -0.2, 0.0)
+    bars = ax.bar(idx + shift, of_dense, np.where(narrowed, 0.4, 0.7), color="tab:blue",
+                  label="weights kept, % of dense layer", zorder=2)
+    ax.bar_label(bars, [f"{v:.2g}" if v < 10 else f"{v:.0f}" for v in of_dense], fontsize=6, padding=1)
+    if narrowed.any():
+        ax.bar(idx[narrowed] + 0.2, [100 * x["density"] for x, n in zip(r.layers, narrowed, strict=True) if n],
+               0.4, color="tab:orange", alpha=0.6, label="density inside the narrowed layer", zorder=2)
+    ax.set_xticks(idx, [x["layer"] for x in r.layers], rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(idx) - 0.4)
+    ax.set(ylabel="weights kept (%)", ylim=(0, 132), yticks=range(0, 101, 20))
+    ax.set_title("Weights kept per layer", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", ncols=3, framealpha=0.95)
+    ax.grid(axis="y", alpha=0.3)
+    if r.groups:
+        ax = axes[1]
+        gi = np.arange(len(r.groups))
+        ax.bar(gi - 0.2, [g["width_before"] for g in r.groups], 0.4, color="0.7", label="dense width")
+        after = ax.bar(gi + 0.2, [g["width_after"] for g in r.groups], 0.4, color="tab:green", label="width after")
+        ax.bar_label(after, fontsize=6, padding=1)
+        ax.set_xticks(gi, [_group_label(g) for g in r.groups], rotation=90, fontsize=7)
+        ax.set(ylabel="output channels")
+        ax.set_title("Channel width per coupled group (+n: more layers sharing its channels)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+    caption = "share of each dense layer's weights kept"
+    if narrowed.any():
+        caption += " (orange: density inside the narrowed layer)"
+    if r.groups:
+        caption += ", and channel width per coupled group before and after conversion"
+    return _Plot(f"{_slug(r.data)}-layers-{_slug(r.name)}.png", f"{r.name}: {caption}.", _png(fig))
+
+
+def _layer_runs(rows: list[RunRow], chosen: Sequence[str] | None) -> list[RunRow]:
+    """The runs to draw per-layer figures of: those named, or the sparsest run of each method."""
+    with_layers = [r for r in rows if r.layers and r.method != "dense"]
+    if chosen is not None:
+        by_name = {r.name: r for r in with_layers}
+        missing = [n for n in chosen if n not in by_name]
+        if missing:
+            raise ConfigError(f"layer_runs {missing} are not pruned runs with per-layer rows in the collection; "
+                              f"choose among {sorted(by_name)}")
+        return [by_name[n] for n in chosen]
+    sparsest: dict[tuple, RunRow] = {}
+    for r in sorted(with_layers, key=lambda r: -r.plot_sparsity):
+        sparsest.setdefault((r.data, r.model, r.method), r)
+    return list(sparsest.values())[:MAX_LAYER_FIGURES]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class _Section:
+    data: str
+    rows: list[RunRow]
+    plots: list[_Plot]
+    notes: list[str]
+
+
+def _sections(rows: list[RunRow], layer_runs: Sequence[str] | None) -> list[_Section]:
+    for_layers = _layer_runs(rows, layer_runs)
+    sections = []
+    for data in sorted({r.data for r in rows}):
+        rs = [r for r in rows if r.data == data]
+        style = _Style(rs)
+        acc = [r for r in rs if r.accuracy is not None]
+        notes, plots = [], []
+        no_acc = [r.name for r in rs if r.accuracy is None]
+        if no_acc:
+            why = "synthetic data" if all(r.synthetic for r in rs if r.accuracy is None) else "no accuracy measured"
+            notes.append(f"Left out of the accuracy plots ({why}, accuracy is meaningless or absent): "
+                         + ", ".join(no_acc) + ".")
+        if acc:
+            plots.append(_accuracy_vs_sparsity(acc, data, style))
+            for plot in (
+                _accuracy_vs_cost(acc, data, style, lambda r: r.latency_ms(*MAIN_LATENCY), "ONNX Runtime latency",
+                                  "ONNX Runtime CPU latency, p50, batch 1, 1 thread (ms)", "latency"),
+                _accuracy_vs_cost(acc, data, style, lambda r: r.profile.bytes_fp32 / 2**20, "size",
+                                  "model size, fp32 state_dict (MiB)", "size"),
+            ):
+                if plot is not None:
+                    plots.append(plot)
+            no_lat = [r.name for r in acc if r.latency_ms(*MAIN_LATENCY) is None]
+            if no_lat:
+                notes.append("No ONNX Runtime latency at batch 1, 1 thread, so not in the latency plot: "
+                             + ", ".join(no_lat) + ".")
+        plots += [_layers_figure(r) for r in for_layers if r.data == data]
+        if not any(r.method == "dense" for r in rs):
+            notes.append("No dense run of this data set in the collection: ratios are blank.")
+        sections.append(_Section(data, rs, plots, notes))
+    return sections
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem;
+       margin-top: 2.5rem; }
+.scroll { overflow-x: auto; margin: 1rem 0; }
+table { border-collapse: collapse; font-size: .8rem; white-space: nowrap; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td:nth-child(-n+4), th:nth-child(-n+4) { text-align: left; }
+tbody tr:nth-child(even) { background: #fafafa; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .85rem; color: #555; }
+.note { background: #fff8e1; border-left: 4px solid #f0c040; padding: .4rem .8rem; font-size: .9rem; }
+"""
+
+
+def _intro(rows: list[RunRow], unfinished: list[Path]) -> list[str]:
+    out = [f"{len(rows)} runs on {len({r.data for r in rows})} data set(s). Runs of different data sets are "
+           "never mixed: each data set has its own section, table and plots.",
+           "Ratios are to the dense run of the same model and data set: compression = dense prunable weights / "
+           "remaining prunable weights; size and speed-up = dense / run (ONNX Runtime CPU p50, batch 1, 1 thread); "
+           "accuracy Δ in percentage points. Latency in ms per batch (p50)."]
+    if unfinished:
+        out.append("Unfinished runs (no report.json yet), not shown: " + ", ".join(d.name for d in unfinished) + ".")
+    return out
+
+
+def _markdown(title: str, sections: list[_Section], intro: list[str]) -> str:
+    out = [f"# {title}", "", *(f"{p}\n" for p in intro)]
+    for s in sections:
+        out += [f"## Data set: {s.data}", "", _md_table(s.rows), ""]
+        out += [f"> {n}\n" for n in s.notes]
+        out += [f"![{p.caption}]({p.file})\n" for p in s.plots]
+    return "\n".join(out)
+
+
+def _html(title: str, sections: list[_Section], intro: list[str]) -> str:
+    e = html.escape
+    parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>',
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>", *(f"<p>{e(p)}</p>" for p in intro)]
+    if len(sections) > 1:
+        parts.append("<p>Data sets: " + ", ".join(f'<a href="#data-{_slug(s.data)}">{e(s.data)}</a>'
+                                                  for s in sections) + "</p>")
+    for s in sections:
+        parts += [f'<section id="data-{_slug(s.data)}"><h2>Data set: {e(s.data)}</h2>',
+                  f"<p>{len(s.rows)} runs, all on {e(s.data)}; no run of another data set is in this table or "
+                  "its plots.</p>", _html_table(s.rows)]
+        parts += [f'<p class="note">{e(n)}</p>' for n in s.notes]
+        for p in s.plots:
+            data = base64.b64encode(p.png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(p.caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(p.caption)}</figcaption></figure>")
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edgeprune report",
+                 layer_runs: Sequence[str] | None = None) -> dict[str, Path]:
+    """Collect the runs under `paths` and write results.csv, results.md, report.html and the PNG plots
+    into the folder `out`. `layer_runs` names the runs to draw per-layer figures of (default: the sparsest
+    run of each method, at most MAX_LAYER_FIGURES). Returns {"csv", "md", "html", <png stem>: path}."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report output {out} is a file; pass a folder")
+    if _is_run(out):
+        raise ConfigError(f"report output {out} is a run folder; write the report to a folder of its own")
+    rows, unfinished = _collect(paths)
+    sections = _sections(rows, layer_runs)
+    intro = _intro(rows, unfinished)
+
+    def text(name: str, s: str) -> Path:
+        return runs.atomic_write(out / name, lambda f: f.write(s), binary=False)
+
+    written = {"csv": text("results.csv", _csv_text(rows)), "md": text("results.md", _markdown(title, sections, intro))}
+    for s in sections:
+        for p in s.plots:
+            written[Path(p.file).stem] = runs.atomic_write(out / p.file, lambda f, b=p.png: f.write(b))
+    written["html"] = text("report.html", _html(title, sections, intro))
+    return written

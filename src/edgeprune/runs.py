@@ -34,6 +34,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved artifact gets the user's usual mode
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -44,6 +45,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

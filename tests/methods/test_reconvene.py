@@ -107,3 +107,16 @@ def test_round_to_larger_than_a_layer_is_refused():
     with pytest.raises(ConfigError, match="round_to=128"):
         reconvene(_small(), ReconveneOptions(criterion="magnitude", sparsity=0.9, round_to=128), None, SHAPE,
                   progress=False)
+
+
+def test_masked_layers_that_lost_inputs_keep_their_density():
+    """A sliced mask could lose every surviving weight of a layer (cutting the network); the layer instead
+    gets a fresh mask at its own density."""
+    model = _small()
+    info = reconvene(model, ReconveneOptions(criterion="magnitude", sparsity=0.95), None, SHAPE, progress=False)
+    before = {r["layer"]: r["density"] for r in info["pai"]["layers"]}
+    assert info["masks_rechosen"]
+    for row in info["layers"]:
+        if row["layer"] in info["masks_rechosen"]:
+            assert row["density"] == pytest.approx(before[row["layer"]], abs=1 / row["weights"] + 1e-9)
+        assert row["kept"] > 0

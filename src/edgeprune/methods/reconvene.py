@@ -7,7 +7,8 @@
 3. Non-sensitive layers become structured: `width` keeps ⌈(1 − s)·C⌉ channels (or ⌈√(1 − s)·C⌉ with
    width_rule="sqrt") ranked by summed score and turns dense; `dead` removes only channels with no
    surviving weight. Sensitive layers keep their mask.
-4. Resilient Layer Rectifier: layers whose shape changed are re-initialised for their new fan-in/out.
+4. Resilient Layer Rectifier: layers whose shape changed are re-initialised for their new fan-in/out;
+   a masked layer among them gets a fresh mask from the criterion at its own density.
 5. The smaller model trains (the caller's job), sensitive layers' masks in force.
 
 The paper's exact criteria are unpublished; this is the reconstruction of papers.md §1, with the
@@ -92,9 +93,19 @@ def reconvene(
     report = surgery.materialize(model, keep, x, round_to=opts.round_to)  # bakes masks into zeros
     converted = {n for n in report.kept if n in keep} if opts.conversion == "width" else set()
     # A baked zero is a mask entry: initial weights are never exactly zero.
-    remaining = {f"{n}.weight": (model.get_submodule(n).weight != 0).float() for n in names if n not in converted}
+    remaining = {n: (model.get_submodule(n).weight != 0).float() for n in names if n not in converted}
     rectified = structure.rectify(model, shapes)
-    masks.apply(model, {k: m for k, m in remaining.items() if not m.all()})
+    # A masked layer that lost inputs was re-initialised: its old mask, sliced, no longer fits (it can even
+    # have lost every surviving weight), so the criterion chooses again at the layer's own density.
+    refit = [n for n in remaining if n in rectified]
+    if refit:
+        density = {row["layer"]: row["density"] for row in pai_info["layers"]}
+        fresh = make_scorer(opts, data, input_shape)(model)
+        for n in refit:
+            s_n = fresh[f"{n}.weight"]
+            keep = max(1, round(density[n] * s_n.numel()))
+            remaining[n] = masks.top_k(s_n.flatten().double(), keep).view_as(s_n).float()
+    masks.apply(model, {f"{n}.weight": m for n, m in remaining.items() if not m.all()})
     return {
         "method": "reconvene", "options": opts.to_dict(), "prune_seconds": time.perf_counter() - t0,
         "pai": {k: pai_info[k] for k in ("rounds", "prune_seconds", "layers")},
@@ -104,5 +115,6 @@ def reconvene(
                    for g in groups],
         "not_converted": {**not_converted, **report.skipped},
         "rectified": rectified,
+        "masks_rechosen": refit,
         "layers": masks.table(model, [f"{n}.weight" for n in names]),
     }

@@ -1,0 +1,222 @@
+import csv
+import json
+import re
+
+import pytest
+from matplotlib import image
+
+from edgeprune import report
+from edgeprune.errors import ConfigError
+
+# A toy network: two conv layers and a classifier, 10,000 prunable weights in all.
+DENSE_LAYERS = [("conv1", [16, 1, 10, 10]), ("conv2", [32, 16, 3, 3]), ("fc", [10, 488])]
+
+
+def profile(model="net", prunable_nonzero=10_000, prunable=10_000, latency_ms=1.0, accuracy=0.9, data="fashion-mnist"):
+    latency = [{"runtime": "onnxruntime", "batch_size": b, "threads": t, "p50_ms": latency_ms * b / t,
+                "p90_ms": 1.1 * latency_ms * b / t, "p99_ms": 1.2 * latency_ms * b / t,
+                "mean_ms": latency_ms * b / t, "runs": 30, "warmup": 5} for b in (1, 32) for t in (1, 2)]
+    return {"model": model, "input_shape": [1, 28, 28], "params": prunable + 500,
+            "nonzero_params": prunable_nonzero + 500, "prunable_params": prunable,
+            "prunable_nonzero": prunable_nonzero, "macs": 100 * prunable, "effective_macs": 100 * prunable_nonzero,
+            "bytes_fp32": 4 * (prunable + 500) + 1000, "bytes_gzip": 4 * prunable_nonzero + 1000,
+            "latency": latency, "peak_memory_mb": None, "accuracy": accuracy,
+            "accuracy_data": None if accuracy is None else data, "environment": {},
+            "sparsity": 1 - prunable_nonzero / prunable}
+
+
+def layers(density, shapes=DENSE_LAYERS):
+    rows = []
+    for name, shape in shapes:
+        n = 1
+        for s in shape:
+            n *= s
+        rows.append({"layer": name, "shape": shape, "weights": n, "kept": round(density * n), "density": density})
+    return rows
+
+
+def config(command="train", method=None, data="fashion-mnist"):
+    return {"command": command, "model": "net", "data": {"name": data, "batch_size": 128}, "train": {"epochs": 2},
+            "measure": {}, "model_kwargs": {}, "method": method or {}, "device": "cpu"}
+
+
+def write_run(folder, report_, config_):
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(report_))
+    (folder / "config.json").write_text(json.dumps(config_))
+    return folder
+
+
+def dense_run(folder, data="fashion-mnist", accuracy=0.9, synthetic=False):
+    return write_run(folder, {"run": folder.name, "data": data, "synthetic_data": synthetic,
+                              "train": {"epochs": [], "seconds": 12.0},
+                              "profile": profile(accuracy=accuracy, data=data)}, config(data=data))
+
+
+def pai_run(folder, criterion, sparsity, accuracy):
+    opts = {"criterion": criterion, "sparsity": sparsity, "scope": "global", "rounds": None}
+    return write_run(folder, {
+        "run": folder.name, "data": "fashion-mnist", "synthetic_data": False, "method": "pai", "options": opts,
+        "prune_seconds": 0.01, "layers": layers(1 - sparsity), "train": {"epochs": [], "seconds": 10.0},
+        "profile": profile(prunable_nonzero=round(10_000 * (1 - sparsity)), latency_ms=0.9, accuracy=accuracy),
+    }, config("prune", {"name": criterion, "sparsity": sparsity}))
+
+
+def reconvene_run(folder, sparsity, accuracy):
+    opts = {"criterion": "snip", "sparsity": sparsity, "scope": "global", "conversion": "width",
+            "reference": "global", "round_to": None}
+    narrow = [("conv1", [16, 1, 10, 10]), ("conv2", [8, 16, 3, 3]), ("fc", [10, 488])]
+    kept = round(10_000 * (1 - sparsity))
+    return write_run(folder, {
+        "run": folder.name, "data": "fashion-mnist", "synthetic_data": False, "method": "reconvene",
+        "options": opts, "prune_seconds": 0.05, "pai": {"layers": layers(1 - sparsity)},
+        "groups": [{"layers": ["conv1"], "sparsity": 0.5, "sensitive": True, "width_before": 16, "width_after": 16},
+                   {"layers": ["conv2", "fc"], "sparsity": 0.9, "sensitive": False, "width_before": 32,
+                    "width_after": 8}],
+        "layers": layers(1 - sparsity, narrow), "train": {"epochs": [], "seconds": 9.0},
+        "profile": profile(prunable_nonzero=kept, prunable=9000, latency_ms=0.5, accuracy=accuracy),
+    }, config("prune", {"name": "reconvene", "criterion": "snip", "sparsity": sparsity, "conversion": "width"}))
+
+
+def imp_run(folder, densities=(1.0, 0.5, 0.25)):
+    opts = {"levels": len(densities) - 1, "fraction": 0.5, "rewind_iter": 0, "scope": "global"}
+    levels = []
+    for level, d in enumerate(densities):
+        lv = {"run": f"level_{level:02d}", "data": "fashion-mnist", "synthetic_data": False, "method": "imp",
+              "level": level, "density": d, "options": opts, "layers": layers(d),
+              "train": {"epochs": [], "seconds": 11.0},
+              "profile": profile(prunable_nonzero=round(10_000 * d), accuracy=0.9 - 0.05 * level)}
+        write_run(folder / f"level_{level:02d}", lv, {})
+        (folder / f"level_{level:02d}" / "config.json").unlink()  # levels share their run's config
+        levels.append({"level": level, "density": d, "profile": lv["profile"]})
+    (folder / "report.json").write_text(json.dumps({"run": folder.name, "data": "fashion-mnist", "method": "imp",
+                                                    "options": opts, "levels": levels}))
+    (folder / "config.json").write_text(json.dumps(config("prune", {"name": "imp", **opts})))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    sweep = root / "sweep" / "net"
+    dense_run(sweep / "dense")
+    for s, acc in ((0.5, 0.88), (0.9, 0.80)):
+        pai_run(sweep / f"magnitude-{s}", "magnitude", s, acc)
+        reconvene_run(sweep / f"reconvene-{s}", s, acc + 0.01)
+    imp_run(sweep / "imp")
+    (sweep / "unfinished").mkdir()
+    (sweep / "unfinished" / "config.json").write_text(json.dumps(config("prune")))
+    cifar = dense_run(root / "other" / "cifar-dense", data="cifar10", accuracy=0.6)
+    synth = dense_run(root / "other" / "synth-dense", data="synthetic", accuracy=None, synthetic=True)
+    out = root / "report"
+    written = report.write_report([root / "sweep", cifar, synth], out, title="test report")
+    return root, out, written
+
+
+def csv_rows(path):
+    with open(path, newline="") as f:
+        return {r["run"]: r for r in csv.DictReader(f)}
+
+
+def test_collect_reads_runs_sweeps_and_imp_levels(built):
+    root, _, _ = built
+    rows = report.collect([root / "sweep"])
+    names = [r.name for r in rows]
+    assert "imp/level_00" in names and "imp/level_02" in names and "unfinished" not in names
+    assert len(rows) == 1 + 4 + 3
+    methods = {r.name: r.method for r in rows}
+    assert methods["dense"] == "dense" and methods["magnitude-0.9"] == "magnitude"
+    assert methods["reconvene-0.9"] == "reconvene-width-snip" and methods["imp/level_01"] == "imp"
+    by = {r.name: r for r in rows}
+    assert by["imp/level_02"].sparsity_requested == pytest.approx(0.75)
+    assert by["reconvene-0.9"].dense_layers["conv2"] == [32, 16, 3, 3]  # its dense original, not its own
+
+
+def test_csv_has_one_row_per_run_and_ratios_to_dense(built):
+    root, out, written = built
+    rows = csv_rows(written["csv"])
+    assert len(rows) == 1 + 4 + 3 + 2
+    m9 = rows["magnitude-0.9"]
+    assert float(m9["compression_x"]) == pytest.approx(10.0)
+    assert float(m9["speedup_x"]) == pytest.approx(1 / 0.9)
+    assert float(m9["accuracy_delta_pts"]) == pytest.approx(-10.0)
+    assert float(m9["sparsity_requested"]) == 0.9 and m9["dense_run"] == "dense"
+    assert float(m9["latency_ms_ort_b32_t2"]) == pytest.approx(0.9 * 16)  # every (batch, threads) measured
+    assert float(rows["reconvene-0.9"]["size_x_fp32"]) == pytest.approx((4 * 10_500 + 1000) / (4 * 9500 + 1000))
+    # the cifar10 run has no dense run of its own data set but itself: never compared to fashion-mnist
+    assert rows["cifar-dense"]["dense_run"] == "cifar-dense"
+    assert float(rows["cifar-dense"]["compression_x"]) == 1.0
+    assert rows["synth-dense"]["accuracy"] == "" and rows["synth-dense"]["accuracy_delta_pts"] == ""
+
+
+def test_files_exist_and_pngs_decode_at_their_size(built):
+    _, out, written = built
+    assert {"csv", "md", "html"} <= set(written)
+    pngs = {k: p for k, p in written.items() if p.suffix == ".png"}
+    assert all(p.parent == out and p.exists() for p in written.values())
+    assert {"fashion-mnist-accuracy-vs-sparsity", "fashion-mnist-accuracy-vs-latency",
+            "fashion-mnist-accuracy-vs-size", "cifar10-accuracy-vs-size"} <= set(pngs)
+    assert not any(k.startswith("synthetic-accuracy") for k in pngs)  # no accuracy to plot
+    layer_figs = {k for k in pngs if "-layers-" in k}
+    # the sparsest run of each pruning method
+    assert layer_figs == {"fashion-mnist-layers-magnitude-0.9", "fashion-mnist-layers-reconvene-0.9",
+                          "fashion-mnist-layers-imp-level_02"}
+    for k, p in pngs.items():
+        h, w = image.imread(p).shape[:2]
+        tall = k.endswith("reconvene-0.9")  # a second panel: channel widths per group
+        assert (w, h) == (840, 960 if tall else 540), k
+
+
+def test_html_is_self_contained_and_holds_every_run(built):
+    root, _, written = built
+    page = written["html"].read_text()
+    names = csv_rows(written["csv"]).keys()
+    assert all(f"<td>{n}</td>" in page for n in names)
+    pngs = [p for p in written.values() if p.suffix == ".png"]
+    assert page.count("<img ") == len(pngs) == page.count("data:image/png;base64,")
+    assert "src=\"http" not in page and "<link" not in page
+    assert "never mixed" in page and "synthetic data" in page and "unfinished" in page.lower()
+
+
+def test_data_sets_are_never_mixed(built):
+    _, _, written = built
+    md = written["md"].read_text()
+    sections = dict(re.findall(r"## Data set: (\S+)\n(.*?)(?=\n## |\Z)", md, re.S))
+    assert set(sections) == {"fashion-mnist", "cifar10", "synthetic"}
+    assert "cifar-dense" not in sections["fashion-mnist"] and "magnitude-0.9" in sections["fashion-mnist"]
+    assert "magnitude" not in sections["cifar10"] and "fashion-mnist-" not in sections["cifar10"]
+    assert "(ms)" in md and "(MiB)" in md and "accuracy (%)" in md  # units in the headers
+    page = written["html"].read_text()
+    cifar = page[page.index('<section id="data-cifar10">'):]
+    cifar = cifar[:cifar.index("</section>")]
+    assert "magnitude" not in cifar and "cifar-dense" in cifar
+
+
+def test_layer_runs_choose_the_figures(built, tmp_path):
+    root, _, _ = built
+    written = report.write_report([root / "sweep"], tmp_path / "r", layer_runs=["magnitude-0.5"])
+    assert [k for k in written if "-layers-" in k] == ["fashion-mnist-layers-magnitude-0.5"]
+    with pytest.raises(ConfigError, match="nope"):
+        report.write_report([root / "sweep"], tmp_path / "r2", layer_runs=["nope"])
+
+
+def test_pareto_front():
+    pts = [(1.0, 80), (2.0, 85), (1.5, 79), (3.0, 85), (0.5, 70), (2.0, 90)]
+    assert report.pareto_front(pts) == [4, 0, 5]
+
+
+def test_bad_paths_raise_config_errors(built, tmp_path):
+    root, _, _ = built
+    with pytest.raises(ConfigError, match="nowhere"):
+        report.collect([tmp_path / "nowhere"])
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"empty.*config\.json"):
+        report.collect([empty])
+    with pytest.raises(ConfigError, match="no finished runs"):
+        report.collect([root / "sweep" / "net" / "unfinished"])
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="file.txt"):
+        report.collect([tmp_path / "file.txt"])
+    with pytest.raises(ConfigError, match="run folder"):
+        report.write_report([root / "sweep"], root / "sweep" / "net" / "dense")

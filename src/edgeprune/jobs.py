@@ -161,12 +161,12 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                   "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]} for r in levels]}
         runs.write_json(run_dir / runs.REPORT, report)
         return report
-    searched = _search_budget(cfg, opts, bundle, target, progress) if target is not None else None
+    searched = search_budget(cfg, opts, bundle, target, progress) if target is not None else None
     if searched is not None:
         opts = replace(opts, sparsity=searched.sparsity)
     # Pruning at initialisation is deterministic (seeded model, seeded data order), so a resumed run
     # redoes it and gets the very masks and widths its checkpoint was trained with.
-    info = _prune_at_init(model, opts, bundle, progress)
+    info = prune_at_init(model, opts, bundle, progress)
     resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
     run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
     runs.write_json(run_dir / runs.CONFIG, cfg)
@@ -179,14 +179,14 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                   progress)
 
 
-def _prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: bool) -> dict:
+def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: bool) -> dict:
     from .methods import pai, reconvene
 
     method = reconvene.reconvene if isinstance(opts, reconvene.ReconveneOptions) else pai.prune_at_init
     return method(model, opts, bundle.train, bundle.input_shape, progress=progress)
 
 
-def _search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.Target,
+def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.Target,
                    progress: bool) -> budget.Search:
     """Bisect the sparsity of `opts` until the pruned model meets `target` (see budget.py)."""
     from rich.console import Console
@@ -196,7 +196,7 @@ def _search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget
     def pruned_at(sparsity: float) -> nn.Module:
         model = fresh_model(cfg, bundle)
         if sparsity > 0:
-            _prune_at_init(model, replace(opts, sparsity=sparsity), bundle, progress=False)
+            prune_at_init(model, replace(opts, sparsity=sparsity), bundle, progress=False)
         return model
 
     def report(p: dict) -> None:

@@ -125,3 +125,21 @@ def test_report_over_runs(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "results.csv").exists()
     assert oct((tmp_path / "rep" / "report.html").stat().st_mode & 0o777) != "0o600"
+
+
+def test_sweep_then_report_from_the_command_line(tmp_path):
+    import yaml
+
+    spec = {"name": "s", "out": str(tmp_path / "s"), "models": ["conftest:Tiny"],
+            "data": {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 32, "batch_size": 16},
+            "train": {"epochs": 1}, "measure": {"runs": 2, "warmup": 0, "memory": False},
+            "methods": [{"name": "magnitude", "sparsities": [0.5]},
+                        {"name": "snip", "sparsities": [0.99], "min_layer_density": 0.9}]}  # fails when pruning
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = _invoke("-q", "sweep", tmp_path / "s.yaml")
+    assert result.exit_code == 1, result.output  # one cell failed; the others finished
+    assert "failed" in result.output and "min_layer_density" in result.output
+    assert (tmp_path / "s" / "conftest_Tiny-magnitude-0.5-seed0" / "report.json").exists()
+    result = _invoke("report", tmp_path / "s", "--out", tmp_path / "rep")
+    assert result.exit_code == 0, result.output
+    assert "conftest_Tiny-magnitude-0.5-seed0" in (tmp_path / "rep" / "report.html").read_text()

@@ -289,6 +289,39 @@ def compare(
 
 @app.command()
 @_handled
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="A sweep spec (YAML): models, data, methods, sparsities, seeds, "
+                                         "training budget.")],
+    executor: Annotated[str, typer.Option(help="local (one cell at a time, here) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray: join the cluster at this address (host:port); without "
+                                                "it a local Ray instance is started.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (default: the spec's `out`, else "
+                                             "runs/sweeps/<name>).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="Ray: CPUs of the local instance (default: all).")] = None,
+) -> None:
+    """Run every cell of a sweep spec as a run of its own; re-running skips finished cells.
+
+    A failing cell is recorded with its error in sweep.json and the others go on; the exit code is 1 if any
+    failed. Then `edgeprune report SWEEP_FOLDER` makes the tables and plots.
+
+    Example: [bold]edgeprune sweep benchmarks/specs/smoke.yaml && edgeprune report runs/sweeps/smoke[/]
+    """
+    from .sweep import run_sweep
+
+    summary = run_sweep(spec, out=out, executor=executor, address=address, progress=not _state["quiet"],
+                        num_cpus=num_cpus)
+    counts = summary["counts"]
+    console.print("sweep finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
+                  f" — results in [bold]{summary.get('out', out)}[/]")
+    for name, cell in summary["cells"].items():
+        if cell["status"] == "failed":
+            err.print(f"[red]failed[/] {name}: {cell['error']['type']}: {cell['error']['message']}", highlight=False)
+    if counts.get("failed", 0):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handled
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Run folders and/or sweep folders (searched for runs).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.md, the PNG plots and "

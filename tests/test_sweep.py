@@ -1,0 +1,146 @@
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from edgeprune import sweep
+from edgeprune.errors import ConfigError
+
+DATA = {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 32, "batch_size": 16}
+RUN_FILES = {"config.json", "model.pt", "model.onnx", "report.json", "log.jsonl"}
+
+
+def _spec(tmp_path, name="t", **over) -> Path:
+    d = {"name": name, "out": str(tmp_path / name), "data": DATA, "models": ["conftest:Tiny"],
+         "train": {"epochs": 1, "lr": 0.05}, "measure": {"runs": 2, "warmup": 0, "memory": False},
+         "methods": [{"name": "magnitude", "sparsities": [0.5, 0.75]}, {"name": "random", "sparsities": [0.5, 0.75]}],
+         **over}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def _statuses(out) -> dict:
+    return {k: v["status"] for k, v in json.loads((out / "sweep.json").read_text())["cells"].items()}
+
+
+def _files(folder) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+
+def test_sweep_runs_every_cell_then_skips_finished_ones_and_redoes_missing_ones(tmp_path):
+    path = _spec(tmp_path)
+    out = tmp_path / "t"
+    summary = sweep.run_sweep(path, progress=False)
+    names = ["conftest_Tiny-dense-seed0", "conftest_Tiny-magnitude-0.5-seed0", "conftest_Tiny-magnitude-0.75-seed0",
+             "conftest_Tiny-random-0.5-seed0", "conftest_Tiny-random-0.75-seed0"]
+    assert list(summary["cells"]) == names
+    assert summary["counts"] == {"done": 5} and _statuses(out) == dict.fromkeys(names, "done")
+    assert (out / "spec.yaml").read_text() == path.read_text()
+    for name in names:
+        files = {p.name for p in (out / name).iterdir()}
+        assert RUN_FILES <= files and ("masks.pt" in files) == ("dense" not in name)
+    report = json.loads((out / names[2] / "report.json").read_text())
+    assert report["profile"]["prunable_nonzero"] == round(0.25 * 48)
+
+    before = {name: _files(out / name) for name in names}
+    summary = sweep.run_sweep(path, progress=False)
+    assert summary["counts"] == {"skipped": 5}
+    assert {name: _files(out / name) for name in names} == before  # nothing rewritten
+
+    (out / names[1] / "report.json").unlink()  # interrupted while finishing: its checkpoint is there
+    summary = sweep.run_sweep(path, progress=False)
+    assert _statuses(out) == {**dict.fromkeys(names, "skipped"), names[1]: "done"}
+    assert summary["cells"][names[1]]["resumed"] is True
+    assert (out / names[1] / "report.json").exists()
+    assert all(_files(out / name) == before[name] for name in names if name != names[1])
+
+    with pytest.raises(ConfigError, match="different train"):  # a finished cell is never silently reused
+        sweep.run_sweep(_spec(tmp_path, train={"epochs": 2, "lr": 0.05}), progress=False)
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish_without_ray(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # the local executor never needs Ray
+    path = _spec(tmp_path, dense=False, methods=[
+        {"name": "magnitude", "sparsities": [0.5]},
+        {"name": "magnitude", "sparsities": [0.9], "min_layer_density": 0.5},  # fails only when pruning
+    ])
+    summary = sweep.run_sweep(path, progress=False)
+    bad, good = "conftest_Tiny-magnitude-min_layer_density=0.5-0.9-seed0", "conftest_Tiny-magnitude-0.5-seed0"
+    assert summary["counts"] == {"done": 1, "failed": 1}
+    error = json.loads((tmp_path / "t" / "sweep.json").read_text())["cells"][bad]["error"]
+    assert error["type"] == "ConfigError" and "min_layer_density" in error["message"]
+    assert (tmp_path / "t" / good / "report.json").exists()
+    assert sweep.run_sweep(path, progress=False)["counts"] == {"skipped": 1, "failed": 1}  # failed cells are redone
+
+
+@pytest.mark.parametrize("change, named, allowed", [
+    ({"epochs": 1}, "'epochs'", "methods"),
+    ({"methods": [{"name": "synflw", "sparsities": [0.9]}]}, "'synflw'", "synflow"),
+    ({"methods": [{"name": "snip", "sparsty": [0.9]}]}, "'sparsty'", "sparsities"),
+    ({"methods": [{"name": "imp", "sparsities": [0.9]}]}, "'sparsities'", "rewind_iter"),
+    ({"measure": {"run": 2}}, "'run'", "warmup"),
+    ({"resources": {"cpu": 2}}, "'cpu'", "gpus"),
+    ({"models": [{"name": "resnet20", "dat": {}}]}, "'dat'", "train"),
+    ({"models": ["resnet2O"]}, "'resnet2O'", "resnet20"),
+])
+def test_bad_specs_name_the_key_and_the_allowed_ones_and_write_nothing(tmp_path, change, named, allowed):
+    path = _spec(tmp_path, **change)
+    for call in (sweep.load_spec, lambda p: sweep.run_sweep(p, progress=False)):
+        with pytest.raises(ConfigError) as e:
+            call(path)
+        assert named in str(e.value) and allowed in str(e.value) and str(path) in str(e.value)
+    assert not (tmp_path / "t").exists()
+
+
+def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
+    spec = sweep.load_spec(_spec(tmp_path, models=["resnet20", {"name": "vgg16", "data": {"size": 8}}], seeds=[0, 1],
+                                 methods=[
+        {"name": "reconvene", "conversion": ["width", "dead"], "criterion": ["magnitude", "synflow"],
+         "sparsities": [0.9]}]))
+    cells = sweep.cells(spec)
+    assert [c.name for c in cells[:5]] == ["resnet20-dense-seed0", "resnet20-reconvene-magnitude-width-0.9-seed0",
+                                           "resnet20-reconvene-magnitude-dead-0.9-seed0",
+                                           "resnet20-reconvene-synflow-width-0.9-seed0",
+                                           "resnet20-reconvene-synflow-dead-0.9-seed0"]
+    assert len(cells) == 20 and [c.cfg.train.seed for c in cells] == ([0] * 5 + [1] * 5) * 2
+    assert cells[0].cfg.data == DATA and cells[10].cfg.data == {**DATA, "size": 8}
+    assert cells[10].name == "vgg16-dense-seed0" and cells[10].cfg.train.epochs == 1
+    assert cells[2].cfg.command == "prune" and cells[2].cfg.method == {
+        "name": "reconvene", "criterion": "magnitude", "conversion": "dead", "sparsity": 0.9}
+    assert cells[0].cfg.command == "train" and cells[0].cfg.measure.runs == 2
+
+
+def test_ray_executor_makes_the_same_run_folders(tmp_path):
+    pytest.importorskip("ray")
+    methods = [{"name": "magnitude", "sparsities": [0.5, 0.75]}]
+    local = sweep.run_sweep(_spec(tmp_path, "a", dense=False, methods=methods), progress=False)
+    remote = sweep.run_sweep(_spec(tmp_path, "b", dense=False, methods=methods), executor="ray", num_cpus=2,
+                             progress=False)
+    assert remote["counts"] == local["counts"] == {"done": 2}
+    for name in local["cells"]:
+        a, b = tmp_path / "a" / name, tmp_path / "b" / name
+        assert {p.name for p in a.iterdir()} == {p.name for p in b.iterdir()}
+        ma, mb = (torch.load(d / "masks.pt", weights_only=True) for d in (a, b))
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert _statuses(tmp_path / "b") == dict.fromkeys(local["cells"], "done")
+
+
+def test_an_unreachable_ray_address_fails_fast(tmp_path):
+    pytest.importorskip("ray")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="127.0.0.1:1"):
+        sweep.run_sweep(_spec(tmp_path), executor="ray", address="127.0.0.1:1", connect_timeout=2, progress=False)
+    assert time.perf_counter() - t0 < 5
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'edgeprune\[ray\]'"):
+        sweep.run_sweep(_spec(tmp_path), executor="ray", progress=False)
+    assert not (tmp_path / "t").exists()

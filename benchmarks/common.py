@@ -54,3 +54,33 @@ def cell(model: str, name: str, method: dict | None = None) -> dict:
 def p50(report: dict, batch: int = 1, threads: int = 1) -> float:
     t = measure.Profile.from_dict(report["profile"]).latency_of("onnxruntime", batch, threads)
     return t.p50_ms
+
+
+def remeasure(model: str, names: list[str], shape: tuple[int, ...], rounds: int = 6, runs: int = 10,
+              settings: tuple[tuple[int, int], ...] = ((1, 1), (32, 2))) -> dict[str, dict[tuple[int, int], float]]:
+    """ONNX Runtime p50 of every named cell's model.onnx, timed round-robin in one pass: each round times
+    every cell in turn, so load that changes during the pass affects all cells alike and the ratios
+    between cells are measured under the same conditions."""
+    import time
+
+    import numpy as np
+
+    from edgeprune.export import ort_session
+
+    out: dict[str, dict[tuple[int, int], float]] = {n: {} for n in names}
+    for batch, threads in settings:
+        sessions = {n: ort_session(RUNS / model / n / "model.onnx", threads) for n in names}
+        x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for s in sessions.values():  # warm-up
+            for _ in range(3):
+                s.run(None, {"input": x})
+        for _ in range(rounds):
+            for n, s in sessions.items():
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    s.run(None, {"input": x})
+                    times[n].append((time.perf_counter() - t0) * 1e3)
+        for n in names:
+            out[n][(batch, threads)] = float(np.median(times[n]))
+    return out

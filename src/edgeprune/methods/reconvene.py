@@ -8,7 +8,7 @@
    width_rule="sqrt") ranked by summed score and turns dense; `dead` removes only channels with no
    surviving weight. Sensitive layers keep their mask.
 4. Resilient Layer Rectifier: layers whose shape changed are re-initialised for their new fan-in/out;
-   a masked layer among them gets a fresh mask from the criterion at its own density.
+   a masked layer among them gets a fresh mask from the criterion, keeping its number of weights.
 5. The smaller model trains (the caller's job), sensitive layers' masks in force.
 
 The paper's exact criteria are unpublished; this is the reconstruction of papers.md §1, with the
@@ -96,15 +96,16 @@ def reconvene(
     remaining = {n: (model.get_submodule(n).weight != 0).float() for n in names if n not in converted}
     rectified = structure.rectify(model, shapes)
     # A masked layer that lost inputs was re-initialised: its old mask, sliced, no longer fits (it can even
-    # have lost every surviving weight), so the criterion chooses again at the layer's own density.
+    # have lost every surviving weight), so the criterion chooses again. The layer keeps the number of
+    # weights the criterion gave it (all of them, if it is now smaller than that): its inputs narrowing
+    # is no reason to prune it further.
     refit = [n for n in remaining if n in rectified]
     if refit:
-        density = {row["layer"]: row["density"] for row in pai_info["layers"]}
+        budget = {row["layer"]: row["kept"] for row in pai_info["layers"]}
         fresh = make_scorer(opts, data, input_shape)(model)
         for n in refit:
             s_n = fresh[f"{n}.weight"]
-            keep = max(1, round(density[n] * s_n.numel()))
-            remaining[n] = masks.top_k(s_n.flatten().double(), keep).view_as(s_n).float()
+            remaining[n] = masks.top_k(s_n.flatten().double(), max(1, budget[n])).view_as(s_n).float()
     masks.apply(model, {f"{n}.weight": m for n, m in remaining.items() if not m.all()})
     return {
         "method": "reconvene", "options": opts.to_dict(), "prune_seconds": time.perf_counter() - t0,

@@ -370,8 +370,12 @@ def _executor(kind: str, resources: Resources, address: str | None, connect_time
             _check_reachable(address, connect_timeout)
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            # Workers of a local instance import what this process can (a user's package.module:function
+            # model, say): give them its import path.
+            path = os.pathsep.join(p for p in sys.path if p)
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, logging_level=logging.WARNING)
+                     ignore_reinit_error=True, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         _check_fits(ray, resources)
         yield lambda todo, record: _run_ray(ray, resources, todo, record)

@@ -201,9 +201,9 @@ def prune(
     criterion: Annotated[str, typer.Option(help="Reconvene: the unstructured criterion it starts from.")] = "synflow",
     conversion: Annotated[str, typer.Option(help="Reconvene: width (density → channel count, dense) or dead "
                                             "(remove only empty channels).")] = "width",
-    width_rule: Annotated[str, typer.Option(help="Reconvene width: channels (keep C·d channels) or sqrt (C·√d, "
-                                            "keeps each layer's weight budget when its neighbours shrink too).")]
-    = "channels",
+    width_rule: Annotated[str, typer.Option(help="Reconvene width: sqrt (keep C·√d channels: each layer keeps its "
+                                            "weight budget when its neighbours shrink too) or channels (C·d).")]
+    = "sqrt",
     reference: Annotated[str, typer.Option(help="Reconvene: a layer sparser than this is non-sensitive: global "
                                            "(the sparsity) or mean (mean layer sparsity).")] = "global",
     round_to: Annotated[int | None, typer.Option(help="Reconvene: keep channel counts multiples of this.")] = None,

@@ -33,7 +33,9 @@ from .pai import PaIOptions, make_scorer, prune_at_init
 @dataclass
 class ReconveneOptions(PaIOptions):
     conversion: str = "width"  # width | dead
-    width_rule: str = "channels"  # width conversion: channels (C·d) | sqrt (C·√d, keeps the layer's weight budget)
+    # width conversion: sqrt (C·√d, keeps the layer's weight budget) | channels (C·d). benchmarks/results/
+    # reconvene.md decided: `channels` narrows high-sparsity stages to a few channels and loses accuracy.
+    width_rule: str = "sqrt"
     reference: str = "global"  # global | mean
     round_to: int | None = None
 

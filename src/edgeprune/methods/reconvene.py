@@ -4,8 +4,8 @@
 2. Pruning Sensitivity Evaluator: a layer (or a group of layers whose channels are tied, e.g. by a
    residual add) whose sparsity exceeds the reference (p, or the mean layer sparsity) is non-sensitive:
    the criterion found it redundant.
-3. Non-sensitive layers become structured: `width` keeps ⌈(1 − s)·C⌉ channels (or ⌈√(1 − s)·C⌉ with
-   width_rule="sqrt") ranked by summed score and turns dense; `dead` removes only channels with no
+3. Non-sensitive layers become structured: `width` keeps ⌈√(1 − s)·C⌉ channels (⌈(1 − s)·C⌉ with
+   width_rule="channels") ranked by summed score and turns dense; `dead` removes only channels with no
    surviving weight. Sensitive layers keep their mask.
 4. Resilient Layer Rectifier: layers whose shape changed are re-initialised for their new fan-in/out;
    a masked layer among them gets a fresh mask from the criterion, keeping its number of weights.

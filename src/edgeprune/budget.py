@@ -61,8 +61,12 @@ class Search:
         return asdict(self)
 
 
+UNSTRUCTURED_HINT = ("use a structured method (--method reconvene): unstructured masks do not make a model smaller "
+                     "or faster")
+
+
 def search(target: Target, pruned_at: Callable[[float], nn.Module], input_shape: tuple[int, ...],
-           progress: Callable[[dict], None] | None = None) -> Search:
+           progress: Callable[[dict], None] | None = None, hint: str = UNSTRUCTURED_HINT) -> Search:
     """The least sparsity in [0, target.max_sparsity] whose pruned model costs at most the budget.
 
     Raises ConfigError (naming the closest probe) when even the highest sparsity does not meet it.
@@ -82,8 +86,7 @@ def search(target: Target, pruned_at: Callable[[float], nn.Module], input_shape:
         closest = min(probes, key=lambda p: p["cost"])
         raise ConfigError(
             f"no sparsity meets the budget {target.describe()}: the closest probe was "
-            f"{target.describe(closest['cost'])} at sparsity {closest['sparsity']:.3f}. Raise the budget, or use a "
-            "structured method (--method reconvene): unstructured masks do not make a model smaller or faster"
+            f"{target.describe(closest['cost'])} at sparsity {closest['sparsity']:.3f}. Raise the budget, or {hint}"
         )
     lo, hi = 0.0, target.max_sparsity  # cost(lo) > budget >= cost(hi)
     while len(probes) < target.max_probes:

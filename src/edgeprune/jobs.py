@@ -206,7 +206,12 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
     console.print(f"searching the sparsity that meets {target.describe()}", highlight=False)
     # The layer-collapse guard keeps min_layer_density of every layer: stay below what it allows.
     ceiling = min(target.max_sparsity, 1 - 2 * opts.min_layer_density)
-    return budget.search(replace(target, max_sparsity=ceiling), pruned_at, bundle.input_shape, progress=report)
+    from .methods.reconvene import ReconveneOptions
+
+    hint = ("let Reconvene convert more layers (--reference mean), or prune the sensitive layers with another "
+            "method: it leaves them unstructured" if isinstance(opts, ReconveneOptions) else budget.UNSTRUCTURED_HINT)
+    return budget.search(replace(target, max_sparsity=ceiling), pruned_at, bundle.input_shape, progress=report,
+                         hint=hint)
 
 
 def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,

@@ -495,9 +495,18 @@ def _accuracy_vs_sparsity(rows: list[RunRow], data: str, style: _Style) -> _Plot
     ax.set(xlabel="sparsity requested (% of prunable weights removed)", ylabel="top-1 accuracy (%)",
            title=f"Accuracy vs sparsity — {data}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend(fig, ax)
     return _Plot(f"{_slug(data)}-accuracy-vs-sparsity.png",
                  "Accuracy against requested sparsity, one line per method (dotted: the dense run).", _png(fig))
+
+
+def _legend(fig, ax, inside: int = 8) -> None:
+    """Up to `inside` entries in the plot; more go beside it, on a wider figure, so they cover nothing."""
+    if len(ax.get_legend_handles_labels()[1]) <= inside:
+        ax.legend(fontsize=8, loc="best")
+        return
+    fig.set_figwidth(fig.get_figwidth() * 1.6)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -513,6 +522,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def _accuracy_vs_cost(rows: list[RunRow], data: str, style: _Style, cost: Callable[[RunRow], float | None],
                       what: str, xlabel: str, slug: str) -> _Plot | None:
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     rows = [r for r in rows if cost(r) is not None]
     if not rows:
         return None
@@ -530,12 +541,16 @@ def _accuracy_vs_cost(rows: list[RunRow], data: str, style: _Style, cost: Callab
     xs = [p[0] for p in pts]
     if max(xs) > 20 * min(xs) > 0:
         ax.set_xscale("log")
+        # 0.2, 0.5, 1, 2, 5 … as plain numbers: the default minor labels (3×10⁻¹ …) run into each other
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.step(fx + [max(xs)], fy + [fy[-1]], where="post", color="0.25", lw=1.2, ls="--", zorder=2,
             label="Pareto front")
     ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="0.1", linewidths=1.4, zorder=4)
     ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=f"Accuracy vs {what} — {data}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend(fig, ax)
     _name_points(fig, ax, pts, front, [r.name for r in rows])
     return _Plot(f"{_slug(data)}-accuracy-vs-{slug}.png",
                  f"Accuracy against {what}; circled points and the dashed step line are the Pareto front "
@@ -553,8 +568,10 @@ def _name_points(fig, ax, pts: list[tuple[float, float]], which: list[int], name
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw_without_rendering()  # final layout, axis limits and legend place
     legend = ax.get_legend()
-    legend.set_loc(tuple(legend.get_window_extent(renderer).transformed(ax.transAxes.inverted()).p0))
-    taken = [legend.get_window_extent(renderer)]
+    taken = []
+    if legend is not None:  # inside the axes: pin it where "best" put it, and keep names off it
+        legend.set_loc(tuple(legend.get_window_extent(renderer).transformed(ax.transAxes.inverted()).p0))
+        taken.append(legend.get_window_extent(renderer))
     for i, (x, y) in enumerate(ax.transData.transform(pts)):
         r = 12 if i in which else 7  # pixels: ringed front points are larger
         taken.append(Bbox.from_bounds(x - r, y - r, 2 * r, 2 * r))

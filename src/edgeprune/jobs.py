@@ -227,7 +227,7 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
         raise ConfigError(f"shrink writes a new run; choose a --name other than the source {source.name!r}")
     runs.check(run_dir, overwrite=overwrite)
     model, extra = load(source)
-    masks.apply(model, {k: v.float() for k, v in runs.torch_load(source / runs.MASKS, "masks").items()})
+    masks.apply(model, runs.torch_load(source / runs.MASKS, "masks"))
     small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
         k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
     bundle = data.loaders(**cfg.data)

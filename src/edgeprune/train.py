@@ -213,9 +213,8 @@ def _seed_epoch(loader, seed: int, epoch: int) -> None:
 def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History]:
     ckpt = torch_load(path)
     try:
-        saved = dict(ckpt["config"])
-        changed = {k for k in saved if k != "epochs" and saved[k] != cfg.to_dict()[k]
-                   and not (isinstance(saved[k], list) and tuple(saved[k]) == cfg.to_dict()[k])}
+        saved, now = TrainConfig(**ckpt["config"]).to_dict(), cfg.to_dict()
+        changed = {k for k in saved if k != "epochs" and saved[k] != now[k]}
         if changed:
             raise ConfigError(
                 f"cannot resume with different training settings ({', '.join(sorted(changed))}); "

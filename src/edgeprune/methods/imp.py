@@ -129,6 +129,5 @@ def run(
 
 def _load_level(model: nn.Module, out: Path) -> None:
     if (out / runs.MASKS).exists():  # level 0 is dense
-        saved = runs.torch_load(out / runs.MASKS, "masks")
-        masks.apply(model, {k: v.float() for k, v in saved.items()})
+        masks.apply(model, runs.torch_load(out / runs.MASKS, "masks"))
     rewind(model, runs.torch_load(out / runs.MODEL, "model file")["state_dict"])

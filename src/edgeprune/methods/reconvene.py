@@ -94,21 +94,19 @@ def reconvene(
     widths = {n: surgery.width(model.get_submodule(n)) for n in names}
     report = surgery.materialize(model, keep, x, round_to=opts.round_to)  # bakes masks into zeros
     converted = {n for n in report.kept if n in keep} if opts.conversion == "width" else set()
-    # A baked zero is a mask entry: initial weights are never exactly zero.
-    remaining = {n: (model.get_submodule(n).weight != 0).float() for n in names if n not in converted}
+    remaining = masks.from_zeros(model, [f"{n}.weight" for n in names if n not in converted])
     rectified = structure.rectify(model, shapes)
     # A masked layer that lost inputs was re-initialised: its old mask, sliced, no longer fits (it can even
     # have lost every surviving weight), so the criterion chooses again. The layer keeps the number of
     # weights the criterion gave it (all of them, if it is now smaller than that): its inputs narrowing
     # is no reason to prune it further.
-    refit = [n for n in remaining if n in rectified]
+    refit = [k for k in remaining if k.rpartition(".")[0] in rectified]
     if refit:
-        budget = {row["layer"]: row["kept"] for row in pai_info["layers"]}
+        budget = {f"{row['layer']}.weight": row["kept"] for row in pai_info["layers"]}
         fresh = make_scorer(opts, data, input_shape)(model)
-        for n in refit:
-            s_n = fresh[f"{n}.weight"]
-            remaining[n] = masks.top_k(s_n.flatten().double(), max(1, budget[n])).view_as(s_n).float()
-    masks.apply(model, {f"{n}.weight": m for n, m in remaining.items() if not m.all()})
+        for k in refit:
+            remaining[k] = masks.top_k(fresh[k].flatten().double(), max(1, budget[k])).view_as(fresh[k]).float()
+    masks.apply(model, {k: m for k, m in remaining.items() if not m.all()})
     return {
         "method": "reconvene", "options": opts.to_dict(), "prune_seconds": time.perf_counter() - t0,
         "pai": {k: pai_info[k] for k in ("rounds", "prune_seconds", "layers")},
@@ -118,6 +116,6 @@ def reconvene(
                    for g in groups],
         "not_converted": {**not_converted, **report.skipped},
         "rectified": rectified,
-        "masks_rechosen": refit,
+        "masks_rechosen": [k.rpartition(".")[0] for k in refit],
         "layers": masks.table(model, [f"{n}.weight" for n in names]),
     }

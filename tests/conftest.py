@@ -39,3 +39,17 @@ def small_vgg(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
     return nn.Sequential(*block(in_channels, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 32), *block(32, 64),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0, bias_shift: float = -0.5) -> nn.Module:
+    """Distinct BN values (non-zero shifts included), so kept-vs-removed channels are told apart, dead
+    channels output non-zero constants, and outputs are not degenerate. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.rand(n, generator=g) + bias_shift
+            m.running_mean = torch.rand(n, generator=g) - 0.5
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model.eval()

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import randomize_bn
 from torch import nn
 from torch.nn.utils import prune
 
@@ -14,16 +15,7 @@ def _model(name: str, random_bn: bool = False) -> nn.Module:
     """A fresh model; `random_bn` gives every BN a non-zero shift, so dead channels output non-zero constants."""
     torch.manual_seed(0)
     model = models.create(name, num_classes=10)
-    if random_bn:
-        g = torch.Generator().manual_seed(1)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.data = torch.rand(n, generator=g) + 0.5
-                m.bias.data = torch.rand(n, generator=g) - 0.3
-                m.running_mean = torch.rand(n, generator=g) - 0.5
-                m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
+    return randomize_bn(model, seed=1, bias_shift=-0.3) if random_bn else model.eval()
 
 
 def _kill(model: nn.Module, kills: dict[str, list[int]]) -> nn.Module:

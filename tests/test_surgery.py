@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from conftest import randomize_bn
 from torch import nn
 from torch.nn.utils import prune
 
@@ -14,23 +15,10 @@ SMALL = (3, 32, 32)  # in-house CIFAR models
 TV = (3, 64, 64)  # torchvision models: small inputs keep the test quick
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Distinct BN values, so that kept-vs-removed channels are told apart and outputs are not degenerate."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.rand(n, generator=g) - 0.5
-            m.running_mean = torch.rand(n, generator=g) - 0.5
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
-
-
 def _make(name: str):
     torch.manual_seed(0)
     shape = TV if name.startswith("tv:") else SMALL
-    return _randomize_bn(models.create(name, num_classes=10)), torch.randn(1, *shape), shape
+    return randomize_bn(models.create(name, num_classes=10)), torch.randn(1, *shape), shape
 
 
 def _coupled(model: nn.Module, name: str, x: torch.Tensor) -> list[str]:

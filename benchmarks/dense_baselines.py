@@ -1,7 +1,8 @@
 """Dense baselines: size, MACs, CPU latency (ONNX Runtime and PyTorch eager) and peak inference memory.
 
 Models are freshly initialised: latency, MACs and size do not depend on trained weights.
-Run from the repository root: PYTHONPATH=src .venv/bin/python benchmarks/dense_baselines.py [--runs N] [--warmup M] [--quick]
+Run from the repository root:
+    PYTHONPATH=src .venv/bin/python benchmarks/dense_baselines.py [--runs N] [--warmup M] [--quick]
 """
 
 from __future__ import annotations

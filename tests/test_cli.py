@@ -125,6 +125,19 @@ def test_report_over_runs(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "results.csv").exists()
     assert oct((tmp_path / "rep" / "report.html").stat().st_mode & 0o777) != "0o600"
+    result = _invoke("report", run, "--out", tmp_path / "rep2", "--retime", "--retime-at", "1x1", "--retime-rounds",
+                     "1", "--retime-runs", "2")
+    assert result.exit_code == 0, result.output
+    assert "re-measured for all 1 models in one interleaved pass" in (tmp_path / "rep2" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [(["--retime", "--retime-at", "1by1"], "'1by1' is not BATCHxTHREADS"),
+                                           (["--retime-at", "1x1"], "pass --retime with it"),
+                                           (["--retime", "--retime-rounds", "0"], "rounds >= 1")])
+def test_bad_retime_options_say_what_to_do(run, tmp_path, args, message):
+    result = _invoke("report", run, "--out", tmp_path / "rep", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "rep").exists()
 
 
 def test_sweep_then_report_from_the_command_line(tmp_path):

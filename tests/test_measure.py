@@ -42,6 +42,25 @@ def test_latency_percentiles_are_ordered(tiny):
         assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms
 
 
+def test_interleaved_latency_times_every_model_every_round(tiny, tmp_path):
+    from edgeprune.export import to_onnx_bytes
+
+    small = to_onnx_bytes(tiny, (1, 8, 8))
+    wide = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
+    (tmp_path / "wide.onnx").write_bytes(to_onnx_bytes(wide, (1, 32, 32)))
+    rounds = []
+    got = measure.latency_onnx_interleaved({"small": (small, (1, 8, 8)), "wide": (tmp_path / "wide.onnx", (1, 32, 32))},
+                                           batch_size=2, threads=1, rounds=3, runs=4, warmup=1,
+                                           progress=lambda done, total: rounds.append((done, total)))
+    assert rounds == [(1, 3), (2, 3), (3, 3)]
+    for lat in got.values():
+        assert lat.runtime == "onnxruntime" and lat.batch_size == 2 and lat.runs == 12 and lat.warmup == 1
+        assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms
+    assert got["wide"].p50_ms > got["small"].p50_ms  # 64-channel convs at 32×32 vs a few hundred MACs
+    with pytest.raises(ConfigError, match="rounds >= 1, got 0"):
+        measure.latency_onnx_interleaved({"small": (small, (1, 8, 8))}, rounds=0)
+
+
 def test_profile_round_trips_through_json(tiny):
     prof = measure.profile(tiny, (1, 8, 8), batch_sizes=(1, 4), threads=(1,), runs=3, warmup=1)
     assert len(prof.latency) == 4  # 2 runtimes × 2 batch sizes × 1 thread count

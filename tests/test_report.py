@@ -35,9 +35,10 @@ def layers(density, shapes=DENSE_LAYERS):
     return rows
 
 
-def config(command="train", method=None, data="fashion-mnist"):
-    return {"command": command, "model": "net", "data": {"name": data, "batch_size": 128}, "train": {"epochs": 2},
-            "measure": {}, "model_kwargs": {}, "method": method or {}, "device": "cpu"}
+def config(command="train", method=None, data="fashion-mnist", seed=0):
+    return {"command": command, "model": "net", "data": {"name": data, "batch_size": 128},
+            "train": {"epochs": 2, "seed": seed}, "measure": {}, "model_kwargs": {}, "method": method or {},
+            "device": "cpu"}
 
 
 def write_run(folder, report_, config_):
@@ -63,7 +64,7 @@ def pai_run(folder, criterion, sparsity, accuracy):
 
 
 def reconvene_run(folder, sparsity, accuracy):
-    opts = {"criterion": "snip", "sparsity": sparsity, "scope": "global", "conversion": "width",
+    opts = {"criterion": "snip", "sparsity": sparsity, "scope": "global", "rounds": None, "conversion": "width",
             "reference": "global", "round_to": None}
     narrow = [("conv1", [16, 1, 10, 10]), ("conv2", [8, 16, 3, 3]), ("fc", [10, 488])]
     kept = round(10_000 * (1 - sparsity))
@@ -220,3 +221,94 @@ def test_bad_paths_raise_config_errors(built, tmp_path):
         report.collect([tmp_path / "file.txt"])
     with pytest.raises(ConfigError, match="run folder"):
         report.write_report([root / "sweep"], root / "sweep" / "net" / "dense")
+
+
+# Pairs: structured runs against their counterparts
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    dense_run(root / "dense")
+    pai_run(root / "snip-0.9", "snip", 0.9, 0.80)
+    pai_run(root / "magnitude-0.9", "magnitude", 0.9, 0.79)  # another criterion: not snip's counterpart
+    reconvene_run(root / "reconvene-0.9", 0.9, 0.797)  # -0.3 points: within the default tolerance
+    reconvene_run(root / "reconvene-0.5", 0.5, 0.85)  # no snip-0.5 run: no pair
+    seed1 = reconvene_run(root / "reconvene-0.9-seed1", 0.9, 0.81)  # another budget: no pair
+    cfg = json.loads((seed1 / "config.json").read_text())
+    cfg["train"]["seed"] = 1
+    (seed1 / "config.json").write_text(json.dumps(cfg))
+    imp_run(root / "imp")
+    write_run(root / "imp-shrunk", {
+        "run": "imp-shrunk", "data": "fashion-mnist", "synthetic_data": False, "method": "dnnshifter",
+        "source": str(root / "imp" / "level_02"), "shrink_seconds": 0.2, "layers": [],
+        "profile": profile(prunable_nonzero=2500, prunable=5000, latency_ms=0.25, accuracy=0.75)},
+        config("shrink", {"name": "dnnshifter", "source": str(root / "imp" / "level_02")}))
+    return root
+
+
+def test_pairs_match_criterion_sparsity_and_budget(paired):
+    rows = report.collect([paired])
+    found = {p.run.name: p.counterpart.name for p in report.pairs(rows)}
+    assert found == {"reconvene-0.9": "snip-0.9", "imp-shrunk": "imp/level_02"}
+    p = next(p for p in report.pairs(rows) if p.run.name == "reconvene-0.9")
+    assert p.size_x == pytest.approx((4 * 10_500 + 1000) / (4 * 9500 + 1000))
+    assert p.macs_x == pytest.approx(10_000 / 9000) and p.latency_x() == pytest.approx(0.9 / 0.5)
+    assert p.latency_x(32, 2) == pytest.approx(0.9 / 0.5)
+    assert p.efficiency == pytest.approx((0.9 / 0.5) / (10_000 / 9000))
+    assert p.accuracy_delta == pytest.approx(-0.3)
+    shrunk = next(p for p in report.pairs(rows) if p.run.name == "imp-shrunk")
+    assert shrunk.latency_x() == pytest.approx(4.0) and shrunk.accuracy_delta == pytest.approx(-5.0)
+    lines = report.headline(report.pairs(rows))
+    assert "imp-shrunk" not in lines[0]  # 5 points below its source: outside the 0.5-point tolerance
+    assert "1.80× faster at batch 1 (reconvene-0.9, -0.30 points)" in lines[0] and "1 of 2" in lines[0]
+    assert "no structured run" in report.headline(report.pairs(rows), tolerance=0.1)[0]
+
+
+def test_report_writes_the_pairs_table(paired, tmp_path):
+    written = report.write_report([paired], tmp_path / "r", tolerance=0.5)
+    pairs_csv = {r["run"]: r for r in csv.DictReader(open(written["pairs"], newline=""))}
+    assert set(pairs_csv) == {"reconvene-0.9", "imp-shrunk"}
+    assert pairs_csv["reconvene-0.9"]["counterpart"] == "snip-0.9"
+    assert float(pairs_csv["imp-shrunk"]["size_x_fp32"]) == pytest.approx((4 * 10_500 + 1000) / (4 * 5500 + 1000))
+    assert float(pairs_csv["reconvene-0.9"]["latency_x_b32_t2"]) == pytest.approx(1.8)
+    md = written["md"].read_text()
+    assert "### Structured runs against their counterparts" in md and "| reconvene-0.9 | snip-0.9 |" in md
+    assert "1 of 2 structured runs qualify" in md
+    assert "<h3>Structured runs against their counterparts</h3>" in written["html"].read_text()
+    with pytest.raises(ConfigError, match="tolerance"):
+        report.write_report([paired], tmp_path / "r2", tolerance=-1)
+
+
+def test_no_pairs_no_pairs_table(built):
+    _, out, written = built
+    assert "pairs" not in written and not (out / "pairs.csv").exists()
+
+
+def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny):
+    from edgeprune.export import to_onnx_bytes
+
+    onnx = to_onnx_bytes(tiny, (1, 8, 8))
+    for name in ("dense", "snip-0.9"):
+        run = dense_run(tmp_path / "runs" / name) if name == "dense" else pai_run(tmp_path / "runs" / name, "snip",
+                                                                                    0.9, 0.8)
+        (run / "model.onnx").write_bytes(onnx)
+        prof = json.loads((run / "report.json").read_text())
+        prof["profile"]["input_shape"] = [1, 8, 8]
+        (run / "report.json").write_text(json.dumps(prof))
+    pai_run(tmp_path / "runs" / "no-onnx", "magnitude", 0.5, 0.85)
+    before = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    rows = report.collect([tmp_path / "runs"])
+    info = report.retime(rows, report.Retime(rounds=2, runs=3, warmup=1, settings=((1, 1),)))
+    assert info["settings"] == [[1, 1]] and info["models"] == 2 and info["without_onnx"] == ["no-onnx"]
+    by = {r.name: r for r in rows}
+    fresh = by["snip-0.9"].profile.latency_of("onnxruntime", 1, 1)
+    assert fresh.runs == 6 and fresh.p50_ms != pytest.approx(0.9)  # re-measured, not the recorded 0.9 ms
+    assert by["snip-0.9"].latency_ms("onnxruntime", 32, 2) == pytest.approx(0.9 * 16)  # not asked for: kept
+    assert by["no-onnx"].latency_ms("onnxruntime", 1, 1) == pytest.approx(0.9)
+    written = report.write_report([tmp_path / "runs"], tmp_path / "rep", retime_opts=report.Retime(rounds=1, runs=2))
+    assert "re-measured for all 2 models in one interleaved pass" in written["md"].read_text()
+    assert "Not re-measured (no model.onnx): no-onnx." in written["md"].read_text()
+    assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match="rounds >= 1"):
+        report.Retime(rounds=0)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from . import __version__, jobs, measure, models
-from .errors import EdgePruneError
+from .errors import ConfigError, EdgePruneError
 from .train import TrainConfig
 
 app = typer.Typer(
@@ -327,17 +327,45 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.md, the PNG plots and "
                                       "report.html.")] = Path("report"),
     title: Annotated[str, typer.Option(help="Title of the report.")] = "edgeprune report",
+    retime: Annotated[bool, typer.Option("--retime", help="Re-measure every run's ONNX Runtime latency in one "
+                                         "interleaved pass first, so ratios between runs are taken under the same "
+                                         "load (the runs are not modified).")] = False,
+    retime_rounds: Annotated[int, typer.Option(help="--retime: rounds over all models.")] = 6,
+    retime_runs: Annotated[int, typer.Option(help="--retime: timed calls per model and round.")] = 10,
+    retime_at: Annotated[list[str] | None, typer.Option("--retime-at", metavar="BATCHxTHREADS", help="--retime: "
+                                                        "only this batch size and thread count, e.g. 1x1 "
+                                                        "(repeatable; default: every setting the runs measured).")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="Accuracy loss (points) a structured run may have against its "
+                                             "counterpart and still count in the headline.")] = 0.5,
+    layer_run: Annotated[list[str] | None, typer.Option("--layer-run", help="Draw the per-layer figure of this run "
+                                                        "(repeatable; default: the sparsest run of each method).")]
+    = None,
 ) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one self-contained HTML page over many runs.
 
     Runs of different data sets get separate sections; ratios are against the dense run of the same model.
+    Reconvene runs are also set against their unstructured counterpart (same criterion, sparsity and
+    budget) and DNNShifter runs against the sparse run they shrank (pairs.csv and a table of its own).
 
-    Example: [bold]edgeprune report runs/sweeps/smoke --out report/[/]
+    Example: [bold]edgeprune report runs/sweeps/smoke --retime --out report/[/]
     """
-    from .report import write_report
+    from .report import Retime, write_report
 
-    files = write_report(paths, out, title=title)
+    settings = tuple(_batch_threads(v) for v in retime_at) if retime_at else None
+    if settings and not retime:
+        raise ConfigError("--retime-at chooses what --retime re-measures: pass --retime with it")
+    opts = Retime(rounds=retime_rounds, runs=retime_runs, settings=settings) if retime else None
+    files = write_report(paths, out, title=title, layer_runs=layer_run, retime_opts=opts, tolerance=tolerance,
+                         progress=not _state["quiet"])
     console.print(f"wrote {len(files)} files to {out}: open [bold]{files['html']}[/] in a browser")
+
+
+def _batch_threads(text: str) -> tuple[int, int]:
+    b, sep, t = text.lower().partition("x")
+    if not (sep and b.isdigit() and t.isdigit() and int(b) > 0 and int(t) > 0):
+        raise ConfigError(f"--retime-at {text!r} is not BATCHxTHREADS with positive numbers, e.g. 1x1 or 32x2")
+    return int(b), int(t)
 
 
 @app.command("eval")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -203,6 +203,38 @@ def latency_onnx(
         (batch_size, *input_shape), dtype=np.float32)}
     times = _time(lambda: sess.run(None, feed), runs, warmup)
     return Latency("onnxruntime", batch_size, threads, *_percentiles(times), runs=runs, warmup=warmup)
+
+
+def latency_onnx_interleaved(
+    onnx_models: Mapping[str, tuple[bytes | str | os.PathLike, tuple[int, ...]]], batch_size: int = 1,
+    threads: int = 1, rounds: int = 6, runs: int = 10, warmup: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Latency]:
+    """ONNX Runtime CPU latency of several models ({name: (onnx bytes or path, input shape)}), timed
+    round-robin: each of `rounds` rounds times `runs` calls of every model in turn, so load that changes
+    during the pass falls on all models alike and the ratios between them are taken under the same
+    conditions. Each model's figures pool its rounds*runs timings. `progress(done, total)` after each round."""
+    from .export import ort_session
+
+    _check_timing(batch_size, threads, runs, warmup)
+    if rounds < 1:
+        raise ConfigError(f"need rounds >= 1, got {rounds}")
+    calls = {}
+    for name, (onnx_model, shape) in onnx_models.items():
+        sess = ort_session(onnx_model, threads)
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
+            (batch_size, *shape), dtype=np.float32)}
+        calls[name] = lambda sess=sess, feed=feed: sess.run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        _time(call, 0, warmup)
+    for i in range(rounds):
+        for name, call in calls.items():
+            times[name] += _time(call, runs, 0)
+        if progress is not None:
+            progress(i + 1, rounds)
+    return {name: Latency("onnxruntime", batch_size, threads, *_percentiles(t), runs=len(t), warmup=warmup)
+            for name, t in times.items()}
 
 
 def _check_timing(batch_size: int, threads: int, runs: int, warmup: int) -> None:

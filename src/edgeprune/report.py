@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -17,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -121,6 +123,7 @@ class RunRow:
     groups: list[dict] = field(default_factory=list)  # Reconvene: coupled channels, width_before/width_after
     dense_layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> shape in the dense original
     source: str | None = None  # DNNShifter: the sparse run it shrank
+    budget: str = ""  # what the run was trained under: data options, training config (with seed), model kwargs
     # ratios to the dense run of the same model and data set (None without one)
     dense_run: str | None = None
     compression: float | None = None  # dense prunable weights / remaining prunable weights
@@ -152,7 +155,9 @@ class RunRow:
 def collect(paths: Sequence[str | Path]) -> list[RunRow]:
     """The finished runs under `paths`: run folders, sweep folders (any folder holding run folders, at any
     depth) and IMP runs (one row per level). Unfinished runs inside sweeps are skipped."""
-    return _collect(paths)[0]
+    rows = _collect(paths)[0]
+    _relate(rows)
+    return rows
 
 
 def _collect(paths: Sequence[str | Path]) -> tuple[list[RunRow], list[Path]]:
@@ -184,9 +189,13 @@ def _collect(paths: Sequence[str | Path]) -> tuple[list[RunRow], list[Path]]:
         shown = ", ".join(str(d) for d in unfinished[:5]) or ", ".join(map(str, paths))
         raise ConfigError(f"no finished runs in {shown}: {RUN_FOLDER} (or, for IMP, level_NN/report.json)")
     _unique_names(rows)
+    return rows, unfinished
+
+
+def _relate(rows: list[RunRow]) -> None:
+    """Link DNNShifter runs to their sources and every run to its dense run (ratios)."""
     _link_sources(rows)
     _dense_ratios(rows)
-    return rows, unfinished
 
 
 def _is_run(d: Path) -> bool:
@@ -235,6 +244,7 @@ def _row(d: Path, name: str, report: dict, config: dict) -> RunRow:
         layers=report.get("layers", []), groups=report.get("groups", []),
         dense_layers={r["layer"]: r["shape"] for r in (report.get("pai") or {}).get("layers", [])},
         source=report.get("source"),
+        budget=json.dumps({k: config.get(k) for k in ("data", "train", "model_kwargs")}, sort_keys=True),
     )
 
 
@@ -330,6 +340,142 @@ def _dense_ratios(rows: list[RunRow]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Re-timing: every run's latency measured again in one interleaved pass
+
+
+@dataclass
+class Retime:
+    """Re-measure the ONNX Runtime latency of every collected run round-robin in one pass (see
+    measure.latency_onnx_interleaved), so that ratios between runs are taken under the same conditions
+    instead of at the different times (and loads) at which each run finished. The runs are not modified."""
+
+    rounds: int = 6
+    runs: int = 10  # timed calls per model and round
+    warmup: int = 3
+    settings: tuple[tuple[int, int], ...] | None = None  # (batch, threads); None: every ORT setting measured
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.runs < 1 or self.warmup < 0:
+            raise ConfigError(f"re-timing needs rounds >= 1, runs >= 1 and warmup >= 0; got rounds={self.rounds}, "
+                              f"runs={self.runs}, warmup={self.warmup}")
+
+
+def retime(rows: list[RunRow], opts: Retime | None = None, progress: bool = False) -> dict:
+    """Replace the ONNX Runtime latencies of `rows` with one interleaved re-measurement of their model.onnx
+    files; return what was done (settings, rounds, seconds, runs without a model.onnx)."""
+    import time
+
+    from rich.progress import Progress
+
+    from .measure import latency_onnx_interleaved
+
+    opts = opts or Retime()
+    settings = sorted(opts.settings or {(t.batch_size, t.threads) for r in rows for t in r.profile.latency
+                                        if t.runtime == "onnxruntime"} or {(1, 1)})
+    found = {r.name: r.path / runs.ONNX for r in rows}
+    missing = sorted(n for n, f in found.items() if not f.is_file())
+    todo = {r.name: (found[r.name], r.profile.input_shape) for r in rows if r.name not in missing}
+    t0 = time.perf_counter()
+    with Progress(disable=not progress, transient=True) as bar:
+        for batch, threads in settings:
+            task = bar.add_task(f"re-timing {len(todo)} models, batch {batch}, {threads} thread(s)", total=opts.rounds)
+            fresh = latency_onnx_interleaved(todo, batch, threads, opts.rounds, opts.runs, opts.warmup,
+                                             progress=lambda done, _, task=task: bar.update(task, completed=done))
+            for r in rows:
+                if r.name in fresh:
+                    keep = [t for t in r.profile.latency
+                            if (t.runtime, t.batch_size, t.threads) != ("onnxruntime", batch, threads)]
+                    r.profile = dataclasses.replace(r.profile, latency=[*keep, fresh[r.name]])
+    return {"settings": [list(s) for s in settings], "rounds": opts.rounds, "runs": opts.runs, "warmup": opts.warmup,
+            "models": len(todo), "seconds": time.perf_counter() - t0, "without_onnx": missing}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs: a structured model against the unstructured model it stands in for
+
+
+@dataclass
+class Pair:
+    """A structured run (Reconvene, DNNShifter) and its counterpart: the unstructured run of the same
+    criterion, sparsity, model, data and training budget (Reconvene), or the sparse run it shrank."""
+
+    run: RunRow
+    counterpart: RunRow
+
+    def _ratio(self, a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    @property
+    def size_x(self) -> float:
+        return self.counterpart.profile.bytes_fp32 / self.run.profile.bytes_fp32
+
+    @property
+    def params_x(self) -> float:
+        return self.counterpart.profile.params / self.run.profile.params
+
+    @property
+    def macs_x(self) -> float:  # the unstructured model executes every dense MAC
+        return self.counterpart.profile.macs / self.run.profile.macs
+
+    def latency_x(self, batch: int = 1, threads: int = 1) -> float | None:
+        return self._ratio(self.counterpart.latency_ms("onnxruntime", batch, threads),
+                           self.run.latency_ms("onnxruntime", batch, threads))
+
+    @property
+    def efficiency(self) -> float | None:
+        """How much of the MACs saving reaches ONNX Runtime: latency ratio (batch 1) / dense-MACs ratio."""
+        lat = self.latency_x()
+        return lat / self.macs_x if lat else None
+
+    @property
+    def accuracy_delta(self) -> float | None:  # percentage points
+        a, b = self.run.accuracy, self.counterpart.accuracy
+        return None if a is None or b is None else 100 * (a - b)
+
+
+def pairs(rows: list[RunRow]) -> list[Pair]:
+    """Every structured run in `rows` with its counterpart in `rows` (runs without one are left out)."""
+    from .methods.pai import PaIOptions
+
+    pai_keys = set(PaIOptions.__dataclass_fields__)
+    out = []
+    for r in rows:
+        if r.method.startswith("reconvene"):
+            want = {k: v for k, v in r.options_full.items() if k in pai_keys}
+            match = [c for c in rows if c.method == want.get("criterion") and _key(c) == _key(r)
+                     and c.budget == r.budget and c.options_full == want]
+        elif r.method == "dnnshifter" and r.source:
+            match = [c for c in rows if c is not r and _same_run(c.path, Path(r.source))]
+        else:
+            continue
+        if match:
+            out.append(Pair(r, match[0]))
+    return out
+
+
+def headline(ps: list[Pair], tolerance: float = 0.5) -> list[str]:
+    """Per model: the largest size and batch-1 latency gains over the counterpart among the pairs that
+    keep its accuracy within `tolerance` points."""
+    out = []
+    for model in dict.fromkeys(p.run.model for p in ps):
+        mine = [p for p in ps if p.run.model == model]
+        fair = [p for p in mine if p.accuracy_delta is not None and p.accuracy_delta >= -tolerance]
+        if not fair:
+            out.append(f"{model}: no structured run is within {tolerance:g} points of its counterpart's accuracy "
+                       f"({len(mine)} pairs).")
+            continue
+        big = max(fair, key=lambda p: p.size_x)
+        fast = max(fair, key=lambda p: p.latency_x() or 0)
+        text = f"{model}: up to {big.size_x:.2f}× smaller ({big.run.name}, {big.accuracy_delta:+.2f} points)"
+        if fast.latency_x():
+            text += (f" and up to {fast.latency_x():.2f}× faster at batch 1 ({fast.run.name}, "
+                     f"{fast.accuracy_delta:+.2f} points)")
+        out.append(f"{text} than its counterpart, within {tolerance:g} points of its accuracy; {len(fair)} of "
+                   f"{len(mine)} structured runs qualify.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # Tables
 
 
@@ -337,7 +483,7 @@ def _dense_ratios(rows: list[RunRow]) -> None:
 class _Column:
     key: str  # CSV header (raw values, unit in the name)
     header: str  # Markdown/HTML header (formatted values, unit in brackets)
-    value: Callable[[RunRow], object]
+    value: Callable[[Any], object]  # of a RunRow, or of a Pair
     fmt: Callable[[object], str] = str
 
 
@@ -386,9 +532,32 @@ def _columns(rows: list[RunRow], data_column: bool) -> list[_Column]:
     return cols
 
 
-def _cell(col: _Column, r: RunRow) -> str:
+def _cell(col: _Column, r) -> str:
     v = col.value(r)
     return "—" if v is None or v == "" else col.fmt(v)
+
+
+def _pair_columns(ps: list[Pair], data_column: bool) -> list[_Column]:
+    settings = sorted({(t.batch_size, t.threads) for p in ps for r in (p.run, p.counterpart)
+                       for t in r.profile.latency if t.runtime == "onnxruntime"})
+    cols = [_Column("run", "run", lambda p: p.run.name),
+            _Column("counterpart", "counterpart", lambda p: p.counterpart.name)]
+    if data_column:
+        cols.append(_Column("data", "data set", lambda p: p.run.data))
+    cols += [
+        _Column("model", "model", lambda p: p.run.model),
+        _Column("method", "method", lambda p: p.run.method),
+        _Column("sparsity_requested", "sparsity req. (%)", lambda p: p.run.sparsity_requested, _f(".1f", 100)),
+        _Column("accuracy", "accuracy (%)", lambda p: p.run.accuracy, _f(".2f", 100)),
+        _Column("accuracy_delta_pts", "Δ accuracy (pts)", lambda p: p.accuracy_delta, _f("+.2f")),
+        _Column("params_x", "params (×fewer)", lambda p: p.params_x, _f(".2f")),
+        _Column("size_x_fp32", "size fp32 (×smaller)", lambda p: p.size_x, _f(".2f")),
+        _Column("macs_x", "MACs (×fewer)", lambda p: p.macs_x, _f(".2f")),
+        *(_Column(f"latency_x_b{b}_t{t}", f"ORT b{b} t{t} (×faster)", lambda p, b=b, t=t: p.latency_x(b, t), _f(".2f"))
+          for b, t in settings),
+        _Column("speedup_efficiency", "speed-up eff.", lambda p: p.efficiency, _f(".2f")),
+    ]
+    return cols
 
 
 def _csv_text(rows: list[RunRow]) -> str:
@@ -402,8 +571,18 @@ def _csv_text(rows: list[RunRow]) -> str:
     return buf.getvalue()
 
 
-def _md_table(rows: list[RunRow]) -> str:
-    cols = _columns(rows, data_column=False)
+def _pairs_csv_text(ps: list[Pair]) -> str:
+    cols = _pair_columns(ps, data_column=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([c.key for c in cols])
+    for p in ps:
+        w.writerow(["" if (v := c.value(p)) is None else v for c in cols])
+    return buf.getvalue()
+
+
+def _md_table(rows: list, cols: list[_Column] | None = None) -> str:
+    cols = cols or _columns(rows, data_column=False)
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
@@ -413,8 +592,8 @@ def _md_table(rows: list[RunRow]) -> str:
     return "\n".join(out)
 
 
-def _html_table(rows: list[RunRow]) -> str:
-    cols = _columns(rows, data_column=False)
+def _html_table(rows: list, cols: list[_Column] | None = None) -> str:
+    cols = cols or _columns(rows, data_column=False)
     head = "".join(f"<th>{html.escape(c.header)}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(c, r))}</td>" for c in cols) + "</tr>\n" for r in rows)
@@ -669,9 +848,11 @@ class _Section:
     rows: list[RunRow]
     plots: list[_Plot]
     notes: list[str]
+    pairs: list[Pair] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
 
 
-def _sections(rows: list[RunRow], layer_runs: Sequence[str] | None) -> list[_Section]:
+def _sections(rows: list[RunRow], layer_runs: Sequence[str] | None, tolerance: float = 0.5) -> list[_Section]:
     for_layers = _layer_runs(rows, layer_runs)
     sections = []
     for data in sorted({r.data for r in rows}):
@@ -701,7 +882,8 @@ def _sections(rows: list[RunRow], layer_runs: Sequence[str] | None) -> list[_Sec
         plots += [_layers_figure(r) for r in for_layers if r.data == data]
         if not any(r.method == "dense" for r in rs):
             notes.append("No dense run of this data set in the collection: ratios are blank.")
-        sections.append(_Section(data, rs, plots, notes))
+        ps = pairs(rs)
+        sections.append(_Section(data, rs, plots, notes, ps, headline(ps, tolerance)))
     return sections
 
 
@@ -722,21 +904,42 @@ figcaption { font-size: .85rem; color: #555; }
 """
 
 
-def _intro(rows: list[RunRow], unfinished: list[Path]) -> list[str]:
+def _intro(rows: list[RunRow], unfinished: list[Path], timing: dict | None = None) -> list[str]:
     out = [f"{len(rows)} runs on {len({r.data for r in rows})} data set(s). Runs of different data sets are "
            "never mixed: each data set has its own section, table and plots.",
            "Ratios are to the dense run of the same model and data set: compression = dense prunable weights / "
            "remaining prunable weights; size and speed-up = dense / run (ONNX Runtime CPU p50, batch 1, 1 thread); "
            "accuracy Δ in percentage points. Latency in ms per batch (p50)."]
+    if timing is not None:
+        settings = ", ".join(f"batch {b} with {t} thread{'s' * (t > 1)}" for b, t in timing["settings"])
+        out.append(f"Latencies were re-measured for all {timing['models']} models in one interleaved pass when this "
+                   f"report was made ({timing['rounds']} rounds × {timing['runs']} timed calls per model, after "
+                   f"{timing['warmup']} warm-up calls; {settings}; {timing['seconds']:.0f} s), so ratios between runs "
+                   "are taken under the same conditions; absolute times depend on the machine and its load.")
+        if timing["without_onnx"]:
+            out.append("Not re-measured (no model.onnx): " + ", ".join(timing["without_onnx"]) + ".")
+    else:
+        out.append("Latencies are those each run measured when it finished (pass --retime to re-measure all of "
+                   "them in one pass).")
     if unfinished:
         out.append("Unfinished runs (no report.json yet), not shown: " + ", ".join(d.name for d in unfinished) + ".")
     return out
+
+
+PAIRS_TITLE = "Structured runs against their counterparts"
+PAIRS_TEXT = ("Each Reconvene run against the unstructured run of the same criterion, sparsity, model, data and "
+              "training budget, and each DNNShifter run against the sparse run it shrank: ×-figures are counterpart "
+              "/ run (higher is better), accuracy Δ is run − counterpart in points. Speed-up efficiency = ONNX "
+              "Runtime batch-1 speed-up / dense-MACs ratio: how much of the MACs saving reaches the runtime.")
 
 
 def _markdown(title: str, sections: list[_Section], intro: list[str]) -> str:
     out = [f"# {title}", "", *(f"{p}\n" for p in intro)]
     for s in sections:
         out += [f"## Data set: {s.data}", "", _md_table(s.rows), ""]
+        if s.pairs:
+            out += [f"### {PAIRS_TITLE}", "", PAIRS_TEXT, "", *(f"- {h}" for h in s.headline), "",
+                    _md_table(s.pairs, _pair_columns(s.pairs, data_column=False)), ""]
         out += [f"> {n}\n" for n in s.notes]
         out += [f"![{p.caption}]({p.file})\n" for p in s.plots]
     return "\n".join(out)
@@ -753,6 +956,10 @@ def _html(title: str, sections: list[_Section], intro: list[str]) -> str:
         parts += [f'<section id="data-{_slug(s.data)}"><h2>Data set: {e(s.data)}</h2>',
                   f"<p>{len(s.rows)} runs, all on {e(s.data)}; no run of another data set is in this table or "
                   "its plots.</p>", _html_table(s.rows)]
+        if s.pairs:
+            parts += [f"<h3>{e(PAIRS_TITLE)}</h3>", f"<p>{e(PAIRS_TEXT)}</p>",
+                      "<ul>" + "".join(f"<li>{e(h)}</li>" for h in s.headline) + "</ul>",
+                      _html_table(s.pairs, _pair_columns(s.pairs, data_column=False))]
         parts += [f'<p class="note">{e(n)}</p>' for n in s.notes]
         for p in s.plots:
             data = base64.b64encode(p.png).decode("ascii")
@@ -764,23 +971,34 @@ def _html(title: str, sections: list[_Section], intro: list[str]) -> str:
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edgeprune report",
-                 layer_runs: Sequence[str] | None = None) -> dict[str, Path]:
+                 layer_runs: Sequence[str] | None = None, retime_opts: Retime | None = None,
+                 tolerance: float = 0.5, progress: bool = False) -> dict[str, Path]:
     """Collect the runs under `paths` and write results.csv, results.md, report.html and the PNG plots
-    into the folder `out`. `layer_runs` names the runs to draw per-layer figures of (default: the sparsest
-    run of each method, at most MAX_LAYER_FIGURES). Returns {"csv", "md", "html", <png stem>: path}."""
+    into the folder `out`, and pairs.csv when structured runs have counterparts (see `pairs`).
+    `layer_runs` names the runs to draw per-layer figures of (default: the sparsest run of each method, at
+    most MAX_LAYER_FIGURES). `retime_opts` re-measures every run's latency in one pass first (see Retime);
+    `tolerance` (points) is the accuracy loss the headline of the pairs allows. Returns {"csv", "md",
+    "html", "pairs", <png stem>: path}."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"report output {out} is a file; pass a folder")
     if _is_run(out):
         raise ConfigError(f"report output {out} is a run folder; write the report to a folder of its own")
+    if tolerance < 0:
+        raise ConfigError(f"tolerance is the accuracy loss allowed, in points, and must be >= 0; got {tolerance}")
     rows, unfinished = _collect(paths)
-    sections = _sections(rows, layer_runs)
-    intro = _intro(rows, unfinished)
+    timing = retime(rows, retime_opts, progress) if retime_opts is not None else None
+    _relate(rows)
+    sections = _sections(rows, layer_runs, tolerance)
+    intro = _intro(rows, unfinished, timing)
 
     def text(name: str, s: str) -> Path:
         return runs.atomic_write(out / name, lambda f: f.write(s), binary=False)
 
     written = {"csv": text("results.csv", _csv_text(rows)), "md": text("results.md", _markdown(title, sections, intro))}
+    all_pairs = [p for s in sections for p in s.pairs]
+    if all_pairs:
+        written["pairs"] = text("pairs.csv", _pairs_csv_text(all_pairs))
     for s in sections:
         for p in s.plots:
             written[Path(p.file).stem] = runs.atomic_write(out / p.file, lambda f, b=p.png: f.write(b))

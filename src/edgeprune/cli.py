@@ -246,8 +246,10 @@ def prune(
 @app.command()
 @_handled
 def shrink(
-    run: Annotated[Path, typer.Argument(help="A sparse run folder (from `edgeprune prune`; an IMP level_NN).")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="The new run (default: <run>-shrunk).")] = None,
+    run: Annotated[Path, typer.Argument(help="A sparse run folder (from `edgeprune prune`), an IMP level_NN, or a "
+                                        "whole IMP run (every level is shrunk).")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="The new run (default: <run>-shrunk; for an IMP "
+                                             "run, <name>-level_NN per level).")] = None,
     fold_constants: Annotated[bool, typer.Option(help="Fold the constant output of removed channels into "
                                                  "their consumers (exact); off drops it, as DNNShifter does.")]
     = True,
@@ -259,18 +261,22 @@ def shrink(
     """Remove every channel a sparse run's masks emptied (DNNShifter) into a new, smaller run.
 
     The input run is never modified. Reports the size and speed against the sparse model and the largest
-    output difference between them.
+    output difference between them. Given a whole IMP run, shrinks each of its pruned levels into a run of
+    its own: the portfolio of DNNShifter.
 
     Example: [bold]edgeprune shrink runs/imp/level_03 --name imp3-small[/]
     """
-    run_dir = (runs_dir or run.parent) / (name or f"{run.name}-shrunk")
-    cfg = jobs.shrink_config(run, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
-    report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=not _state["quiet"])
-    _print_report(report, run_dir)
-    v = report["vs_source"]
-    console.print(f"vs the sparse model: {v['params_x_smaller']:.2f}× fewer parameters, {v['bytes_x_smaller']:.2f}× "
-                  f"smaller, ORT batch-1 speed-up {v['ort_b1_speedup']:.2f}×; largest output difference "
-                  f"{report['max_abs_error']:.2e}; took {report['shrink_seconds']:.2f} s")
+    sources = jobs.imp_levels(run) if jobs.is_imp_run(run) else [run]
+    base = name or f"{run.name}-shrunk"
+    for source in sources:
+        run_dir = (runs_dir or run.parent) / (f"{base}-{source.name}" if source != run else base)
+        cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
+        report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=not _state["quiet"])
+        _print_report(report, run_dir)
+        v = report["vs_source"]
+        console.print(f"vs the sparse model: {v['params_x_smaller']:.2f}× fewer parameters, "
+                      f"{v['bytes_x_smaller']:.2f}× smaller, ORT batch-1 speed-up {v['ort_b1_speedup']:.2f}×; largest "
+                      f"output difference {report['max_abs_error']:.2e}; took {report['shrink_seconds']:.2f} s")
 
 
 @app.command()

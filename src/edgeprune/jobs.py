@@ -246,6 +246,22 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
     return report
 
 
+def is_imp_run(path: str | Path) -> bool:
+    """Whether `path` is a whole IMP run (its levels in level_NN folders), not one level of it."""
+    path = Path(path)
+    return (path / runs.CONFIG).is_file() and runs.read_json(path / runs.CONFIG).get("method", {}).get("name") == "imp"
+
+
+def imp_levels(path: str | Path) -> list[Path]:
+    """The finished, pruned levels of IMP run `path` (level 0 is the dense start and has no masks)."""
+    found = sorted(p for p in Path(path).glob("level_[0-9]*")
+                   if (p / runs.REPORT).is_file() and (p / runs.MASKS).is_file())
+    if not found:
+        raise ConfigError(f"IMP run {path} has no finished pruned level (level_NN with {runs.MASKS} and "
+                          f"{runs.REPORT}) yet; let it finish (`edgeprune prune --method imp ... --resume`)")
+    return found
+
+
 def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int | None = None,
                   measure_runs: int | None = None) -> RunConfig:
     """The config of a shrink of run `source`: its own config (an IMP level's is its parent's), re-aimed."""

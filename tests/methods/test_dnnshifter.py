@@ -54,3 +54,21 @@ def test_a_run_without_masks_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="masks.pt"):
         jobs.shrink(jobs.shrink_config(tmp_path / "dense"), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_shrinking_a_whole_imp_run_makes_one_run_per_level_paired_in_the_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeprune import report
+    from edgeprune.cli import app
+
+    run = _sparse_run(tmp_path, {"name": "imp", "levels": 2, "fraction": 0.8})
+    result = CliRunner().invoke(app, ["-q", "shrink", str(run), "--runs-dir", str(tmp_path / "out"),
+                                      "--measure-runs", "2"])
+    assert result.exit_code == 0, result.output
+    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert made == ["sparse-shrunk-level_01", "sparse-shrunk-level_02"]  # level 0 is dense: nothing to shrink
+    ps = report.pairs(report.collect([tmp_path / "sparse", tmp_path / "out"]))
+    assert {(p.run.name, p.counterpart.name) for p in ps} == {
+        ("sparse-shrunk-level_01", "sparse/level_01"), ("sparse-shrunk-level_02", "sparse/level_02")}
+    assert all(p.params_x >= 1 for p in ps)

@@ -38,6 +38,28 @@ def test_an_unreachable_budget_names_the_closest_probe():
     assert "reconvene" in str(e.value)
 
 
+def test_a_lucky_latency_probe_is_timed_again_before_it_is_accepted(monkeypatch):
+    """Probes read 10 % fast (a quiet moment); the longer confirmation tells the truth: 100 ms × (1 − s)."""
+    monkeypatch.setattr(budget.export, "to_onnx_bytes", lambda model, shape, check: str(model.cost).encode())
+    target = budget.Target("latency", 30.0)
+    target.latency = lambda onnx, shape, runs=budget.PROBE_RUNS: float(onnx) * (
+        0.9 if runs == budget.PROBE_RUNS else 1.0)
+    found = budget.search(target, _Priced, (1,))
+    assert found.cost <= 30.0 and found.cost == pytest.approx(100 * (1 - found.sparsity))
+    refuted = [p for p in found.probes if p.get("confirmed_cost", 0) > 30.0]
+    assert refuted and not any(p["meets"] for p in refuted)  # measured under, confirmed over: not taken
+    assert all(p["sparsity"] < found.sparsity for p in refuted)
+
+
+def test_an_unconfirmed_budget_is_unreachable(monkeypatch):
+    monkeypatch.setattr(budget.export, "to_onnx_bytes", lambda model, shape, check: str(model.cost).encode())
+    target = budget.Target("latency", 0.45, max_sparsity=0.995)
+    target.latency = lambda onnx, shape, runs=budget.PROBE_RUNS: float(onnx) * (
+        0.5 if runs == budget.PROBE_RUNS else 1.0)  # every probe meets it, no confirmation does
+    with pytest.raises(ConfigError, match="closest probe was latency 0.5 ms"):
+        budget.search(target, _Priced, (1,))
+
+
 @pytest.mark.parametrize("bad", [{"metric": "energy", "value": 1}, {"metric": "size", "value": 0}])
 def test_bad_targets(bad):
     with pytest.raises(ConfigError):

@@ -200,7 +200,8 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
         return model
 
     def report(p: dict) -> None:
-        console.print(f"  probe: sparsity {p['sparsity']:.4f} → {target.describe(p['cost'])} "
+        what, cost = ("timed again", p["confirmed_cost"]) if p.get("confirmation") else ("probe", p["cost"])
+        console.print(f"  {what}: sparsity {p['sparsity']:.4f} → {target.describe(cost)} "
                       f"({'meets' if p['meets'] else 'over'} the budget)", highlight=False)
 
     console.print(f"searching the sparsity that meets {target.describe()}", highlight=False)

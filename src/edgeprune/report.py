@@ -910,6 +910,7 @@ def _intro(rows: list[RunRow], unfinished: list[Path], timing: dict | None = Non
            "Ratios are to the dense run of the same model and data set: compression = dense prunable weights / "
            "remaining prunable weights; size and speed-up = dense / run (ONNX Runtime CPU p50, batch 1, 1 thread); "
            "accuracy Δ in percentage points. Latency in ms per batch (p50)."]
+    out += _budgets(rows)
     if timing is not None:
         settings = ", ".join(f"batch {b} with {t} thread{'s' * (t > 1)}" for b, t in timing["settings"])
         out.append(f"Latencies were re-measured for all {timing['models']} models in one interleaved pass when this "
@@ -931,6 +932,35 @@ PAIRS_TEXT = ("Each Reconvene run against the unstructured run of the same crite
               "training budget, and each DNNShifter run against the sparse run it shrank: ×-figures are counterpart "
               "/ run (higher is better), accuracy Δ is run − counterpart in points. Speed-up efficiency = ONNX "
               "Runtime batch-1 speed-up / dense-MACs ratio: how much of the MACs saving reaches the runtime.")
+
+
+def _budgets(rows: list[RunRow]) -> list[str]:
+    """One line per model and training budget (data options, optimiser, schedule; the seeds run with it),
+    from the runs' configs: what the accuracies in the tables were trained with."""
+    seen: dict[tuple, set] = {}
+    for r in rows:
+        b = json.loads(r.budget)
+        train = dict(b.get("train") or {})
+        seed = train.pop("seed", None)
+        seen.setdefault((r.data, r.model, json.dumps(b.get("data"), sort_keys=True),
+                         json.dumps(train, sort_keys=True)), set()).add(seed)
+    lines = []
+    for (data, model, d, t), seeds in sorted(seen.items()):
+        d, t = json.loads(d) or {}, json.loads(t)
+        if not t:
+            continue
+        data_text = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("name", "root")) or "all of it"
+        train_text = (f"{t.get('epochs')} epoch(s), SGD lr {t.get('lr')} (momentum {t.get('momentum')}, weight decay "
+                      f"{t.get('weight_decay')}), {t.get('schedule')} schedule")
+        if t.get("steps_per_epoch"):
+            train_text += f", at most {t['steps_per_epoch']} batches per epoch"
+        if t.get("label_smoothing"):
+            train_text += f", label smoothing {t['label_smoothing']}"
+        shown = ", ".join(str(x) for x in sorted(x for x in seeds if x is not None)) or "?"
+        lines.append(f"{model} on {data} ({data_text}): {train_text}; seed(s) {shown}.")
+    if not lines:
+        return []
+    return ["Training budgets, from the runs' configs (IMP trains this budget at every level): " + " ".join(lines)]
 
 
 def _markdown(title: str, sections: list[_Section], intro: list[str]) -> str:

@@ -34,7 +34,7 @@ from .pai import PaIOptions, make_scorer, prune_at_init
 class ReconveneOptions(PaIOptions):
     conversion: str = "width"  # width | dead
     # width conversion: sqrt (C·√d, keeps the layer's weight budget) | channels (C·d). benchmarks/results/
-    # reconvene.md decided: `channels` narrows high-sparsity stages to a few channels and loses accuracy.
+    # reconvene/ decided: `channels` narrows high-sparsity stages to a few channels and loses accuracy.
     width_rule: str = "sqrt"
     reference: str = "global"  # global | mean
     round_to: int | None = None

@@ -9,10 +9,9 @@ No training is involved (latency does not depend on trained weights); inputs are
 
 from __future__ import annotations
 
-import json
 import time
 
-from common import RESULTS
+from common import write_results
 
 from edgeprune import budget, data, export, jobs, measure
 from edgeprune.errors import ConfigError
@@ -72,10 +71,7 @@ def main() -> None:
               f"{r['refuted']} | {r['search_s']:.0f} |" if "unreachable" not in r else
               f"| {r['model']} | {r['dense_ms']:.3f} | {r['budget_ms']:.3f} | unreachable: {r['unreachable']} ||||||"
               for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (RESULTS / "budget.md").write_text(text)
-    (RESULTS / "budget.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+    write_results("budget", lines, {"environment": env, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ Results: benchmarks/results/prune_time.{md,json}.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
 import torch
-from common import RESULTS
+from common import write_results
 
 from edgeprune import data, masks, measure, models, scores
 
@@ -59,10 +58,7 @@ def main() -> None:
     lines += [f"| {r['criterion']} | {r['model']} | {'×'.join(map(str, r['input_shape']))} | {r['rounds']} | "
               f"{r['median_s']:.2f} | {r['target_s']:g} | {'yes' if r['median_s'] < r['target_s'] else 'no'} |"
               for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (RESULTS / "prune_time.md").write_text(text)
-    (RESULTS / "prune_time.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+    write_results("prune_time", lines, {"environment": env, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -144,3 +144,21 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"pip install 'edgeprune\[ray\]'"):
         sweep.run_sweep(_spec(tmp_path), executor="ray", progress=False)
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "specs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_committed_benchmark_specs_are_valid(path):
+    """The benchmark results are made from these specs: each must parse, and its comment must say how to
+    run it and how many cells it has."""
+    spec = sweep.load_spec(path)
+    cells = sweep.cells(spec)
+    assert cells and len({c.name for c in cells}) == len(cells)
+    assert f"edgeprune sweep benchmarks/specs/{path.name}" in path.read_text()
+    if spec.name == "reconvene":  # every Reconvene cell has its unstructured counterpart in the grid
+        names = {c.name for c in cells}
+        for c in cells:
+            if c.cfg.method.get("name") == "reconvene":
+                m = c.cfg.method
+                assert f"{c.cfg.model}-{m['criterion']}-{m['sparsity']}-seed0" in names
+        assert {c.cfg.train.lr for c in cells if c.cfg.model == "vgg16"} == {0.02}

@@ -362,7 +362,9 @@ class Retime:
 
 def retime(rows: list[RunRow], opts: Retime | None = None, progress: bool = False) -> dict:
     """Replace the ONNX Runtime latencies of `rows` with one interleaved re-measurement of their model.onnx
-    files; return what was done (settings, rounds, seconds, runs without a model.onnx)."""
+    files at `opts.settings` (default: every setting they measured); ONNX Runtime figures at other settings
+    are dropped, so that stale and fresh timings never meet in a ratio. A run without a model.onnx keeps no
+    ONNX Runtime latency. Returns what was done (settings, rounds, seconds, runs without a model.onnx)."""
     import time
 
     from rich.progress import Progress
@@ -372,6 +374,9 @@ def retime(rows: list[RunRow], opts: Retime | None = None, progress: bool = Fals
     opts = opts or Retime()
     settings = sorted(opts.settings or {(t.batch_size, t.threads) for r in rows for t in r.profile.latency
                                         if t.runtime == "onnxruntime"} or {(1, 1)})
+    for r in rows:  # timings of other settings, taken when each run finished, are never set beside fresh ones
+        kept = [t for t in r.profile.latency if t.runtime != "onnxruntime"]
+        r.profile = dataclasses.replace(r.profile, latency=kept)
     found = {r.name: r.path / runs.ONNX for r in rows}
     missing = sorted(n for n, f in found.items() if not f.is_file())
     todo = {r.name: (found[r.name], r.profile.input_shape) for r in rows if r.name not in missing}
@@ -383,9 +388,7 @@ def retime(rows: list[RunRow], opts: Retime | None = None, progress: bool = Fals
                                              progress=lambda done, _, task=task: bar.update(task, completed=done))
             for r in rows:
                 if r.name in fresh:
-                    keep = [t for t in r.profile.latency
-                            if (t.runtime, t.batch_size, t.threads) != ("onnxruntime", batch, threads)]
-                    r.profile = dataclasses.replace(r.profile, latency=[*keep, fresh[r.name]])
+                    r.profile = dataclasses.replace(r.profile, latency=[*r.profile.latency, fresh[r.name]])
     return {"settings": [list(s) for s in settings], "rounds": opts.rounds, "runs": opts.runs, "warmup": opts.warmup,
             "models": len(todo), "seconds": time.perf_counter() - t0, "without_onnx": missing}
 
@@ -916,7 +919,8 @@ def _intro(rows: list[RunRow], unfinished: list[Path], timing: dict | None = Non
         out.append(f"Latencies were re-measured for all {timing['models']} models in one interleaved pass when this "
                    f"report was made ({timing['rounds']} rounds × {timing['runs']} timed calls per model, after "
                    f"{timing['warmup']} warm-up calls; {settings}; {timing['seconds']:.0f} s), so ratios between runs "
-                   "are taken under the same conditions; absolute times depend on the machine and its load.")
+                   "are taken under the same conditions; absolute times depend on the machine and its load. ONNX "
+                   "Runtime figures at other settings are left out.")
         if timing["without_onnx"]:
             out.append("Not re-measured (no model.onnx): " + ", ".join(timing["without_onnx"]) + ".")
     else:

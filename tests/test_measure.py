@@ -61,6 +61,23 @@ def test_interleaved_latency_times_every_model_every_round(tiny, tmp_path):
         measure.latency_onnx_interleaved({"small": (small, (1, 8, 8))}, rounds=0)
 
 
+def test_interleaved_latency_lets_spinning_threads_settle_only_with_several_threads(tiny, monkeypatch):
+    from edgeprune.export import to_onnx_bytes
+
+    onnx = to_onnx_bytes(tiny, (1, 8, 8))
+    pauses = []
+    monkeypatch.setattr(measure.time, "sleep", pauses.append)
+    two = {"a": (onnx, (1, 8, 8)), "b": (onnx, (1, 8, 8))}
+    measure.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0)
+    assert pauses == [measure.SETTLE_S] * 6  # before every model's block in every round
+    pauses.clear()
+    measure.latency_onnx_interleaved(two, threads=1, rounds=3, runs=2, warmup=0)
+    measure.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0, settle_s=0)
+    assert pauses == []  # one thread: no worker threads to wait for; settle_s=0 turns it off
+    with pytest.raises(ConfigError, match="settle_s must be >= 0 seconds, got -1"):
+        measure.latency_onnx_interleaved(two, threads=2, settle_s=-1)
+
+
 def test_profile_round_trips_through_json(tiny):
     prof = measure.profile(tiny, (1, 8, 8), batch_sizes=(1, 4), threads=(1,), runs=3, warmup=1)
     assert len(prof.latency) == 4  # 2 runtimes × 2 batch sizes × 1 thread count

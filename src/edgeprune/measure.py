@@ -205,20 +205,33 @@ def latency_onnx(
     return Latency("onnxruntime", batch_size, threads, *_percentiles(times), runs=runs, warmup=warmup)
 
 
+# ONNX Runtime's intra-op worker threads spin for a while after a call returns. Round-robin over several
+# sessions with threads > 1, the workers of the session just timed still spin while the next one runs and
+# take its cores: identical models then differed by up to 1.7x at batch 32, 2 threads on two cores
+# (benchmarks/results/timing_noise.md). A short pause before each model's block lets them go idle.
+SETTLE_S = 0.02
+
+
 def latency_onnx_interleaved(
     onnx_models: Mapping[str, tuple[bytes | str | os.PathLike, tuple[int, ...]]], batch_size: int = 1,
     threads: int = 1, rounds: int = 6, runs: int = 10, warmup: int = 3,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, settle_s: float | None = None,
 ) -> dict[str, Latency]:
     """ONNX Runtime CPU latency of several models ({name: (onnx bytes or path, input shape)}), timed
     round-robin: each of `rounds` rounds times `runs` calls of every model in turn, so load that changes
     during the pass falls on all models alike and the ratios between them are taken under the same
-    conditions. Each model's figures pool its rounds*runs timings. `progress(done, total)` after each round."""
+    conditions. Each model's figures pool its rounds*runs timings. With threads > 1, each model's block
+    starts after a pause of `settle_s` seconds (default SETTLE_S; 0 with one thread) and one untimed call,
+    so that the previous session's spinning worker threads do not share its cores.
+    `progress(done, total)` after each round."""
     from .export import ort_session
 
     _check_timing(batch_size, threads, runs, warmup)
     if rounds < 1:
         raise ConfigError(f"need rounds >= 1, got {rounds}")
+    settle = (SETTLE_S if threads > 1 else 0.0) if settle_s is None else settle_s
+    if settle < 0:
+        raise ConfigError(f"settle_s must be >= 0 seconds, got {settle_s}")
     calls = {}
     for name, (onnx_model, shape) in onnx_models.items():
         sess = ort_session(onnx_model, threads)
@@ -230,6 +243,9 @@ def latency_onnx_interleaved(
         _time(call, 0, warmup)
     for i in range(rounds):
         for name, call in calls.items():
+            if settle > 0:
+                time.sleep(settle)
+                call()
             times[name] += _time(call, runs, 0)
         if progress is not None:
             progress(i + 1, rounds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from common import write_results
+from common import measured, write_results
 
 from edgeprune import budget, data, export, jobs, measure
 from edgeprune.errors import ConfigError
@@ -69,8 +69,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     env = measure.environment()
     lines = ["# Pruning to a latency budget (Reconvene, magnitude)", "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/budget.py` on {env['cpu_count']} CPU cores, "
-             f"onnxruntime {env['onnxruntime']}: ONNX Runtime p50 at batch 1, 1 thread, input 1×28×28 (synthetic "
+             measured("budget.py", env, "onnxruntime") + ": "
+             f"ONNX Runtime p50 at batch 1, 1 thread, input 1×28×28 (synthetic "
              "tensors; latency does not depend on the data or on trained weights). The budget is a fraction of the "
              f"dense model's latency; the search bisects the sparsity with measured probes ({budget.PROBE_RUNS} timed "
              f"runs each), stops within 5 % under the budget, and times the chosen model again "

@@ -1,6 +1,7 @@
 """What the benchmark scripts share: where results go, and how they are written."""
 
 import json
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -13,3 +14,10 @@ def write_results(stem: str, lines: list[str], payload: dict) -> None:
     print(text)
     (RESULTS / f"{stem}.md").write_text(text)
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+
+
+def measured(script: str, env: dict, *versions: str) -> str:
+    """The opening of a result's text, 'Measured DATE by `benchmarks/SCRIPT` on N CPU cores, LIB VERSION…';
+    `env` is measure.environment(), `versions` the keys of it to name (e.g. "torch", "onnxruntime")."""
+    libs = "".join(f", {v} {env[v]}" for v in versions)
+    return f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/{script}` on {env['cpu_count']} CPU cores{libs}"

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from common import write_results
+from common import measured, write_results
 
 from edgeprune import data, masks, measure, models, scores
 
@@ -50,8 +50,8 @@ def main() -> None:
         print(rows[-1], flush=True)
     env = measure.environment()
     lines = ["# Pruning time alone", "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/prune_time.py` on {env['cpu_count']} CPU cores, "
-             f"torch {env['torch']}: seconds to score and mask a freshly initialised model to density 0.1 (median of "
+             measured("prune_time.py", env, "torch") + ": "
+             f"seconds to score and mask a freshly initialised model to density 0.1 (median of "
              f"{REPEATS}); SNIP reads one synthetic batch of 128, SynFlow is data-free with 100 rounds. Absolute "
              "times depend on the machine and its load.", "",
              "| criterion | model | input | rounds | median s | target s | met |", "|---|---|---|---|---|---|---|"]

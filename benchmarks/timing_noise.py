@@ -14,10 +14,9 @@ Results: benchmarks/results/timing_noise.{md,json}.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
-from common import write_results
+from common import measured, write_results
 
 from edgeprune import export, measure, models
 
@@ -46,8 +45,8 @@ def main() -> None:
                 print(rows[-1], flush=True)
     env = measure.environment()
     lines = ["# Interleaved timing of identical models", "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/timing_noise.py` on {env['cpu_count']} CPU cores, "
-             f"onnxruntime {env['onnxruntime']}: {COPIES} sessions of the same fresh model timed round-robin "
+             measured("timing_noise.py", env, "onnxruntime") + ": "
+             f"{COPIES} sessions of the same fresh model timed round-robin "
              f"({ROUNDS} rounds × {RUNS} calls each, as `edgeprune report --retime` does), synthetic inputs. All "
              "p50s should be equal; spread = slowest / fastest p50, the noise in a latency ratio between two runs. "
              f"Pause: seconds waited (then one untimed call) before each model's block; {measure.SETTLE_S:g} s is "

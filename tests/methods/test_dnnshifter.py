@@ -36,6 +36,33 @@ def test_shrink_makes_a_smaller_equivalent_run_and_leaves_the_source(tmp_path):
     assert report["profile"]["prunable_nonzero"] <= jobs.load_profile(source).prunable_nonzero
 
 
+def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch):
+    from edgeprune import measure
+
+    source = _sparse_run(tmp_path, {"name": "magnitude", "sparsity": 0.97})
+    timed = []
+    real = measure.latency_onnx_interleaved
+
+    def spy(models, *args, **kwargs):
+        timed.append({name: path for name, (path, _) in models.items()})
+        got = real(models, *args, **kwargs)
+        timed.append(got)
+        return got
+
+    monkeypatch.setattr(measure, "latency_onnx_interleaved", spy)
+    report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small", progress=False)
+    assert timed[0] == {"source": source / "model.onnx", "shrunk": tmp_path / "small" / "model.onnx"}
+    v = report["vs_source"]
+    assert v["ort_b1_timing"] == "side by side"
+    assert v["ort_b1_speedup"] == pytest.approx(timed[1]["source"].p50_ms / timed[1]["shrunk"].p50_ms)
+    (source / "model.onnx").unlink()  # without the source's ONNX file: the two runs' own profiles
+    report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small2", progress=False)
+    assert report["vs_source"]["ort_b1_timing"] == "profiles" and len(timed) == 2
+    assert report["vs_source"]["ort_b1_speedup"] == pytest.approx(
+        jobs.load_profile(source).latency_of("onnxruntime", 1, 1).p50_ms
+        / jobs.load_profile(tmp_path / "small2").latency_of("onnxruntime", 1, 1).p50_ms)
+
+
 def test_shrink_of_an_imp_level_and_the_cli_message(tmp_path):
     from typer.testing import CliRunner
 

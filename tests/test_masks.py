@@ -39,6 +39,19 @@ def test_ties_are_broken_deterministically_by_position():
     assert m["a.weight"].tolist() == [1.0] * 7 + [0.0] * 3 and not m["b.weight"].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_top_k_is_the_k_largest_with_ties_to_the_lower_index(dtype):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 50, (5000,), generator=g).to(dtype)  # many ties
+    values[::7] = -torch.inf  # as masks.select marks dead weights
+    for k in (0, 1, 13, 700, 2500, 4999, 5000):
+        keep = masks.top_k(values, k)
+        # reference: a stable sort by (value descending, index ascending)
+        order = sorted(range(values.numel()), key=lambda i: (-float(values[i]), i))
+        assert keep.dtype == torch.bool and int(keep.sum()) == k
+        assert keep.nonzero().flatten().tolist() == sorted(order[:k])
+
+
 def test_guard_keeps_every_layer_alive():
     s = {"big.weight": torch.rand(1000) + 1, "small.weight": torch.rand(100)}  # small always loses
     with pytest.warns(UserWarning, match="small.weight"):

@@ -34,4 +34,4 @@ def synflow(model: nn.Module, names: list[str], batches, input_shape) -> dict[st
     weights = weights_for_grad(net, names)
     ones = torch.ones(1, *input_shape, dtype=torch.float64, device=device_of(model))
     flow = grads(net(ones).sum(), weights)
-    return {n: (w.detach() * g).abs() for n, w, g in zip(names, weights, flow, strict=True)}
+    return {n: (w.detach() * g).abs_() for n, w, g in zip(names, weights, flow, strict=True)}

@@ -343,7 +343,8 @@ def report(
     retime_runs: Annotated[int, typer.Option(help="--retime: timed calls per model and round.")] = 10,
     retime_at: Annotated[list[str] | None, typer.Option("--retime-at", metavar="BATCHxTHREADS", help="--retime: "
                                                         "only this batch size and thread count, e.g. 1x1 "
-                                                        "(repeatable; default: every setting the runs measured).")]
+                                                        "(repeatable; default: every setting the runs measured); "
+                                                        "ONNX Runtime figures at other settings are left out.")]
     = None,
     tolerance: Annotated[float, typer.Option(help="Accuracy loss (points) a structured run may have against its "
                                              "counterpart and still count in the headline.")] = 0.5,

@@ -28,12 +28,6 @@ def ort_p50(onnx: bytes, shape) -> float:
     return measure.latency_onnx(onnx, shape, 1, 1, runs=100, warmup=10).p50_ms
 
 
-def ratio_to_dense(chosen: bytes, dense: bytes, shape) -> float:
-    """chosen / dense latency, both timed round-robin in one pass (the same load falls on both)."""
-    t = measure.latency_onnx_interleaved({"chosen": (chosen, shape), "dense": (dense, shape)}, rounds=10, runs=20)
-    return t["chosen"].p50_ms / t["dense"].p50_ms
-
-
 def main() -> None:
     rows = []
     for model_name in ("resnet20", "vgg16"):
@@ -59,7 +53,8 @@ def main() -> None:
                                 progress=False)
             chosen_onnx = onnx_of(chosen, bundle.input_shape)
             again = ort_p50(chosen_onnx, bundle.input_shape)
-            ratio = ratio_to_dense(chosen_onnx, dense_onnx, bundle.input_shape)
+            ratio = measure.latency_ratio_onnx({"chosen": (chosen_onnx, bundle.input_shape),
+                                                "dense": (dense_onnx, bundle.input_shape)})  # one pass
             rows.append({"model": model_name, "dense_ms": dense_ms, "fraction": f, "budget_ms": target.value,
                          "found_sparsity": found.sparsity, "search_ms": found.cost, "remeasured_ms": again,
                          "error_pct": 100 * (again - target.value) / target.value, "ratio_to_dense": ratio,

@@ -283,9 +283,8 @@ def _speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> f
     profile was taken when it finished, under another load. None where the source has no model.onnx."""
     if not (source / runs.ONNX).is_file():
         return None
-    t = measure.latency_onnx_interleaved({"source": (source / runs.ONNX, input_shape),
-                                          "shrunk": (run_dir / runs.ONNX, input_shape)}, rounds=10, runs=20)
-    return t["source"].p50_ms / t["shrunk"].p50_ms
+    return measure.latency_ratio_onnx({"source": (source / runs.ONNX, input_shape),
+                                       "shrunk": (run_dir / runs.ONNX, input_shape)})
 
 
 def _speedup(before: measure.Profile, after: measure.Profile) -> float | None:

@@ -253,6 +253,18 @@ def latency_onnx_interleaved(
             for name, t in times.items()}
 
 
+def latency_ratio_onnx(
+    pair: Mapping[str, tuple[bytes | str | os.PathLike, tuple[int, ...]]], batch_size: int = 1, threads: int = 1,
+    rounds: int = 10, runs: int = 20,
+) -> float:
+    """p50 latency of the first of two ONNX models ({name: (onnx, input shape)}) / that of the second, both
+    timed round-robin in one pass (latency_onnx_interleaved), so the same load falls on both."""
+    if len(pair) != 2:
+        raise ConfigError(f"latency_ratio_onnx compares two models, got {len(pair)}: {list(pair)}")
+    first, second = latency_onnx_interleaved(pair, batch_size, threads, rounds, runs).values()
+    return first.p50_ms / second.p50_ms
+
+
 def _check_timing(batch_size: int, threads: int, runs: int, warmup: int) -> None:
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, got {batch_size}")

@@ -78,6 +78,19 @@ def test_interleaved_latency_lets_spinning_threads_settle_only_with_several_thre
         measure.latency_onnx_interleaved(two, threads=2, settle_s=-1)
 
 
+def test_latency_ratio_is_first_over_second_and_takes_exactly_two(tiny, monkeypatch):
+    from edgeprune.export import to_onnx_bytes
+
+    onnx = to_onnx_bytes(tiny, (1, 8, 8))
+    fake = {"x": measure.Latency("onnxruntime", 1, 1, 3.0, 3.0, 3.0, 3.0, 1, 0),
+            "y": measure.Latency("onnxruntime", 1, 1, 2.0, 2.0, 2.0, 2.0, 1, 0)}
+    monkeypatch.setattr(measure, "latency_onnx_interleaved", lambda pair, *a: {n: fake[n] for n in pair})
+    assert measure.latency_ratio_onnx({"x": (onnx, (1, 8, 8)), "y": (onnx, (1, 8, 8))}) == pytest.approx(1.5)
+    assert measure.latency_ratio_onnx({"y": (onnx, (1, 8, 8)), "x": (onnx, (1, 8, 8))}) == pytest.approx(2 / 3)
+    with pytest.raises(ConfigError, match="compares two models, got 1"):
+        measure.latency_ratio_onnx({"x": (onnx, (1, 8, 8))})
+
+
 def test_profile_round_trips_through_json(tiny):
     prof = measure.profile(tiny, (1, 8, 8), batch_sizes=(1, 4), threads=(1,), runs=3, warmup=1)
     assert len(prof.latency) == 4  # 2 runtimes × 2 batch sizes × 1 thread count

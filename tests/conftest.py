@@ -53,3 +53,30 @@ def randomize_bn(model: nn.Module, seed: int = 0, bias_shift: float = -0.5) -> n
             m.running_mean = torch.rand(n, generator=g) - 0.5
             m.running_var = torch.rand(n, generator=g) + 0.5
     return model.eval()
+
+
+@pytest.fixture
+def interrupt(monkeypatch):
+    """`interrupt(step)`: the next run's training (edgeprune.jobs.fit) stops with KeyboardInterrupt once
+    `step` optimiser steps are done, as Ctrl-C would; the checkpoints written before it stay."""
+    from edgeprune import jobs
+    from edgeprune.train import Callback
+
+    real_fit = jobs.fit
+
+    class Stop(Callback):
+        def __init__(self, at):
+            self.at = at
+
+        def on_step_end(self, model, step):
+            if step == self.at:
+                raise KeyboardInterrupt
+
+    def arm(step: int) -> None:
+        def fit(*args, **kwargs):
+            monkeypatch.setattr(jobs, "fit", real_fit)  # only the next run is interrupted
+            return real_fit(*args, **kwargs, callbacks=[Stop(step)])
+
+        monkeypatch.setattr(jobs, "fit", fit)
+
+    return arm

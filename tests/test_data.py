@@ -127,15 +127,10 @@ def test_crop_flip_picks_a_padded_crop_or_its_mirror():
 
 
 def test_missing_idx_lists_places_and_fixes(tmp_path):
-    (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError) as info:
-        loaders("fashion-mnist", root=tmp_path / "empty")
+        loaders("fashion-mnist")
     msg = str(info.value)
-    for place in [
-        tmp_path / "empty",
-        tmp_path / "empty" / "FashionMNIST" / "raw",
-        tmp_path / "cache" / "fashion-mnist",
-    ]:
+    for place in [tmp_path / "cache" / "fashion-mnist", tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw"]:
         assert f"  {place}\n" in msg
     assert str(tmp_path / "system" / "fashion-mnist") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg and "--data-root" in msg
@@ -143,6 +138,19 @@ def test_missing_idx_lists_places_and_fixes(tmp_path):
     with pytest.raises(DataNotFoundError, match="--download") as info:
         loaders("mnist")
     assert "apt-get" not in str(info.value)
+
+
+def test_a_data_root_is_the_only_place_looked(tmp_path):
+    """A run records the root it was given: it must never silently read the cache or system copy instead."""
+    make_idx(tmp_path / "cache" / "fashion-mnist")
+    assert loaders("fashion-mnist").root == str(tmp_path / "cache" / "fashion-mnist")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        loaders("fashion-mnist", root=tmp_path / "empty")
+    msg = str(info.value)
+    for place in [tmp_path / "empty", tmp_path / "empty" / "FashionMNIST" / "raw"]:
+        assert f"  {place}\n" in msg
+    assert str(tmp_path / "cache") not in msg and "leave out --data-root" in msg
 
 
 def test_download_uses_torchvision_into_the_cache(tmp_path, monkeypatch):

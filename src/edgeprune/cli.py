@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import __version__, jobs, measure, models
-from .errors import ConfigError, EdgePruneError
-from .train import TrainConfig
+# Only what parsing needs is imported here: `--help`, `--version` and argument errors answer without torch
+# (importing it takes seconds on a busy machine). Commands import the library when they run.
+from . import __version__
+from .errors import ConfigError, EdgePruneError, RunFinished
 
 app = typer.Typer(
     help="Prune deep neural networks for edge devices, and measure what each variant costs and keeps.",
@@ -49,16 +50,23 @@ def _handled(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except RunFinished as e:
+            console.print(str(e), highlight=False, soft_wrap=True)
         except EdgePruneError as e:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {_with_notes(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: finished epochs are checkpointed; continue with --resume")
+        except KeyboardInterrupt as e:
+            err.print(_with_notes(e, "interrupted"), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _with_notes(e: BaseException, text: str | None = None) -> str:
+    """The message with what the library noted on the way out (e.g. which run folder was kept)."""
+    return "; ".join([text if text is not None else str(e), *getattr(e, "__notes__", [])])
 
 
 # Options shared by every command that builds a model and its data.
@@ -114,6 +122,9 @@ def _training_options(fn):
 
 def _start(command: str, args: dict, method: dict | None = None) -> None:
     """Build the RunConfig from a command's options, run the job, print its report."""
+    from . import jobs, runs
+    from .train import TrainConfig
+
     a = args
     data = {"name": a["dataset"], "root": str(a["data_root"]) if a["data_root"] else None,
             "batch_size": a["batch_size"], "subset": a["subset"], "test_subset": a["test_subset"],
@@ -127,14 +138,16 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
                                     threads=tuple(a["measure_threads"] or (1,)), runs=a["measure_runs"]),
         num_classes=a["num_classes"], in_channels=a["in_channels"], method=method or {}, device=a["device"],
     )
-    default = f"{a['model'].replace(':', '_')}-{a['dataset']}" + (f"-{method['name']}" if method else "")
-    run_dir = a["runs_dir"] / (a["name"] or default)
+    default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
+        f"-{method['name']}" if method else "")
+    run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
     report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"],
                                 progress=not _state["quiet"])
     _print_report(report, run_dir)
 
 
 def _print_report(report: dict, run_dir: Path) -> None:
+    from . import measure
     from .report import profile_table
 
     if "levels" in report:  # IMP: one column per level
@@ -163,6 +176,8 @@ def models_cmd(
 
     Example: [bold]edgeprune models resnet[/]
     """
+    from . import models
+
     names = [n for n in models.list_models() if filter is None or filter in n]
     console.print("\n".join(names), highlight=False)
     console.print(
@@ -266,10 +281,12 @@ def shrink(
 
     Example: [bold]edgeprune shrink runs/imp/level_03 --name imp3-small[/]
     """
+    from . import jobs, runs
+
     sources = jobs.imp_levels(run) if jobs.is_imp_run(run) else [run]
-    base = name or f"{run.name}-shrunk"
+    base = f"{run.resolve().name}-shrunk" if name is None else name
     for source in sources:
-        run_dir = (runs_dir or run.parent) / (f"{base}-{source.name}" if source != run else base)
+        run_dir = runs.run_path(runs_dir or run.parent, f"{base}-{source.name}" if source != run else base)
         cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
         report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=not _state["quiet"])
         _print_report(report, run_dir)
@@ -291,6 +308,7 @@ def compare(
 
     Example: [bold]edgeprune compare runs/dense runs/synflow-90[/]
     """
+    from . import jobs
     from .report import profile_table
 
     console.print(profile_table({str(r): jobs.load_profile(r) for r in runs}, title="runs compared"))
@@ -391,6 +409,8 @@ def eval_cmd(
 
     Example: [bold]edgeprune eval runs/demo[/]
     """
+    from . import jobs
+
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
     result = jobs.evaluate_saved(path, override, device=device, progress=not _state["quiet"])
@@ -406,13 +426,14 @@ def measure_cmd(
     threads: Annotated[list[int] | None, typer.Option("--threads", "-t", help="Thread count(s).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per figure.")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
-    runtime: Annotated[list[str] | None, typer.Option(help="onnxruntime and/or torch.")] = None,
+    runtime: Annotated[list[str] | None, typer.Option(help="onnxruntime and/or torch (default: both).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the profile as JSON here.")] = None,
 ) -> None:
     """Measure parameters, MACs, size, latency (ONNX Runtime and PyTorch, CPU) and memory of a saved model.
 
     Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
     """
+    from . import jobs, measure
     from .report import profile_table
     from .runs import write_json
 
@@ -439,8 +460,11 @@ def export_cmd(
 
     Example: [bold]edgeprune export runs/demo --onnx demo.onnx[/]
     """
+    from . import jobs
     from .export import to_onnx
 
+    if onnx.is_dir():
+        raise ConfigError(f"--onnx {str(onnx)!r} is a folder; give a file path, e.g. {str(onnx / 'model.onnx')!r}")
     model, extra = jobs.load(path)
     to_onnx(model, onnx, tuple(extra["input_shape"]), opset=opset, exporter=exporter)
     console.print(f"wrote {onnx} (checked against ONNX Runtime)")
@@ -458,7 +482,9 @@ def rerun(
 
     Example: [bold]edgeprune rerun runs/demo --name demo-again[/]
     """
-    run_dir = runs_dir / name
+    from . import jobs, runs
+
+    run_dir = runs.run_path(runs_dir, name)
     report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=not _state["quiet"])
     _print_report(report, run_dir)
 

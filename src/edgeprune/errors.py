@@ -33,6 +33,18 @@ class RunExistsError(EdgePruneError, FileExistsError):
     """An output run folder exists and --overwrite was not given."""
 
 
+class RunBusyError(EdgePruneError):
+    """Another process is writing a run of the same name."""
+
+
+class RunFinished(EdgePruneError):
+    """--resume of a run that already finished: nothing to do (the CLI says so and exits 0)."""
+
+
+class RunWriteError(EdgePruneError, OSError):
+    """Run files cannot be written (read-only folder, full disk, a file where a folder should be)."""
+
+
 class ExportError(EdgePruneError):
     """A model could not be exported or the exported model disagrees with PyTorch."""
 

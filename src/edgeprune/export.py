@@ -7,9 +7,13 @@ after creation is rebuilt by creating the original and resizing its layers befor
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +140,7 @@ def to_onnx_bytes(
     errors: list[Exception] = []
     for name in order:  # the TorchScript exporter is fast; dynamo handles what it cannot
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _silenced_stdout():
                 warnings.simplefilter("ignore")
                 _export(net, x, buf, opset, name)
             break
@@ -153,6 +157,24 @@ def to_onnx_bytes(
     if check:
         _check_with_ort(net, data, x, rtol, atol)
     return data
+
+
+@contextlib.contextmanager
+def _silenced_stdout() -> Iterator[None]:
+    """Send what the exporters write to the process's stdout (the TorchScript exporter's C++ side dumps the
+    whole graph there when it fails over to dynamo; dynamo prints progress) to nowhere: stdout is the
+    user's, for results. Done at the file-descriptor level, since C++ writes bypass sys.stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _export(net: nn.Module, x: torch.Tensor, buf: io.BytesIO, opset: int, exporter: str) -> None:

@@ -6,7 +6,10 @@ report.json and log.jsonl (see runs.py). The CLI only parses options into a RunC
 
 from __future__ import annotations
 
+import collections.abc
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -52,15 +55,58 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
+    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
+        """A RunConfig from its saved form, every field's type checked (a hand-edited config.json is common)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} holds {type(d).__name__}, not an object of run options")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"config has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
         d = dict(d)
-        d["train"] = TrainConfig(**d.get("train", {}))
-        d["measure"] = MeasureOptions(**d.get("measure", {}))
+        for key, kind in (("train", TrainConfig), ("measure", MeasureOptions)):
+            sub = d.get(key, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{where}: {key!r} must be an object of options, got {sub!r}")
+            check_types(kind, sub, f"{where}: {key}")
+            d[key] = kind(**sub)
+        check_types(cls, d, where)
         return cls(**d)
+
+
+def check_types(cls, values: dict, where: str) -> None:
+    """ConfigError naming the field, unless every value in `values` fits its field of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(f"{where}: {key!r} is {value!r}, which is not {_type_name(hints[key])}; "
+                              "fix or remove it")
+
+
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (tuple, list, collections.abc.Sequence):
+        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def read_config(path: str | Path) -> RunConfig:
+    """The RunConfig saved at `path` (a config.json)."""
+    return RunConfig.from_dict(runs.read_json(path), where=str(path))
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
@@ -86,14 +132,14 @@ def fresh_model(cfg: RunConfig, bundle: data.DataBundle) -> nn.Module:
 
 
 def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, report: dict,
-           progress: bool = True) -> dict:
-    """Save model.pt and model.onnx, profile the model, write report.json; return the report."""
+           name: str | None = None) -> dict:
+    """Save model.pt, masks.pt and model.onnx into `run_dir`, profile the model; return the report.
+
+    The caller writes report.json, last: its presence is what marks a run finished.
+    """
     extra = {"input_shape": bundle.input_shape, "data": cfg.data}
     export.save_model(model, run_dir / runs.MODEL, extra=extra)
-    kept = {f"{name}.{p}" if name else p: getattr(m, f"{p}_mask").bool()
-            for name, m, p in masks.masked_modules(model)}
-    if kept:
-        runs.torch_save(run_dir / runs.MASKS, kept)
+    save_masks(model, run_dir)
     onnx_bytes = export.to_onnx_bytes(model, bundle.input_shape)
     runs.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
     real = None if bundle.synthetic else bundle.test
@@ -101,24 +147,33 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
         model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
         onnx_model=onnx_bytes, device=cfg.device,
     )
-    report = {"run": run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic, **report,
-              "profile": prof.to_dict()}
-    runs.write_json(run_dir / runs.REPORT, report)
-    return report
+    return {"run": name or run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic, **report,
+            "profile": prof.to_dict()}
+
+
+def save_masks(model: nn.Module, run_dir: Path) -> None:
+    kept = {f"{name}.{p}" if name else p: getattr(m, f"{p}_mask").bool()
+            for name, m, p in masks.masked_modules(model)}
+    if kept:
+        runs.torch_save(run_dir / runs.MASKS, kept)
+
+
+def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
+    """The run folder, locked and checked (see runs.open_run), with `cfg` recorded in it."""
+    return runs.open_run(run_dir, cfg, overwrite=overwrite, resume=resume)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: bool = True) -> dict:
     """Train a dense model and measure it."""
-    runs.check(run_dir, overwrite=overwrite, resume=resume)
     model, bundle = build(cfg)
-    resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
-    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
-    runs.write_json(run_dir / runs.CONFIG, cfg)
-    hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=run_dir, resume=resume_fit,
-               device=cfg.device, progress=progress)
-    return finish(model, bundle, cfg, run_dir, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
-                  progress)
+    with _open(cfg, run_dir, overwrite, resume) as rf:
+        hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=rf.path,
+                   resume=(rf.path / runs.CHECKPOINT).exists(), device=cfg.device, progress=progress)
+        report = finish(model, bundle, cfg, rf.path, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
+                        rf.name)
+        runs.write_json(rf.path / runs.REPORT, report)
+    return report
 
 
 def method_options(method: dict):
@@ -130,12 +185,15 @@ def method_options(method: dict):
 
     opts = {k: v for k, v in method.items() if k not in ("name", "target")}
     name = method.get("name")
-    if name == "imp":
-        return IMPOptions(**opts)
-    if name == "reconvene":
-        return ReconveneOptions(**opts)
-    if name in scores.list_criteria():
-        return PaIOptions(criterion=name, **opts)
+    try:
+        if name == "imp":
+            return IMPOptions(**opts)
+        if name == "reconvene":
+            return ReconveneOptions(**opts)
+        if name in scores.list_criteria():
+            return PaIOptions(criterion=name, **opts)
+    except TypeError as e:  # a saved or hand-written config with an option the method does not take
+        raise ConfigError(f"method {name!r}: {e}; remove that option") from None
     raise unknown_name("method", str(name), [*scores.list_criteria(), "imp", "reconvene"])
 
 
@@ -149,34 +207,52 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
     if target is not None and isinstance(opts, imp.IMPOptions):
         raise ConfigError("a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
                           "at initialisation (random, magnitude, snip, grasp, synflow, reconvene), not imp")
-    runs.check(run_dir, overwrite=overwrite, resume=resume)
     model, bundle = build(cfg)
-    if isinstance(opts, imp.IMPOptions):
-        run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
-        runs.write_json(run_dir / runs.CONFIG, cfg)
-        levels = imp.run(model, bundle.train, cfg.train, opts, run_dir,
-                         finish=lambda m, out, info: finish(m, bundle, cfg, out, info, progress),
-                         device=cfg.device, progress=progress)
-        report = {"run": run_dir.name, "data": bundle.name, "method": "imp", "options": opts.to_dict(),
-                  "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]} for r in levels]}
-        runs.write_json(run_dir / runs.REPORT, report)
-        return report
+    with _open(cfg, run_dir, overwrite, resume) as rf:
+        if isinstance(opts, imp.IMPOptions):
+            levels = imp.run(model, bundle.train, cfg.train, opts, rf.path,
+                             finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
+                             device=cfg.device, progress=progress)
+            report = {"run": rf.name, "data": bundle.name, "method": "imp", "options": opts.to_dict(),
+                      "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]}
+                                 for r in levels]}
+        else:
+            model, info = _pruned(cfg, opts, target, model, bundle, rf, progress)
+            hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
+                       device=cfg.device, progress=progress)
+            report = finish(model, bundle, cfg, rf.path,
+                            {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
+        runs.write_json(rf.path / runs.REPORT, report)
+    return report
+
+
+def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out: Path, info: dict) -> dict:
+    report = finish(model, bundle, cfg, out, info)
+    runs.write_json(out / runs.REPORT, report)
+    return report
+
+
+def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module, bundle: data.DataBundle,
+            rf: runs.RunFolder, progress: bool) -> tuple[nn.Module, dict]:
+    """Prune `model` at initialisation (searching the sparsity for a budget first), and save the result in the
+    run folder; a resumed run restores that result instead of pruning again (which can take minutes, and a
+    budget search times the machine, so it need not find the same sparsity twice)."""
+    saved = rf.path / runs.PRUNED
+    if rf.mode == "resume" and saved.is_file():
+        pruned, extra = export.load(saved)
+        if (rf.path / runs.MASKS).is_file():
+            masks.apply(pruned, runs.torch_load(rf.path / runs.MASKS, "masks"))
+        return pruned, extra["pruning"]
     searched = search_budget(cfg, opts, bundle, target, progress) if target is not None else None
     if searched is not None:
         opts = replace(opts, sparsity=searched.sparsity)
-    # Pruning at initialisation is deterministic (seeded model, seeded data order), so a resumed run
-    # redoes it and gets the very masks and widths its checkpoint was trained with.
     info = prune_at_init(model, opts, bundle, progress)
-    resume_fit = resume and (Path(run_dir) / runs.CHECKPOINT).exists()
-    run_dir = runs.prepare(run_dir, overwrite=overwrite, resume=resume)
-    runs.write_json(run_dir / runs.CONFIG, cfg)
     if searched is not None:
         info["budget"] = {"target": asdict(target), "found_sparsity": searched.sparsity,
                           "probes": searched.probes}
-    hist = fit(model, bundle.train, cfg.train, run_dir=run_dir, resume=resume_fit, device=cfg.device,
-               progress=progress)
-    return finish(model, bundle, cfg, run_dir, {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}},
-                  progress)
+    save_masks(model, rf.path)
+    export.save_model(model, saved, extra={"pruning": info})  # last: its presence means pruning finished
+    return model, info
 
 
 def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: bool) -> dict:
@@ -224,28 +300,29 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
     if not (source / runs.MASKS).exists():
         raise ConfigError(f"{source} has no {runs.MASKS}: shrink takes a sparse run (made by `edgeprune prune`; "
                           "for IMP, one of its level_NN folders)")
-    if Path(run_dir).resolve() == source.resolve():
+    target = Path(run_dir).resolve()
+    if target == source.resolve() or target in source.resolve().parents:
         raise ConfigError(f"shrink writes a new run; choose a --name other than the source {source.name!r}")
-    runs.check(run_dir, overwrite=overwrite)
+    if resume:
+        raise ConfigError("shrink has nothing to resume (it takes seconds); run it again with --overwrite")
     model, extra = load(source)
     masks.apply(model, runs.torch_load(source / runs.MASKS, "masks"))
-    small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
-        k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
     bundle = data.loaders(**cfg.data)
-    run_dir = runs.prepare(run_dir, overwrite=overwrite)
-    runs.write_json(run_dir / runs.CONFIG, cfg)
-    report = finish(small, bundle, cfg, run_dir, {**info, "source": str(source)}, progress)
-    sparse = load_profile(source)
-    dense_shape = measure.Profile.from_dict(report["profile"])
-    now = _speedup_now(source, run_dir, tuple(extra["input_shape"]))
-    report["vs_source"] = {
-        "params_x_smaller": sparse.params / dense_shape.params,
-        "bytes_x_smaller": sparse.bytes_fp32 / dense_shape.bytes_fp32,
-        "macs_x_fewer": sparse.macs / dense_shape.macs,
-        "ort_b1_speedup": now if now is not None else _speedup(sparse, dense_shape),
-        "ort_b1_timing": "side by side" if now is not None else "profiles",
-    }
-    runs.write_json(run_dir / runs.REPORT, report)
+    with _open(cfg, run_dir, overwrite, resume) as rf:
+        small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
+            k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
+        report = finish(small, bundle, cfg, rf.path, {**info, "source": str(source)}, rf.name)
+        sparse = load_profile(source)
+        dense_shape = measure.Profile.from_dict(report["profile"])
+        now = _speedup_now(source, rf.path, tuple(extra["input_shape"]))
+        report["vs_source"] = {
+            "params_x_smaller": sparse.params / dense_shape.params,
+            "bytes_x_smaller": sparse.bytes_fp32 / dense_shape.bytes_fp32,
+            "macs_x_fewer": sparse.macs / dense_shape.macs,
+            "ort_b1_speedup": now if now is not None else _speedup(sparse, dense_shape),
+            "ort_b1_timing": "side by side" if now is not None else "profiles",
+        }
+        runs.write_json(rf.path / runs.REPORT, report)  # once, last: an interrupted shrink never looks finished
     return report
 
 
@@ -270,7 +347,7 @@ def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int
     """The config of a shrink of run `source`: its own config (an IMP level's is its parent's), re-aimed."""
     source = Path(source)
     own = source / runs.CONFIG
-    cfg = RunConfig.from_dict(runs.read_json(own if own.exists() else source.parent / runs.CONFIG))
+    cfg = read_config(own if own.exists() else source.parent / runs.CONFIG)
     cfg.command = "shrink"
     cfg.method = {"name": "dnnshifter", "source": str(source), "fold_constants": fold_constants, "round_to": round_to}
     if measure_runs is not None:
@@ -298,7 +375,7 @@ JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune, "shrink"
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Repeat the run in `source` (a run folder or its config.json) into `run_dir`."""
     source = Path(source)
-    cfg = RunConfig.from_dict(runs.read_json(source / runs.CONFIG if source.is_dir() else source))
+    cfg = read_config(source / runs.CONFIG if source.is_dir() else source)
     if cfg.command not in JOBS:
         raise ConfigError(f"config command {cfg.command!r} cannot be rerun; known: {sorted(JOBS)}")
     return JOBS[cfg.command](cfg, run_dir, overwrite=overwrite, progress=progress)

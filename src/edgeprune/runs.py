@@ -7,18 +7,21 @@ unless the caller asks for it.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError, RunExistsError
+from .errors import CheckpointError, ConfigError, RunBusyError, RunExistsError, RunFinished, RunWriteError
 
 CONFIG = "config.json"
 MODEL = "model.pt"
@@ -93,30 +96,244 @@ def append_log(run_dir: str | Path, record: dict) -> None:
         f.write(json.dumps(record, default=_jsonable) + "\n")
 
 
-def check(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Raise unless `prepare` would succeed; writes nothing (call it before expensive work)."""
-    run_dir = Path(run_dir)
+NAME_HELP = "a run name is one folder name inside --runs-dir, e.g. 'resnet20-synflow-90'"
+PRUNED = "pruned.pt"  # the pruning result before training, so a resumed run restores it instead of recomputing
+
+
+def run_path(runs_dir: str | Path, name: str) -> Path:
+    """`runs_dir/name`, refusing any name that is not exactly one folder inside `runs_dir`.
+
+    A name such as "", ".", ".." or "../x" would point at the runs folder itself or outside it, and with
+    --overwrite that folder would be replaced: never let a name reach anything but its own run folder.
+    """
+    bad = (not isinstance(name, str) or name.strip() in ("", ".", "..") or "/" in name or "\\" in name
+           or "\0" in name or name.startswith(".") or name != name.strip() or Path(name).is_absolute())
+    if bad:
+        why = "is empty" if isinstance(name, str) and not name.strip() else "is not a plain folder name"
+        raise ConfigError(f"--name {name!r} {why}: {NAME_HELP} (no '/', not starting with '.')")
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"--runs-dir {str(runs_dir)!r} is a file, not a folder; choose a folder for the runs")
+    return runs_dir / name
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether `path` is a folder edgeprune made: a run (config.json naming its command and version) or a
+    level of one (report.json with a profile). Only such folders are ever replaced or removed."""
+    path = Path(path)
+    for record, keys in ((CONFIG, ("command", "edgeprune_version")), (REPORT, ("profile",)), (REPORT, ("levels",))):
+        try:
+            obj = json.loads((path / record).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict) and all(k in obj for k in keys):
+            return True
+    return False
+
+
+def is_finished(path: str | Path) -> bool:
+    """A run is finished once its report.json is written: it is written last."""
+    return (Path(path) / REPORT).is_file()
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise RunWriteError unless files can be created in `folder` (made if missing): before any work."""
+    folder = Path(folder)
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edgeprune-probe.", dir=folder)
+        with os.fdopen(fd, "wb") as f:  # a folder on a full disk accepts an empty file, not a block of data
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RunWriteError(f"cannot write run files in {str(folder)!r} ({e.strerror or e}); "
+                            "choose another --runs-dir, or free space / fix its permissions") from None
+    finally:
+        if probe:
+            Path(probe).unlink(missing_ok=True)
+
+
+class _Lock:
+    """An exclusive lock on `<runs_dir>/.<name>.lock` for as long as a process writes run `name`.
+
+    flock is released by the kernel when the process dies (even by SIGKILL), so a killed run never leaves a
+    stale lock. The lock file sits beside the run folder, not in it, because the folder may be swapped.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunBusyError(
+                    f"run {self.path.parent / self.path.name[1:-5]} is being written by another edgeprune process; "
+                    "wait for it to finish, or choose another --name"
+                ) from None
+            try:  # the holder before us may have unlinked the file it locked: then lock the new one
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self.fd = fd
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked, so no one else holds the file we remove
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class RunFolder:
+    """A run being written: `path` is where its files go, `final` the name it will have.
+
+    mode "fresh": a new run written in place (an interrupted one stays there for --resume);
+    "resume": an interrupted run continued in place; "replace": --overwrite of an existing run, written
+    into a hidden sibling and swapped in only once complete, so the old run is lost only to a finished one.
+    """
+
+    path: Path
+    final: Path
+    mode: str
+
+    @property
+    def name(self) -> str:
+        return self.final.name
+
+    def has_progress(self) -> bool:
+        """Whether anything worth resuming was written (a checkpoint, or a finished IMP level)."""
+        return any(self.path.rglob(CHECKPOINT)) or any(self.path.glob(f"*/{REPORT}"))
+
+
+@contextmanager
+def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resume: bool = False,
+             compare: Callable[[dict, dict], list[str]] | None = None) -> Iterator[RunFolder]:
+    """Lock run `run_dir`, make it ready to be written and record `config` in it; commit when the block ends.
+
+    Refuses before any work: a --resume whose config differs from the saved one (naming the fields), a
+    --resume of a finished run (RunFinished), an existing run without --overwrite, --overwrite of a folder
+    that is not an edgeprune run, a runs folder that cannot be written. Stray temporary files and partial
+    replacements left by a killed process are removed first. On failure a replacement is discarded (the old
+    run is unchanged) and a fresh run with nothing worth resuming is removed; the exception says which.
+    """
+    final = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
-    if resume and not (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"cannot resume: {run_dir} holds no started run ({CONFIG} is missing); "
-                              "start a new run instead")
-    if not resume and not overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        raise RunExistsError(
-            f"run folder {run_dir} already exists; pass --overwrite to replace it, "
-            "--resume to continue it, or choose another --name"
-        )
-    return run_dir
+    if final.exists() and not final.is_dir():
+        raise ConfigError(f"{final} is a file, not a run folder; choose another --name")
+    check_writable(final.parent)
+    lock = _Lock(final)
+    lock.acquire()
+    try:
+        _clean_strays(final)
+        folder = _prepare(final, config, overwrite=overwrite, resume=resume, compare=compare)
+        try:
+            yield folder
+        except BaseException as e:
+            _abandon(folder, e)
+            raise
+        if folder.mode == "replace":
+            _swap(folder.path, final)
+    finally:
+        lock.release()
 
 
-def prepare(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make `run_dir` ready for a new run (or a resumed one), refusing to clobber an existing run."""
-    run_dir = check(run_dir, overwrite, resume)
-    if not resume:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-    return run_dir
+def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
+             compare: Callable[[dict, dict], list[str]] | None) -> RunFolder:
+    new = json.loads(json.dumps(config, default=_jsonable))
+    if resume:
+        if not (final / CONFIG).is_file():
+            raise CheckpointError(f"cannot resume: {final} holds no started run ({CONFIG} is missing); "
+                                  "start a new run instead")
+        saved = read_json(final / CONFIG)
+        changed = (compare or _changed_fields)(saved, new)
+        if changed:
+            raise ConfigError(
+                f"cannot resume {final}: the options differ from the saved run in {', '.join(changed)}; resume "
+                f"with the options it was started with (saved in {final / CONFIG}), or start a new run with "
+                "--overwrite or another --name"
+            )
+        if is_finished(final):
+            raise RunFinished(f"run {final} is already finished: nothing was redone (its results are in "
+                              f"{final / REPORT}; pass --overwrite to redo it)")
+        folder = RunFolder(final, final, "resume")
+    elif final.exists() and any(final.iterdir()):
+        if not overwrite:
+            raise RunExistsError(f"run folder {final} already exists; pass --overwrite to replace it, "
+                                 "--resume to continue it, or choose another --name")
+        if not is_run(final):
+            raise ConfigError(f"{final} exists and is not an edgeprune run (no {CONFIG} written by edgeprune); "
+                              "edgeprune replaces only its own runs: move that folder away or choose another --name")
+        staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+        staging.mkdir()
+        folder = RunFolder(staging, final, "replace")
+    else:
+        final.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(final, final, "fresh")
+    if folder.mode != "resume":
+        write_json(folder.path / CONFIG, new)
+    return folder
+
+
+def _changed_fields(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ, with both values (the version is not an option)."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        if key == "edgeprune_version":
+            continue
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} (saved {a!r}, now {b!r})")
+    return out
+
+
+def _abandon(folder: RunFolder, e: BaseException) -> None:
+    """Clean up after a run that did not complete, and say on the exception what was kept."""
+    if folder.mode == "replace":
+        shutil.rmtree(folder.path, ignore_errors=True)
+        e.add_note(f"the existing run {folder.final} was left unchanged; the new run was discarded")
+    elif folder.has_progress():
+        e.add_note(f"the finished epochs are kept in {folder.final}: continue with --resume")
+    elif folder.mode == "fresh":
+        shutil.rmtree(folder.path, ignore_errors=True)
+        e.add_note(f"nothing worth resuming was written; {folder.final} was removed")
+
+
+def _swap(staging: Path, final: Path) -> None:
+    """Put the complete `staging` in place of `final`; the old run is removed only after the new one is in."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_strays(final: Path) -> None:
+    """Remove what a killed process left of run `final` (call with its lock held): partial replacements,
+    temporary files of interrupted writes; and put back an old run a swap was killed in the middle of."""
+    parent = final.parent
+    for old in parent.glob(f".{final.name}.old-*"):
+        if not final.exists():
+            os.rename(old, final)  # killed between the two renames of _swap: keep the old run
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for staging in parent.glob(f".{final.name}.staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    if final.is_dir():
+        for tmp in final.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _jsonable(o: Any) -> Any:

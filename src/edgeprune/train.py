@@ -43,6 +43,12 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1) (0.9 is usual), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight decay must be >= 0 (5e-4 is usual), got {self.weight_decay}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma (the step schedule's factor) must be in (0, 1], got {self.gamma}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose from {list(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
@@ -194,7 +200,7 @@ def fit(
             if run_dir is not None:
                 torch_save(ckpt_path, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "history": history.epochs,
+                    "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model),
                     "seconds": history.seconds, "config": cfg.to_dict(),
                 })
                 append_log(run_dir, record)
@@ -221,13 +227,33 @@ def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, Hist
                 "use the saved config or start a new run"
             )
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        opt.load_state_dict(_by_name(ckpt["optimizer"], ckpt.get("param_names"), _param_names(model)))
         sched.load_state_dict(ckpt["scheduler"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         if isinstance(e, ConfigError):
             raise
         raise CheckpointError(f"checkpoint {path} does not match this model/run ({str(e)[:200]})") from None
     return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0)))
+
+
+def _param_names(model: nn.Module) -> list[str]:
+    """Parameter names in the optimiser's order (model.parameters())."""
+    return [name for name, _ in model.named_parameters()]
+
+
+def _by_name(state: dict, saved: list[str] | None, now: list[str]) -> dict:
+    """The optimiser state re-ordered from the saved parameter order to today's. A model rebuilt from the run
+    folder (a resumed pruned run) registers the same parameters in another order; torch maps by position."""
+    if saved is None or saved == now:
+        return state
+    if sorted(saved) != sorted(now):
+        raise CheckpointError(f"the checkpoint's parameters differ from the model's: "
+                              f"{sorted(set(saved) ^ set(now))[:5]}")
+    if len(state["param_groups"]) != 1:
+        raise CheckpointError("cannot re-order a checkpoint with several parameter groups")
+    where = {name: i for i, name in enumerate(saved)}
+    moved = {i: state["state"][where[name]] for i, name in enumerate(now) if where[name] in state["state"]}
+    return {"state": moved, "param_groups": [{**state["param_groups"][0], "params": list(range(len(now)))}]}
 
 
 @torch.no_grad()

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -42,16 +44,22 @@ def test_bad_pruning_options_write_nothing(tmp_path, method, message):
 
 @pytest.mark.parametrize("method", [{"name": "snip", "sparsity": 0.8}, {"name": "reconvene", "criterion": "synflow",
                                                                        "rounds": 5, "sparsity": 0.8}])
-def test_resumed_pruned_run_ends_where_an_uninterrupted_one_does(tmp_path, method):
-    def cfg(epochs):
-        c = _cfg(**method)
-        c.model = "conftest:small_vgg"
-        c.train = TrainConfig(epochs=epochs, lr=0.05, schedule="constant")
-        return c
+def test_resumed_pruned_run_ends_where_an_uninterrupted_one_does(tmp_path, method, interrupt, monkeypatch):
+    cfg = _cfg(**method)
+    cfg.model = "conftest:small_vgg"
+    cfg.train = TrainConfig(epochs=2, lr=0.05)
 
-    jobs.prune(cfg(2), tmp_path / "straight", progress=False)
-    jobs.prune(cfg(1), tmp_path / "cut", progress=False)  # as if stopped after epoch 1
-    jobs.prune(cfg(2), tmp_path / "cut", resume=True, progress=False)
+    jobs.prune(cfg, tmp_path / "straight", progress=False)
+    interrupt(5)  # 4 steps an epoch: stopped in epoch 2, epoch 1 checkpointed
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        jobs.prune(cfg, tmp_path / "cut", progress=False)
+    assert "continue with --resume" in stopped.value.__notes__[0]
+    assert not (tmp_path / "cut" / "report.json").exists()
+    # The pruning result is restored from the run folder, never recomputed.
+    monkeypatch.setattr(jobs, "prune_at_init", lambda *a, **k: pytest.fail("resume pruned again"))
+    report = jobs.prune(cfg, tmp_path / "cut", resume=True, progress=False)
     a = export.load_model(tmp_path / "straight" / "model.pt").state_dict()
     b = export.load_model(tmp_path / "cut" / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert report["profile"]["params"] == json.loads((tmp_path / "straight" / "report.json").read_text())[
+        "profile"]["params"]

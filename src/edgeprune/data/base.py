@@ -52,9 +52,12 @@ def cache_dir() -> Path:
 
 
 def search_dirs(name: str, root: Path | None, subdirs: Sequence[str]) -> list[Path]:
-    """Folders that may hold `name`'s files, most specific first: the root, the cache, the system."""
-    bases = [root, root / name] if root is not None else []
-    bases += [cache_dir() / name] + [Path(d) / name for d in SYSTEM_DIRS]
+    """Folders that may hold `name`'s files, most specific first: the cache, then the system folders; a root
+    the user names is the only place looked (a run must never record one folder and read another)."""
+    if root is not None:
+        bases = [root, root / name]
+    else:
+        bases = [cache_dir() / name] + [Path(d) / name for d in SYSTEM_DIRS]
     dirs = [base / sub for base in bases for sub in ("", *subdirs)]
     return list(dict.fromkeys(dirs))
 
@@ -72,11 +75,11 @@ def locate(
 ) -> Path:
     """The first folder of `search_dirs` holding every file (as file+suffix for some suffix).
 
-    If there is none and `options.download`, torchvision's downloader fetches the set into the cache
-    (its layout is among the folders searched); otherwise the error lists every folder and every fix.
+    If there is none and `options.download`, torchvision's downloader fetches the set into the root, or
+    the cache without one (its layout is among the folders searched); otherwise the error lists every folder and every fix.
     """
     looked = search_dirs(name, options.root, subdirs)
-    dest = cache_dir() / name
+    dest = options.root if options.root is not None else cache_dir() / name
 
     def first_complete() -> Path | None:
         complete = (d for d in looked if all(any((d / (f + s)).is_file() for s in suffixes) for f in files))
@@ -91,6 +94,8 @@ def locate(
     ways = [f"pass --download (download=True) to fetch it into {dest}", f"pass --data-root DIR (root=DIR) {root_hint}"]
     if apt_package:
         ways.insert(0, f"apt-get install {apt_package} (Debian/Ubuntu; no network needed at run time)")
+    if options.root is not None:
+        ways.insert(0, "leave out --data-root to search the cache and system folders")
     names = [f + (f"[{'|'.join(s for s in suffixes if s)}]" if len(suffixes) > 1 else "") for f in files]
     places = "\n".join(f"  {p}" for p in looked)
     fixes = "\n".join(f"  - {w}" for w in ways)

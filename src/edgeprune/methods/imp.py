@@ -34,8 +34,9 @@ class IMPOptions:
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.levels < 0:
-            raise ConfigError(f"levels must be >= 0, got {self.levels}")
+        if self.levels < 1:
+            raise ConfigError(f"levels must be >= 1 (level 0 is the dense model every IMP run trains first), "
+                              f"got {self.levels}")
         if not 0 < self.fraction < 1:
             raise ConfigError(f"fraction must be in (0, 1), got {self.fraction}")
         if self.rewind_iter < 0:

@@ -32,6 +32,8 @@ class PaIOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1 (or left out for the criterion's default), got {self.rounds}")
         if self.score_batches < 1:
             raise ConfigError(f"score_batches must be >= 1, got {self.score_batches}")
         if self.criterion not in scores.list_criteria():

@@ -76,7 +76,8 @@ def locate(
     """The first folder of `search_dirs` holding every file (as file+suffix for some suffix).
 
     If there is none and `options.download`, torchvision's downloader fetches the set into the root, or
-    the cache without one (its layout is among the folders searched); otherwise the error lists every folder and every fix.
+    the cache without one (its layout is among the folders searched); otherwise the error lists every folder
+    and every fix.
     """
     looked = search_dirs(name, options.root, subdirs)
     dest = options.root if options.root is not None else cache_dir() / name

@@ -64,7 +64,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     good = (tmp_path / runs.CHECKPOINT).read_bytes()
     with torch.no_grad():
         model.fc.weight.fill_(float("inf"))
-    with pytest.raises(TrainingDiverged, match="checkpoint is kept") as e:
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1, batch 1") as e:
         fit(model, loader, TrainConfig(epochs=2, lr=0.01), run_dir=tmp_path, progress=False)
     assert "Lower the learning rate" in str(e.value)
     assert (tmp_path / runs.CHECKPOINT).read_bytes() == good

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__, budget, data, export, masks, measure, models, runs
-from .errors import ConfigError, unknown_name
+from .errors import CheckpointError, ConfigError, unknown_name
 from .train import TrainConfig, evaluate, fit
 
 
@@ -404,7 +404,15 @@ def evaluate_saved(path: str | Path, data_options: dict | None = None, device: s
 
 def load_profile(run_dir: str | Path) -> measure.Profile:
     """The measured profile of a finished run (for IMP, of its last level)."""
-    report = runs.read_json(Path(run_dir) / runs.REPORT)
-    if "levels" in report:
+    path = Path(run_dir) / runs.REPORT
+    report = runs.read_json(path)
+    if isinstance(report, dict) and report.get("levels"):
         report = report["levels"][-1]
-    return measure.Profile.from_dict(report["profile"])
+    if not isinstance(report, dict) or not isinstance(report.get("profile"), dict):
+        raise CheckpointError(f"{path} holds no measured profile (it is empty or was not written by edgeprune); "
+                              f"repeat the run with `edgeprune rerun {run_dir} --name NEW`")
+    try:
+        return measure.Profile.from_dict(report["profile"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the profile is incomplete ({type(e).__name__}: {e}); "
+                              f"repeat the run with `edgeprune rerun {run_dir} --name NEW`") from None

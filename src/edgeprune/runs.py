@@ -306,7 +306,7 @@ def _abandon(folder: RunFolder, e: BaseException) -> None:
         shutil.rmtree(folder.path, ignore_errors=True)
         e.add_note(f"the existing run {folder.final} was left unchanged; the new run was discarded")
     elif folder.has_progress():
-        e.add_note(f"the finished epochs are kept in {folder.final}: continue with --resume")
+        e.add_note(f"the finished epochs are kept in {folder.final} (--resume continues from the last one)")
     elif folder.mode == "fresh":
         shutil.rmtree(folder.path, ignore_errors=True)
         e.add_note(f"nothing worth resuming was written; {folder.final} was removed")

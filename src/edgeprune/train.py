@@ -165,10 +165,9 @@ def fit(
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 out = model(x)
                 loss = loss_fn(out, y)
-                if not torch.isfinite(loss):
-                    kept = f"; the last good checkpoint is kept at {ckpt_path}" if ckpt_path else ""
+                if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
                     raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}{kept}. "
+                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
                         f"Lower the learning rate (now {cfg.lr}) or check the input data."
                     )
                 opt.zero_grad(set_to_none=True)

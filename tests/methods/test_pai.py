@@ -53,7 +53,7 @@ def test_resumed_pruned_run_ends_where_an_uninterrupted_one_does(tmp_path, metho
     interrupt(5)  # 4 steps an epoch: stopped in epoch 2, epoch 1 checkpointed
     with pytest.raises(KeyboardInterrupt) as stopped:
         jobs.prune(cfg, tmp_path / "cut", progress=False)
-    assert "continue with --resume" in stopped.value.__notes__[0]
+    assert "--resume continues" in stopped.value.__notes__[0]
     assert not (tmp_path / "cut" / "report.json").exists()
     # The pruning result is restored from the run folder, never recomputed.
     monkeypatch.setattr(jobs, "prune_at_init", lambda *a, **k: pytest.fail("resume pruned again"))

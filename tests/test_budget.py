@@ -92,7 +92,24 @@ def test_unstructured_methods_cannot_meet_a_size_budget_and_nothing_is_written(t
     assert not (tmp_path / "r").exists()
 
 
-def test_latency_budget_is_measured_on_onnx_runtime():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
-    ms = budget.Target("latency", 1.0).cost(model, (1, 4, 4))
-    assert 0 < ms < 50 and torch.get_num_threads() >= 1
+def test_latency_budget_is_measured_on_onnx_runtime(monkeypatch):
+    from edgeprune.export import ort_session
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
+    calls = []
+    real = measure.latency_onnx
+
+    def spy(onnx, shape, batch_size, threads, **kw):
+        calls.append((onnx, shape, batch_size, threads))
+        calls.append(real(onnx, shape, batch_size, threads, **kw))
+        return calls[-1]
+
+    monkeypatch.setattr(measure, "latency_onnx", spy)
+    ms = budget.Target("latency", 1.0, batch_size=4, threads=2).cost(model, (1, 4, 4))
+    assert len(calls) == 2, "the cost is one ONNX Runtime measurement"
+    (onnx, shape, batch_size, threads), timed = calls
+    assert (shape, batch_size, threads) == ((1, 4, 4), 4, 2) and ms == timed.p50_ms and timed.runtime == "onnxruntime"
+    x = torch.randn(4, 1, 4, 4)  # and what ONNX Runtime timed is this model
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert ort_session(onnx).run(None, {"input": x.numpy()})[0] == pytest.approx(expected, abs=1e-5)

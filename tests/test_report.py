@@ -287,7 +287,7 @@ def test_no_pairs_no_pairs_table(built):
     assert "pairs" not in written and not (out / "pairs.csv").exists()
 
 
-def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny):
+def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny, capsys):
     from edgeprune.export import to_onnx_bytes
 
     onnx = to_onnx_bytes(tiny, (1, 8, 8))
@@ -301,7 +301,12 @@ def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny):
     pai_run(tmp_path / "runs" / "no-onnx", "magnitude", 0.5, 0.85)
     before = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     rows = report.collect([tmp_path / "runs"])
-    info = report.retime(rows, report.Retime(rounds=2, runs=3, warmup=1, settings=((1, 1),)))
+    seen = []
+    info = report.retime(rows, report.Retime(rounds=2, runs=3, warmup=1, settings=((1, 1),)),
+                         progress=lambda task, done, total: seen.append((task, done, total)))
+    task = "re-timing 2 models, batch 1, 1 thread(s)"
+    assert seen == [(task, 0, 2), (task, 1, 2), (task, 2, 2)]  # the caller draws; the library prints nothing
+    assert capsys.readouterr() == ("", "")
     assert info["settings"] == [[1, 1]] and info["models"] == 2 and info["without_onnx"] == ["no-onnx"]
     by = {r.name: r for r in rows}
     fresh = by["snip-0.9"].profile.latency_of("onnxruntime", 1, 1)
@@ -310,6 +315,7 @@ def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny):
     assert by["snip-0.9"].latency_ms("onnxruntime", 32, 2) is None
     assert by["no-onnx"].latency_ms("onnxruntime", 1, 1) is None
     written = report.write_report([tmp_path / "runs"], tmp_path / "rep", retime_opts=report.Retime(rounds=1, runs=2))
+    assert capsys.readouterr() == ("", "")  # no progress asked for: nothing drawn
     assert "re-measured for all 2 models in one interleaved pass" in written["md"].read_text()
     assert "Not re-measured (no model.onnx): no-onnx." in written["md"].read_text()
     assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == before

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edgeprune import jobs, masks, runs
+from edgeprune.errors import ConfigError
 from edgeprune.methods import imp
 from edgeprune.train import Callback, TrainConfig, fit
 
@@ -65,8 +66,11 @@ def test_survivors_rewind_to_the_recorded_iteration(tmp_path):
 
 
 def test_rewind_past_the_end_of_training_is_refused(tmp_path):
-    with pytest.raises(Exception, match="rewind_iter 999"):
-        jobs.prune(_cfg(levels=1, rewind_iter=999), tmp_path / "x", progress=False)
+    # 64 samples in batches of 16, one epoch: iterations 0..4 exist, so 5 is the first past the end
+    with pytest.raises(ConfigError) as e:
+        jobs.prune(_cfg(levels=1, rewind_iter=5), tmp_path / "x", progress=False)
+    assert str(e.value) == ("rewind_iter 5 is past the end of training (4 iterations); "
+                            "choose a smaller --rewind-iter")
 
 
 def test_resume_skips_finished_levels(tmp_path):

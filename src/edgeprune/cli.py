@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +64,37 @@ def _handled(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    """The Reporter the library's slow steps report to: rich bars and notes on stderr, nothing with --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .progress import SILENT, Reporter
+
+    if _state["quiet"]:
+        yield SILENT
+        return
+
+    class Bars(Reporter):
+        def __init__(self, bars: Progress):
+            self.bars, self.tasks = bars, {}
+
+        def update(self, task: str, done: int, total: int | None = None, status: str = "") -> None:
+            if task not in self.tasks:
+                self.tasks[task] = self.bars.add_task(task, total=total, status=status)
+            self.bars.update(self.tasks[task], completed=done, total=total, status=status)
+
+        def end(self, task: str) -> None:
+            self.tasks.pop(task, None)  # its bar stays on screen; the same name later starts a new one
+
+        def note(self, text: str) -> None:
+            self.bars.console.print(text, highlight=False, soft_wrap=True)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err) as bars:
+        yield Bars(bars)
 
 
 def _with_notes(e: BaseException, text: str | None = None) -> str:
@@ -141,8 +174,8 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
     default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
         f"-{method['name']}" if method else "")
     run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
-    report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"],
-                                progress=not _state["quiet"])
+    with _progress() as progress:
+        report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
     _print_report(report, run_dir)
 
 
@@ -288,7 +321,8 @@ def shrink(
     for source in sources:
         run_dir = runs.run_path(runs_dir or run.parent, f"{base}-{source.name}" if source != run else base)
         cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
-        report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=not _state["quiet"])
+        with _progress() as progress:
+            report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=progress)
         _print_report(report, run_dir)
         v = report["vs_source"]
         how = {"side by side": "timed side by side", "profiles": "from the two runs' own timings"}
@@ -335,8 +369,8 @@ def sweep(
     """
     from .sweep import run_sweep
 
-    summary = run_sweep(spec, out=out, executor=executor, address=address, progress=not _state["quiet"],
-                        num_cpus=num_cpus)
+    with _progress() as progress:
+        summary = run_sweep(spec, out=out, executor=executor, address=address, progress=progress, num_cpus=num_cpus)
     counts = summary["counts"]
     console.print("sweep finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
                   f" — results in [bold]{summary.get('out', out)}[/]")
@@ -384,8 +418,9 @@ def report(
     if settings and not retime:
         raise ConfigError("--retime-at chooses what --retime re-measures: pass --retime with it")
     opts = Retime(rounds=retime_rounds, runs=retime_runs, settings=settings) if retime else None
-    files = write_report(paths, out, title=title, layer_runs=layer_run, retime_opts=opts, tolerance=tolerance,
-                         progress=not _state["quiet"])
+    with _progress() as progress:
+        files = write_report(paths, out, title=title, layer_runs=layer_run, retime_opts=opts, tolerance=tolerance,
+                             progress=progress)
     console.print(f"wrote {len(files)} files to {out}: open [bold]{files['html']}[/] in a browser")
 
 
@@ -413,7 +448,8 @@ def eval_cmd(
 
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
-    result = jobs.evaluate_saved(path, override, device=device, progress=not _state["quiet"])
+    with _progress() as progress:
+        result = jobs.evaluate_saved(path, override, device=device, progress=progress)
     console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples): "
                   f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
 
@@ -485,7 +521,8 @@ def rerun(
     from . import jobs, runs
 
     run_dir = runs.run_path(runs_dir, name)
-    report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=not _state["quiet"])
+    with _progress() as progress:
+        report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=progress)
     _print_report(report, run_dir)
 
 

@@ -7,6 +7,7 @@ report.json and log.jsonl (see runs.py). The CLI only parses options into a RunC
 from __future__ import annotations
 
 import collections.abc
+import math
 import time
 import types
 import typing
@@ -19,6 +20,7 @@ from torch import nn
 
 from . import __version__, budget, data, export, masks, measure, models, runs
 from .errors import CheckpointError, ConfigError, unknown_name
+from .progress import Reporter, reporter
 from .train import TrainConfig, evaluate, fit
 
 
@@ -164,7 +166,7 @@ def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: Reporter | None = None) -> dict:
     """Train a dense model and measure it."""
     model, bundle = build(cfg)
     with _open(cfg, run_dir, overwrite, resume) as rf:
@@ -198,7 +200,7 @@ def method_options(method: dict):
 
 
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: Reporter | None = None) -> dict:
     """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
     from .methods import imp
 
@@ -233,7 +235,7 @@ def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out
 
 
 def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module, bundle: data.DataBundle,
-            rf: runs.RunFolder, progress: bool) -> tuple[nn.Module, dict]:
+            rf: runs.RunFolder, progress: Reporter | None) -> tuple[nn.Module, dict]:
     """Prune `model` at initialisation (searching the sparsity for a budget first), and save the result in the
     run folder; a resumed run restores that result instead of pruning again (which can take minutes, and a
     budget search times the machine, so it need not find the same sparsity twice)."""
@@ -255,7 +257,7 @@ def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module
     return model, info
 
 
-def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: bool) -> dict:
+def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: Reporter | None) -> dict:
     from .methods import pai, reconvene
 
     method = reconvene.reconvene if isinstance(opts, reconvene.ReconveneOptions) else pai.prune_at_init
@@ -263,11 +265,9 @@ def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: boo
 
 
 def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.Target,
-                   progress: bool) -> budget.Search:
+                   progress: Reporter | None) -> budget.Search:
     """Bisect the sparsity of `opts` until the pruned model meets `target` (see budget.py)."""
-    from rich.console import Console
-
-    console = Console(stderr=True, quiet=not progress)
+    note = reporter(progress).note
 
     def pruned_at(sparsity: float) -> nn.Module:
         model = fresh_model(cfg, bundle)
@@ -277,12 +277,16 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
 
     def report(p: dict) -> None:
         what, cost = ("timed again", p["confirmed_cost"]) if p.get("confirmation") else ("probe", p["cost"])
-        console.print(f"  {what}: sparsity {p['sparsity']:.4f} → {target.describe(cost)} "
-                      f"({'meets' if p['meets'] else 'over'} the budget)", highlight=False)
+        note(f"  {what}: sparsity {p['sparsity']:.4f} → {target.describe(cost)} "
+             f"({'meets' if p['meets'] else 'over'} the budget)")
 
-    console.print(f"searching the sparsity that meets {target.describe()}", highlight=False)
-    # The layer-collapse guard keeps min_layer_density of every layer: stay below what it allows.
-    ceiling = min(target.max_sparsity, 1 - 2 * opts.min_layer_density)
+    note(f"searching the sparsity that meets {target.describe()}")
+    # The layer-collapse guard keeps at least max(1, ⌈min_layer_density·n⌉) weights of every layer: stay below
+    # what it allows (on small models the one-weight floor dominates).
+    sizes = [m.get_parameter(p).numel() for m, p in
+             masks.prunable(fresh_model(cfg, bundle), opts.include, opts.exclude).values()]
+    need = sum(max(1, math.ceil(opts.min_layer_density * n)) for n in sizes) if opts.min_layer_density > 0 else 0
+    ceiling = min(target.max_sparsity, 1 - 2 * opts.min_layer_density, 1 - need / sum(sizes))
     from .methods.reconvene import ReconveneOptions
 
     hint = ("let Reconvene convert more layers (--reference mean), or prune the sensitive layers with another "
@@ -292,7 +296,7 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
 
 
 def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-           progress: bool = True) -> dict:
+           progress: Reporter | None = None) -> dict:
     """DNNShifter: remove the dead channels of the sparse run `cfg.method["source"]` into a new run."""
     from .methods import dnnshifter
 
@@ -372,7 +376,8 @@ def _speedup(before: measure.Profile, after: measure.Profile) -> float | None:
 JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune, "shrink": shrink}
 
 
-def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False,
+          progress: Reporter | None = None) -> dict:
     """Repeat the run in `source` (a run folder or its config.json) into `run_dir`."""
     source = Path(source)
     cfg = read_config(source / runs.CONFIG if source.is_dir() else source)
@@ -388,7 +393,7 @@ def load(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def evaluate_saved(path: str | Path, data_options: dict | None = None, device: str = "cpu",
-                   progress: bool = True) -> dict:
+                   progress: Reporter | None = None) -> dict:
     """Top-1 accuracy of a saved model on the test split of its data set (or `data_options`)."""
     model, extra = load(path)
     opts = {**extra.get("data", {}), **(data_options or {})}

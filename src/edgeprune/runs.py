@@ -155,18 +155,32 @@ def check_writable(folder: str | Path) -> None:
             Path(probe).unlink(missing_ok=True)
 
 
+@contextmanager
+def locked(path: str | Path, what: str = "run") -> Iterator[None]:
+    """Hold the lock of folder `path` (a run, a sweep) for the block; RunBusyError at once if another process
+    holds it."""
+    lock = _Lock(Path(path), what)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class _Lock:
-    """An exclusive lock on `<runs_dir>/.<name>.lock` for as long as a process writes run `name`.
+    """An exclusive lock on `<parent>/.<name>.lock` for as long as a process writes folder `name`.
 
     flock is released by the kernel when the process dies (even by SIGKILL), so a killed run never leaves a
     stale lock. The lock file sits beside the run folder, not in it, because the folder may be swapped.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir.parent / f".{run_dir.name}.lock"
+    def __init__(self, folder: Path, what: str = "run"):
+        self.folder, self.what = folder, what
+        self.path = folder.parent / f".{folder.name}.lock"
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -174,8 +188,8 @@ class _Lock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunBusyError(
-                    f"run {self.path.parent / self.path.name[1:-5]} is being written by another edgeprune process; "
-                    "wait for it to finish, or choose another --name"
+                    f"{self.what} {self.folder} is being written by another edgeprune process; "
+                    "wait for it to finish, or choose another " + ("--name" if self.what == "run" else "--out")
                 ) from None
             try:  # the holder before us may have unlinked the file it locked: then lock the new one
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
@@ -233,9 +247,7 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
     if final.exists() and not final.is_dir():
         raise ConfigError(f"{final} is a file, not a run folder; choose another --name")
     check_writable(final.parent)
-    lock = _Lock(final)
-    lock.acquire()
-    try:
+    with locked(final):
         _clean_strays(final)
         folder = _prepare(final, config, overwrite=overwrite, resume=resume, compare=compare)
         try:
@@ -245,8 +257,6 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
             raise
         if folder.mode == "replace":
             _swap(folder.path, final)
-    finally:
-        lock.release()
 
 
 def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,

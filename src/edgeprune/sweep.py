@@ -46,10 +46,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import jobs, models, runs, scores
 from .errors import ConfigError, EdgePruneError, unknown_name
+from .progress import Reporter, reporter
 from .train import TrainConfig
 
 SPEC = "spec.yaml"
@@ -238,14 +238,17 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
 
 
 def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, executor: str = "local",
-              address: str | None = None, progress: bool = True, connect_timeout: float = 15.0,
+              address: str | None = None, progress: Reporter | None = None, connect_timeout: float = 15.0,
               num_cpus: int | None = None) -> dict:
     """Run every unfinished cell of a sweep; return the summary (also `<out>/sweep.json`).
 
     `address` joins a running Ray cluster (executor "ray"); without it a local Ray instance with `num_cpus`
     (default: all cores) runs the cells and is shut down after. The summary's `counts["failed"]` says how
-    many cells failed; each failure is recorded with its error and does not stop the others.
+    many cells failed; each failure is recorded with its error and does not stop the others. The cells are
+    task "sweep <name>" of `progress`, and each finished cell a note. A second sweep into the same folder
+    at the same time is refused.
     """
+    report = reporter(progress)
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if address and executor != "ray":
@@ -257,6 +260,12 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
     if executor == "ray" and spec.device.startswith("cuda") and not spec.resources.gpus:
         raise ConfigError(f"device {spec.device!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
     folder = Path(out or spec.folder).resolve()
+    with runs.locked(folder, "sweep"):
+        return _run_locked(spec, text, folder, executor, address, connect_timeout, num_cpus, report)
+
+
+def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address: str | None,
+                connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
     todo = cells(spec)
     before = _read_statuses(folder / SWEEP)
     plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) for c in todo}
@@ -277,28 +286,28 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
         summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
         runs.write_json(folder / SWEEP, summary)
 
-    with _executor(executor, spec.resources, address, connect_timeout, num_cpus) as execute, _bar(progress) as bar:
-        task = bar.add_task(spec.name, total=len(todo), completed=len(todo) - len(run))
+    task, done = f"sweep {spec.name}", len(todo) - len(run)
+    with _executor(executor, spec.resources, address, connect_timeout, num_cpus) as execute:
+        report.update(task, done, len(todo))
         folder.mkdir(parents=True, exist_ok=True)
         runs.atomic_write(folder / SPEC, lambda f: f.write(text), binary=False)
         save()
 
         def record(cell: Cell, result: dict) -> None:
+            nonlocal done
             summary["cells"][cell.name].update(result)
             save()
             if result["status"] != "running":
-                bar.advance(task)
+                done += 1
+                report.update(task, done, len(todo))
                 error = result.get("error")
-                if progress:
-                    bar.console.print(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
-                                      + (f": {error['type']}: {error['message']}" if error else ""), highlight=False)
+                report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
+                            + (f": {error['type']}: {error['message']}" if error else ""))
 
         execute(run, record)
     summary["finished"], summary["seconds"] = _now(), time.perf_counter() - t0
     save()
-    if progress:
-        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
-        bar.console.print(f"sweep {spec.name}: {counts} in {summary['seconds']:.0f} s; {folder / SWEEP}")
+    report.end(task)
     return summary
 
 
@@ -449,11 +458,6 @@ def _check_fits(ray, resources: Resources) -> None:
 
 
 # Small helpers.
-
-def _bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]sweep {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled)
-
 
 def _read_statuses(path: Path) -> dict:
     try:

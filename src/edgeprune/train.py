@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, EdgePruneError
+from .progress import Reporter, reporter
 from .runs import CHECKPOINT, append_log, torch_load, torch_save
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -109,17 +109,6 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -129,12 +118,14 @@ def fit(
     run_dir: str | Path | None = None,
     resume: bool = False,
     device: str = "cpu",
-    progress: bool = True,
+    progress: Reporter | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> History:
     """Train `model` in place. With `run_dir`, a checkpoint is written after every epoch and
     `resume=True` continues from it exactly (same batches, same augmentation, same weights).
+    Each epoch is a task of `progress` (edgeprune.progress), counted in batches.
     """
+    report = reporter(progress)
     dev = resolve_device(device)
     model.to(dev)
     steps = _steps(train_loader, cfg)
@@ -151,58 +142,59 @@ def fit(
             raise ConfigError("resume needs a run folder")
         start, history = _restore(ckpt_path, model, opt, sched, cfg)
     t_start = time.perf_counter() - history.seconds
-    with _progress(progress) as bar:
-        for epoch in range(start, cfg.epochs):
-            _seed_epoch(train_loader, cfg.seed, epoch)
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, status="")
-            model.train()
-            seen = correct = 0
-            loss_sum = 0.0
-            t0 = time.perf_counter()
-            for i, (x, y) in enumerate(train_loader):
-                if i >= steps:
-                    break
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                out = model(x)
-                loss = loss_fn(out, y)
-                if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
-                        f"Lower the learning rate (now {cfg.lr}) or check the input data."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step = epoch * steps + i + 1
-                for cb in callbacks:
-                    cb.on_step_end(model, step)
-                seen += y.numel()
-                loss_sum += loss.item() * y.numel()
-                correct += int((out.argmax(1) == y).sum())
-                bar.update(task, advance=1, status=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-            if val_loader is not None:
-                val = evaluate(model, val_loader, device=str(dev), progress=False)
-                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                bar.update(task, status=f"loss {record['train_loss']:.3f} val acc {val['accuracy']:.3f}")
-            history.epochs.append(record)
-            history.seconds = time.perf_counter() - t_start
+    for epoch in range(start, cfg.epochs):
+        _seed_epoch(train_loader, cfg.seed, epoch)
+        task = f"epoch {epoch + 1}/{cfg.epochs}"
+        report.update(task, 0, steps)
+        model.train()
+        seen = correct = 0
+        loss_sum = 0.0
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(train_loader):
+            if i >= steps:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            out = model(x)
+            loss = loss_fn(out, y)
+            if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
+                    f"Lower the learning rate (now {cfg.lr}) or check the input data."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step = epoch * steps + i + 1
             for cb in callbacks:
-                cb.on_epoch_end(model, epoch + 1, record)
-            if run_dir is not None:
-                torch_save(ckpt_path, {
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model),
-                    "seconds": history.seconds, "config": cfg.to_dict(),
-                })
-                append_log(run_dir, record)
+                cb.on_step_end(model, step)
+            seen += y.numel()
+            loss_sum += loss.item() * y.numel()
+            correct += int((out.argmax(1) == y).sum())
+            report.update(task, i + 1, steps, f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device=str(dev), progress=False)
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            report.update(task, steps, steps, f"loss {record['train_loss']:.3f} val acc {val['accuracy']:.3f}")
+        report.end(task)
+        history.epochs.append(record)
+        history.seconds = time.perf_counter() - t_start
+        for cb in callbacks:
+            cb.on_epoch_end(model, epoch + 1, record)
+        if run_dir is not None:
+            torch_save(ckpt_path, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model),
+                "seconds": history.seconds, "config": cfg.to_dict(),
+            })
+            append_log(run_dir, record)
     history.seconds = time.perf_counter() - t_start
     return history
 
@@ -256,21 +248,22 @@ def _by_name(state: dict, saved: list[str] | None, now: list[str]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str = "cpu", progress: bool = False) -> dict:
-    """Mean cross-entropy and top-1 accuracy over `loader`."""
+def evaluate(model: nn.Module, loader: Iterable, device: str = "cpu", progress: Reporter | None = None) -> dict:
+    """Mean cross-entropy and top-1 accuracy over `loader` (task "evaluate" of `progress`, in batches)."""
     dev = resolve_device(device)
+    report = reporter(progress)
+    total = len(loader) if hasattr(loader, "__len__") else None
     was_training = model.training
     model.to(dev).eval()
     seen = correct = 0
     loss_sum = 0.0
-    with _progress(progress) as bar:
-        task = bar.add_task("evaluate", total=len(loader) if hasattr(loader, "__len__") else None, status="")
-        for x, y in loader:
-            x, y = x.to(dev), y.to(dev)
-            out = model(x)
-            loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
-            correct += int((out.argmax(1) == y).sum())
-            seen += y.numel()
-            bar.update(task, advance=1)
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(dev), y.to(dev)
+        out = model(x)
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += int((out.argmax(1) == y).sum())
+        seen += y.numel()
+        report.update("evaluate", i + 1, total)
+    report.end("evaluate")
     model.train(was_training)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}

@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import masks, runs, scores
 from ..errors import ConfigError
+from ..progress import Prefixed, Reporter
 from ..train import Callback, TrainConfig, fit
 
 REWIND = "rewind.pt"
@@ -90,7 +91,7 @@ def run(
     run_dir: Path,
     finish: Callable[[nn.Module, Path, dict], dict],
     device: str = "cpu",
-    progress: bool = True,
+    progress: Reporter | None = None,
 ) -> list[dict]:
     """Train, prune, rewind, retrain for `opts.levels` levels; `finish(model, level_dir, info)` saves each."""
     names = list(masks.prunable(model, opts.include, opts.exclude))
@@ -120,7 +121,7 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
         callbacks = [_Snapshot(opts.rewind_iter, rewind_path)] if level == 0 and opts.rewind_iter > 0 else []
         hist = fit(model, train_loader, train_cfg, run_dir=out, resume=(out / runs.CHECKPOINT).exists(),
-                   device=device, progress=progress, callbacks=callbacks)
+                   device=device, progress=Prefixed(progress, f"level {level}: "), callbacks=callbacks)
         info = {"method": "imp", "level": level, "density": (1 - opts.fraction) ** level,
                 "options": opts.to_dict(), "layers": masks.table(model, names),
                 "train": {"epochs": hist.epochs, "seconds": hist.seconds}}

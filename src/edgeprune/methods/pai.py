@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from rich.progress import Progress
 from torch import nn
 
 from .. import masks, scores
 from ..errors import ConfigError, unknown_name
+from ..progress import Reporter, reporter
 
 
 @dataclass
@@ -55,22 +55,23 @@ def prune_at_init(
     opts: PaIOptions,
     batches: Iterable | None,
     input_shape: tuple[int, ...],
-    progress: bool = True,
+    progress: Reporter | None = None,
 ) -> dict:
-    """Mask `model` in place to `opts.sparsity`; return what was done (per-layer table, time)."""
+    """Mask `model` in place to `opts.sparsity`; return what was done (per-layer table, time). The rounds are
+    task "<criterion> pruning" of `progress`."""
     names = list(masks.prunable(model, opts.include, opts.exclude))
     data = list(itertools.islice(batches, opts.score_batches)) if batches is not None else None
     rounds = opts.rounds or scores.default_rounds(opts.criterion)
 
     scorer = make_scorer(opts, data, input_shape)
 
+    report, task = reporter(progress), f"{opts.criterion} pruning"
     t0 = time.perf_counter()
-    with Progress(disable=not progress or rounds < 5, transient=True) as bar:
-        task = bar.add_task(f"{opts.criterion} pruning", total=rounds)
-        if opts.sparsity > 0:
-            masks.prune_iteratively(model, scorer, 1 - opts.sparsity, rounds=rounds, scope=opts.scope,
-                                    min_layer_density=opts.min_layer_density,
-                                    progress=lambda k: bar.update(task, completed=k))
+    if opts.sparsity > 0:
+        masks.prune_iteratively(model, scorer, 1 - opts.sparsity, rounds=rounds, scope=opts.scope,
+                                min_layer_density=opts.min_layer_density,
+                                progress=lambda k: report.update(task, k, rounds))
+    report.end(task)
     seconds = time.perf_counter() - t0
     return {"method": "pai", "options": opts.to_dict(), "rounds": rounds, "prune_seconds": seconds,
             "density": 1 - opts.sparsity, "layers": masks.table(model, names)}

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import masks, structure, surgery
 from ..errors import ConfigError
+from ..progress import Reporter
 from .pai import PaIOptions, make_scorer, prune_at_init
 
 
@@ -56,7 +57,7 @@ class ReconveneOptions(PaIOptions):
 
 def reconvene(
     model: nn.Module, opts: ReconveneOptions, batches: Iterable | None, input_shape: tuple[int, ...],
-    progress: bool = True,
+    progress: Reporter | None = None,
 ) -> dict:
     """Prune `model` in place as Reconvene does; return the report of every decision."""
     t0 = time.perf_counter()

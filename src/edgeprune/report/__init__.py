@@ -13,20 +13,20 @@ module puts them together (`write_report`) and never prints: progress goes to a 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import runs
 from ..errors import ConfigError
+from ..progress import Reporter
 from . import html, sections, tables
 from .collect import MAIN_LATENCY, RunRow, find, is_run
 from .pairs import Pair, headline, pairs, relate
 from .plots import pareto_front
-from .retime import Progress, Retime, retime
+from .retime import Retime, retime
 from .tables import profile_table
 
-__all__ = ["MAIN_LATENCY", "Pair", "Progress", "Retime", "RunRow", "collect", "headline", "pairs", "pareto_front",
+__all__ = ["MAIN_LATENCY", "Pair", "Retime", "RunRow", "collect", "headline", "pairs", "pareto_front",
            "profile_table", "retime", "write_report"]
 
 
@@ -41,12 +41,12 @@ def collect(paths: Sequence[str | Path]) -> list[RunRow]:
 
 def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edgeprune report",
                  layer_runs: Sequence[str] | None = None, retime_opts: Retime | None = None,
-                 tolerance: float = 0.5, progress: Progress | bool | None = None) -> dict[str, Path]:
+                 tolerance: float = 0.5, progress: Reporter | Callable | None = None) -> dict[str, Path]:
     """Collect the runs under `paths` and write results.csv, results.md, report.html and the PNG plots
     into the folder `out`, and pairs.csv when structured runs have counterparts (see `pairs`).
     `layer_runs` names the runs to draw per-layer figures of (default: the sparsest run of each method, at
     most plots.MAX_LAYER_FIGURES). `retime_opts` re-measures every run's latency in one pass first (see
-    Retime), reporting to `progress(task, done, total)`; `tolerance` (points) is the accuracy loss the
+    Retime), reporting to `progress` (edgeprune.progress); `tolerance` (points) is the accuracy loss the
     headline of the pairs allows. Returns {"csv", "md", "html", "pairs", <png stem>: path}."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -58,8 +58,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edg
     rows, unfinished = find(paths)
     timing = None
     if retime_opts is not None:
-        with _bars(progress) as report_to:
-            timing = retime(rows, retime_opts, report_to)
+        timing = retime(rows, retime_opts, progress)
     relate(rows)
     parts = sections.sections(rows, layer_runs, tolerance)
     intro = sections.intro(rows, unfinished, timing)
@@ -77,26 +76,3 @@ def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edg
             written[Path(p.file).stem] = runs.atomic_write(out / p.file, lambda f, b=p.png: f.write(b))
     written["html"] = text("report.html", html.page(title, parts, intro))
     return written
-
-
-@contextlib.contextmanager
-def _bars(progress: Progress | bool | None) -> Iterator[Progress | None]:
-    """`progress` as a callback. The CLI still passes True for "draw the bars" (its own signature); only
-    then is a rich Progress made, here. A caller that draws passes its callback; False or None: nothing."""
-    if not isinstance(progress, bool):
-        yield progress
-        return
-    if not progress:
-        yield None
-        return
-    from rich.progress import Progress as Bars
-
-    with Bars(transient=True) as bars:
-        tasks: dict[str, int] = {}
-
-        def update(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bars.add_task(task, total=total)
-            bars.update(tasks[task], completed=done)
-
-        yield update

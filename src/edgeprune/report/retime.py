@@ -10,10 +10,8 @@ from dataclasses import dataclass
 
 from .. import runs
 from ..errors import ConfigError
+from ..progress import Reporter, reporter
 from .collect import RunRow
-
-# progress(task, done, total): `task` names one batch/threads setting, `done` of `total` rounds are timed
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -33,15 +31,16 @@ class Retime:
                               f"runs={self.runs}, warmup={self.warmup}")
 
 
-def retime(rows: list[RunRow], opts: Retime | None = None, progress: Progress | None = None) -> dict:
+def retime(rows: list[RunRow], opts: Retime | None = None, progress: Reporter | Callable | None = None) -> dict:
     """Replace the ONNX Runtime latencies of `rows` with one interleaved re-measurement of their model.onnx
     files at `opts.settings` (default: every setting they measured); ONNX Runtime figures at other settings
     are dropped, so that stale and fresh timings never meet in a ratio. A run without a model.onnx keeps no
-    ONNX Runtime latency. `progress(task, done, total)` follows the rounds of each setting. Returns what was
+    ONNX Runtime latency. `progress` (see edgeprune.progress) follows the rounds of each setting. Returns what was
     done (settings, rounds, seconds, runs without a model.onnx)."""
     from ..measure import latency_onnx_interleaved
 
     opts = opts or Retime()
+    report = reporter(progress)
     settings = sorted(opts.settings or {(t.batch_size, t.threads) for r in rows for t in r.profile.latency
                                         if t.runtime == "onnxruntime"} or {(1, 1)})
     for r in rows:  # timings of other settings, taken when each run finished, are never set beside fresh ones
@@ -53,10 +52,9 @@ def retime(rows: list[RunRow], opts: Retime | None = None, progress: Progress | 
     t0 = time.perf_counter()
     for batch, threads in settings:
         task = f"re-timing {len(todo)} models, batch {batch}, {threads} thread(s)"
-        if progress is not None:
-            progress(task, 0, opts.rounds)  # shown before the first round, which can take a while
+        report.update(task, 0, opts.rounds)  # shown before the first round, which can take a while
         fresh = latency_onnx_interleaved(todo, batch, threads, opts.rounds, opts.runs, opts.warmup,
-                                         progress=None if progress is None else functools.partial(progress, task))
+                                         progress=functools.partial(report.update, task))
         for r in rows:
             if r.name in fresh:
                 r.profile = dataclasses.replace(r.profile, latency=[*r.profile.latency, fresh[r.name]])

@@ -79,10 +79,10 @@ def test_reconvene_to_a_size_budget(tmp_path):
     target = {"metric": "size", "value": dense / 3}
     report = jobs.prune(_cfg({"name": "reconvene", "criterion": "magnitude", "target": target}), tmp_path / "r",
                         progress=False)
-    assert report["profile"]["bytes_fp32"] / 2**20 <= dense / 3
-    b = report["budget"]
+    assert report.profile.bytes_fp32 / 2**20 <= dense / 3
+    b = report.budget
     assert b["probes"][0] == {"sparsity": 0.0, "cost": pytest.approx(dense), "meets": False}
-    assert b["found_sparsity"] == report["options"]["sparsity"] > 0
+    assert b["found_sparsity"] == report.options["sparsity"] > 0
 
 
 def test_unstructured_methods_cannot_meet_a_size_budget_and_nothing_is_written(tmp_path):

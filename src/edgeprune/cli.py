@@ -179,24 +179,21 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
     _print_report(report, run_dir)
 
 
-def _print_report(report: dict, run_dir: Path) -> None:
-    from . import measure
+def _print_report(report, run_dir: Path) -> None:
     from .report import profile_table
 
-    if "levels" in report:  # IMP: one column per level
-        profiles = {f"level {r['level']} (density {r['density']:.3f})": measure.Profile.from_dict(r["profile"])
-                    for r in report["levels"]}
-        title = f"IMP levels on {report['data']}"
+    if report.levels:  # IMP: one column per level
+        profiles = {f"level {lv.level} (density {lv.density:.3f})": lv.profile for lv in report.levels}
+        title = f"IMP levels on {report.data}"
     else:
-        profiles = {report["run"]: measure.Profile.from_dict(report["profile"])}
-        title = f"{profiles[report['run']].model} on {report['data']}"
+        profiles = {report.run: report.profile}
+        title = f"{report.profile.model} on {report.data}"
     console.print(profile_table(profiles, title=title))
-    if "budget" in report:
-        b = report["budget"]
+    if report.budget:
+        b = report.budget
         console.print(f"budget search: {len(b['probes'])} probes, sparsity {b['found_sparsity']:.4f} chosen")
-    if "prune_seconds" in report:
-        console.print(f"pruning took {report['prune_seconds']:.2f} s; training "
-                      f"{report['train']['seconds']:.1f} s")
+    if report.prune_seconds is not None and report.train:
+        console.print(f"pruning took {report.prune_seconds:.2f} s; training {report.train['seconds']:.1f} s")
     console.print(f"run saved in [bold]{run_dir}[/]")
 
 
@@ -324,13 +321,13 @@ def shrink(
         with _progress() as progress:
             report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=progress)
         _print_report(report, run_dir)
-        v = report["vs_source"]
+        v, d = report.vs_source, report.details
         how = {"side by side": "timed side by side", "profiles": "from the two runs' own timings"}
         speedup = ("n/a" if v["ort_b1_speedup"] is None
                    else f"{v['ort_b1_speedup']:.2f}× ({how[v['ort_b1_timing']]})")
         console.print(f"vs the sparse model: {v['params_x_smaller']:.2f}× fewer parameters, "
                       f"{v['bytes_x_smaller']:.2f}× smaller, ORT batch-1 speed-up {speedup}; largest "
-                      f"output difference {report['max_abs_error']:.2e}; took {report['shrink_seconds']:.2f} s")
+                      f"output difference {d['max_abs_error']:.2e}; took {d['shrink_seconds']:.2f} s")
 
 
 @app.command()

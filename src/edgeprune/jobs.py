@@ -1,114 +1,29 @@
-"""Whole runs, as the CLI and `edgeprune rerun` start them: a `RunConfig` in, a run folder out.
+"""Whole runs, as the CLI and `edgeprune rerun` start them: a `RunConfig` in, a run folder (and its
+`RunReport`) out.
 
-A run folder holds config.json (this RunConfig: enough to repeat the run), model.pt, model.onnx,
-report.json and log.jsonl (see runs.py). The CLI only parses options into a RunConfig.
+A run folder holds config.json (the RunConfig: enough to repeat the run), model.pt, model.onnx,
+report.json (the RunReport, written last) and log.jsonl; record.py reads and writes the two records,
+runs.py the folder. The CLI only parses options into a RunConfig.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import math
 import time
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import __version__, budget, data, export, masks, measure, models, runs
-from .errors import CheckpointError, ConfigError, unknown_name
+from . import budget, data, export, masks, measure, models, runs
+from .errors import ConfigError, unknown_name
 from .progress import Reporter, reporter
-from .train import TrainConfig, evaluate, fit
+from .record import Level, MeasureOptions, RunConfig, RunReport, read_config, read_report, write_report
+from .train import evaluate, fit
 
-
-@dataclass
-class MeasureOptions:
-    batch_sizes: tuple[int, ...] = (1,)
-    threads: tuple[int, ...] = (1,)
-    runs: int = 30
-    warmup: int = 5
-    runtimes: tuple[str, ...] = measure.RUNTIMES
-    memory: bool = True
-
-    def __post_init__(self) -> None:
-        self.batch_sizes, self.threads, self.runtimes = map(tuple, (self.batch_sizes, self.threads, self.runtimes))
-
-
-@dataclass
-class RunConfig:
-    """Everything needed to repeat a run."""
-
-    command: str
-    model: str
-    data: dict  # keyword arguments of edgeprune.data.loaders
-    train: TrainConfig = field(default_factory=TrainConfig)
-    measure: MeasureOptions = field(default_factory=MeasureOptions)
-    model_kwargs: dict = field(default_factory=dict)
-    num_classes: int | None = None  # None: taken from the data set
-    in_channels: int | None = None
-    method: dict = field(default_factory=dict)  # the pruning method's options (later commands)
-    device: str = "cpu"
-    edgeprune_version: str = __version__
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
-        """A RunConfig from its saved form, every field's type checked (a hand-edited config.json is common)."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where} holds {type(d).__name__}, not an object of run options")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
-        d = dict(d)
-        for key, kind in (("train", TrainConfig), ("measure", MeasureOptions)):
-            sub = d.get(key, {})
-            if not isinstance(sub, dict):
-                raise ConfigError(f"{where}: {key!r} must be an object of options, got {sub!r}")
-            check_types(kind, sub, f"{where}: {key}")
-            d[key] = kind(**sub)
-        check_types(cls, d, where)
-        return cls(**d)
-
-
-def check_types(cls, values: dict, where: str) -> None:
-    """ConfigError naming the field, unless every value in `values` fits its field of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if key in hints and not _fits(value, hints[key]):
-            raise ConfigError(f"{where}: {key!r} is {value!r}, which is not {_type_name(hints[key])}; "
-                              "fix or remove it")
-
-
-def _fits(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (tuple, list, collections.abc.Sequence):
-        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else True
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, origin or hint)
-
-
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def read_config(path: str | Path) -> RunConfig:
-    """The RunConfig saved at `path` (a config.json)."""
-    return RunConfig.from_dict(runs.read_json(path), where=str(path))
+__all__ = ["JOBS", "MeasureOptions", "RunConfig", "RunReport", "prune", "rerun", "shrink", "train"]
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
@@ -133,12 +48,10 @@ def fresh_model(cfg: RunConfig, bundle: data.DataBundle) -> nn.Module:
                          **cfg.model_kwargs)
 
 
-def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, report: dict,
-           name: str | None = None) -> dict:
-    """Save model.pt, masks.pt and model.onnx into `run_dir`, profile the model; return the report.
-
-    The caller writes report.json, last: its presence is what marks a run finished.
-    """
+def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, info: dict,
+           name: str | None = None) -> RunReport:
+    """Save model.pt, masks.pt and model.onnx into `run_dir`, profile the model; return the report, with
+    `info` (what the method did) in it. The caller writes report.json, last: it marks the run finished."""
     extra = {"input_shape": bundle.input_shape, "data": cfg.data}
     export.save_model(model, run_dir / runs.MODEL, extra=extra)
     save_masks(model, run_dir)
@@ -149,8 +62,8 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
         model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
         onnx_model=onnx_bytes, device=cfg.device,
     )
-    return {"run": name or run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic, **report,
-            "profile": prof.to_dict()}
+    return RunReport.from_dict({"run": name or run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic,
+                                **info, "profile": prof.to_dict()})
 
 
 def save_masks(model: nn.Module, run_dir: Path) -> None:
@@ -166,7 +79,7 @@ def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-          progress: Reporter | None = None) -> dict:
+          progress: Reporter | None = None) -> RunReport:
     """Train a dense model and measure it."""
     model, bundle = build(cfg)
     with _open(cfg, run_dir, overwrite, resume) as rf:
@@ -174,7 +87,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                    resume=(rf.path / runs.CHECKPOINT).exists(), device=cfg.device, progress=progress)
         report = finish(model, bundle, cfg, rf.path, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
                         rf.name)
-        runs.write_json(rf.path / runs.REPORT, report)
+        write_report(rf.path / runs.REPORT, report)
     return report
 
 
@@ -200,7 +113,7 @@ def method_options(method: dict):
 
 
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-          progress: Reporter | None = None) -> dict:
+          progress: Reporter | None = None) -> RunReport:
     """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
     from .methods import imp
 
@@ -215,22 +128,22 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
             levels = imp.run(model, bundle.train, cfg.train, opts, rf.path,
                              finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
                              device=cfg.device, progress=progress)
-            report = {"run": rf.name, "data": bundle.name, "method": "imp", "options": opts.to_dict(),
-                      "levels": [{"level": r["level"], "density": r["density"], "profile": r["profile"]}
-                                 for r in levels]}
+            report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method="imp",
+                               options=opts.to_dict(),
+                               levels=[Level(r.level, r.density, r.profile) for r in levels])
         else:
             model, info = _pruned(cfg, opts, target, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
                        device=cfg.device, progress=progress)
             report = finish(model, bundle, cfg, rf.path,
                             {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
-        runs.write_json(rf.path / runs.REPORT, report)
+        write_report(rf.path / runs.REPORT, report)
     return report
 
 
-def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out: Path, info: dict) -> dict:
+def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out: Path, info: dict) -> RunReport:
     report = finish(model, bundle, cfg, out, info)
-    runs.write_json(out / runs.REPORT, report)
+    write_report(out / runs.REPORT, report)
     return report
 
 
@@ -296,7 +209,7 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
 
 
 def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-           progress: Reporter | None = None) -> dict:
+           progress: Reporter | None = None) -> RunReport:
     """DNNShifter: remove the dead channels of the sparse run `cfg.method["source"]` into a new run."""
     from .methods import dnnshifter
 
@@ -316,24 +229,23 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
         small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
             k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
         report = finish(small, bundle, cfg, rf.path, {**info, "source": str(source)}, rf.name)
-        sparse = load_profile(source)
-        dense_shape = measure.Profile.from_dict(report["profile"])
+        sparse, dense_shape = load_profile(source), report.profile
         now = _speedup_now(source, rf.path, tuple(extra["input_shape"]))
-        report["vs_source"] = {
+        report.vs_source = {
             "params_x_smaller": sparse.params / dense_shape.params,
             "bytes_x_smaller": sparse.bytes_fp32 / dense_shape.bytes_fp32,
             "macs_x_fewer": sparse.macs / dense_shape.macs,
             "ort_b1_speedup": now if now is not None else _speedup(sparse, dense_shape),
             "ort_b1_timing": "side by side" if now is not None else "profiles",
         }
-        runs.write_json(rf.path / runs.REPORT, report)  # once, last: an interrupted shrink never looks finished
+        write_report(rf.path / runs.REPORT, report)  # once, last: an interrupted shrink never looks finished
     return report
 
 
 def is_imp_run(path: str | Path) -> bool:
     """Whether `path` is a whole IMP run (its levels in level_NN folders), not one level of it."""
     path = Path(path)
-    return (path / runs.CONFIG).is_file() and runs.read_json(path / runs.CONFIG).get("method", {}).get("name") == "imp"
+    return (path / runs.CONFIG).is_file() and read_config(path / runs.CONFIG).method.get("name") == "imp"
 
 
 def imp_levels(path: str | Path) -> list[Path]:
@@ -373,11 +285,11 @@ def _speedup(before: measure.Profile, after: measure.Profile) -> float | None:
     return a.p50_ms / b.p50_ms if a and b else None
 
 
-JOBS: dict[str, Callable[..., dict]] = {"train": train, "prune": prune, "shrink": shrink}
+JOBS: dict[str, Callable[..., RunReport]] = {"train": train, "prune": prune, "shrink": shrink}
 
 
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False,
-          progress: Reporter | None = None) -> dict:
+          progress: Reporter | None = None) -> RunReport:
     """Repeat the run in `source` (a run folder or its config.json) into `run_dir`."""
     source = Path(source)
     cfg = read_config(source / runs.CONFIG if source.is_dir() else source)
@@ -409,15 +321,4 @@ def evaluate_saved(path: str | Path, data_options: dict | None = None, device: s
 
 def load_profile(run_dir: str | Path) -> measure.Profile:
     """The measured profile of a finished run (for IMP, of its last level)."""
-    path = Path(run_dir) / runs.REPORT
-    report = runs.read_json(path)
-    if isinstance(report, dict) and report.get("levels"):
-        report = report["levels"][-1]
-    if not isinstance(report, dict) or not isinstance(report.get("profile"), dict):
-        raise CheckpointError(f"{path} holds no measured profile (it is empty or was not written by edgeprune); "
-                              f"repeat the run with `edgeprune rerun {run_dir} --name NEW`")
-    try:
-        return measure.Profile.from_dict(report["profile"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: the profile is incomplete ({type(e).__name__}: {e}); "
-                              f"repeat the run with `edgeprune rerun {run_dir} --name NEW`") from None
+    return read_report(Path(run_dir) / runs.REPORT).last_profile

@@ -29,21 +29,21 @@ def test_shrink_makes_a_smaller_equivalent_run_and_leaves_the_source(tmp_path):
     before = _snapshot(source)
     report = jobs.shrink(jobs.shrink_config(source, fold_constants=False), tmp_path / "small", progress=False)
     assert _snapshot(source) == before
-    assert report["vs_source"]["params_x_smaller"] > 1.0
+    assert report.vs_source["params_x_smaller"] > 1.0
     sparse, small = export.load_model(source / "model.pt"), export.load_model(tmp_path / "small" / "model.pt")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in sparse.parameters())
     x = torch.randn(8, 1, 12, 12)
     sparse.eval(), small.eval()
     with torch.no_grad():  # the dead channels dropped here carried no constant (ReLU cut it): nothing to fold
         err = float((sparse(x) - small(x)).abs().max())
-    assert err < 1e-5 and report["max_abs_error"] < 1e-5
+    assert err < 1e-5 and report.details["max_abs_error"] < 1e-5
     # surviving weights stay; the only ones lost are those that read a removed (dead) channel. small_vgg is a
     # chain, so each conv/linear layer reads the output channels of the one before it.
     chain = [m for m in sparse.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     reading_dead = sum(int(consumer.weight[:, producer.weight.flatten(1).count_nonzero(1) == 0].count_nonzero())
                        for producer, consumer in zip(chain, chain[1:], strict=False))
     assert reading_dead > 0  # else this checks nothing
-    assert _nonzero(small) == _nonzero(sparse) - reading_dead == report["profile"]["prunable_nonzero"]
+    assert _nonzero(small) == _nonzero(sparse) - reading_dead == report.profile.prunable_nonzero
 
 
 def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch):
@@ -62,13 +62,13 @@ def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch
     monkeypatch.setattr(measure, "latency_onnx_interleaved", spy)
     report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small", progress=False)
     assert timed[0] == {"source": source / "model.onnx", "shrunk": tmp_path / "small" / "model.onnx"}
-    v = report["vs_source"]
+    v = report.vs_source
     assert v["ort_b1_timing"] == "side by side"
     assert v["ort_b1_speedup"] == pytest.approx(timed[1]["source"].p50_ms / timed[1]["shrunk"].p50_ms)
     (source / "model.onnx").unlink()  # without the source's ONNX file: the two runs' own profiles
     report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small2", progress=False)
-    assert report["vs_source"]["ort_b1_timing"] == "profiles" and len(timed) == 2
-    assert report["vs_source"]["ort_b1_speedup"] == pytest.approx(
+    assert report.vs_source["ort_b1_timing"] == "profiles" and len(timed) == 2
+    assert report.vs_source["ort_b1_speedup"] == pytest.approx(
         jobs.load_profile(source).latency_of("onnxruntime", 1, 1).p50_ms
         / jobs.load_profile(tmp_path / "small2").latency_of("onnxruntime", 1, 1).p50_ms)
 

@@ -21,15 +21,15 @@ def _cfg(**method):
 
 def test_levels_keep_the_geometric_density_and_are_saved_as_runs(tmp_path):
     report = jobs.prune(_cfg(levels=2, fraction=0.5), tmp_path / "imp", progress=False)
-    assert [lv["level"] for lv in report["levels"]] == [0, 1, 2]
+    assert [lv.level for lv in report.levels] == [0, 1, 2]
     prunable = 36 + 12  # Tiny's conv and fc weights
-    for lv in report["levels"]:
-        level = tmp_path / "imp" / f"level_{lv['level']:02d}"
+    for lv in report.levels:
+        level = tmp_path / "imp" / f"level_{lv.level:02d}"
         assert {"model.pt", "model.onnx", "report.json"} <= {p.name for p in level.iterdir()}
-        assert lv["profile"]["prunable_nonzero"] == round(0.5 ** lv["level"] * prunable)
-        if lv["level"]:
+        assert lv.profile.prunable_nonzero == round(0.5 ** lv.level * prunable)
+        if lv.level:
             saved = torch.load(level / "masks.pt", weights_only=True)
-            assert sum(int(m.sum()) for m in saved.values()) == round(0.5 ** lv["level"] * prunable)
+            assert sum(int(m.sum()) for m in saved.values()) == round(0.5 ** lv.level * prunable)
 
 
 def test_survivors_rewind_to_the_recorded_iteration(tmp_path):
@@ -81,7 +81,7 @@ def test_resume_skips_finished_levels(tmp_path):
         f.unlink()
     (run / runs.REPORT).unlink()
     report = jobs.prune(_cfg(levels=2, fraction=0.5), run, resume=True, progress=False)
-    assert len(report["levels"]) == 3
+    assert len(report.levels) == 3
     assert (run / "level_00/model.pt").read_bytes() == first["level_00/model.pt"]  # not redone
     again = torch.load(run / "level_02/model.pt", weights_only=True)["state_dict"]
     before = torch.load(__import__("io").BytesIO(first["level_02/model.pt"]), weights_only=True)["state_dict"]

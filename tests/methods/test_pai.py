@@ -20,11 +20,11 @@ def _cfg(**method):
 @pytest.mark.parametrize("criterion", ["random", "magnitude", "snip", "grasp", "synflow"])
 def test_pai_run_trains_a_model_of_the_requested_sparsity(tmp_path, criterion):
     report = jobs.prune(_cfg(name=criterion, sparsity=0.75, min_layer_density=0), tmp_path / "r", progress=False)
-    prof = report["profile"]
+    prof = report.profile.to_dict()
     assert prof["prunable_nonzero"] == round(0.25 * 48)  # exact, after training
     assert prof["effective_macs"] < prof["macs"]
-    assert report["prune_seconds"] > 0 and report["train"]["seconds"] > 0
-    assert sum(r["kept"] for r in report["layers"]) == 12
+    assert report.prune_seconds > 0 and report.train["seconds"] > 0
+    assert sum(r["kept"] for r in report.details["layers"]) == 12
     saved = torch.load(tmp_path / "r" / "masks.pt", weights_only=True)
     model = export.load_model(tmp_path / "r" / "model.pt")
     for name, mask in saved.items():
@@ -61,5 +61,5 @@ def test_resumed_pruned_run_ends_where_an_uninterrupted_one_does(tmp_path, metho
     a = export.load_model(tmp_path / "straight" / "model.pt").state_dict()
     b = export.load_model(tmp_path / "cut" / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert report["profile"]["params"] == json.loads((tmp_path / "straight" / "report.json").read_text())[
+    assert report.profile.params == json.loads((tmp_path / "straight" / "report.json").read_text())[
         "profile"]["params"]

@@ -84,12 +84,12 @@ def test_residual_groups_shrink_together_and_the_run_trains_with_masks(tmp_path)
         method={"name": "reconvene", "criterion": "synflow", "rounds": 10, "sparsity": 0.9},
     )
     report = jobs.prune(cfg, tmp_path / "r", progress=False)
-    for g in report["groups"]:
+    for g in report.details["groups"]:
         widths = {export.load_model(tmp_path / "r" / "model.pt").get_submodule(n).out_channels for n in g["layers"]}
         assert widths == {g["width_after"]}  # tied layers keep the same channels
     dense = sum(p.numel() for p in models.create("resnet20", num_classes=10, in_channels=SHAPE[0]).parameters())
     small = sum(p.numel() for p in export.load_model(tmp_path / "r" / "model.pt").parameters())
-    assert report["profile"]["params"] == small < 0.9 * dense  # physically smaller than the dense ResNet-20
+    assert report.profile.params == small < 0.9 * dense  # physically smaller than the dense ResNet-20
     saved = torch.load(tmp_path / "r" / "masks.pt", weights_only=True)
     model = export.load_model(tmp_path / "r" / "model.pt")
     assert saved, "sensitive layers keep masks"

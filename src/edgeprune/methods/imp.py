@@ -19,6 +19,7 @@ from torch import nn
 from .. import masks, runs, scores
 from ..errors import ConfigError
 from ..progress import Prefixed, Reporter
+from ..record import RunReport, read_report
 from ..train import Callback, TrainConfig, fit
 
 REWIND = "rewind.pt"
@@ -89,10 +90,10 @@ def run(
     train_cfg: TrainConfig,
     opts: IMPOptions,
     run_dir: Path,
-    finish: Callable[[nn.Module, Path, dict], dict],
+    finish: Callable[[nn.Module, Path, dict], RunReport],
     device: str = "cpu",
     progress: Reporter | None = None,
-) -> list[dict]:
+) -> list[RunReport]:
     """Train, prune, rewind, retrain for `opts.levels` levels; `finish(model, level_dir, info)` saves each."""
     names = list(masks.prunable(model, opts.include, opts.exclude))
     rewind_path = run_dir / REWIND
@@ -108,7 +109,7 @@ def run(
         out = level_dir(run_dir, level)
         if (out / runs.REPORT).exists():  # finished earlier: take its masks and weights, go on
             _load_level(model, out)
-            reports.append(runs.read_json(out / runs.REPORT))
+            reports.append(read_report(out / runs.REPORT))
             continue
         if level > 0:  # deterministic, so a resumed level recomputes the same masks
             keep = masks.select(

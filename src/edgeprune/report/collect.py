@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import runs
 from ..errors import ConfigError
 from ..measure import Profile
+from ..record import RunConfig, RunReport, read_config, read_report
 from .labels import describe
 
 RUN_FOLDER = "a run folder contains config.json and, once the run has finished, report.json"
@@ -129,43 +130,45 @@ def _runs_under(d: Path) -> list[Path]:
 
 def _read_run(d: Path) -> list[RunRow]:
     """The rows of one run folder: one, one per finished IMP level, or none while unfinished."""
-    config = runs.read_json(d / runs.CONFIG) if (d / runs.CONFIG).is_file() else (
-        runs.read_json(d.parent / runs.CONFIG) if (d.parent / runs.CONFIG).is_file() else {})
-    report = runs.read_json(d / runs.REPORT) if (d / runs.REPORT).is_file() else None
+    own, parent = d / runs.CONFIG, d.parent / runs.CONFIG  # an IMP level's config is its run's
+    config = read_config(own) if own.is_file() else read_config(parent) if parent.is_file() else None
+    report = read_report(d / runs.REPORT) if (d / runs.REPORT).is_file() else None
     level_dirs = sorted(p for p in d.glob("level_[0-9]*") if (p / runs.REPORT).is_file())
     if report is None and not level_dirs:
         return []
-    if report is None or "levels" in report:  # IMP, finished or not: one row per finished level
-        by_level = {lv["level"]: lv for lv in (report or {}).get("levels", [])}
+    if report is None or report.levels:  # IMP, finished or not: one row per finished level
+        by_level = {lv.level: lv for lv in (report.levels if report else [])}
         rows = []
         for p in level_dirs:
-            level = runs.read_json(p / runs.REPORT)
-            by_level.pop(level.get("level"), None)
-            rows.append(_row(p, f"{d.name}/{p.name}", {**(report or {}), **level}, config))
+            level = read_report(p / runs.REPORT)
+            by_level.pop(level.level, None)
+            rows.append(_row(p, f"{d.name}/{p.name}", level, config))
         for lv in by_level.values():  # a level folder gone: its profile is still in the run's report
-            rows.append(_row(d / f"level_{lv['level']:02d}", f"{d.name}/level_{lv['level']:02d}",
-                             {**report, **lv, "method": "imp"}, config))
+            gone = RunReport(run=f"level_{lv.level:02d}", data=report.data, synthetic_data=report.synthetic_data,
+                             method="imp", options=report.options, level=lv.level, density=lv.density,
+                             profile=lv.profile)
+            rows.append(_row(d / gone.run, f"{d.name}/{gone.run}", gone, config))
         return sorted(rows, key=lambda r: r.name)
     return [_row(d, d.name, report, config)]
 
 
-def _row(d: Path, name: str, report: dict, config: dict) -> RunRow:
-    profile = Profile.from_dict(report["profile"])
-    label = describe(report.get("method"), report.get("options", {}), level=report.get("level"),
-                     density=report.get("density"), source=report.get("source"),
-                     target=(report.get("budget") or {}).get("target"))
+def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> RunRow:
+    profile, details = report.profile, report.details
+    label = describe(report.method, report.options, level=report.level, density=report.density,
+                     source=report.source, target=(report.budget or {}).get("target"))
+    plain = json.loads(json.dumps(config.to_dict(), default=str)) if config else {}
     return RunRow(
-        name=name, path=d, data=report.get("data") or profile.accuracy_data or "unknown",
-        synthetic=bool(report.get("synthetic_data", False)), model=profile.model, method=label.method,
-        variant=label.variant, options=label.options, options_full=report.get("options", {}),
+        name=name, path=d, data=report.data or profile.accuracy_data or "unknown",
+        synthetic=report.synthetic_data, model=profile.model, method=label.method,
+        variant=label.variant, options=label.options, options_full=report.options,
         sparsity_requested=label.sparsity_requested, profile=profile,
-        prune_seconds=report.get("prune_seconds", report.get("shrink_seconds")),
-        train_seconds=(report.get("train") or {}).get("seconds"), training=_training(config),
-        model_kwargs=config.get("model_kwargs", {}),
-        layers=report.get("layers", []), groups=report.get("groups", []),
-        dense_layers={r["layer"]: r["shape"] for r in (report.get("pai") or {}).get("layers", [])},
-        source=report.get("source"),
-        budget=json.dumps({k: config.get(k) for k in ("data", "train", "model_kwargs")}, sort_keys=True),
+        prune_seconds=report.prune_seconds if report.prune_seconds is not None else details.get("shrink_seconds"),
+        train_seconds=(report.train or {}).get("seconds"), training=_training(plain),
+        model_kwargs=plain.get("model_kwargs", {}),
+        layers=details.get("layers", []), groups=details.get("groups", []),
+        dense_layers={r["layer"]: r["shape"] for r in (details.get("pai") or {}).get("layers", [])},
+        source=report.source,
+        budget=json.dumps({k: plain.get(k) for k in ("data", "train", "model_kwargs")}, sort_keys=True),
     )
 
 

@@ -49,8 +49,8 @@ def main() -> None:
                 continue
             seconds = time.perf_counter() - t0
             chosen = jobs.fresh_model(cfg, bundle)
-            jobs.prune_at_init(chosen, ReconveneOptions(criterion="magnitude", sparsity=found.sparsity), bundle,
-                                progress=False)
+            jobs.prune_at_init(chosen, "reconvene", ReconveneOptions(criterion="magnitude", sparsity=found.sparsity),
+                               bundle)
             chosen_onnx = onnx_of(chosen, bundle.input_shape)
             again = ort_p50(chosen_onnx, bundle.input_shape)
             ratio = measure.latency_ratio_onnx({"chosen": (chosen_onnx, bundle.input_shape),

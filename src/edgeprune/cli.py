@@ -6,12 +6,14 @@ import contextlib
 import functools
 import inspect
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 # Only what parsing needs is imported here: `--help`, `--version` and argument errors answer without torch
 # (importing it takes seconds on a busy machine). Commands import the library when they run.
@@ -227,31 +229,91 @@ def train(**args) -> None:
     _start("train", args)
 
 
-@app.command()
+class _PruneCommand(TyperCommand):
+    """`prune` takes the options of every registered method (methods.registry) as flags. They are made the
+    first time prune's options are needed: registering the methods imports torch, which `edgeprune --help`,
+    `--version` and the other commands need not wait for, and a method registered by a plugin is included."""
+
+    @property
+    def params(self) -> list:
+        if not getattr(self, "_with_methods", False):
+            self._with_methods = True
+            self._params = [*self._params, *_method_flags()]
+        return self._params
+
+    @params.setter
+    def params(self, value: list) -> None:
+        self._params = value
+
+    def invoke(self, ctx: typer.Context):
+        # typer hands the function only the parameters it made itself: pass the methods' ones beside them
+        options = _method_options()
+        ctx.meta["method_options"] = {k: ctx.params.pop(k) for k in list(ctx.params) if k in options}
+        return super().invoke(ctx)
+
+    @property
+    def help(self) -> str | None:
+        if self._help is None or getattr(self, "_methods_listed", False):
+            return self._help
+        from .methods import registry
+
+        self._methods_listed = True
+        self._help += "\n\nMethods (--method):\n" + "\n".join(
+            f"  [bold]{n}[/]: {registry.get(n).summary}" for n in registry.list_methods())
+        return self._help
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        self._help = value
+
+
+def _method_options() -> dict[str, list[tuple[str, object, object]]]:
+    """{option: [(method, dataclass field, type)]} over every registered method."""
+    from .methods import registry
+
+    owners: dict[str, list] = {}
+    for name in registry.list_methods():
+        m = registry.get(name)
+        hints = typing.get_type_hints(m.options)
+        for option, f in m.option_fields().items():
+            owners.setdefault(option, []).append((name, f, hints[option]))
+    return owners
+
+
+def _method_flags() -> list:
+    """A --flag for every method option, each defaulting to None ("not given": the method's default applies),
+    made by typer itself from a signature so that they read like every other flag."""
+    import dataclasses
+
+    taken = {n for n, _, _ in _TRAINING_OPTIONS} | set(inspect.signature(prune).parameters)
+    params = []
+    for option, owners in _method_options().items():
+        if option in taken:
+            raise ConfigError(f"method option {option!r} of {owners[0][0]} clashes with a prune flag; rename it")
+        field, hint = owners[0][1], owners[0][2]
+        defaults = sorted({repr(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                           for _, f, _ in owners})
+        where = ", ".join(n for n, _, _ in owners)
+        text = f"{field.metadata.get('help', '')} ({where}; default {' / '.join(defaults)})"
+        kind = hint if type(None) in typing.get_args(hint) else hint | None
+        params.append(inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            kind, typer.Option(f"--{option.replace('_', '-')}", help=text, show_default=False)]))
+
+    def flags(**_) -> None: ...
+
+    flags.__signature__ = inspect.Signature(params)
+    maker = typer.Typer(add_completion=False)
+    maker.command()(flags)
+    return [p for p in typer.main.get_command(maker).params if p.name in _method_options()]
+
+
+@app.command(cls=_PruneCommand, short_help="Prune a model, train it with its masks kept, then save, export and "
+                                           "measure it into runs/NAME/.")
 @_handled
 @_training_options
 def prune(
-    method: Annotated[str, typer.Option(help="random, magnitude, snip, grasp, synflow (unstructured pruning at "
-                                        "initialisation), reconvene (structured, at initialisation) or imp "
-                                        "(iterative magnitude pruning with rewinding).")],
-    sparsity: Annotated[float, typer.Option(help="Fraction of conv/linear weights removed (PaI methods).")] = 0.9,
-    scope: Annotated[str, typer.Option(help="global (rank all layers together) or layer.")] = "global",
-    rounds: Annotated[int | None, typer.Option(help="Pruning rounds (default: SynFlow 100, others 1).")] = None,
-    min_layer_density: Annotated[float, typer.Option(help="Every layer keeps at least this fraction.")] = 0.01,
-    score_batches: Annotated[int, typer.Option(help="Batches SNIP/GraSP score on.")] = 1,
-    exclude: Annotated[list[str] | None, typer.Option(help="Weights not to prune (fnmatch pattern).")] = None,
-    levels: Annotated[int, typer.Option(help="IMP: pruning levels after the dense one.")] = 3,
-    fraction: Annotated[float, typer.Option(help="IMP: fraction of remaining weights removed per level.")] = 0.2,
-    rewind_iter: Annotated[int, typer.Option(help="IMP: iteration whose weights survivors rewind to.")] = 0,
-    criterion: Annotated[str, typer.Option(help="Reconvene: the unstructured criterion it starts from.")] = "synflow",
-    conversion: Annotated[str, typer.Option(help="Reconvene: width (density → channel count, dense) or dead "
-                                            "(remove only empty channels).")] = "width",
-    width_rule: Annotated[str, typer.Option(help="Reconvene width: sqrt (keep C·√d channels: each layer keeps its "
-                                            "weight budget when its neighbours shrink too) or channels (C·d).")]
-    = "sqrt",
-    reference: Annotated[str, typer.Option(help="Reconvene: a layer sparser than this is non-sensitive: global "
-                                           "(the sparsity) or mean (mean layer sparsity).")] = "global",
-    round_to: Annotated[int | None, typer.Option(help="Reconvene: keep channel counts multiples of this.")] = None,
+    ctx: typer.Context,
+    method: Annotated[str, typer.Option(help="The pruning method: one of those listed above.")],
     target_latency: Annotated[float | None, typer.Option(help="Find the least sparsity whose model runs within "
                                                          "this many ms (ONNX Runtime p50, measured here).")] = None,
     target_size: Annotated[float | None, typer.Option(help="… whose fp32 model is at most this many MiB.")] = None,
@@ -269,23 +331,27 @@ def prune(
       [bold]edgeprune prune --method reconvene --criterion magnitude --target-latency 0.2 -m resnet20[/]
 
     With a --target-* budget the sparsity is searched (bisection over measured probes) instead of given.
+    Each method takes the options marked with its name below; the others do not apply to it.
     """
-    if method == "imp":
-        options = {"levels": levels, "fraction": fraction, "rewind_iter": rewind_iter}
-    else:
-        options = {"sparsity": sparsity, "rounds": rounds, "score_batches": score_batches}
-    if method == "reconvene":
-        options.update(criterion=criterion, conversion=conversion, width_rule=width_rule, reference=reference,
-                       round_to=round_to)
+    from .methods import registry
+
+    chosen = registry.get(method)
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in ctx.meta["method_options"].items()
+             if v is not None and v != ()}
+    foreign = sorted(set(given) - set(chosen.option_fields()))
+    if foreign:
+        flags = ", ".join(f"--{o.replace('_', '-')}" for o in foreign)
+        raise ConfigError(f"{flags} does not apply to --method {method}; its options: "
+                          + (", ".join(f"--{o.replace('_', '-')}" for o in chosen.option_fields()) or "none"))
+    entry = registry.entry(method, given)
     targets = {k: v for k, v in {"latency": target_latency, "size": target_size, "macs": target_macs}.items()
                if v is not None}
     if len(targets) > 1:
         raise EdgePruneError(f"give one budget, not {len(targets)} ({', '.join('--target-' + k for k in targets)})")
     if targets:
         (metric, value), = targets.items()
-        options["target"] = {"metric": metric, "value": value, "batch_size": target_batch, "threads": target_threads}
-    _start("prune", args, {"name": method, "scope": scope, "min_layer_density": min_layer_density,
-                               "exclude": exclude or [], **options})
+        entry["target"] = {"metric": metric, "value": value, "batch_size": target_batch, "threads": target_threads}
+    _start("prune", args, entry)
 
 
 @app.command()

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from . import budget, data, export, masks, measure, models, runs
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
+from .methods import registry
 from .progress import Reporter, reporter
 from .record import Level, MeasureOptions, RunConfig, RunReport, read_config, read_report, write_report
 from .train import evaluate, fit
@@ -92,47 +93,31 @@ def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
 
 
 def method_options(method: dict):
-    """The options object of a pruning method from its config entry: {"name": ..., **options}."""
-    from . import scores
-    from .methods.imp import IMPOptions
-    from .methods.pai import PaIOptions
-    from .methods.reconvene import ReconveneOptions
-
-    opts = {k: v for k, v in method.items() if k not in ("name", "target")}
-    name = method.get("name")
-    try:
-        if name == "imp":
-            return IMPOptions(**opts)
-        if name == "reconvene":
-            return ReconveneOptions(**opts)
-        if name in scores.list_criteria():
-            return PaIOptions(criterion=name, **opts)
-    except TypeError as e:  # a saved or hand-written config with an option the method does not take
-        raise ConfigError(f"method {name!r}: {e}; remove that option") from None
-    raise unknown_name("method", str(name), [*scores.list_criteria(), "imp", "reconvene"])
+    """The options object of a config's pruning method entry {"name": ..., **options}."""
+    return registry.options_of(method)
 
 
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: Reporter | None = None) -> RunReport:
-    """Prune (at initialisation, or iteratively with IMP), train with the masks kept, measure."""
-    from .methods import imp
-
-    opts = method_options(cfg.method)  # bad options fail here, before anything is written
+    """Prune with the registered method cfg.method["name"] (at initialisation, or a schedule of levels such as
+    IMP's), train with the masks kept, measure."""
+    method = registry.get(cfg.method.get("name"))
+    opts = method.make_options({k: v for k, v in cfg.method.items() if k not in ("name", "target")})
     target = budget.Target(**cfg.method["target"]) if cfg.method.get("target") else None
-    if target is not None and isinstance(opts, imp.IMPOptions):
-        raise ConfigError("a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
-                          "at initialisation (random, magnitude, snip, grasp, synflow, reconvene), not imp")
+    if target is not None and method.kind != "init":  # bad options fail here, before anything is written
+        raise ConfigError(f"a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
+                          f"at initialisation ({', '.join(registry.list_methods('init'))}), not {method.name}")
     model, bundle = build(cfg)
     with _open(cfg, run_dir, overwrite, resume) as rf:
-        if isinstance(opts, imp.IMPOptions):
-            levels = imp.run(model, bundle.train, cfg.train, opts, rf.path,
-                             finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
-                             device=cfg.device, progress=progress)
-            report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method="imp",
+        if method.kind == "levels":
+            levels = method.entry(model, bundle.train, cfg.train, opts, rf.path,
+                                  finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
+                                  device=cfg.device, progress=progress)
+            report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method=method.name,
                                options=opts.to_dict(),
                                levels=[Level(r.level, r.density, r.profile) for r in levels])
         else:
-            model, info = _pruned(cfg, opts, target, model, bundle, rf, progress)
+            model, info = _pruned(cfg, method, opts, target, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
                        device=cfg.device, progress=progress)
             report = finish(model, bundle, cfg, rf.path,
@@ -147,8 +132,8 @@ def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out
     return report
 
 
-def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module, bundle: data.DataBundle,
-            rf: runs.RunFolder, progress: Reporter | None) -> tuple[nn.Module, dict]:
+def _pruned(cfg: RunConfig, method: registry.Method, opts, target: budget.Target | None, model: nn.Module,
+            bundle: data.DataBundle, rf: runs.RunFolder, progress: Reporter | None) -> tuple[nn.Module, dict]:
     """Prune `model` at initialisation (searching the sparsity for a budget first), and save the result in the
     run folder; a resumed run restores that result instead of pruning again (which can take minutes, and a
     budget search times the machine, so it need not find the same sparsity twice)."""
@@ -158,10 +143,10 @@ def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module
         if (rf.path / runs.MASKS).is_file():
             masks.apply(pruned, runs.torch_load(rf.path / runs.MASKS, "masks"))
         return pruned, extra["pruning"]
-    searched = search_budget(cfg, opts, bundle, target, progress) if target is not None else None
+    searched = search_budget(cfg, method, opts, bundle, target, progress) if target is not None else None
     if searched is not None:
         opts = replace(opts, sparsity=searched.sparsity)
-    info = prune_at_init(model, opts, bundle, progress)
+    info = prune_at_init(model, method, opts, bundle, progress)
     if searched is not None:
         info["budget"] = {"target": asdict(target), "found_sparsity": searched.sparsity,
                           "probes": searched.probes}
@@ -170,22 +155,22 @@ def _pruned(cfg: RunConfig, opts, target: budget.Target | None, model: nn.Module
     return model, info
 
 
-def prune_at_init(model: nn.Module, opts, bundle: data.DataBundle, progress: Reporter | None) -> dict:
-    from .methods import pai, reconvene
+def prune_at_init(model: nn.Module, method: registry.Method | str, opts, bundle: data.DataBundle,
+                  progress: Reporter | None = None) -> dict:
+    """Prune `model` in place with an "init" method; return what it did."""
+    method = registry.get(method) if isinstance(method, str) else method
+    return method.entry(model, opts, bundle.train, bundle.input_shape, progress=progress)
 
-    method = reconvene.reconvene if isinstance(opts, reconvene.ReconveneOptions) else pai.prune_at_init
-    return method(model, opts, bundle.train, bundle.input_shape, progress=progress)
 
-
-def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.Target,
-                   progress: Reporter | None) -> budget.Search:
+def search_budget(cfg: RunConfig, method: registry.Method, opts, bundle: data.DataBundle, target: budget.Target,
+                  progress: Reporter | None) -> budget.Search:
     """Bisect the sparsity of `opts` until the pruned model meets `target` (see budget.py)."""
     note = reporter(progress).note
 
     def pruned_at(sparsity: float) -> nn.Module:
         model = fresh_model(cfg, bundle)
         if sparsity > 0:
-            prune_at_init(model, replace(opts, sparsity=sparsity), bundle, progress=False)
+            prune_at_init(model, method, replace(opts, sparsity=sparsity), bundle)
         return model
 
     def report(p: dict) -> None:
@@ -200,10 +185,7 @@ def search_budget(cfg: RunConfig, opts, bundle: data.DataBundle, target: budget.
              masks.prunable(fresh_model(cfg, bundle), opts.include, opts.exclude).values()]
     need = sum(max(1, math.ceil(opts.min_layer_density * n)) for n in sizes) if opts.min_layer_density > 0 else 0
     ceiling = min(target.max_sparsity, 1 - 2 * opts.min_layer_density, 1 - need / sum(sizes))
-    from .methods.reconvene import ReconveneOptions
-
-    hint = ("let Reconvene convert more layers (--reference mean), or prune the sensitive layers with another "
-            "method: it leaves them unstructured" if isinstance(opts, ReconveneOptions) else budget.UNSTRUCTURED_HINT)
+    hint = method.budget_hint or budget.UNSTRUCTURED_HINT
     return budget.search(replace(target, max_sparsity=ceiling), pruned_at, bundle.input_shape, progress=report,
                          hint=hint)
 

@@ -47,8 +47,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import jobs, models, runs, scores
+from . import jobs, models, runs
 from .errors import ConfigError, EdgePruneError, unknown_name
+from .methods import registry
 from .progress import Reporter, reporter
 from .train import TrainConfig
 
@@ -60,8 +61,8 @@ _BARE = ("criterion", "conversion")  # option values that name themselves in a c
 
 
 def list_methods() -> list[str]:
-    """Method names a sweep accepts (those `jobs.method_options` builds)."""
-    return [*scores.list_criteria(), "imp", "reconvene"]
+    """Method names a sweep accepts: every registered method (methods.registry)."""
+    return registry.list_methods()
 
 
 @dataclass
@@ -207,9 +208,7 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
     name = entry["name"]
     if name not in list_methods():
         raise ConfigError(f"{where}: unknown method {name!r}; allowed: {', '.join(list_methods())}")
-    default = jobs.method_options({"name": name})
-    fixed = {k for k, v in asdict(default).items() if v == name}  # a PaI method's name is its criterion
-    fields = {f.name: f for f in dataclasses.fields(default) if f.name not in fixed}
+    fields = registry.get(name).option_fields()
     opts = {k: v for k, v in entry.items() if k != "name"}
     _check_keys(opts, [*fields, *(["sparsities"] if "sparsity" in fields else [])], f"{where} ({name}) option")
     if "sparsities" in opts:

@@ -10,7 +10,7 @@ never redone when the job is resumed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -21,19 +21,20 @@ from ..errors import ConfigError
 from ..progress import Prefixed, Reporter
 from ..record import RunReport, read_report
 from ..train import Callback, TrainConfig, fit
+from .registry import option, register
 
 REWIND = "rewind.pt"
 
 
 @dataclass
 class IMPOptions:
-    levels: int = 3
-    fraction: float = 0.2  # of the remaining weights, per level
-    rewind_iter: int = 0  # training iteration whose weights survivors return to (0 = initialisation)
-    scope: str = "global"
-    min_layer_density: float = masks.MIN_LAYER_DENSITY
-    include: list[str] | None = None
-    exclude: list[str] = field(default_factory=list)
+    levels: int = option(3, "IMP: pruning levels after the dense one.")
+    fraction: float = option(0.2, "IMP: fraction of remaining weights removed per level.")
+    rewind_iter: int = option(0, "IMP: iteration whose weights survivors rewind to (0: initialisation).")
+    scope: str = option("global", "global (rank all layers together) or layer.")
+    min_layer_density: float = option(masks.MIN_LAYER_DENSITY, "Every layer keeps at least this fraction.")
+    include: list[str] | None = option(None, "Only these weights are pruned (fnmatch pattern; repeatable).")
+    exclude: list[str] = option(help="Weights not to prune (fnmatch pattern; repeatable).", factory=list)
 
     def __post_init__(self) -> None:
         if self.levels < 1:
@@ -84,6 +85,13 @@ def level_dir(run_dir: Path, level: int) -> Path:
     return run_dir / f"level_{level:02d}"
 
 
+def _label(o: dict) -> tuple[str, list[str]]:
+    return "imp", [f"magnitude, scope {o.get('scope', 'global')}, −{o.get('fraction', 0):.0%}/level, "
+                   f"rewind {o.get('rewind_iter', 0)}"]
+
+
+@register("imp", kind="levels", options=IMPOptions, label=_label,
+          summary="iterative magnitude pruning with rewinding (lottery tickets); every level a run (masks)")
 def run(
     model: nn.Module,
     train_loader,

@@ -9,31 +9,34 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
 from .. import masks, scores
 from ..errors import ConfigError, unknown_name
 from ..progress import Reporter, reporter
+from .registry import option, register
 
 
 @dataclass
 class PaIOptions:
-    criterion: str = "synflow"
-    sparsity: float = 0.9
-    scope: str = "global"
-    rounds: int | None = None  # None: the criterion's default (SynFlow 100, the others 1)
-    min_layer_density: float = masks.MIN_LAYER_DENSITY
-    score_batches: int = 1  # batches SNIP/GraSP read
-    include: list[str] | None = None
-    exclude: list[str] = field(default_factory=list)
+    criterion: str = option("synflow", "Reconvene: the unstructured criterion it starts from.")
+    sparsity: float = option(0.9, "Fraction of conv/linear weights removed.")
+    scope: str = option("global", "global (rank all layers together) or layer.")
+    rounds: int | None = option(None, "Pruning rounds (default: SynFlow 100, others 1).")
+    min_layer_density: float = option(masks.MIN_LAYER_DENSITY, "Every layer keeps at least this fraction.")
+    score_batches: int = option(1, "Batches SNIP/GraSP score on.")
+    include: list[str] | None = option(None, "Only these weights are pruned (fnmatch pattern; repeatable).")
+    exclude: list[str] = option(help="Weights not to prune (fnmatch pattern; repeatable).", factory=list)
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1 (or left out for the criterion's default), got {self.rounds}")
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
         if self.score_batches < 1:
             raise ConfigError(f"score_batches must be >= 1, got {self.score_batches}")
         if self.criterion not in scores.list_criteria():
@@ -73,5 +76,18 @@ def prune_at_init(
                                 progress=lambda k: report.update(task, k, rounds))
     report.end(task)
     seconds = time.perf_counter() - t0
-    return {"method": "pai", "options": opts.to_dict(), "rounds": rounds, "prune_seconds": seconds,
+    return {"method": opts.criterion, "options": opts.to_dict(), "rounds": rounds, "prune_seconds": seconds,
             "density": 1 - opts.sparsity, "layers": masks.table(model, names)}
+
+
+def _label(o: dict) -> tuple[str, list[str]]:
+    """A PaI run is named by its criterion; scope and a non-default number of rounds make its variant."""
+    words = [str(o.get("criterion", "?")), f"scope {o.get('scope', 'global')}"]
+    if o.get("rounds"):
+        words.append(f"{o['rounds']} rounds")
+    return str(o.get("criterion", "?")), words
+
+
+for _criterion in scores.list_criteria():  # every criterion in scores/ is a method of its own
+    register(_criterion, kind="init", options=PaIOptions, fixed={"criterion": _criterion}, label=_label,
+             summary=f"unstructured pruning at initialisation, {_criterion} scores (masks)")(prune_at_init)

@@ -29,16 +29,20 @@ from .. import masks, structure, surgery
 from ..errors import ConfigError
 from ..progress import Reporter
 from .pai import PaIOptions, make_scorer, prune_at_init
+from .registry import option, register
 
 
 @dataclass
 class ReconveneOptions(PaIOptions):
-    conversion: str = "width"  # width | dead
-    # width conversion: sqrt (C·√d, keeps the layer's weight budget) | channels (C·d). benchmarks/results/
-    # reconvene/ decided: `channels` narrows high-sparsity stages to a few channels and loses accuracy.
-    width_rule: str = "sqrt"
-    reference: str = "global"  # global | mean
-    round_to: int | None = None
+    conversion: str = option("width", "Reconvene: width (density → channel count, dense) or dead (remove only "
+                             "empty channels).")
+    # benchmarks/results/reconvene/ decided the default: `channels` narrows high-sparsity stages to a few
+    # channels and loses accuracy.
+    width_rule: str = option("sqrt", "Reconvene width: sqrt (keep C·√d channels: each layer keeps its weight "
+                             "budget when its neighbours shrink too) or channels (C·d).")
+    reference: str = option("global", "Reconvene: a layer sparser than this is non-sensitive: global (the "
+                            "sparsity) or mean (mean layer sparsity).")
+    round_to: int | None = option(None, "Keep channel counts multiples of this.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +59,26 @@ class ReconveneOptions(PaIOptions):
         return PaIOptions(**{k: v for k, v in asdict(self).items() if k in PaIOptions.__dataclass_fields__})
 
 
+def _label(o: dict) -> tuple[str, list[str]]:
+    """Reconvene runs are named reconvene-<conversion>-<criterion>; reference and rounding make variants."""
+    conversion = o.get("conversion", "?")
+    if conversion == "width" and o.get("width_rule", "channels") != "channels":
+        conversion = f"width-{o['width_rule']}"
+    words = [f"{o.get('criterion')}→{conversion}"]
+    if o.get("reference", "global") != "global":
+        words.append(f"reference {o['reference']}")
+    if o.get("round_to"):
+        words.append(f"round to {o['round_to']}")
+    words.append(f"scope {o.get('scope', 'global')}")
+    if o.get("rounds"):
+        words.append(f"{o['rounds']} rounds")
+    return f"reconvene-{conversion}-{o.get('criterion')}", words
+
+
+@register("reconvene", kind="init", options=ReconveneOptions, label=_label,
+          summary="structured pruning at initialisation: redundant layers become narrower (physically smaller)",
+          budget_hint="let Reconvene convert more layers (--reference mean), or prune the sensitive layers with "
+                      "another method: it leaves them unstructured")
 def reconvene(
     model: nn.Module, opts: ReconveneOptions, batches: Iterable | None, input_shape: tuple[int, ...],
     progress: Reporter | None = None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from ..methods import registry
+
 
 class Label(NamedTuple):
     method: str  # dense, a PaI criterion, reconvene-<conversion>-<criterion>, imp, dnnshifter
@@ -16,34 +18,17 @@ class Label(NamedTuple):
 
 def describe(method: str | None, options: dict, *, level: int | None = None, density: float | None = None,
              source: str | None = None, target: dict | None = None) -> Label:
-    """The label of a run made by `method` (None: dense training) with `options`; an IMP level gives its
-    `level` and `density`, a DNNShifter run its `source`, a budgeted run its `target` (metric, value)."""
-    o = options
+    """The label of a run made by `method` (None: dense training) with `options`, in the method's own words
+    (methods.registry); a level of a schedule (IMP) gives its `level` and `density`, a DNNShifter run its
+    `source`, a budgeted run its `target` (metric, value)."""
     if method is None:
         return Label("dense", "", "", 0.0)
-    if method == "imp":
-        variant = (f"magnitude, scope {o.get('scope', 'global')}, −{o.get('fraction', 0):.0%}/level, "
-                   f"rewind {o.get('rewind_iter', 0)}")
-        return Label("imp", variant, f"level {'?' if level is None else level}, {variant}", 1 - density)
     if method == "dnnshifter":
         return Label("dnnshifter", "", f"from {Path(source or '?').name}", None)
-    words = [str(o.get("criterion", "?"))]
-    if method == "reconvene":
-        conversion = o.get("conversion", "?")
-        if conversion == "width" and o.get("width_rule", "channels") != "channels":
-            conversion = f"width-{o['width_rule']}"
-        words = [f"{o.get('criterion')}→{conversion}"]
-        if o.get("reference", "global") != "global":
-            words.append(f"reference {o['reference']}")
-        if o.get("round_to"):
-            words.append(f"round to {o['round_to']}")
-        method = f"reconvene-{conversion}-{o.get('criterion')}"
-    else:  # prune at initialisation: the criterion names the method
-        method = o.get("criterion", method)
-    words.append(f"scope {o.get('scope', 'global')}")
-    if o.get("rounds"):
-        words.append(f"{o['rounds']} rounds")
+    name, words = registry.describe(method, options)
     variant = ", ".join(words)
-    if target:
-        words.append(f"budget {target['metric']} {target['value']:g}")
-    return Label(method, variant, ", ".join(words), o.get("sparsity"))
+    if density is not None and level is not None or method in registry.list_methods("levels"):
+        return Label(name, variant, f"level {'?' if level is None else level}, {variant}",
+                     None if density is None else 1 - density)
+    budget = [f"budget {target['metric']} {target['value']:g}"] if target else []
+    return Label(name, variant, ", ".join([*words, *budget]), options.get("sparsity"))

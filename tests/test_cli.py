@@ -160,3 +160,19 @@ def test_sweep_then_report_from_the_command_line(tmp_path):
     result = _invoke("report", tmp_path / "s", "--out", tmp_path / "rep")
     assert result.exit_code == 0, result.output
     assert "conftest_Tiny-magnitude-0.5-seed0" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_compare_retimes_side_by_side_and_says_what_the_table_shows(tmp_path):
+    common = ["-m", "conftest:small_vgg", "-d", "synthetic", "--subset", "64", "--test-subset", "16", "-e", "1",
+              "--measure-runs", "2", "--runs-dir", tmp_path]
+    for args in (["train", "--name", "dense"],
+                 ["prune", "--method", "reconvene", "--criterion", "magnitude", "--sparsity", "0.9", "--name", "rec"]):
+        result = _invoke("-q", *args, *common)
+        assert result.exit_code == 0, result.output
+    result = _invoke("-q", "compare", tmp_path / "dense", tmp_path / "rec")
+    assert result.exit_code == 0, result.output
+    line = next(t for t in result.output.splitlines() if t.startswith("rec vs dense:"))
+    assert "at batch 1 (ONNX Runtime, timed side by side)" in line
+    size_x = float(line.split("× smaller")[0].rsplit(" ", 1)[-1])
+    saved = {r: json.loads((tmp_path / r / "report.json").read_text())["profile"] for r in ("dense", "rec")}
+    assert size_x == pytest.approx(saved["dense"]["bytes_fp32"] / saved["rec"]["bytes_fp32"], abs=0.05) and size_x > 2

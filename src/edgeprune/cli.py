@@ -399,16 +399,29 @@ def shrink(
 @app.command()
 @_handled
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side.")],
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side (an IMP run: each level).")],
+    retime: Annotated[bool, typer.Option(help="Time every model's ONNX Runtime batch-1 latency again, side by side "
+                                         "in one pass, so that the speed-ups compare like with like (the runs' "
+                                         "own timings were taken at other times, under other loads).")] = True,
 ) -> None:
-    """Print the profiles of several runs side by side, with ratios to the first.
+    """Print the profiles of several runs side by side, with ratios to the first, and say in one line per run
+    what the table shows.
 
-    Example: [bold]edgeprune compare runs/dense runs/synflow-90[/]
+    Example: [bold]edgeprune compare runs/dense runs/synflow-90 runs/reconvene-90[/]
     """
-    from . import jobs
-    from .report import profile_table
+    from .report import Retime, collect, profile_table, verdicts
+    from .report import retime as retime_rows
 
-    console.print(profile_table({str(r): jobs.load_profile(r) for r in runs}, title="runs compared"))
+    rows = collect(runs)
+    timing = "the runs' own timings"
+    if retime:
+        with _progress() as progress:
+            retime_rows(rows, Retime(rounds=5, runs=20, settings=((1, 1),)), progress)
+        timing = "ONNX Runtime, timed side by side"
+    profiles = {r.name: r.profile for r in rows}
+    console.print(profile_table(profiles, title="runs compared"))
+    for line in verdicts(profiles, timing) if len(profiles) > 1 else []:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

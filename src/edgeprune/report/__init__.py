@@ -24,10 +24,10 @@ from .collect import MAIN_LATENCY, RunRow, find, is_run
 from .pairs import Pair, headline, pairs, relate
 from .plots import pareto_front
 from .retime import Retime, retime
-from .tables import profile_table
+from .tables import profile_table, verdicts
 
 __all__ = ["MAIN_LATENCY", "Pair", "Retime", "RunRow", "collect", "headline", "pairs", "pareto_front",
-           "profile_table", "retime", "write_report"]
+           "profile_table", "retime", "verdicts", "write_report"]
 
 
 def collect(paths: Sequence[str | Path]) -> list[RunRow]:

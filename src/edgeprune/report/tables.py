@@ -82,6 +82,25 @@ def _ratio_rows(table: Table, ps: list[Profile], keys: list[tuple]) -> None:
         for p in ps))
 
 
+def verdicts(profiles: dict[str, Profile], timing: str) -> list[str]:
+    """One sentence per run after the first, against the first: what the table shows, in words. `timing`
+    says how the batch-1 latencies were taken (a speed-up is only fair between models timed side by side)."""
+    (first, base), *rest = profiles.items()
+    t0 = base.latency_of(*MAIN_LATENCY)
+    lines = []
+    for name, p in rest:
+        t = p.latency_of(*MAIN_LATENCY)
+        words = [f"{base.bytes_fp32 / p.bytes_fp32:.1f}× smaller ({base.params / p.params:.1f}× fewer parameters, "
+                 f"{base.nonzero_params / max(p.nonzero_params, 1):.1f}× fewer non-zero)"]
+        if t0 and t:
+            x = t0.p50_ms / t.p50_ms
+            words.append(f"{x:.2f}× {'faster' if x >= 1 else 'slower'} at batch 1 ({timing})")
+        if p.accuracy is not None and base.accuracy is not None:
+            words.append(f"accuracy {100 * (p.accuracy - base.accuracy):+.1f} points")
+        lines.append(f"{name} vs {first}: " + ", ".join(words))
+    return lines
+
+
 @dataclass
 class Column:
     key: str  # CSV header (raw values, unit in the name)

@@ -13,7 +13,6 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -166,7 +165,8 @@ def _choose(scores: list[torch.Tensor], on: list[torch.Tensor] | None, density: 
     if scope == "layer":
         if on is None:
             return [top_k(v, round(density * v.numel())) for v in flat]
-        return [top_k(v.index_select(0, i), min(round(density * v.numel()), i.numel())) for v, i in zip(flat, on)]
+        return [top_k(v.index_select(0, i), min(round(density * v.numel()), i.numel()))
+                for v, i in zip(flat, on, strict=True)]
     sizes = [v.numel() for v in flat]
     k = round(density * sum(sizes))
     cand = flat if on is None else [v.index_select(0, i) for v, i in zip(flat, on, strict=True)]
@@ -184,7 +184,8 @@ def _guarded(flat: list[torch.Tensor], on: list[torch.Tensor] | None, k: int, mi
              min_layer_density: float, density: float) -> list[torch.Tensor]:
     """Every layer's best `minimum` live weights, then the best of the remaining candidates globally."""
     if on is not None:  # the dead rank below every live weight
-        flat = [torch.full_like(v, -math.inf).index_copy_(0, i, v.index_select(0, i)) for v, i in zip(flat, on)]
+        flat = [torch.full_like(v, -math.inf).index_copy_(0, i, v.index_select(0, i))
+                for v, i in zip(flat, on, strict=True)]
     forced = [top_k(v, min(m, int(torch.count_nonzero(torch.isfinite(v)))) or m)
               for v, m in zip(flat, minimum, strict=True)]
     n_forced = sum(int(torch.count_nonzero(f)) for f in forced)
@@ -195,7 +196,8 @@ def _guarded(flat: list[torch.Tensor], on: list[torch.Tensor] | None, k: int, mi
         )
     rest = [v.masked_fill(f, -math.inf) for v, f in zip(flat, forced, strict=True)]
     if on is not None:
-        rest, forced = [r.index_select(0, i) for r, i in zip(rest, on)], [f.index_select(0, i) for f, i in zip(forced, on)]
+        rest = [r.index_select(0, i) for r, i in zip(rest, on, strict=True)]
+        forced = [f.index_select(0, i) for f, i in zip(forced, on, strict=True)]
     extra = _top_k_parts(rest, min(k - n_forced, sum(r.numel() for r in rest)))
     return [e | f for e, f in zip(extra, forced, strict=True)]
 

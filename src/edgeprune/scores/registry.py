@@ -2,10 +2,11 @@
 
 A scorer is `fn(model, names, batches, input_shape, **options) -> {name: tensor}`, registered with
 `@register(name)`. A criterion that re-scores the same model many times (SynFlow's 100 rounds) registers
-with `prepares=True` instead: `fn(...)` then does its set-up once and returns `rescore(model) -> {name: tensor}`,
-which `scorer` keeps for `masks.prune_iteratively`'s rounds. Either way a scorer must leave the caller's model exactly as it was: scorers that run the network
-work on `masks.baked_copy(model)`, so weights, masks, BN running statistics, the train/eval flag and
-`.grad` of the caller's model are never touched (gradients are taken with `torch.autograd.grad`).
+with `prepares=True` instead: `fn(...)` then does its set-up once and returns
+`rescore(model) -> {name: tensor}`, which `scorer` keeps for `masks.prune_iteratively`'s rounds. Either
+way a scorer must leave the caller's model exactly as it was: scorers that run the network work on
+`masks.baked_copy(model)`, so weights, masks, BN running statistics, the train/eval flag and `.grad` of the
+caller's model are never touched (gradients are taken with `torch.autograd.grad`).
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def synflow(model: nn.Module, names: list[str], batches, input_shape) -> Callabl
         with torch.no_grad():
             for w, n, base in zip(weights, names, state["unmasked"], strict=True):
                 mask = _mask(m, n)
-                w.copy_(base) if mask is None else w.copy_(mask).mul_(base)  # cast first: a mixed-dtype mul is ~3× slower
+                # Cast the mask first, then multiply in place: a mixed-dtype multiplication is ~3× slower.
+                w.copy_(base) if mask is None else w.copy_(mask).mul_(base)
         flow = grads(state["net"](ones).sum(), weights)
         # In place: the gradients are fresh tensors of the weights' size, and a new one per weight per round
         # costs page faults (first touch of freshly mapped memory) on top of the multiplication.

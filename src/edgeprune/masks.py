@@ -85,14 +85,15 @@ def _top_k_parts(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     if k >= n or k <= 0:
         return [torch.full((p.numel(),), k > 0, dtype=torch.bool, device=p.device) for p in parts]
     threshold = _kth_smallest_(torch.cat(parts), n - k)
-    keep = [p > threshold for p in parts]
-    need = k - sum(int(torch.count_nonzero(kp)) for kp in keep)
-    for p, kp in zip(parts, keep, strict=True):  # ties at the threshold: the first ones in order
-        if need == 0:
+    # At least k entries are >= the threshold; more only where it is tied, and then the last ties go.
+    keep = [p >= threshold for p in parts]
+    excess = sum(int(torch.count_nonzero(kp)) for kp in keep) - k
+    for p, kp in zip(reversed(parts), reversed(keep), strict=True):
+        if excess == 0:
             break
-        ties = torch.nonzero(p == threshold).flatten()[:need]
-        kp[ties] = True
-        need -= ties.numel()
+        ties = torch.nonzero(p == threshold).flatten()
+        kp[ties[max(0, ties.numel() - excess):]] = False
+        excess -= min(excess, ties.numel())
     return keep
 
 
@@ -122,7 +123,7 @@ def select(
     layer collapses; `alive` (earlier masks) are never revived.
     """
     _check_selection(density, scope, min_layer_density)
-    on = None if alive is None else [alive[n].flatten().nonzero().flatten() for n in scores]
+    on = None if alive is None else [_live(alive[n]) for n in scores]
     chosen = _choose(list(scores.values()), on, density, scope, min_layer_density)
     masks = {}
     for i, (n, s) in enumerate(scores.items()):
@@ -130,10 +131,17 @@ def select(
         if on is None:
             masks[n] = chosen[i].view_as(s).to(dtype)
         else:
-            masks[n] = torch.zeros(s.numel(), dtype=dtype, device=s.device).index_fill_(0, on[i][chosen[i]], 1)
+            masks[n] = torch.zeros(s.numel(), dtype=dtype, device=s.device).index_fill_(0, on[i][chosen[i]].long(), 1)
             masks[n] = masks[n].view_as(s)
     _warn_empty(masks, [int(c.count_nonzero()) for c in chosen])
     return masks
+
+
+def _live(mask: torch.Tensor) -> torch.Tensor:
+    """The flat indices of a mask's non-zeros, as int32 where they fit: the candidate lists are gathered
+    through and compacted every round, and half the bytes is nearly half the time."""
+    idx = mask.flatten().nonzero().flatten()
+    return idx.int() if mask.numel() < 2**31 else idx
 
 
 def _check_selection(density: float, scope: str, min_layer_density: float) -> None:
@@ -184,7 +192,7 @@ def _guarded(flat: list[torch.Tensor], on: list[torch.Tensor] | None, k: int, mi
              min_layer_density: float, density: float) -> list[torch.Tensor]:
     """Every layer's best `minimum` live weights, then the best of the remaining candidates globally."""
     if on is not None:  # the dead rank below every live weight
-        flat = [torch.full_like(v, -math.inf).index_copy_(0, i, v.index_select(0, i))
+        flat = [torch.full_like(v, -math.inf).index_copy_(0, i.long(), v.index_select(0, i))
                 for v, i in zip(flat, on, strict=True)]
     forced = [top_k(v, min(m, int(torch.count_nonzero(torch.isfinite(v)))) or m)
               for v, m in zip(flat, minimum, strict=True)]
@@ -264,7 +272,7 @@ def prune_iteratively(
         if on is None:  # round 1 combines with any masks the model already has, so read back what is in force
             apply(model, {n: c.view_as(s).to(s.dtype if s.is_floating_point() else torch.float32)
                           for (n, s), c in zip(scores.items(), chosen, strict=True)})
-            on = [m.flatten().nonzero().flatten() for m in current(model, names).values()]
+            on = [_live(m) for m in current(model, names).values()]
         else:
             on = _drop(model, names, on, chosen)
         if progress:
@@ -284,7 +292,7 @@ def _drop(model: nn.Module, names: list[str], on: list[torch.Tensor], chosen: li
         for pname, idx, keep in zip(names, on, chosen, strict=True):
             module = model.get_submodule(pname.rpartition(".")[0])
             attr = pname.rpartition(".")[2]
-            dropped = idx[torch.nonzero(~keep).flatten()]  # few: boolean indexing would scan for them again
+            dropped = idx[torch.nonzero(~keep).flatten()].long()  # few: boolean indexing would scan again
             getattr(module, f"{attr}_mask").view(-1).index_fill_(0, dropped, 0)
             getattr(module, attr).view(-1).index_fill_(0, dropped, 0)
             kept.append(torch.masked_select(idx, keep))  # faster than idx[keep] (no index tensor in between)

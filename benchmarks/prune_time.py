@@ -29,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, measured, write_results
+from common import measured, write_results
 
+ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "7d00840"  # the last commit before issue 20's changes to scoring and selection
 CRITERIA = ("snip", "grasp", "synflow")
 MODELS = (("resnet20", (1, 28, 28)), ("resnet56", (3, 32, 32)), ("vgg16", (3, 32, 32)))
@@ -87,11 +88,11 @@ def run_worker(impl: str, src: Path, settings: list, repeats: int) -> list[dict]
 
 
 def measure_all(repeats: int) -> list[dict]:
-    ours = HERE.parent / "src"
+    ours = ROOT / "src"
     cases = [(c, m, list(s)) for c in CRITERIA for m, s in MODELS]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(HERE), "archive", BASELINE, "src"], check=True,
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         default = os.cpu_count()  # what today's torch uses when nobody chooses

@@ -48,11 +48,12 @@ def worker(impl: str, settings: list, repeats: int) -> None:
 
     from edgeprune import data, masks, models, scores
 
+    warm = True  # the first step in a process pays one-off costs (allocator, kernels): run it once untimed
     for criterion, model_name, shape, spec in settings:
         shape = tuple(shape)
         batch = [next(iter(data.loaders("synthetic", shape=shape, num_classes=10, size=128, batch_size=128).train))]
         times, loads, resolved = [], [], []
-        for _ in range(repeats):
+        for i in range(-1 if warm else 0, repeats):
             if spec == "auto":
                 from edgeprune import threads
                 n = threads.resolve("auto")
@@ -65,8 +66,11 @@ def worker(impl: str, settings: list, repeats: int) -> None:
             t0 = time.perf_counter()
             scorer = _scorer(scores, impl, criterion, batch, shape)
             masks.prune_iteratively(model, scorer, 0.1, rounds=scores.default_rounds(criterion))
-            times.append(time.perf_counter() - t0)
-            resolved.append(n)
+            if i >= 0:
+                times.append(time.perf_counter() - t0)
+                resolved.append(n)
+        if warm:
+            loads, warm = loads[1:], False
         print(json.dumps({"impl": impl, "criterion": criterion, "model": model_name, "threads": spec,
                           "resolved": resolved, "times_s": times, "loadavg_at_start": loads}), flush=True)
 
@@ -89,7 +93,7 @@ def run_worker(impl: str, src: Path, settings: list, repeats: int) -> list[dict]
 
 def measure_all(repeats: int) -> list[dict]:
     ours = ROOT / "src"
-    cases = [(c, m, list(s)) for c in CRITERIA for m, s in MODELS]
+    cases = [[c, m, list(s)] for c in CRITERIA for m, s in MODELS]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True,

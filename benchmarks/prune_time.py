@@ -11,7 +11,9 @@ is timed quiet in the same run with torch's default thread count (all cores: it 
 ratios. Every measurement records `os.getloadavg()` at its start: other work on the machine shows there.
 Each (implementation, condition) runs in its own process, so the baseline's modules never mix with ours.
 
-    PYTHONPATH=src nice -n 5 .venv/bin/python benchmarks/prune_time.py [--repeats 3]   # about 25 min on 2 cores
+    PYTHONPATH=src nice -n 5 .venv/bin/python benchmarks/prune_time.py [--repeats 3]
+
+Long: on 2026-11-30, at load 5-8, today's part alone took 24 min.
 
 Targets: quiet SynFlow-100 ≤ 10 s and SNIP ≤ 1 s on VGG-16; beside a busy core `auto` within 1.2× of the
 best fixed thread count for every step. Results: benchmarks/results/prune_time.{md,json}.

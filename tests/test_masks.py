@@ -1,10 +1,13 @@
+import copy
+import math
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from edgeprune import masks
+from edgeprune import masks, models, scores
 from edgeprune.errors import ConfigError
 
 
@@ -120,3 +123,78 @@ def test_iterative_schedule_reaches_the_target_density(tiny):
     assert sum(int(v.sum()) for v in final.values()) == round(0.1 * 48)
     assert seen == sorted(seen) and seen[0] == 0  # re-scored on the ever sparser model
     assert masks.density_schedule(0.1, 2) == pytest.approx([0.1**0.5, 0.1])
+
+
+def test_iteration_keeps_weight_equal_to_orig_times_mask(tiny):
+    # Dropped weights are zeroed in place between rounds: `.weight` must stay the reparametrisation's product.
+    masks.prune_iteratively(tiny, lambda m: {"conv.weight": masks.current(m, ["conv.weight"])["conv.weight"]
+                                             * torch.arange(36.0).view(4, 1, 3, 3)}, 0.25, rounds=3)
+    assert torch.equal(tiny.conv.weight, tiny.conv.weight_orig * tiny.conv.weight_mask)
+    assert int(tiny.conv.weight_mask.sum()) == 9 and torch.all(tiny.conv.weight_mask.flatten()[-9:] == 1)
+
+
+def _plain_select(scores: dict, density: float, alive: dict | None) -> dict:
+    """Global top-k with the 1 % layer-collapse guard, written plainly with stable descending sorts (ties to
+    the lower index): each layer's best live ceil(1 %), then the best of the other live weights."""
+    names = list(scores)
+    sizes = [scores[n].numel() for n in names]
+    flat = torch.cat([scores[n].detach().flatten().double() for n in names])
+    live = torch.cat([alive[n].flatten() != 0 for n in names]) if alive else torch.ones(flat.numel(), dtype=torch.bool)
+
+    def best(candidates: torch.Tensor, count: int) -> torch.Tensor:
+        return candidates[torch.sort(flat[candidates], descending=True, stable=True).indices[:count]]
+
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    start = 0
+    for size in sizes:
+        layer_live = live[start:start + size].nonzero().flatten() + start
+        keep[best(layer_live, max(1, math.ceil(0.01 * size)))] = True
+        start += size
+    k = round(density * flat.numel())
+    keep[best((live & ~keep).nonzero().flatten(), k - int(keep.sum()))] = True
+    return {n: m.float().view_as(scores[n]) for n, m in zip(names, keep.split(sizes), strict=True)}
+
+
+def _plain_synflow(model: nn.Module, names: list[str], shape: tuple[int, ...]) -> dict:
+    net = masks.baked_copy(model).double().eval()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    weights = [net.get_parameter(n).requires_grad_(True) for n in names]
+    g = torch.autograd.grad(net(torch.ones(1, *shape, dtype=torch.float64)).sum(), weights)
+    return {n: (w.detach() * gi).abs() for n, w, gi in zip(names, weights, g, strict=True)}
+
+
+def _plain_snip(model: nn.Module, names: list[str], batch) -> dict:
+    net = masks.baked_copy(model).train()
+    weights = [net.get_parameter(n) for n in names]
+    g = torch.autograd.grad(F.cross_entropy(net(batch[0]), batch[1]), weights)
+    return {n: (w.detach() * gi).abs() for n, w, gi in zip(names, weights, g, strict=True)}
+
+
+@pytest.mark.parametrize(("criterion", "model_name", "rounds"), [
+    ("synflow", "resnet20", 100), ("synflow", "mobilenetv2", 20), ("synflow", "vgg16", 4),
+    ("snip", "resnet20", 1), ("snip", "vgg16", 1), ("snip", "mobilenetv2", 1)])
+def test_pruning_keeps_exactly_the_masks_of_a_plain_implementation(criterion, model_name, rounds):
+    # The fast path (SynFlow's copy made once, selection on the live weights, in-place updates) must choose
+    # bit for bit what scoring a fresh copy and sorting every round chooses. Small inputs, fewer SynFlow
+    # rounds on the big models: the weights, and so the selection, are full size.
+    shape = (3, 8, 8)
+    torch.manual_seed(0)
+    model = models.create(model_name, 10, 3)
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g))
+    fast = masks.prune_iteratively(model, scores.scorer(criterion, [batch], input_shape=shape), 0.1, rounds=rounds)
+
+    names = list(masks.prunable(reference))
+    alive = None
+    for d in masks.density_schedule(0.1, rounds):
+        s = _plain_synflow(reference, names, shape) if criterion == "synflow" else _plain_snip(reference, names, batch)
+        alive = _plain_select(s, d, alive)
+        masks.apply(reference, alive)
+    assert list(fast) == names
+    for n in names:
+        assert torch.equal(fast[n], alive[n]), n
+    assert sum(int(m.sum()) for m in fast.values()) == round(0.1 * sum(m.numel() for m in fast.values()))

@@ -222,3 +222,27 @@ def test_iterative_synflow_avoids_the_layer_collapse_of_global_magnitude():
                                        0.01, rounds=scores.default_rounds("synflow"), min_layer_density=0)
     assert all(m.any() for m in kept.values())
     assert sum(int(m.sum()) for m in kept.values()) == round(0.01 * sum(m.numel() for m in kept.values()))
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_a_scorer_rescores_what_the_model_is_now(criterion):
+    # scores.scorer may set up once (SynFlow's float64 copy); whatever changes, it must score as `score` would.
+    model, other = Tiny(), Tiny()
+    run = scores.scorer(criterion, _batches(), input_shape=(1, 8, 8))
+
+    def same(a: dict, b: dict) -> bool:
+        return list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+    def fresh(m: nn.Module) -> dict:
+        return scores.score(criterion, m, _batches(), input_shape=(1, 8, 8))
+
+    assert same(run(model), fresh(model))
+    masks.apply(model, masks.select(scores.score("random", model), 0.5, scope="layer"))  # new masks
+    assert same(run(model), fresh(model))
+    with torch.no_grad():  # weights changed in place (an optimizer step)
+        model.conv.weight_orig.mul_(-2.0)
+        model.fc.bias.add_(1.0)
+    assert same(run(model), fresh(model))
+    model.bn.running_var.fill_(4.0)  # a buffer
+    assert same(run(model), fresh(model))
+    assert same(run(other), fresh(other))  # another model

@@ -13,7 +13,6 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -77,24 +76,36 @@ def from_zeros(model: nn.Module, names: Sequence[str]) -> Masks:
 
 def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly k largest entries of a 1-D tensor; ties go to the lower index."""
-    n = values.numel()
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=values.device)
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=values.device)
-    threshold = _kth_smallest(values, n - k)
-    keep = values > threshold
-    need = k - int(torch.count_nonzero(keep))
-    keep[torch.nonzero(values == threshold).flatten()[:need]] = True
+    return _top_k_parts([values], k)[0]
+
+
+def _top_k_parts(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """`top_k` of the concatenation of the 1-D `parts`, split back into them."""
+    n = sum(p.numel() for p in parts)
+    if k >= n or k <= 0:
+        return [torch.full((p.numel(),), k > 0, dtype=torch.bool, device=p.device) for p in parts]
+    threshold = _kth_smallest_(torch.cat(parts), n - k)
+    # At least k entries are >= the threshold; more only where it is tied, and then the last ties go.
+    keep = [p >= threshold for p in parts]
+    excess = sum(int(torch.count_nonzero(kp)) for kp in keep) - k
+    for p, kp in zip(reversed(parts), reversed(keep), strict=True):
+        if excess == 0:
+            break
+        ties = torch.nonzero(p == threshold).flatten()
+        kp[ties[max(0, ties.numel() - excess):]] = False
+        excess -= min(excess, ties.numel())
     return keep
 
 
-def _kth_smallest(values: torch.Tensor, index: int) -> torch.Tensor:
-    """The value at 0-based `index` of sorted(values). On CPU numpy's introselect (np.partition) does it
-    about 10× faster than torch.kthvalue (15M doubles of VGG-16: 0.03 s against 0.26 s), which counts in
-    SynFlow's 100 rounds; elsewhere torch.kthvalue, without leaving the device."""
+def _kth_smallest_(values: torch.Tensor, index: int) -> torch.Tensor:
+    """The value at 0-based `index` of sorted(values); `values` is scratch and may be reordered. On CPU
+    numpy's introselect (ndarray.partition, in place) does it about 10× faster than torch.kthvalue (15M
+    doubles of VGG-16: 0.03 s against 0.26 s), which counts in SynFlow's 100 rounds; elsewhere
+    torch.kthvalue, without leaving the device."""
     if values.device.type == "cpu" and values.dtype in (torch.float64, torch.float32):
-        return torch.as_tensor(np.partition(values.detach().contiguous().numpy(), index)[index], dtype=values.dtype)
+        array = values.detach().numpy()
+        array.partition(index)
+        return torch.as_tensor(array[index], dtype=values.dtype)
     return torch.kthvalue(values, index + 1).values
 
 
@@ -111,70 +122,92 @@ def select(
     `min_layer_density` makes every layer keep at least that fraction (at least one weight), so no
     layer collapses; `alive` (earlier masks) are never revived.
     """
+    _check_selection(density, scope, min_layer_density)
+    on = None if alive is None else [_live(alive[n]) for n in scores]
+    chosen = _choose(list(scores.values()), on, density, scope, min_layer_density)
+    masks = {}
+    for i, (n, s) in enumerate(scores.items()):
+        dtype = s.dtype if s.is_floating_point() else torch.float32
+        if on is None:
+            masks[n] = chosen[i].view_as(s).to(dtype)
+        else:
+            masks[n] = torch.zeros(s.numel(), dtype=dtype, device=s.device).index_fill_(0, on[i][chosen[i]].long(), 1)
+            masks[n] = masks[n].view_as(s)
+    _warn_empty(masks, [int(c.count_nonzero()) for c in chosen])
+    return masks
+
+
+def _live(mask: torch.Tensor) -> torch.Tensor:
+    """The flat indices of a mask's non-zeros, as int32 where they fit: the candidate lists are gathered
+    through and compacted every round, and half the bytes is nearly half the time."""
+    idx = mask.flatten().nonzero().flatten()
+    return idx.int() if mask.numel() < 2**31 else idx
+
+
+def _check_selection(density: float, scope: str, min_layer_density: float) -> None:
     if not 0 < density <= 1:
         raise ConfigError(f"density must be in (0, 1] (sparsity in [0, 1)), got density {density}")
     if scope not in ("global", "layer"):
         raise ConfigError(f"scope must be 'global' or 'layer', got {scope!r}")
     if not 0 <= min_layer_density <= 1:
         raise ConfigError(f"min_layer_density must be in [0, 1], got {min_layer_density}")
-    names = list(scores)
-    flat = {n: scores[n].detach().flatten().double() for n in names}
-    live = {n: alive[n].flatten() != 0 for n in names} if alive is not None else None
-    if scope == "layer":
-        if live is not None:
-            flat = {n: v.masked_fill(~live[n], -math.inf) for n, v in flat.items()}
-        keep = {n: top_k(v, round(density * v.numel())) for n, v in flat.items()}
-    else:
-        keep = _select_global(flat, live, density, min_layer_density)
-    masks = {n: keep[n].view_as(scores[n]).to(scores[n].dtype if scores[n].is_floating_point() else torch.float32)
-             for n in names}
-    empty = [n for n, m in masks.items() if not m.any()]
+
+
+def _warn_empty(names, kept: list[int]) -> None:
+    empty = [n for n, k in zip(names, kept, strict=True) if k == 0]
     if empty:
         warnings.warn(f"layers pruned completely (the network is cut): {', '.join(empty)}; "
-                      "set min_layer_density > 0 to keep them alive", stacklevel=2)
-    return masks
+                      "set min_layer_density > 0 to keep them alive", stacklevel=3)
 
 
-def _select_global(flat: dict[str, torch.Tensor], live: dict[str, torch.Tensor] | None, density: float,
-                   min_layer_density: float) -> dict:
-    values = torch.cat(list(flat.values()))
-    sizes = [v.numel() for v in flat.values()]
-    k = round(density * values.numel())
-    # Rank only the weights still alive: in an iterative schedule they shrink to a small fraction.
-    # Index gathers and scatters: boolean-mask indexing of ~15M entries costs several times more.
-    on = None if live is None else torch.cat(list(live.values())).nonzero().flatten()
-
-    def best(vals: torch.Tensor, count: int) -> torch.Tensor:
+def _choose(scores: list[torch.Tensor], on: list[torch.Tensor] | None, density: float, scope: str,
+            min_layer_density: float) -> list[torch.Tensor]:
+    """Per layer, a boolean over its candidates (the flat indices `on[i]` still alive, or every weight when
+    `on` is None): True = kept. Working on the candidates alone is what keeps an iterative schedule cheap:
+    they shrink to a small fraction, and nothing of the full size is gathered, concatenated or allocated."""
+    flat = [s.detach().flatten() for s in scores]
+    # Ranks in the scores' own dtype where they share one (float32 -> float64 is exact and monotonic, so the
+    # choice is the same) and in float64 where they differ.
+    if len({v.dtype for v in flat}) > 1 or not flat[0].is_floating_point():
+        flat = [v.double() for v in flat]
+    if scope == "layer":
         if on is None:
-            return top_k(vals, count)
-        sub = vals.index_select(0, on)
-        keep = torch.zeros(vals.numel(), dtype=torch.bool, device=vals.device)
-        return keep.index_put_((on,), top_k(sub, min(count, sub.numel())))
-
-    chosen = best(values, k)
+            return [top_k(v, round(density * v.numel())) for v in flat]
+        return [top_k(v.index_select(0, i), min(round(density * v.numel()), i.numel()))
+                for v, i in zip(flat, on, strict=True)]
+    sizes = [v.numel() for v in flat]
+    k = round(density * sum(sizes))
+    cand = flat if on is None else [v.index_select(0, i) for v, i in zip(flat, on, strict=True)]
+    counts = [v.numel() for v in cand]
+    chosen = _top_k_parts(cand, min(k, sum(counts)))
     if min_layer_density > 0:
         minimum = [max(1, math.ceil(min_layer_density * n)) for n in sizes]
-        alive = sizes if live is None else [int(torch.count_nonzero(a)) for a in live.values()]
-        got = [int(torch.count_nonzero(c)) for c in chosen.split(sizes)]
         # Where every layer already has its minimum, the guarded choice is the same set.
-        if any(g < min(m, a) for g, m, a in zip(got, minimum, alive, strict=True)):
-            if live is not None:
-                flat = {n: v.masked_fill(~live[n], -math.inf) for n, v in flat.items()}
-            chosen = _guarded(flat, torch.cat(list(flat.values())), k, minimum, best, min_layer_density, density)
-    return dict(zip(flat, chosen.split(sizes), strict=True))
+        if any(int(c.count_nonzero()) < min(m, a) for c, m, a in zip(chosen, minimum, counts, strict=True)):
+            chosen = _guarded(flat, on, k, minimum, min_layer_density, density)
+    return chosen
 
 
-def _guarded(flat, values, k, minimum, best, min_layer_density, density) -> torch.Tensor:
-    """Every layer's best `minimum` weights, then the best of the rest globally."""
-    forced = torch.cat([top_k(v, min(m, int(torch.count_nonzero(torch.isfinite(v))) or m))
-                        for v, m in zip(flat.values(), minimum, strict=True)])
-    n_forced = int(torch.count_nonzero(forced))
+def _guarded(flat: list[torch.Tensor], on: list[torch.Tensor] | None, k: int, minimum: list[int],
+             min_layer_density: float, density: float) -> list[torch.Tensor]:
+    """Every layer's best `minimum` live weights, then the best of the remaining candidates globally."""
+    if on is not None:  # the dead rank below every live weight
+        flat = [torch.full_like(v, -math.inf).index_copy_(0, i.long(), v.index_select(0, i))
+                for v, i in zip(flat, on, strict=True)]
+    forced = [top_k(v, min(m, int(torch.count_nonzero(torch.isfinite(v)))) or m)
+              for v, m in zip(flat, minimum, strict=True)]
+    n_forced = sum(int(torch.count_nonzero(f)) for f in forced)
     if n_forced > k:
         raise ConfigError(
             f"density {density:.4g} keeps {k} weights, but the layer-collapse guard needs {n_forced} "
             f"(min_layer_density {min_layer_density} per layer); lower the sparsity or min_layer_density"
         )
-    return best(values.masked_fill(forced, -math.inf), k - n_forced) | forced
+    rest = [v.masked_fill(f, -math.inf) for v, f in zip(flat, forced, strict=True)]
+    if on is not None:
+        rest = [r.index_select(0, i) for r, i in zip(rest, on, strict=True)]
+        forced = [f.index_select(0, i) for f, i in zip(forced, on, strict=True)]
+    extra = _top_k_parts(rest, min(k - n_forced, sum(r.numel() for r in rest)))
+    return [e | f for e, f in zip(extra, forced, strict=True)]
 
 
 def apply(model: nn.Module, masks: Masks) -> nn.Module:
@@ -225,16 +258,45 @@ def prune_iteratively(
     min_layer_density: float = MIN_LAYER_DENSITY,
     progress: Callable[[int], None] | None = None,
 ) -> Masks:
-    """Score the (masked) model, keep the best, repeat over the exponential schedule; apply the masks."""
-    masks: Masks | None = None
+    """Score the (masked) model, keep the best, repeat over the exponential schedule; apply the masks.
+
+    A scorer from `scores.scorer` does its set-up once for all rounds (SynFlow's float64 copy).
+    """
+    _check_selection(density, scope, min_layer_density)
+    on: list[torch.Tensor] | None = None  # per weight, the flat indices its mask keeps after a round
     for k, d in enumerate(density_schedule(density, rounds), 1):
         scores = scorer(model)
-        alive = current(model, list(scores)) if masks is not None else None
-        masks = select(scores, d, scope=scope, min_layer_density=min_layer_density, alive=alive)
-        apply(model, masks)
+        names = list(scores)
+        chosen = _choose(list(scores.values()), on, d, scope, min_layer_density)
+        _warn_empty(names, [int(c.count_nonzero()) for c in chosen])
+        if on is None:  # round 1 combines with any masks the model already has, so read back what is in force
+            apply(model, {n: c.view_as(s).to(s.dtype if s.is_floating_point() else torch.float32)
+                          for (n, s), c in zip(scores.items(), chosen, strict=True)})
+            on = [_live(m) for m in current(model, names).values()]
+        else:
+            on = _drop(model, names, on, chosen)
         if progress:
             progress(k)
-    return current(model, list(masks))
+    return current(model, names)
+
+
+def _drop(model: nn.Module, names: list[str], on: list[torch.Tensor], chosen: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero the dropped candidates in the masks and the masked weights in place; the kept candidates.
+
+    Touching only the dropped entries instead of re-applying full masks saves several passes over every
+    weight per round. `.weight` is the reparametrisation's product `weight_orig * weight_mask`: zeroing it
+    where the mask is zeroed keeps it equal to that product, as `apply` would leave it.
+    """
+    kept = []
+    with torch.no_grad():
+        for pname, idx, keep in zip(names, on, chosen, strict=True):
+            module = model.get_submodule(pname.rpartition(".")[0])
+            attr = pname.rpartition(".")[2]
+            dropped = idx[torch.nonzero(~keep).flatten()].long()  # few: boolean indexing would scan again
+            getattr(module, f"{attr}_mask").view(-1).index_fill_(0, dropped, 0)
+            getattr(module, attr).view(-1).index_fill_(0, dropped, 0)
+            kept.append(torch.masked_select(idx, keep))  # faster than idx[keep] (no index tensor in between)
+    return kept
 
 
 def table(model: nn.Module, names: Sequence[str] | None = None) -> list[dict]:

@@ -49,8 +49,8 @@ class PaIOptions:
 def make_scorer(opts: PaIOptions, data: list | None, input_shape: tuple[int, ...]) -> Callable[[nn.Module], dict]:
     """The criterion as a function of the (masked) model, reading every batch in `data`."""
     extra = {"num_batches": len(data)} if data and scores.needs_data(opts.criterion) else {}
-    return lambda m: scores.score(opts.criterion, m, data, input_shape=input_shape, include=opts.include,
-                                  exclude=opts.exclude, **extra)
+    return scores.scorer(opts.criterion, data, input_shape=input_shape, include=opts.include, exclude=opts.exclude,
+                         **extra)
 
 
 def prune_at_init(

@@ -1,9 +1,12 @@
 """The criterion registry and `score`, the one entry point every method calls.
 
 A scorer is `fn(model, names, batches, input_shape, **options) -> {name: tensor}`, registered with
-`@register(name)`. It must leave the caller's model exactly as it was: scorers that run the network
-work on `masks.baked_copy(model)`, so weights, masks, BN running statistics, the train/eval flag and
-`.grad` of the caller's model are never touched (gradients are taken with `torch.autograd.grad`).
+`@register(name)`. A criterion that re-scores the same model many times (SynFlow's 100 rounds) registers
+with `prepares=True` instead: `fn(...)` then does its set-up once and returns
+`rescore(model) -> {name: tensor}`, which `scorer` keeps for `masks.prune_iteratively`'s rounds. Either
+way a scorer must leave the caller's model exactly as it was: scorers that run the network work on
+`masks.baked_copy(model)`, so weights, masks, BN running statistics, the train/eval flag and `.grad` of the
+caller's model are never touched (gradients are taken with `torch.autograd.grad`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ Scorer = Callable[..., dict[str, Tensor]]
 SCORERS: dict[str, Scorer] = {}
 _NEEDS_DATA: set[str] = set()
 _ROUNDS: dict[str, int] = {}
+_PREPARES: set[str] = set()
 _FIXED = ("model", "names", "batches", "input_shape")  # what `score` passes every scorer
 
 
-def register(name: str, *, needs_data: bool = False, rounds: int = 1) -> Callable[[Scorer], Scorer]:
-    """Decorator adding a scorer under `name`; `rounds` is how many pruning rounds its paper uses."""
+def register(
+    name: str, *, needs_data: bool = False, rounds: int = 1, prepares: bool = False
+) -> Callable[[Scorer], Scorer]:
+    """Decorator adding a scorer under `name`; `rounds` is how many pruning rounds its paper uses; with
+    `prepares`, the function returns `rescore(model)` (see the module docstring)."""
     if name in SCORERS:
         raise ValueError(f"criterion {name!r} is registered twice")
 
@@ -36,6 +43,8 @@ def register(name: str, *, needs_data: bool = False, rounds: int = 1) -> Callabl
         _ROUNDS[name] = rounds
         if needs_data:
             _NEEDS_DATA.add(name)
+        if prepares:
+            _PREPARES.add(name)
         return fn
 
     return add
@@ -61,6 +70,44 @@ def default_rounds(name: str) -> int:
     return _ROUNDS[_known(name)]
 
 
+def scorer(
+    name: str,
+    batches: Batches | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    include=None,
+    exclude=(),
+    **options,
+) -> Callable[[nn.Module], dict[str, Tensor]]:
+    """`score` as a function of the model, for re-scoring a model while its masks change, as
+    `masks.prune_iteratively` does: criteria that can (SynFlow) do their set-up once, on the first call, and
+    again only for another model or changed weights. Arguments as for `score`; they are checked here.
+    """
+    fn = SCORERS[_known(name)]
+    if name in _NEEDS_DATA and batches is None:
+        raise ConfigError(f"criterion {name!r} needs data: pass batches of (inputs, labels), e.g. a DataLoader "
+                          "(on the command line, give the run a data set)")
+    accepted = [p for p in inspect.signature(fn).parameters if p not in _FIXED]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"criterion {name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(accepted) or 'none'}")
+    prepared: dict = {}  # the model a preparing criterion was set up for, and its rescore
+
+    def run(model: nn.Module) -> dict[str, Tensor]:
+        names = list(masks.prunable(model, include, exclude))
+        with torch.enable_grad():  # callers may sit inside torch.no_grad()
+            if name not in _PREPARES:
+                scores = fn(model, names, batches, input_shape, **options)
+            else:
+                if prepared.get("model") is not model:
+                    prepared.update(model=model, rescore=fn(model, names, batches, input_shape, **options))
+                scores = prepared["rescore"](model)
+        return {n: scores[n] for n in names}
+
+    return run
+
+
 def score(
     name: str,
     model: nn.Module,
@@ -76,19 +123,7 @@ def score(
     `batches` are (inputs, labels) for the data-driven criteria (`needs_data`); `input_shape` is
     (C, H, W) for SynFlow; `options` go to the criterion (e.g. `num_batches`, `seed`, `temperature`).
     """
-    fn = SCORERS[_known(name)]
-    if name in _NEEDS_DATA and batches is None:
-        raise ConfigError(f"criterion {name!r} needs data: pass batches of (inputs, labels), e.g. a DataLoader "
-                          "(on the command line, give the run a data set)")
-    accepted = [p for p in inspect.signature(fn).parameters if p not in _FIXED]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"criterion {name!r} has no option {', '.join(map(repr, unknown))}; "
-                          f"its options: {', '.join(accepted) or 'none'}")
-    names = list(masks.prunable(model, include, exclude))
-    with torch.enable_grad():  # callers may sit inside torch.no_grad()
-        scores = fn(model, names, batches, input_shape, **options)
-    return {n: scores[n] for n in names}
+    return scorer(name, batches, input_shape=input_shape, include=include, exclude=exclude, **options)(model)
 
 
 def device_of(model: nn.Module) -> torch.device:

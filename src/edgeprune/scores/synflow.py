@@ -8,10 +8,16 @@ taking |·| of the running statistics changes nothing. float64 because the path 
 over- or underflow float32; the scores are returned in float64 (`masks.select` ranks doubles).
 
 One round only: the paper's 100-round exponential schedule is
-`masks.prune_iteratively(model, scorer, density, rounds=default_rounds("synflow"))`.
+`masks.prune_iteratively(model, scores.scorer("synflow", input_shape=...), density, rounds=100)`.
+Between rounds only the masks change, so the float64 |·| copy is made once (`prepares=True`): each round
+writes |θ_orig| ⊙ mask into it, which is bit for bit the |double(θ_orig ⊙ mask)| a fresh copy would hold
+(the mask is 0 or 1), and runs the forward and backward; the copy is remade if the model's weights,
+buffers or other masks change.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -21,17 +27,56 @@ from ..errors import ConfigError
 from .registry import device_of, grads, register, weights_for_grad
 
 
-@register("synflow", rounds=100)
-def synflow(model: nn.Module, names: list[str], batches, input_shape) -> dict[str, Tensor]:
+@register("synflow", rounds=100, prepares=True)
+def synflow(model: nn.Module, names: list[str], batches, input_shape) -> Callable[[nn.Module], dict[str, Tensor]]:
     if input_shape is None:
         raise ConfigError("criterion 'synflow' needs input_shape=(C, H, W), the shape of one input without "
                           "the batch dimension; it reads no data")
-    net = masks.baked_copy(model).double().eval()
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.abs_()
-    weights = weights_for_grad(net, names)
     ones = torch.ones(1, *input_shape, dtype=torch.float64, device=device_of(model))
-    flow = grads(net(ones).sum(), weights)
-    return {n: (w.detach() * g).abs_() for n, w, g in zip(names, weights, flow, strict=True)}
+    state: dict = {}
+
+    def prepare(m: nn.Module) -> None:
+        net = masks.baked_copy(m).double().eval()
+        with torch.no_grad():
+            for t in net.state_dict().values():
+                if t.is_floating_point():
+                    t.abs_()
+        state.update(key=_weights_key(m, names), net=net, weights=weights_for_grad(net, names),
+                     unmasked=[_unmasked(m, n).double().abs() for n in names])
+
+    def rescore(m: nn.Module) -> dict[str, Tensor]:
+        if state.get("key") != _weights_key(m, names):
+            prepare(m)
+        weights = state["weights"]
+        with torch.no_grad():
+            for w, n, base in zip(weights, names, state["unmasked"], strict=True):
+                mask = _mask(m, n)
+                # Cast the mask first, then multiply in place: a mixed-dtype multiplication is ~3× slower.
+                w.copy_(base) if mask is None else w.copy_(mask).mul_(base)
+        flow = grads(state["net"](ones).sum(), weights)
+        # In place: the gradients are fresh tensors of the weights' size, and a new one per weight per round
+        # costs page faults (first touch of freshly mapped memory) on top of the multiplication.
+        return {n: g.mul_(w.detach()).abs_() for n, w, g in zip(names, weights, flow, strict=True)}
+
+    return rescore
+
+
+def _mask(model: nn.Module, pname: str) -> Tensor | None:
+    module_name, _, attr = pname.rpartition(".")
+    return getattr(model.get_submodule(module_name), f"{attr}_mask", None)
+
+
+def _unmasked(model: nn.Module, pname: str) -> Tensor:
+    """The weight before its mask (`weight_orig`, or the weight itself when unmasked), detached."""
+    module_name, _, attr = pname.rpartition(".")
+    module = model.get_submodule(module_name)
+    orig = getattr(module, f"{attr}_orig", None)
+    return (orig if orig is not None else getattr(module, attr)).detach()
+
+
+def _weights_key(model: nn.Module, names: list[str]) -> list[tuple[int, int]]:
+    """Storage and in-place version of every parameter and buffer but the masks of `names`: it changes when
+    anything the copy was made from does. Sorted: masking a weight renames it (`weight_orig`) but keeps it."""
+    skip = {f"{n}_mask" for n in names}
+    tensors = [t for n, t in model.named_buffers() if n not in skip] + list(model.parameters())
+    return sorted((t.data_ptr(), t._version) for t in tensors)

@@ -312,3 +312,16 @@ def test_cli_answers_without_importing_torch(args):
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+
+
+def test_the_thread_count_is_recorded_and_a_resume_keeps_it(tmp_path, interrupt):
+    args = [*PRUNE[:-6], "-e", "2", *PRUNE[-4:], "--runs-dir", tmp_path, "--name", "r"]
+    interrupt(9)
+    assert _invoke(*args, "--threads", "1").exit_code == 130
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (config["threads"], config["threads_used"]) == ("1", 1)
+    result = _invoke(*args, "--threads", "auto", "--resume")  # how to run is not what ran: accepted
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["threads_used"] == 1
+    out = _one_line_error(_invoke(*args, "--threads", "0", "--overwrite"))
+    assert "threads must be a positive integer or 'auto', got '0'" in out

@@ -130,6 +130,9 @@ NumClasses = Annotated[int | None, typer.Option(help="Check the data set has thi
 InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
+Threads = Annotated[str, typer.Option(help="CPU threads of the heavy steps (pruning, training, surgery): a count, "
+                                      "or auto (the CPUs this process may use that other processes leave free "
+                                      "now). Recorded in the run; latency settings are separate (--measure-threads).")]
 
 
 # Options of every command that trains a model, declared once and appended to each such command.
@@ -142,6 +145,7 @@ _TRAINING_OPTIONS = [
     ("in_channels", InChannels, None), ("device", Device, "cpu"), ("name", Name, None),
     ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False), ("resume", Resume, False),
     ("measure_batch", Ints, None), ("measure_threads", Ints, None), ("measure_runs", MeasureRuns, 30),
+    ("threads", Threads, "auto"),
 ]
 
 
@@ -172,6 +176,7 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
         measure=jobs.MeasureOptions(batch_sizes=tuple(a["measure_batch"] or (1,)),
                                     threads=tuple(a["measure_threads"] or (1,)), runs=a["measure_runs"]),
         num_classes=a["num_classes"], in_channels=a["in_channels"], method=method or {}, device=a["device"],
+        threads=a["threads"],
     )
     default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
         f"-{method['name']}" if method else "")
@@ -368,6 +373,7 @@ def shrink(
     runs_dir: Annotated[Path | None, typer.Option(help="Folder for the new run (default: beside RUN).")] = None,
     overwrite: Overwrite = False,
     measure_runs: MeasureRuns = 30,
+    threads: Threads = "auto",
 ) -> None:
     """Remove every channel a sparse run's masks emptied (DNNShifter) into a new, smaller run.
 
@@ -383,7 +389,8 @@ def shrink(
     base = f"{run.resolve().name}-shrunk" if name is None else name
     for source in sources:
         run_dir = runs.run_path(runs_dir or run.parent, f"{base}-{source.name}" if source != run else base)
-        cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs)
+        cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs,
+                                 threads=threads)
         with _progress() as progress:
             report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=progress)
         _print_report(report, run_dir)

@@ -8,16 +8,18 @@ runs.py the folder. The CLI only parses options into a RunConfig.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import budget, data, export, masks, measure, models, runs
+from . import budget, data, export, masks, measure, models, runs, threads
 from .errors import ConfigError
 from .methods import registry
 from .progress import Reporter, reporter
@@ -75,15 +77,37 @@ def save_masks(model: nn.Module, run_dir: Path) -> None:
 
 
 def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
-    """The run folder, locked and checked (see runs.open_run), with `cfg` recorded in it."""
-    return runs.open_run(run_dir, cfg, overwrite=overwrite, resume=resume)
+    """The run folder, locked and checked (see runs.open_run), with `cfg` recorded in it. Saved configs are
+    compared with their defaults filled in, so a run of an earlier version (without a newer field) resumes.
+    A resumed run records its original config (the one written when it started)."""
+    def changed(saved: dict, new: dict) -> list[str]:
+        try:
+            saved = json.loads(json.dumps(RunConfig.from_dict(saved).to_dict(), default=str))
+        except ConfigError:
+            pass  # compared as it is: the difference is named
+        # --threads is how to run, not what: a resumed run keeps the count it started with (_threads)
+        return runs.changed_fields({**saved, "threads": None}, {**new, "threads": None})
+
+    return runs.open_run(run_dir, cfg, overwrite=overwrite, resume=resume, compare=changed)
+
+
+@contextlib.contextmanager
+def _threads(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Iterator[RunConfig]:
+    """`cfg` with the thread count its heavy steps run with (torch set to it meanwhile): a resumed run keeps
+    the count it started with, so that it ends bit for bit where an uninterrupted one would; otherwise
+    `cfg.threads` resolved now ("auto": the CPUs free at this moment, threads.py)."""
+    saved = Path(run_dir) / runs.CONFIG
+    used = read_config(saved).threads_used if resume and saved.is_file() else None
+    cfg = replace(cfg, threads_used=used or threads.resolve(cfg.threads))
+    with threads.step(cfg.threads_used):
+        yield cfg
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: Reporter | None = None) -> RunReport:
     """Train a dense model and measure it."""
     model, bundle = build(cfg)
-    with _open(cfg, run_dir, overwrite, resume) as rf:
+    with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=rf.path,
                    resume=(rf.path / runs.CHECKPOINT).exists(), device=cfg.device, progress=progress)
         report = finish(model, bundle, cfg, rf.path, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},
@@ -108,7 +132,7 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
         raise ConfigError(f"a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
                           f"at initialisation ({', '.join(registry.list_methods('init'))}), not {method.name}")
     model, bundle = build(cfg)
-    with _open(cfg, run_dir, overwrite, resume) as rf:
+    with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         if method.kind == "levels":
             levels = method.entry(model, bundle.train, cfg.train, opts, rf.path,
                                   finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
@@ -207,7 +231,7 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
     model, extra = load(source)
     masks.apply(model, runs.torch_load(source / runs.MASKS, "masks"))
     bundle = data.loaders(**cfg.data)
-    with _open(cfg, run_dir, overwrite, resume) as rf:
+    with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{
             k: v for k, v in cfg.method.items() if k in ("fold_constants", "round_to")})
         report = finish(small, bundle, cfg, rf.path, {**info, "source": str(source)}, rf.name)
@@ -241,12 +265,13 @@ def imp_levels(path: str | Path) -> list[Path]:
 
 
 def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int | None = None,
-                  measure_runs: int | None = None) -> RunConfig:
+                  measure_runs: int | None = None, threads: str = "auto") -> RunConfig:
     """The config of a shrink of run `source`: its own config (an IMP level's is its parent's), re-aimed."""
     source = Path(source)
     own = source / runs.CONFIG
     cfg = read_config(own if own.exists() else source.parent / runs.CONFIG)
     cfg.command = "shrink"
+    cfg.threads, cfg.threads_used = threads, None
     cfg.method = {"name": "dnnshifter", "source": str(source), "fold_constants": fold_constants, "round_to": round_to}
     if measure_runs is not None:
         cfg.measure.runs = measure_runs
@@ -275,6 +300,8 @@ def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False,
     """Repeat the run in `source` (a run folder or its config.json) into `run_dir`."""
     source = Path(source)
     cfg = read_config(source / runs.CONFIG if source.is_dir() else source)
+    if cfg.threads_used:  # the same thread count gives the same floating-point sums: the very same run
+        cfg.threads, cfg.threads_used = str(cfg.threads_used), None
     if cfg.command not in JOBS:
         raise ConfigError(f"config command {cfg.command!r} cannot be rerun; known: {sorted(JOBS)}")
     return JOBS[cfg.command](cfg, run_dir, overwrite=overwrite, progress=progress)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__, measure, runs
+from . import __version__, measure, runs, threads
 from .errors import CheckpointError, ConfigError
 from .measure import Profile
 from .train import TrainConfig
@@ -48,7 +48,14 @@ class RunConfig:
     in_channels: int | None = None
     method: dict = field(default_factory=dict)  # the pruning method's options (later commands)
     device: str = "cpu"
+    # CPU threads of the run's heavy steps: "auto" (threads.py: the CPUs free now) or a count; the count it
+    # resolved to is recorded, and a resumed run keeps it (another count gives other floating-point sums)
+    threads: str | int = "auto"
+    threads_used: int | None = None
     edgeprune_version: str = __version__
+
+    def __post_init__(self) -> None:
+        threads.check(self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -267,7 +267,7 @@ def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
             raise CheckpointError(f"cannot resume: {final} holds no started run ({CONFIG} is missing); "
                                   "start a new run instead")
         saved = read_json(final / CONFIG)
-        changed = (compare or _changed_fields)(saved, new)
+        changed = (compare or changed_fields)(saved, new)
         if changed:
             raise ConfigError(
                 f"cannot resume {final}: the options differ from the saved run in {', '.join(changed)}; resume "
@@ -296,7 +296,7 @@ def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
     return folder
 
 
-def _changed_fields(saved: dict, new: dict, prefix: str = "") -> list[str]:
+def changed_fields(saved: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted names of the fields whose values differ, with both values (the version is not an option)."""
     out = []
     for key in sorted(set(saved) | set(new)):
@@ -304,7 +304,7 @@ def _changed_fields(saved: dict, new: dict, prefix: str = "") -> list[str]:
             continue
         a, b = saved.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_fields(a, b, f"{prefix}{key}.")
+            out += changed_fields(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key} (saved {a!r}, now {b!r})")
     return out

@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from . import jobs, models, runs
@@ -350,7 +349,8 @@ def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:
     except EdgePruneError:
         return ["config.json (unreadable)"]
     new = _plain(cfg)
-    return [k for k in new if k != "edgeprune_version" and old.get(k) != new[k]]
+    # how a cell was executed (version, threads) is not what it is: a cell is the same run without them
+    return [k for k in new if k not in ("edgeprune_version", "threads", "threads_used") and old.get(k) != new[k]]
 
 
 def _plain(cfg: jobs.RunConfig) -> dict:
@@ -418,8 +418,9 @@ def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
 
 
 def _ray_cell(cell: Cell, run_dir: Path, resume: bool, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    return run_cell(cell, run_dir, resume)
+    # the CPUs Ray gave the cell, not what looks free on a node that other cells share
+    return run_cell(dataclasses.replace(cell, cfg=dataclasses.replace(cell.cfg, threads=str(threads))), run_dir,
+                    resume)
 
 
 def _check_reachable(address: str, timeout: float) -> None:

@@ -34,6 +34,14 @@ def resolve(spec: str | int, sample_s: float = SAMPLE_S) -> int:
     """The thread count for `spec`: a positive integer (as int or text) as given, or `"auto"` (see module)."""
     if isinstance(spec, str) and spec.strip().lower() == AUTO:
         return auto(usable_cpus(), busy_elsewhere(sample_s))
+    return check(spec)
+
+
+def check(spec: str | int) -> int:
+    """A fixed thread count as an int, 0 for "auto"; ConfigError naming the fix for anything else (no sampling:
+    cheap enough to validate options with)."""
+    if isinstance(spec, str) and spec.strip().lower() == AUTO:
+        return 0
     try:
         n = int(spec)
     except (TypeError, ValueError):

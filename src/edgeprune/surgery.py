@@ -1,23 +1,36 @@
 """Surgery: make a model physically smaller by removing output channels, on torch-pruning's DependencyGraph.
 
 torch-pruning finds everything coupled to a channel (its BN, the consumers' input channels, residual-add
-partners, concatenation slices, depthwise convs) and removes it everywhere at once. On top of that this
-module turns per-layer decisions into group decisions:
+partners, concatenation slices, depthwise convs, norms, attention) and removes it everywhere at once. On
+top of that this module turns per-layer decisions into group decisions:
 
 - a channel of a coupled group goes only if every coupled layer with a say lets it go (a layer without a
-  decision keeps all; a depthwise conv without one follows its input);
-- the model's outputs never change, and grouped convs lose the same positions in every group;
-- each group's removal is checked against the unpruned model with the removed inputs zeroed, so a graph
-  torch-pruning mapped wrongly raises UnsupportedModelError instead of returning a wrong model.
+  decision keeps all; a depthwise conv without one follows its input). On residual networks this keeps far
+  more than each layer asked for: a stage's convs must all agree on a channel. To remove a fraction of every
+  group, rank each group once (`structure.group_keep`, torch-pruning's group importance) and pass that;
+- the model's outputs never change; grouped convs lose the same positions in every group; GroupNorm
+  groups and attention heads each lose the same number of channels, so every group and head stays whole;
+- the result is checked, in one pass, against the unpruned model with the removed channels' consumers
+  zeroed (the inputs they read set to nothing). Channel-count-dependent statistics (LayerNorm and GroupNorm
+  mean and variance, the attention scale 1/sqrt(head dim)) are those of that reference in both runs: they
+  are what removing channels redefines, everything else (every kept weight and where it sits) is checked.
+  Where the check fails, the groups are redone one by one and a group torch-pruning mapped wrongly is left
+  unpruned and reported in `SurgeryReport.skipped`, so no wrong model is returned;
+- the trace runs the model in training mode with its norm and dropout layers in eval mode, so branches
+  taken only in training (auxiliary classifiers) are in the graph and stay consistent with the trunk.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
@@ -26,12 +39,14 @@ from . import masks as masks_mod
 from .errors import ConfigError, UnsupportedModelError, unknown_name
 from .measure import PRUNABLE, count_params
 
-# Layers that pass a channel on without mixing it with others: where a group holds anything else, the
-# reference check cannot hold, and its failure names these (GroupNorm, LayerNorm, attention, ...).
+# Layers that pass a channel on without mixing it with others. A constant cannot be folded through anything
+# else (structure.remove_dead); a failed check names the others in the group (attention, pooling over channels).
 CHANNELWISE = {
     OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.BN, OPTYPE.DEPTHWISE_CONV, OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
     OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.SLICE, OPTYPE.PRELU, OPTYPE.IN, OPTYPE.UNBIND, OPTYPE.EXPAND,
 }
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)  # never reported as an unsupported model
+TOLERANCE = 1e-4  # of the largest output magnitude: float32 sums in another order, nothing more
 
 
 @dataclass
@@ -55,34 +70,71 @@ def width(layer: nn.Module) -> int:
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's DependencyGraph of `model`; UnsupportedModelError where torch-pruning cannot trace it."""
-    was_training = model.training  # tracing leaves the model in eval mode
+    """torch-pruning's DependencyGraph of `model`, traced with training-only branches (see `trace`)."""
+    return trace(model, example_inputs)[0]
+
+
+def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, bool]:
+    """(torch-pruning's DependencyGraph of `model`, whether it was traced in branch mode).
+
+    Branch mode (`branch_mode`) reaches layers only a training forward uses, such as auxiliary
+    classifiers; a model whose training forward cannot run on `example_inputs` alone is traced in eval
+    mode. Raises UnsupportedModelError where torch-pruning cannot trace it.
+    """
+    error = None
+    for branches in (True, False):
+        try:
+            with branch_mode(model, False), torch.enable_grad():  # restores the training flags afterwards
+
+                def forward(m: nn.Module, x: torch.Tensor, branches: bool = branches):  # after tp's model.eval()
+                    with branch_mode(m, branches):
+                        return m(x)  # not m(*x), torch-pruning's default, which unbatches a one-sample tensor
+
+                dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, forward_fn=forward, verbose=False
+                )
+            return dg, branches
+        except OUT_OF_MEMORY:
+            raise
+        except Exception as e:
+            error = e
+    where = _torch_pruning_function(error)
+    hint = " (a view/reshape that moves channels, such as a channel shuffle)" if "reshape" in where else ""
+    raise UnsupportedModelError(
+        f"torch-pruning cannot trace {type(model).__name__}: {type(error).__name__} in {where or 'the forward'}"
+        f"{hint}: {_short(error)}. Channel surgery needs a model torch-pruning can trace; remove or replace "
+        "that operation"
+    ) from error
+
+
+@contextmanager
+def branch_mode(model: nn.Module, branches: bool = True) -> Iterator[nn.Module]:
+    """The model in eval mode, or with `branches` its containers in training mode and its leaf layers
+    (norms, dropout, stochastic depth) and attention in eval mode: a training forward's branches
+    (auxiliary heads), deterministically. Training flags are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    if branches:
+        for m in model.modules():
+            if next(m.children(), None) is not None and not isinstance(m, nn.MultiheadAttention):
+                m.training = True
     try:
-        with torch.enable_grad():
-            # forward_fn: torch-pruning would otherwise try model(*x), which unbatches a one-sample tensor.
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=lambda m, x: m(x), verbose=False
-            )
-    except Exception as e:
-        where = _torch_pruning_function(e)
-        hint = " (a view/reshape that moves channels, such as a channel shuffle)" if "reshape" in where else ""
-        raise UnsupportedModelError(
-            f"torch-pruning cannot trace {type(model).__name__}: {type(e).__name__} in {where or 'the forward'}"
-            f"{hint}: {str(e)[:200]}. Channel surgery needs a model torch-pruning can trace; remove or replace "
-            "that operation"
-        ) from e
+        yield model
     finally:
-        model.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def out_channel_group(dg: tp.DependencyGraph, layer: nn.Module, idxs: Iterable[int], name: str):
     """torch-pruning's group for removing output channels `idxs` of `layer` (named `name` in errors)."""
     try:
         return dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, list(idxs))
+    except OUT_OF_MEMORY:
+        raise
     except Exception as e:
         raise UnsupportedModelError(
             f"torch-pruning cannot prune the output channels of layer {name!r} ({type(layer).__name__}): "
-            f"{type(e).__name__}: {str(e)[:200]}. Leave that layer out of the decisions"
+            f"{type(e).__name__}: {_short(e)}. Leave that layer out of the decisions"
         ) from e
 
 
@@ -96,12 +148,15 @@ def materialize(
     """Remove every output channel not in `keep[layer]` (indices, or a bool mask) from `model`, in place.
 
     Masks are baked first. Layers in `ignored` and the layers producing the model's outputs keep all
-    their output channels, and so does everything coupled to them. `round_to` keeps extra channels (the
-    lowest-index ones) so that each decided group keeps a multiple of it. Decisions that cannot be
-    applied in full are explained in `report.skipped`. Raises UnsupportedModelError (the model may then
-    be partly pruned: work on a copy) where torch-pruning cannot trace or correctly prune a layer.
+    their output channels, and so does everything coupled to them. A channel tied to others (residual
+    add, depthwise conv, ...) goes only if every coupled layer with a decision removes it: per-layer
+    decisions on a residual network remove far less than each asked (see `structure.group_keep` for
+    decisions made once per group, which land). `round_to` keeps extra channels (the lowest-index ones)
+    so that each decided group keeps a multiple of it. Decisions that cannot be applied in full, layers
+    the traced forward never reaches and groups torch-pruning maps wrongly are explained in
+    `report.skipped`. Raises UnsupportedModelError where torch-pruning cannot trace the model; on any
+    error the model is left exactly as it was.
     """
-    masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     decisions = {name: _kept_indices(model, layers, name, idxs) for name, idxs in keep.items()}
     for name in ignored:
@@ -117,14 +172,18 @@ def materialize(
                     "output channels; use a smaller round_to or leave that layer out"
                 )
     widths = {n: width(m) for n, m in layers.items()}
-    params_before = count_params(model)[0]
-    surgeon = _Surgeon(model, dependency_graph(model, example_inputs), layers, decisions, ignored, example_inputs)
-    was_training = model.training
+    snapshot = Snapshot(model)
     try:
+        masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
+        params_before = count_params(model)[0]
+        dg, branches = trace(model, example_inputs)
+        surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
-            surgeon.apply(name, round_to)
-    finally:
-        model.train(was_training)
+            surgeon.plan(name, round_to)
+        surgeon.execute()
+    except BaseException:
+        snapshot.restore()
+        raise
     report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=count_params(model)[0])
     for name, alive in surgeon.alive.items():
         if name in decisions or len(alive) != widths[name]:
@@ -134,21 +193,58 @@ def materialize(
     return report
 
 
-class _Surgeon:
-    """Applies decisions group by group, tracking which original channel each current channel is."""
+class Snapshot:
+    """Every module's attributes and every parameter's and buffer's data as they are now, to put back
+    exactly: torch-pruning and `masks.bake` replace tensors and attributes rather than write into them."""
 
-    def __init__(self, model, dg, layers, decisions, ignored, x):
-        self.model, self.dg, self.layers, self.decisions, self.x = model, dg, layers, decisions, x
+    def __init__(self, model: nn.Module):
+        self.modules = [(m, type(m), {k: copy.copy(v) if isinstance(v, dict | set | list) else v
+                                      for k, v in vars(m).items()}) for m in model.modules()]
+        self.data = [(t, t.data) for m in model.modules()
+                     for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+
+    def restore(self) -> None:
+        for m, cls, attrs in self.modules:
+            m.__class__ = cls
+            vars(m).clear()
+            vars(m).update(attrs)
+        for t, data in self.data:
+            t.data = data
+
+
+class _Mismatch(Exception):
+    """torch-pruning's removal changed what the model computes; the reason reads as a `skipped` entry."""
+
+
+@dataclass
+class _Plan:
+    root: str
+    removable: list[int]  # root channels, original indices
+    wishes: dict[str, set[int]]  # decided layer -> root channels its decision removes
+
+
+class _Surgeon:
+    """Plans every group's removal on the unpruned model, then applies and checks them all at once."""
+
+    def __init__(self, model, dg, branches, layers, decisions, ignored, x):
+        self.model, self.dg, self.branches, self.layers, self.decisions, self.x = (
+            model, dg, branches, layers, decisions, x)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = {layers[n] for n in ignored}
         # alive[layer][i] = original index of current output channel i: later groups see shifted indices.
         self.alive = {n: list(range(width(m))) for n, m in layers.items()}
         self.covered: set[str] = set()  # layers whose channels an earlier group already decided
         self.skipped: dict[str, str] = {}
+        self.plans: list[_Plan] = []
 
-    def apply(self, root_name: str, round_to: int | None) -> None:
-        """Decide and remove the channels of the group `root_name` belongs to."""
+    def plan(self, root_name: str, round_to: int | None) -> None:
+        """Decide the channels of the group `root_name` belongs to."""
         if root_name in self.covered:
+            return
+        if self.layers[root_name] not in self.dg.module2node:
+            self.skipped[root_name] = (
+                "not in torch-pruning's graph: the traced forward never reaches it, or it belongs to a module "
+                "pruned as a whole (such as MultiheadAttention's out_proj); left as it is")
             return
         n = width(self.layers[root_name])
         full = self._group(root_name, range(n))
@@ -158,6 +254,11 @@ class _Surgeon:
             if self.dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)
         }
         self.covered |= {m for m, it in members.items() if len(set(it.idxs)) == width(self.layers[m])}
+        if outside := _few(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
+            for m in members.keys() & self.decisions.keys():  # seen after a concatenation followed by a split
+                self.skipped[m] = (f"left as it is: torch-pruning maps the group's channels past the last channel "
+                                   f"of {outside}")
+            return
         # Everything below works on root indices: channel r of the root and whatever is tied to it.
         wishes = {m: self._removals(m, it) for m, it in members.items() if m in self.decisions}
         if not any(wishes.values()):
@@ -168,13 +269,18 @@ class _Surgeon:
         removable, keepers = self._vote(members)
         for m, wish in wishes.items():
             if lost := wish - removable:
-                others = ", ".join(sorted(set().union(*(keepers[r] for r in lost)) - {m}))
+                others = _few(set().union(*(keepers[r] for r in lost)) - {m})
                 self._note({m: wish}, lost, f"kept {len(lost)} of the {len(wish)} channels it would remove: "
                            f"coupled through {_coupling(full)} with {others}, which keep those channels")
         unit, why = self._units(full, n)
         lost = {r for r in removable if not set(unit(r)) <= removable}
         self._note(wishes, lost, why)
         removable -= lost
+        for item, size, what in self._sections(full):
+            back = _equal_per_section(item, size, removable)
+            removable -= back
+            self._note(wishes, back, f"kept {len(back)} channels so that each {what} of {self._name(item)} "
+                       f"loses as many channels as the others")
         if round_to and removable:
             target = min(n, math.ceil((n - len(removable)) / round_to) * round_to)
             restored = set()
@@ -192,9 +298,80 @@ class _Surgeon:
             back = set(unit(min(r for r in exhausted.root_idxs if r in removable)))
             removable -= back
             self._note(wishes, back, f"would remove every channel of {self._name(exhausted)}; kept {root_name} "
-                       f"channel(s) {sorted(self.alive[root_name][r] for r in back)}")
+                       f"channel(s) {sorted(back)[:8]}")
         if removable:
-            self._prune(root_name, self._group(root_name, sorted(removable)))
+            self.plans.append(_Plan(root_name, sorted(removable), wishes))
+
+    def execute(self) -> None:
+        """Apply every plan with one check; where it fails, redo them one by one and leave out the wrong ones."""
+        if not self.plans:
+            return
+        snapshot, alive = Snapshot(self.model), copy.deepcopy(self.alive)
+        try:
+            return self._apply(self.plans)
+        except _Mismatch:
+            snapshot.restore()
+            self.alive = alive
+        for plan in self.plans:
+            snapshot, alive = Snapshot(self.model), copy.deepcopy(self.alive)
+            try:
+                self._apply([plan])
+            except _Mismatch as e:
+                snapshot.restore()
+                self.alive = alive
+                self._note(plan.wishes, set(plan.removable), str(e))
+
+    def _apply(self, plans: list[_Plan]) -> None:
+        """Prune `plans`, checking the result against the model with the removed channels' consumers zeroed."""
+        with branch_mode(self.model, self.branches), _mha_fastpath(False):
+            zero: dict[nn.Module, set[int]] = defaultdict(set)
+            for plan in plans:
+                for it in self._group(plan.root, self._current(plan)):
+                    module = it.dep.target.module
+                    if isinstance(module, nn.MultiheadAttention) or (
+                            isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
+                        zero[module] |= set(it.idxs)
+            undo = [(_zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
+                    for m, cols in zero.items()]
+            statistics: list = []
+            try:
+                with torch.no_grad(), frozen_statistics(statistics, record=True):
+                    reference = tp.utils.flatten_as_list(self.model(self.x))
+            finally:
+                for undo_step in undo:
+                    undo_step()
+            groups = []
+            try:
+                for plan in plans:
+                    groups.append(group := self._group(plan.root, self._current(plan)))
+                    group.prune()
+                    self._update_alive(group)
+                with torch.no_grad(), frozen_statistics(statistics, record=False):
+                    result = tp.utils.flatten_as_list(self.model(self.x))
+                error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
+                cause = ""
+            except OUT_OF_MEMORY:
+                raise
+            except Exception as e:  # a shape torch-pruning got wrong
+                error, cause = math.inf, f", {type(e).__name__}: {_short(e, 120)}"
+        scale = max(r.abs().max().item() for r in reference)
+        if not error <= TOLERANCE * max(scale, 1e-6):
+            mixing = {self._name(it) for g in groups for it in g if it.dep.target.type not in CHANNELWISE}
+            suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
+            raise _Mismatch(f"left unpruned: torch-pruning's removal changed what the model computes (max error "
+                            f"{error:.3g}{cause}){suspects}")
+
+    def _current(self, plan: _Plan) -> list[int]:
+        """The plan's root channels as indices into the root's current channels."""
+        position = {a: i for i, a in enumerate(self.alive[plan.root])}
+        return [position[r] for r in plan.removable]
+
+    def _update_alive(self, group) -> None:
+        for it in group:
+            m = self.names.get(it.dep.target.module)
+            if m in self.alive and self.dg.is_out_channel_pruning_fn(it.dep.handler):
+                gone = set(it.idxs)
+                self.alive[m] = [a for i, a in enumerate(self.alive[m]) if i not in gone]
 
     def _vote(self, members) -> tuple[set[int], dict[int, set[str]]]:
         """Root channels every coupled layer with a say lets go; and who keeps each of the others."""
@@ -237,7 +414,7 @@ class _Surgeon:
         if not grouped:
             return (lambda r: (r,)), ""
         groups = max(it.dep.target.module.groups for it in grouped)
-        names = ", ".join(sorted({self._name(it) for it in grouped}))
+        names = _few({self._name(it) for it in grouped})
         if n % groups:
             why = f"coupled with grouped convolution {names}, whose {groups} groups cannot share {n} channels evenly"
             return (lambda r: range(n)), why
@@ -245,6 +422,18 @@ class _Surgeon:
         why = (f"coupled with grouped convolution {names}: a channel goes only where the same position goes in "
                f"all {groups} groups")
         return (lambda r: range(r % size, n, size)), why
+
+    def _sections(self, group) -> list[tuple]:
+        """(item, channels per section, what a section is) for each GroupNorm and attention in `group`:
+        their groups and heads must each lose as many channels as the others to stay whole."""
+        found = {}
+        for it in group:
+            m = it.dep.target.module
+            if isinstance(m, nn.GroupNorm) and m not in found:
+                found[m] = (it, m.num_channels // m.num_groups, "group")
+            elif isinstance(m, nn.MultiheadAttention) and m not in found:
+                found[m] = (it, m.embed_dim // m.num_heads, "head")
+        return list(found.values())
 
     def _exhausted(self, group, removable: set[int]):
         """The first member of `group` that would lose all its channels (torch-pruning's check_pruning_group,
@@ -257,38 +446,6 @@ class _Surgeon:
                     return it
         return None
 
-    def _prune(self, root_name: str, group) -> None:
-        """Prune `group`, checking the result against the model with the removed channels' inputs zeroed."""
-        self.model.eval()
-        with torch.no_grad():
-            undo = _zero_consumed(self.dg, group)
-            reference = tp.utils.flatten_as_list(self.model(self.x))
-            for undo_step in undo:
-                undo_step()
-        try:
-            group.prune()
-            with torch.no_grad():
-                result = tp.utils.flatten_as_list(self.model(self.x))
-            error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
-        except Exception as e:  # a shape torch-pruning got wrong
-            error, cause = math.inf, f" ({type(e).__name__}: {str(e)[:150]})"
-        else:
-            cause = ""
-        scale = max(r.abs().max().item() for r in reference)
-        if not error <= 1e-4 * max(scale, 1e-6):
-            mixing = sorted({self._name(it) for it in group if it.dep.target.type not in CHANNELWISE})
-            suspects = f"; it passes through {', '.join(mixing)}, which mixes channels" if mixing else ""
-            raise UnsupportedModelError(
-                f"removing output channels of layer {root_name!r} through torch-pruning changed what the rest of "
-                f"the model computes (max error {error:.3g}{cause}){suspects}. torch-pruning mis-traced an "
-                "operation that reorders or mixes channels; leave that layer out of the decisions"
-            )
-        for it in group:
-            m = self.names.get(it.dep.target.module)
-            if m in self.alive and self.dg.is_out_channel_pruning_fn(it.dep.handler):
-                gone = set(it.idxs)
-                self.alive[m] = [a for i, a in enumerate(self.alive[m]) if i not in gone]
-
     def _note(self, wishes: dict[str, set[int]], lost: set[int], reason: str) -> None:
         for m, wish in wishes.items():
             if wish & lost and reason not in self.skipped.get(m, ""):
@@ -297,20 +454,81 @@ class _Surgeon:
     def _name(self, item) -> str:
         module = item.dep.target.module
         return self.names.get(module) or ("the model output" if item.dep.target.type == OPTYPE.OUTPUT else
-                                          repr(module))
+                                          type(module).__name__.strip("_"))
 
 
-def _zero_consumed(dg: tp.DependencyGraph, group) -> list[Callable[[], None]]:
-    """Zero the inputs through which consumers read the group's channels; return the undo steps.
+def _equal_per_section(item, size: int, removable: set[int]) -> set[int]:
+    """Root channels to keep so that every section of `size` channels of `item`'s layer loses as many as
+    the one that loses fewest (and keeps one); the lowest-index ones come back first, as for round_to."""
+    per_section: dict[int, list[int]] = defaultdict(list)
+    for i, r in zip(item.idxs, item.root_idxs, strict=True):
+        if r in removable:
+            per_section[i // size].append(r)
+    sections = len(set(item.idxs)) // size
+    allowed = min(size - 1, *(len(per_section[s]) for s in range(max(sections, 1))))
+    return {r for rs in per_section.values() for r in sorted(rs)[:len(rs) - allowed]}
 
-    With those inputs zeroed the channels feed nothing, so the model must compute exactly what the
-    pruned model computes: the reference `_Surgeon._prune` checks torch-pruning's result against.
+
+@contextmanager
+def frozen_statistics(statistics: list, record: bool) -> Iterator[None]:
+    """LayerNorm, GroupNorm and scaled-dot-product attention computing with recorded statistics.
+
+    With `record`, each call appends what depends on its channel count (per-sample mean and 1/std,
+    the attention scale); otherwise each call uses, in call order, what the recording pass appended.
+    A model with channels removed then computes exactly what the original with their consumers zeroed
+    did. The functions are patched in torch.nn.functional, where every nn layer looks them up per call.
     """
-    return [
-        zero_inputs(it.dep.target.module, it.idxs)
-        for it in group
-        if isinstance(it.dep.target.module, PRUNABLE) and not dg.is_out_channel_pruning_fn(it.dep.handler)
-    ]
+    originals = {name: getattr(F, name) for name in ("layer_norm", "group_norm", "scaled_dot_product_attention")}
+    calls = iter(statistics)
+
+    def stats(compute: Callable[[], tuple]) -> tuple:
+        if record:
+            statistics.append(compute())
+            return statistics[-1]
+        return next(calls)
+
+    def normalised(x, dims, eps):
+        var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+        return mean, (var + eps).rsqrt()
+
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        mean, rstd = stats(lambda: normalised(x, tuple(range(-len(normalized_shape), 0)), eps))
+        y = (x - mean) * rstd  # weight and bias have normalized_shape: they broadcast over the last dims
+        y = y if weight is None else y * weight
+        return y if bias is None else y + bias
+
+    def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+        g = x.reshape(x.shape[0], num_groups, -1)
+        mean, rstd = stats(lambda: normalised(g, -1, eps))
+        y = ((g - mean) * rstd).reshape(x.shape)
+        trailing = (1,) * (x.dim() - 2)  # weight and bias are per channel, on dim 1
+        y = y if weight is None else y * weight.view(-1, *trailing)
+        return y if bias is None else y + bias.view(-1, *trailing)
+
+    def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        (s,) = stats(lambda: (scale if scale is not None else q.size(-1) ** -0.5,))
+        return originals["scaled_dot_product_attention"](q, k, v, attn_mask, dropout_p, is_causal, scale=s, **kwargs)
+
+    patched = {"layer_norm": layer_norm, "group_norm": group_norm, "scaled_dot_product_attention": attention}
+    for name, fn in patched.items():
+        setattr(F, name, fn)
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(F, name, fn)
+
+
+
+@contextmanager
+def _mha_fastpath(enabled: bool) -> Iterator[None]:
+    """nn.MultiheadAttention's fused inference path skips scaled_dot_product_attention: off for the check."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
@@ -329,6 +547,31 @@ def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
             g, j = divmod(i, per_in)
             w[g * per_out:(g + 1) * per_out, j] = 0.0
         return lambda: w.data.copy_(saved)
+
+
+def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable[[], None]:
+    """Zero what nn.MultiheadAttention reads and computes on embedding channels `idxs`; return the undo step.
+
+    torch-pruning removes those positions from the inputs and from the query, key and value projections
+    alike; zeroed, they add nothing to the attention scores or the values.
+    """
+    if mha.in_proj_weight is None:
+        raise _Mismatch("left unpruned: attention with separate query/key/value sizes is not checked")
+    w, b, e = mha.in_proj_weight, mha.in_proj_bias, mha.embed_dim
+    rows = torch.as_tensor([i + k * e for k in range(3) for i in idxs], dtype=torch.long, device=w.device)
+    cols = torch.as_tensor(list(idxs), dtype=torch.long, device=w.device)
+    saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
+    with torch.no_grad():
+        w.index_fill_(0, rows, 0.0).index_fill_(1, cols, 0.0)
+        if b is not None:
+            b.index_fill_(0, rows, 0.0)
+
+    def undo() -> None:
+        w.data.copy_(saved_w)
+        if b is not None:
+            b.data.copy_(saved_b)
+
+    return undo
 
 
 def _coupling(group) -> str:
@@ -382,3 +625,15 @@ def _torch_pruning_function(e: Exception) -> str:
             where = f"torch-pruning's {tb.tb_frame.f_code.co_name}"
         tb = tb.tb_next
     return where
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line and cut short: torch-pruning's can print whole tensors."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _few(names: Iterable[str], shown: int = 3) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -37,7 +37,7 @@ from torch_pruning.ops import OPTYPE
 
 from . import masks as masks_mod
 from .errors import ConfigError, UnsupportedModelError, unknown_name
-from .measure import PRUNABLE, count_params
+from .measure import PRUNABLE
 
 # Layers that pass a channel on without mixing it with others. A constant cannot be folded through anything
 # else (structure.remove_dead); a failed check names the others in the group (attention, pooling over channels).
@@ -175,7 +175,7 @@ def materialize(
     snapshot = Snapshot(model)
     try:
         masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
-        params_before = count_params(model)[0]
+        params_before = _parameters(model)
         dg, branches = trace(model, example_inputs)
         surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
@@ -184,7 +184,7 @@ def materialize(
     except BaseException:
         snapshot.restore()
         raise
-    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=count_params(model)[0])
+    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model))
     for name, alive in surgeon.alive.items():
         if name in decisions or len(alive) != widths[name]:
             report.before[name], report.after[name] = widths[name], len(alive)
@@ -221,6 +221,7 @@ class _Plan:
     root: str
     removable: list[int]  # root channels, original indices
     wishes: dict[str, set[int]]  # decided layer -> root channels its decision removes
+    reads: dict[nn.Module, set[int]]  # consumer -> the input channels it reads them through, unpruned model
 
 
 class _Surgeon:
@@ -300,20 +301,31 @@ class _Surgeon:
             self._note(wishes, back, f"would remove every channel of {self._name(exhausted)}; kept {root_name} "
                        f"channel(s) {sorted(back)[:8]}")
         if removable:
-            self.plans.append(_Plan(root_name, sorted(removable), wishes))
+            self.plans.append(_Plan(root_name, sorted(removable), wishes, self._reads(full, removable)))
+
+    def _reads(self, full, removable: set[int]) -> dict[nn.Module, set[int]]:
+        """Where the unpruned model reads root channels `removable`: input channels of conv/linear layers, and
+        embedding channels of attention (zeroed for the reference; read off the full group, not traced again)."""
+        reads: dict[nn.Module, set[int]] = defaultdict(set)
+        for it in full:
+            module = it.dep.target.module
+            if isinstance(module, nn.MultiheadAttention) or (
+                    isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
+                reads[module] |= {i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r in removable}
+        return reads
 
     def execute(self) -> None:
         """Apply every plan with one check; where it fails, redo them one by one and leave out the wrong ones."""
         if not self.plans:
             return
-        snapshot, alive = Snapshot(self.model), copy.deepcopy(self.alive)
+        snapshot, alive = Snapshot(self.model), self._alive_copy()
         try:
             return self._apply(self.plans)
         except _Mismatch:
             snapshot.restore()
             self.alive = alive
         for plan in self.plans:
-            snapshot, alive = Snapshot(self.model), copy.deepcopy(self.alive)
+            snapshot, alive = Snapshot(self.model), self._alive_copy()
             try:
                 self._apply([plan])
             except _Mismatch as e:
@@ -326,11 +338,8 @@ class _Surgeon:
         with branch_mode(self.model, self.branches), _mha_fastpath(False):
             zero: dict[nn.Module, set[int]] = defaultdict(set)
             for plan in plans:
-                for it in self._group(plan.root, self._current(plan)):
-                    module = it.dep.target.module
-                    if isinstance(module, nn.MultiheadAttention) or (
-                            isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
-                        zero[module] |= set(it.idxs)
+                for module, cols in plan.reads.items():
+                    zero[module] |= cols
             undo = [(_zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
                     for m, cols in zero.items()]
             statistics: list = []
@@ -360,6 +369,9 @@ class _Surgeon:
             suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
             raise _Mismatch(f"left unpruned: torch-pruning's removal changed what the model computes (max error "
                             f"{error:.3g}{cause}){suspects}")
+
+    def _alive_copy(self) -> dict[str, list[int]]:
+        return {m: list(a) for m, a in self.alive.items()}
 
     def _current(self, plan: _Plan) -> list[int]:
         """The plan's root channels as indices into the root's current channels."""
@@ -473,41 +485,48 @@ def _equal_per_section(item, size: int, removable: set[int]) -> set[int]:
 def frozen_statistics(statistics: list, record: bool) -> Iterator[None]:
     """LayerNorm, GroupNorm and scaled-dot-product attention computing with recorded statistics.
 
-    With `record`, each call appends what depends on its channel count (per-sample mean and 1/std,
-    the attention scale); otherwise each call uses, in call order, what the recording pass appended.
-    A model with channels removed then computes exactly what the original with their consumers zeroed
-    did. The functions are patched in torch.nn.functional, where every nn layer looks them up per call.
+    With `record`, each call appends its input's shape and what depends on its channel count (per-sample
+    mean and 1/std, the attention scale) and computes as usual; otherwise each call uses, in call order,
+    what the recording pass appended. A model with channels removed then computes exactly what the
+    original with their consumers zeroed did. A norm whose input kept its shape lost no channels: its own
+    statistics are the recorded ones, so it runs torch's fused kernel. The functions are patched in
+    torch.nn.functional, where every nn layer looks them up per call.
     """
     originals = {name: getattr(F, name) for name in ("layer_norm", "group_norm", "scaled_dot_product_attention")}
     calls = iter(statistics)
 
-    def stats(compute: Callable[[], tuple]) -> tuple:
+    def frozen(x: torch.Tensor, dims, eps: float) -> tuple | None:
+        """The recorded (mean, 1/std) where `x` lost channels since; None where torch's own op is exact."""
         if record:
-            statistics.append(compute())
-            return statistics[-1]
-        return next(calls)
-
-    def normalised(x, dims, eps):
-        var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
-        return mean, (var + eps).rsqrt()
+            var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+            statistics.append((x.shape, mean, (var + eps).rsqrt()))
+            return None
+        shape, mean, rstd = next(calls)
+        return None if x.shape == shape else (mean, rstd)
 
     def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-        mean, rstd = stats(lambda: normalised(x, tuple(range(-len(normalized_shape), 0)), eps))
-        y = (x - mean) * rstd  # weight and bias have normalized_shape: they broadcast over the last dims
+        if (stats := frozen(x, tuple(range(-len(normalized_shape), 0)), eps)) is None:
+            return originals["layer_norm"](x, normalized_shape, weight, bias, eps)
+        y = (x - stats[0]) * stats[1]  # weight and bias have normalized_shape: they broadcast over the last dims
         y = y if weight is None else y * weight
         return y if bias is None else y + bias
 
     def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
         g = x.reshape(x.shape[0], num_groups, -1)
-        mean, rstd = stats(lambda: normalised(g, -1, eps))
-        y = ((g - mean) * rstd).reshape(x.shape)
+        if (stats := frozen(g, -1, eps)) is None:
+            return originals["group_norm"](x, num_groups, weight, bias, eps)
+        y = ((g - stats[0]) * stats[1]).reshape(x.shape)
         trailing = (1,) * (x.dim() - 2)  # weight and bias are per channel, on dim 1
         y = y if weight is None else y * weight.view(-1, *trailing)
         return y if bias is None else y + bias.view(-1, *trailing)
 
     def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-        (s,) = stats(lambda: (scale if scale is not None else q.size(-1) ** -0.5,))
-        return originals["scaled_dot_product_attention"](q, k, v, attn_mask, dropout_p, is_causal, scale=s, **kwargs)
+        if record:
+            statistics.append(scale if scale is not None else q.size(-1) ** -0.5)
+        else:
+            scale = next(calls)
+        return originals["scaled_dot_product_attention"](q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                         **kwargs)
 
     patched = {"layer_norm": layer_norm, "group_norm": group_norm, "scaled_dot_product_attention": attention}
     for name, fn in patched.items():
@@ -517,7 +536,6 @@ def frozen_statistics(statistics: list, record: bool) -> Iterator[None]:
     finally:
         for name, fn in originals.items():
             setattr(F, name, fn)
-
 
 
 @contextmanager
@@ -536,9 +554,9 @@ def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
     w = layer.weight
     with torch.no_grad():
         idxs = torch.as_tensor(list(idxs), dtype=torch.long, device=w.device)
-        if isinstance(layer, nn.Linear) or layer.transposed:
-            dim = 1 if isinstance(layer, nn.Linear) else 0
-            saved = w.index_select(dim, idxs)  # only the slice: a classifier can be huge
+        if isinstance(layer, nn.Linear) or layer.transposed or layer.groups == 1:
+            dim = 0 if getattr(layer, "transposed", False) else 1  # the input-channel dimension of the weight
+            saved = w.index_select(dim, idxs)  # only the slice: copying whole weights costs as much as a forward
             w.index_fill_(dim, idxs, 0.0)
             return lambda: w.data.index_copy_(dim, idxs, saved)
         saved = w.detach().clone()
@@ -572,6 +590,12 @@ def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable
             b.data.copy_(saved_b)
 
     return undo
+
+
+def _parameters(model: nn.Module) -> int:
+    """Parameters of a model whose masks are baked (measure.count_params also counts non-zeros: a pass over
+    every weight that surgery does not need)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _coupling(group) -> str:

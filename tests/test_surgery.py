@@ -233,6 +233,29 @@ def test_a_mistraced_group_is_left_unpruned_and_reported():
         assert torch.equal(model(x), y0)
 
 
+class _CatThenFlip(nn.Module):
+    """Two convs concatenated into one consumer, then a flip torch-pruning does not see."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3), nn.Conv2d(3, 6, 3), nn.Conv2d(12, 8, 1)
+        self.d, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.c(torch.cat([self.a(x), self.b(x)], 1).relu())
+        return self.fc(self.d(torch.flip(y, dims=[1])).mean((2, 3)))
+
+
+def test_one_mistraced_group_does_not_stop_the_others_even_behind_a_concatenation():
+    # The check over all groups fails (the flip), so each group is redone alone: b's channels then sit at
+    # shifted positions of c's input, since a's are gone.
+    model, x, _ = _tiny(_CatThenFlip, (3, 8, 8))
+    report = materialize(model, {"a": [0, 1, 2], "b": [3, 4, 5], "c": range(4)}, x)
+    assert (model.a.out_channels, model.b.out_channels, model.c.in_channels) == (3, 3, 6)
+    assert model.c.out_channels == 8 and "left unpruned" in report.skipped["c"]
+    assert set(report.skipped) == {"c"}
+
+
 def _same_state(model: nn.Module, state: dict) -> bool:
     now = model.state_dict()
     return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)

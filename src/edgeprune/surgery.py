@@ -221,7 +221,7 @@ class _Plan:
     root: str
     removable: list[int]  # root channels, original indices
     wishes: dict[str, set[int]]  # decided layer -> root channels its decision removes
-    reads: dict[nn.Module, set[int]]  # consumer -> the input channels it reads them through, unpruned model
+    items: list[tuple]  # (torch-pruning Dependency, indices of the unpruned model) removing them
 
 
 class _Surgeon:
@@ -301,45 +301,64 @@ class _Surgeon:
             self._note(wishes, back, f"would remove every channel of {self._name(exhausted)}; kept {root_name} "
                        f"channel(s) {sorted(back)[:8]}")
         if removable:
-            self.plans.append(_Plan(root_name, sorted(removable), wishes, self._reads(full, removable)))
-
-    def _reads(self, full, removable: set[int]) -> dict[nn.Module, set[int]]:
-        """Where the unpruned model reads root channels `removable`: input channels of conv/linear layers, and
-        embedding channels of attention (zeroed for the reference; read off the full group, not traced again)."""
-        reads: dict[nn.Module, set[int]] = defaultdict(set)
-        for it in full:
-            module = it.dep.target.module
-            if isinstance(module, nn.MultiheadAttention) or (
-                    isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
-                reads[module] |= {i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r in removable}
-        return reads
+            parts = [(it.dep, [i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r in removable]) for it in full]
+            self.plans.append(_Plan(root_name, sorted(removable), wishes, [(d, i) for d, i in parts if i]))
 
     def execute(self) -> None:
-        """Apply every plan with one check; where it fails, redo them one by one and leave out the wrong ones."""
+        """Apply every plan with one check; where it fails, redo them one by one and leave out the wrong ones.
+
+        All at once, each plan's part of its group as traced while planning is merged into one group whose
+        indices are those of the unpruned model. One by one, each plan's group is traced again: the groups
+        pruned before it have shifted the indices of the layers they share (the consumers of a concatenation).
+        """
         if not self.plans:
             return
         snapshot, alive = Snapshot(self.model), self._alive_copy()
         try:
-            return self._apply(self.plans)
+            return self._apply(self._merged([item for plan in self.plans for item in plan.items]))
         except _Mismatch:
-            snapshot.restore()
-            self.alive = alive
+            self._roll_back(snapshot, alive)
         for plan in self.plans:
             snapshot, alive = Snapshot(self.model), self._alive_copy()
             try:
-                self._apply([plan])
+                self._apply(self._group(plan.root, self._current(plan)))
             except _Mismatch as e:
-                snapshot.restore()
-                self.alive = alive
+                self._roll_back(snapshot, alive)
                 self._note(plan.wishes, set(plan.removable), str(e))
 
-    def _apply(self, plans: list[_Plan]) -> None:
-        """Prune `plans`, checking the result against the model with the removed channels' consumers zeroed."""
+    def _roll_back(self, snapshot: Snapshot, alive: dict[str, list[int]]) -> None:
+        """The model as in `snapshot`, and a graph traced anew: pruning also changed torch-pruning's own
+        records (concatenation sizes, which node holds an unwrapped parameter), which the model does not hold."""
+        snapshot.restore()
+        self.alive = alive
+        self.dg = trace(self.model, self.x)[0]
+
+    def _merged(self, items) -> tp.dependency.Group:
+        """One torch-pruning group removing every index of `items` (each layer's indices pruned at once)."""
+        merged: dict[tuple, set[int]] = defaultdict(set)
+        deps = {}
+        for dep, idxs in items:
+            key = (dep.target, dep.handler)
+            deps.setdefault(key, dep)
+            merged[key] |= set(idxs)
+        group = tp.dependency.Group()
+        group._DG = self.dg
+        for key, idxs in merged.items():
+            group.add_dep(deps[key], sorted(idxs))
+        return group
+
+    def _apply(self, group) -> None:
+        """Prune `group`, checking the result against the model with the removed channels' consumers zeroed."""
         with branch_mode(self.model, self.branches), _mha_fastpath(False):
             zero: dict[nn.Module, set[int]] = defaultdict(set)
-            for plan in plans:
-                for module, cols in plan.reads.items():
-                    zero[module] |= cols
+            for it in group:
+                module = it.dep.target.module
+                if isinstance(module, nn.MultiheadAttention) or (
+                        isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
+                    zero[module] |= set(it.idxs)
+            if outside := _few(self.names[m] for m, cols in zero.items() if max(cols) >= _inputs(m)):
+                raise _Mismatch(f"left unpruned: torch-pruning maps the group's channels past the last input channel "
+                                f"of {outside}")
             undo = [(_zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
                     for m, cols in zero.items()]
             statistics: list = []
@@ -349,12 +368,9 @@ class _Surgeon:
             finally:
                 for undo_step in undo:
                     undo_step()
-            groups = []
             try:
-                for plan in plans:
-                    groups.append(group := self._group(plan.root, self._current(plan)))
-                    group.prune()
-                    self._update_alive(group)
+                group.prune(record_history=False)
+                self._update_alive(group)
                 with torch.no_grad(), frozen_statistics(statistics, record=False):
                     result = tp.utils.flatten_as_list(self.model(self.x))
                 error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
@@ -365,7 +381,7 @@ class _Surgeon:
                 error, cause = math.inf, f", {type(e).__name__}: {_short(e, 120)}"
         scale = max(r.abs().max().item() for r in reference)
         if not error <= TOLERANCE * max(scale, 1e-6):
-            mixing = {self._name(it) for g in groups for it in g if it.dep.target.type not in CHANNELWISE}
+            mixing = {self._name(it) for it in group if it.dep.target.type not in CHANNELWISE}
             suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
             raise _Mismatch(f"left unpruned: torch-pruning's removal changed what the model computes (max error "
                             f"{error:.3g}{cause}){suspects}")
@@ -590,6 +606,13 @@ def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable
             b.data.copy_(saved_b)
 
     return undo
+
+
+def _inputs(layer: nn.Module) -> int:
+    """Input channels of a conv, linear or attention layer."""
+    if isinstance(layer, nn.MultiheadAttention):
+        return layer.embed_dim
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
 def _parameters(model: nn.Module) -> int:

@@ -256,6 +256,16 @@ def test_one_mistraced_group_does_not_stop_the_others_even_behind_a_concatenatio
     assert set(report.skipped) == {"c"}
 
 
+def test_the_report_counts_channels_asked_and_removed_and_strict_refuses_what_it_cannot_apply():
+    model, x, state = _tiny(_CatThenFlip, (3, 8, 8))
+    keep = {"a": [0, 1, 2], "b": [3, 4, 5], "c": range(4)}
+    with pytest.raises(UnsupportedModelError, match=r"group of layer 'c' \(c\): torch-pruning's removal changed") as e:
+        materialize(model, keep, x, strict=True)
+    assert len(str(e.value).splitlines()) == 1 and _same_state(model, state)
+    report = materialize(model, keep, x)
+    assert (report.channels_asked, report.channels_removed) == (3 + 3 + 4, 3 + 3)
+
+
 def _same_state(model: nn.Module, state: dict) -> bool:
     now = model.state_dict()
     return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)

@@ -57,6 +57,8 @@ class SurgeryReport:
     after: dict[str, int] = field(default_factory=dict)
     kept: dict[str, list[int]] = field(default_factory=dict)  # original indices each changed layer kept
     skipped: dict[str, str] = field(default_factory=dict)  # why a decision was not applied in full
+    channels_asked: int = 0  # output channels the decisions remove, summed over the decided layers
+    channels_removed: int = 0  # of those, the ones removed (the rest: see skipped)
     params_before: int = 0
     params_after: int = 0
 
@@ -144,6 +146,7 @@ def materialize(
     example_inputs: torch.Tensor,
     round_to: int | None = None,
     ignored: Sequence[str] = (),
+    strict: bool = False,
 ) -> SurgeryReport:
     """Remove every output channel not in `keep[layer]` (indices, or a bool mask) from `model`, in place.
 
@@ -152,10 +155,12 @@ def materialize(
     add, depthwise conv, ...) goes only if every coupled layer with a decision removes it: per-layer
     decisions on a residual network remove far less than each asked (see `structure.group_keep` for
     decisions made once per group, which land). `round_to` keeps extra channels (the lowest-index ones)
-    so that each decided group keeps a multiple of it. Decisions that cannot be applied in full, layers
-    the traced forward never reaches and groups torch-pruning maps wrongly are explained in
-    `report.skipped`. Raises UnsupportedModelError where torch-pruning cannot trace the model; on any
-    error the model is left exactly as it was.
+    so that each decided group keeps a multiple of it. Decisions that cannot be applied in full are
+    explained in `report.skipped`, and `report.channels_asked` / `channels_removed` say how much of the
+    request landed. Decided layers the traced forward never reaches and groups torch-pruning maps wrongly
+    (the check fails) are left unpruned and reported, or with `strict` raise UnsupportedModelError naming
+    the group. Raises UnsupportedModelError where torch-pruning cannot trace the model; on any error the
+    model is left exactly as it was.
     """
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     decisions = {name: _kept_indices(model, layers, name, idxs) for name, idxs in keep.items()}
@@ -177,14 +182,16 @@ def materialize(
         masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
         params_before = _parameters(model)
         dg, branches = trace(model, example_inputs)
-        surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs)
+        surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs, strict)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
             surgeon.plan(name, round_to)
         surgeon.execute()
     except BaseException:
         snapshot.restore()
         raise
-    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model))
+    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model),
+                           channels_asked=sum(widths[n] - len(kept) for n, kept in decisions.items()),
+                           channels_removed=sum(widths[n] - len(surgeon.alive[n]) for n in decisions))
     for name, alive in surgeon.alive.items():
         if name in decisions or len(alive) != widths[name]:
             report.before[name], report.after[name] = widths[name], len(alive)
@@ -227,9 +234,9 @@ class _Plan:
 class _Surgeon:
     """Plans every group's removal on the unpruned model, then applies and checks them all at once."""
 
-    def __init__(self, model, dg, branches, layers, decisions, ignored, x):
-        self.model, self.dg, self.branches, self.layers, self.decisions, self.x = (
-            model, dg, branches, layers, decisions, x)
+    def __init__(self, model, dg, branches, layers, decisions, ignored, x, strict):
+        self.model, self.dg, self.branches, self.layers, self.decisions, self.x, self.strict = (
+            model, dg, branches, layers, decisions, x, strict)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = {layers[n] for n in ignored}
         # alive[layer][i] = original index of current output channel i: later groups see shifted indices.
@@ -243,9 +250,10 @@ class _Surgeon:
         if root_name in self.covered:
             return
         if self.layers[root_name] not in self.dg.module2node:
-            self.skipped[root_name] = (
-                "not in torch-pruning's graph: the traced forward never reaches it, or it belongs to a module "
-                "pruned as a whole (such as MultiheadAttention's out_proj); left as it is")
+            if len(self.decisions[root_name]) < width(self.layers[root_name]):
+                self._unapplied(root_name, [root_name], "not in torch-pruning's graph: the traced forward never "
+                                "reaches it, or it belongs to a module pruned as a whole (such as "
+                                "MultiheadAttention's out_proj)")
             return
         n = width(self.layers[root_name])
         full = self._group(root_name, range(n))
@@ -256,9 +264,10 @@ class _Surgeon:
         }
         self.covered |= {m for m, it in members.items() if len(set(it.idxs)) == width(self.layers[m])}
         if outside := _few(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
-            for m in members.keys() & self.decisions.keys():  # seen after a concatenation followed by a split
-                self.skipped[m] = (f"left as it is: torch-pruning maps the group's channels past the last channel "
-                                   f"of {outside}")
+            decided = [m for m in members if m in self.decisions and len(self.decisions[m]) < width(self.layers[m])]
+            if decided:  # seen after a concatenation followed by a split
+                self._unapplied(root_name, decided, f"torch-pruning maps its channels past the last channel of "
+                                f"{outside}")
             return
         # Everything below works on root indices: channel r of the root and whatever is tied to it.
         wishes = {m: self._removals(m, it) for m, it in members.items() if m in self.decisions}
@@ -324,7 +333,17 @@ class _Surgeon:
                 self._apply(self._group(plan.root, self._current(plan)))
             except _Mismatch as e:
                 self._roll_back(snapshot, alive)
-                self._note(plan.wishes, set(plan.removable), str(e))
+                self._unapplied(plan.root, [m for m, wish in plan.wishes.items() if wish], str(e))
+
+    def _unapplied(self, root: str, decided: list[str], reason: str) -> None:
+        """Decisions on `root`'s group that torch-pruning cannot apply: an error when strict, else left
+        unpruned and reported."""
+        if self.strict:
+            raise UnsupportedModelError(
+                f"cannot remove channels of the group of layer {root!r} ({_few(decided)}): {reason}. Leave those "
+                "layers out of the decisions, or pass strict=False to leave them unpruned and reported")
+        for m in decided:
+            self._explain(m, f"left unpruned: {reason}")
 
     def _roll_back(self, snapshot: Snapshot, alive: dict[str, list[int]]) -> None:
         """The model as in `snapshot`, and a graph traced anew: pruning also changed torch-pruning's own
@@ -357,8 +376,7 @@ class _Surgeon:
                         isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
                     zero[module] |= set(it.idxs)
             if outside := _few(self.names[m] for m, cols in zero.items() if max(cols) >= _inputs(m)):
-                raise _Mismatch(f"left unpruned: torch-pruning maps the group's channels past the last input channel "
-                                f"of {outside}")
+                raise _Mismatch(f"torch-pruning maps its channels past the last input channel of {outside}")
             undo = [(_zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
                     for m, cols in zero.items()]
             statistics: list = []
@@ -383,7 +401,7 @@ class _Surgeon:
         if not error <= TOLERANCE * max(scale, 1e-6):
             mixing = {self._name(it) for it in group if it.dep.target.type not in CHANNELWISE}
             suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
-            raise _Mismatch(f"left unpruned: torch-pruning's removal changed what the model computes (max error "
+            raise _Mismatch(f"torch-pruning's removal changed what the model computes (max error "
                             f"{error:.3g}{cause}){suspects}")
 
     def _alive_copy(self) -> dict[str, list[int]]:
@@ -476,8 +494,12 @@ class _Surgeon:
 
     def _note(self, wishes: dict[str, set[int]], lost: set[int], reason: str) -> None:
         for m, wish in wishes.items():
-            if wish & lost and reason not in self.skipped.get(m, ""):
-                self.skipped[m] = f"{self.skipped[m]}; {reason}" if m in self.skipped else reason
+            if wish & lost:
+                self._explain(m, reason)
+
+    def _explain(self, m: str, reason: str) -> None:
+        if reason not in self.skipped.get(m, ""):
+            self.skipped[m] = f"{self.skipped[m]}; {reason}" if m in self.skipped else reason
 
     def _name(self, item) -> str:
         module = item.dep.target.module
@@ -590,7 +612,7 @@ def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable
     alike; zeroed, they add nothing to the attention scores or the values.
     """
     if mha.in_proj_weight is None:
-        raise _Mismatch("left unpruned: attention with separate query/key/value sizes is not checked")
+        raise _Mismatch("attention with separate query/key/value sizes is not checked")
     w, b, e = mha.in_proj_weight, mha.in_proj_bias, mha.embed_dim
     rows = torch.as_tensor([i + k * e for k in range(3) for i in idxs], dtype=torch.long, device=w.device)
     cols = torch.as_tensor(list(idxs), dtype=torch.long, device=w.device)

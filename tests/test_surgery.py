@@ -435,3 +435,17 @@ def test_channels_torch_pruning_maps_wrongly_stay_and_the_rest_is_pruned(cls, la
     assert model(x).shape == (1, 3)
     if cls is _Shuffle:
         assert report.after["b"] == 4  # after the shuffle: a plain conv
+
+
+def test_a_torchvision_vision_transformer_narrows_its_residual_stream():
+    torchvision = pytest.importorskip("torchvision")
+    from edgeprune.structure import group_keep
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    report = materialize(model, group_keep(model, x, 0.5), x)
+    assert "conv_proj" not in report.skipped
+    assert model.hidden_dim == model.conv_proj.out_channels == 8 and model.class_token.shape[-1] == 8
+    assert model.encoder.layers[0].self_attention.embed_dim == 8 and model(x).shape == (1, 3)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -389,6 +390,7 @@ class _Surgeon:
             try:
                 group.prune(record_history=False)
                 self._update_alive(group)
+                _record_widths(self.model)
                 with torch.no_grad(), frozen_statistics(statistics, record=False):
                     result = tp.utils.flatten_as_list(self.model(self.x))
                 error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
@@ -628,6 +630,17 @@ def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable
             b.data.copy_(saved_b)
 
     return undo
+
+
+def _record_widths(model: nn.Module) -> None:
+    """Update the widths a model keeps as attributes and computes with, which torch-pruning does not
+    know of: torchvision's VisionTransformer reshapes its patch embedding with `hidden_dim`."""
+    vision_transformer = sys.modules.get("torchvision.models.vision_transformer")  # imported if such a model exists
+    if vision_transformer is None:
+        return
+    for m in model.modules():
+        if isinstance(m, vision_transformer.VisionTransformer):
+            m.hidden_dim = m.conv_proj.out_channels
 
 
 def _inputs(layer: nn.Module) -> int:

@@ -89,10 +89,10 @@ def child(name: str, task: str) -> dict:
                 start = time.perf_counter()
             report = surgery.materialize(model, keep, x)
             row["skipped"] = len(report.skipped)
-            row["left_unpruned"] = sum("left unpruned" in v or "left as it is" in v for v in report.skipped.values())
-            before = sum(report.before.get(n, surgery.width(layers[n])) for n in keep)
-            after = sum(report.after.get(n, surgery.width(layers[n])) for n in keep)
-            row["channels_removed"] = 1 - after / before if before else 0.0
+            row["left_unpruned"] = sum("left unpruned" in v for v in report.skipped.values())
+            row["channels_asked"], row["channels_removed"] = report.channels_asked, report.channels_removed
+            decided = sum(report.before[n] for n in keep)  # widths before: `layers` holds the pruned modules now
+            row["channels_removed_fraction"] = report.channels_removed / decided if decided else 0.0
     except Exception as e:
         row["seconds"] = time.perf_counter() - start
         lines = str(e).splitlines()
@@ -142,48 +142,58 @@ def run(name: str, task: str, timeout: float, memory_gb: float) -> dict:
     return {"outcome": "memory" if memory else "crash", "error": tail, "wall_s": wall}
 
 
+OUTCOMES = ("pruned", "unchanged", "refused", "wrong", "timeout", "memory", "crash")
+
+
 def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
     done = [m for m in all_models if m in rows and all(t in rows[m] for t in TASKS)]
-    counts, lines = {}, []
-    for t in TASKS:
-        c = {}
-        for m in done:
-            c[rows[m][t]["outcome"]] = c.get(rows[m][t]["outcome"], 0) + 1
-        counts[t] = c
+    counts = {t: {o: sum(rows[m][t]["outcome"] == o for m in done) for o in OUTCOMES} for t in TASKS}
+    shown = ("pruned", "refused", "wrong", "timeout")  # always, even at 0
+    outcomes = [o for o in OUTCOMES if o in shown or any(c[o] for c in counts.values())]
     both = [m for m in done if rows[m]["tp"].get("outcome") == "pruned"
             and all(rows[m][t].get("outcome") == "pruned" for t in ("per_layer", "group"))]
     ratios = {}
-    for t in ("per_layer", "group", "dead"):
-        ok = [m for m in done if rows[m][t].get("outcome") == "pruned" and rows[m]["tp"].get("outcome") == "pruned"]
+    for t in ("per_layer", "group", "group+ranking", "dead"):
+        task = t.split("+")[0]
+        ok = [m for m in done if rows[m][task].get("outcome") == "pruned" and rows[m]["tp"].get("outcome") == "pruned"]
         if ok:
-            ours, theirs = [rows[m][t]["seconds"] for m in ok], [rows[m]["tp"]["seconds"] for m in ok]
-            ratios[t] = {"models": len(ok), "total_ratio": sum(ours) / sum(theirs),
+            ours = [rows[m][task]["seconds"] + (rows[m][task].get("decide_s", 0) if "+" in t else 0) for m in ok]
+            theirs = [rows[m]["tp"]["seconds"] for m in ok]
+            ratios[t] = {"models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
+                         "total_ratio": sum(ours) / sum(theirs),
                          "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
     kept = {t: statistics.median(rows[m][t]["params_after"] / rows[m][t]["params_before"] for m in both)
             for t in ("per_layer", "group", "tp")} if both else {}
-    removed = [rows[m]["group"]["channels_removed"] for m in done if rows[m]["group"].get("outcome") == "pruned"]
+    asked = {t: {k: sum(rows[m][t].get(k, 0) for m in done) for k in ("channels_asked", "channels_removed")}
+             | {"models_left_partly_unpruned": sum(rows[m][t].get("left_unpruned", 0) > 0 for m in done)}
+             for t in ("per_layer", "group")}
+    removed = [rows[m]["group"]["channels_removed_fraction"] for m in done
+               if rows[m]["group"].get("outcome") == "pruned"]
     errors = [rows[m]["dead"]["max_abs_error"] for m in done if "max_abs_error" in rows[m]["dead"]]
     refused = [rows[m][t] for m in done for t in TASKS[:3] if rows[m][t].get("outcome") == "refused"]
     stats = {"models_done": len(done), "models_listed": len(all_models), "outcomes": counts, "time": ratios,
-             "median_params_kept_where_all_pruned": kept,
+             "median_params_kept_where_all_pruned": kept, "channels": asked,
              "group_channels_removed": {"min": min(removed), "median": statistics.median(removed),
                                         "max": max(removed)} if removed else {},
              "dead_max_abs_error": max(errors) if errors else None,
              "refusals_leaving_model_unchanged": f"{sum(r.get('unchanged', False) for r in refused)}/{len(refused)}",
              "longest_refusal_lines": max((r.get("message_lines", 0) for r in refused), default=0)}
-    lines.append(f"{len(done)} of {len(all_models)} models finished every task.\n")
-    lines.append("| task | " + " | ".join(sorted({o for c in counts.values() for o in c})) + " |")
-    outcomes = sorted({o for c in counts.values() for o in c})
-    lines.append("|---" * (len(outcomes) + 1) + "|")
-    for t in TASKS:
-        lines.append(f"| {t} | " + " | ".join(str(counts[t].get(o, 0)) for o in outcomes) + " |")
+    lines = [f"{len(done)} of {len(all_models)} models finished every task.", "",
+             "| task | " + " | ".join(outcomes) + " |", "|---" * (len(outcomes) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(str(counts[t][o]) for o in outcomes) + " |" for t in TASKS]
     lines.append("")
     for t, r in ratios.items():
         lines.append(f"- `{t}` time over torch-pruning's, on the {r['models']} models both pruned: total "
-                     f"{r['total_ratio']:.2f}×, median {r['median_ratio']:.2f}×")
+                     f"{r['ours_s']:.0f} s / {r['torch_pruning_s']:.0f} s = **{r['total_ratio']:.2f}×**, "
+                     f"median {r['median_ratio']:.2f}×")
     if kept:
         lines.append(f"- median fraction of parameters kept, on the {len(both)} models all three pruned: "
                      + ", ".join(f"{t} {v:.2f}" for t, v in kept.items()))
+    for t, a in asked.items():
+        lines.append(f"- `{t}`: channels asked to go {a['channels_asked']}, removed {a['channels_removed']} "
+                     f"({a['channels_removed'] / max(a['channels_asked'], 1):.0%}); models with a decision left "
+                     f"unpruned (torch-pruning cannot apply it, see the note column): "
+                     f"{a['models_left_partly_unpruned']}")
     if removed:
         lines.append(f"- group-level request for {RATIO:.0%} of the decided layers' channels removed "
                      f"{stats['group_channels_removed']['median']:.1%} at the median "
@@ -206,13 +216,26 @@ def table(rows: dict, all_models: list[str]) -> list[str]:
             o += f" · {r['seconds']:.0f}s"
         return o
 
-    out = ["| model | params | per-layer | group | dead | torch-pruning | note |", "|---|---|---|---|---|---|---|"]
+    def versus(r: dict, t: str) -> str:
+        ours, theirs = r.get(t, {}), r.get("tp", {})
+        if ours.get("outcome") != "pruned" or theirs.get("outcome") != "pruned":
+            return "—"
+        return f"{ours['seconds'] / theirs['seconds']:.2f}"
+
+    def landed(r: dict | None) -> str:
+        return f"{r['channels_removed']}/{r['channels_asked']}" if r and "channels_asked" in r else "—"
+
+    out = ["| model | params | per-layer | group | dead | torch-pruning | time per-layer/tp | time group/tp "
+           "| channels removed/asked (per-layer · group) | note |", "|---" * 10 + "|"]
     for m in all_models:
         r = rows.get(m, {})
         note = "; ".join(f"{t}: {r[t]['error'][:120]}" for t in TASKS if t in r and "error" in r[t])
+        note += "".join(f"; {t}: {r[t]['left_unpruned']} decision(s) left unpruned" for t in TASKS[:2]
+                        if r.get(t, {}).get("left_unpruned"))
         params = next((r[t]["params_before"] for t in TASKS if t in r and "params_before" in r[t]), None)
         out.append(f"| {m} | {params / 1e6:.1f}M | " if params else f"| {m} | — | ")
-        out[-1] += " | ".join(cell(r.get(t)) for t in TASKS) + f" | {note.replace('|', '/')} |"
+        out[-1] += " | ".join(cell(r.get(t)) for t in TASKS) + f" | {versus(r, 'per_layer')} | {versus(r, 'group')} | "
+        out[-1] += f"{landed(r.get('per_layer'))} · {landed(r.get('group'))} | {note.strip('; ').replace('|', '/')} |"
     return out
 
 

@@ -4,7 +4,7 @@ from conftest import randomize_bn
 from torch import nn
 from torch.nn.utils import prune
 
-from edgeprune import export, models
+from edgeprune import export, models, structure, surgery
 from edgeprune.measure import count_params
 from edgeprune.structure import dead_channels, remove_dead
 
@@ -103,3 +103,14 @@ def test_shrunk_models_save_reload_and_export(name, tmp_path):
     with torch.no_grad():
         assert torch.equal(back(X), net(X))
     assert export.to_onnx_bytes(net, (3, 32, 32))
+
+
+def test_group_level_decisions_remove_the_requested_fraction_of_every_group():
+    torch.manual_seed(0)
+    model, x = models.create("resnet20", num_classes=10), torch.randn(1, 3, 32, 32)
+    keep = structure.group_keep(model, x, 0.3)
+    report = surgery.materialize(model, keep, x)
+    assert report.skipped == {}
+    for name, kept in keep.items():  # every coupled layer got the same decision, so each lands in full
+        assert report.after[name] == len(kept) == report.before[name] - round(0.3 * report.before[name])
+    assert "classifier" not in " ".join(keep)  # the model's output never changes

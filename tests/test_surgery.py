@@ -220,7 +220,232 @@ class _Flip(nn.Module):
         return self.fc(self.b(torch.flip(self.a(x), dims=[1])).mean((2, 3)))
 
 
-def test_a_mistraced_layer_raises_instead_of_returning_a_wrong_model():
+def test_a_mistraced_group_is_left_unpruned_and_reported():
     torch.manual_seed(0)
-    with pytest.raises(UnsupportedModelError, match="layer 'a'"):
-        materialize(_Flip(), {"a": [0, 1, 2]}, torch.randn(1, 3, 16, 16))
+    model, x = _Flip(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        y0 = model(x)
+    state = copy.deepcopy(model.state_dict())
+    report = materialize(model, {"a": [0, 1, 2]}, x)
+    assert "left unpruned" in report.skipped["a"] and model.a.out_channels == 8
+    assert _same_state(model, state)
+    with torch.no_grad():
+        assert torch.equal(model(x), y0)
+
+
+class _CatThenFlip(nn.Module):
+    """Two convs concatenated into one consumer, then a flip torch-pruning does not see."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3), nn.Conv2d(3, 6, 3), nn.Conv2d(12, 8, 1)
+        self.d, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.c(torch.cat([self.a(x), self.b(x)], 1).relu())
+        return self.fc(self.d(torch.flip(y, dims=[1])).mean((2, 3)))
+
+
+def test_one_mistraced_group_does_not_stop_the_others_even_behind_a_concatenation():
+    # The check over all groups fails (the flip), so each group is redone alone: b's channels then sit at
+    # shifted positions of c's input, since a's are gone.
+    model, x, _ = _tiny(_CatThenFlip, (3, 8, 8))
+    report = materialize(model, {"a": [0, 1, 2], "b": [3, 4, 5], "c": range(4)}, x)
+    assert (model.a.out_channels, model.b.out_channels, model.c.in_channels) == (3, 3, 6)
+    assert model.c.out_channels == 8 and "left unpruned" in report.skipped["c"]
+    assert set(report.skipped) == {"c"}
+
+
+def test_the_report_counts_channels_asked_and_removed_and_strict_refuses_what_it_cannot_apply():
+    model, x, state = _tiny(_CatThenFlip, (3, 8, 8))
+    keep = {"a": [0, 1, 2], "b": [3, 4, 5], "c": range(4)}
+    with pytest.raises(UnsupportedModelError, match=r"group of layer 'c' \(c\): torch-pruning's removal changed") as e:
+        materialize(model, keep, x, strict=True)
+    assert len(str(e.value).splitlines()) == 1 and _same_state(model, state)
+    report = materialize(model, keep, x)
+    assert (report.channels_asked, report.channels_removed) == (3 + 3 + 4, 3 + 3)
+
+
+def _same_state(model: nn.Module, state: dict) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+def test_a_refusal_leaves_the_model_exactly_as_it_was_masks_included():
+    model = models.create("tv:shufflenet_v2_x1_0", num_classes=10)  # torch-pruning cannot trace its shuffle
+    prune.l1_unstructured(model.conv1[0], "weight", amount=0.5)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedModelError) as refusal:
+        materialize(model, {"conv1.0": [0, 1, 2]}, torch.randn(1, *TV))
+    assert len(str(refusal.value).splitlines()) == 1 and len(str(refusal.value)) < 600
+    assert hasattr(model.conv1[0], "weight_mask") and _same_state(model, state)  # masks not baked either
+
+
+def test_running_out_of_memory_is_not_reported_as_an_unsupported_model(monkeypatch):
+    import torch_pruning as tp
+
+    model, x, _ = _make("resnet20")
+    state = copy.deepcopy(model.state_dict())
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", exhausted)
+    with pytest.raises(MemoryError):
+        materialize(model, {"features.1.conv1.0": [0]}, x)
+    assert _same_state(model, state)
+
+
+# Tiny models, one per pattern torchvision's zoo (and users) bring.
+
+
+class _Aux(nn.Module):
+    """An auxiliary head read only in training (googlenet, inception_v3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.aux, self.head, self.aux_fc = nn.Conv2d(8, 4, 1), nn.Linear(8, 5), nn.Linear(4, 5)
+
+    def forward(self, x):
+        y = self.a(x).relu()
+        out = self.head(self.b(y).mean((2, 3)))
+        return (out, self.aux_fc(self.aux(y).mean((2, 3)))) if self.training else out
+
+
+class _GroupNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.gn, self.b = nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.Conv2d(16, 8, 3)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.b(self.gn(self.a(x)).relu()).mean((2, 3)))
+
+
+class _LayerNormBlock(nn.Module):
+    """ConvNeXt's block: depthwise conv, channels-last LayerNorm and MLP, residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 8, 2, stride=2), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.ln, self.up, self.down, self.fc = nn.LayerNorm(8), nn.Linear(8, 32), nn.Linear(32, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.down(nn.functional.gelu(self.up(self.ln(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.fc((x + y).mean((2, 3)))
+
+
+class _CatSplit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(3, 10, 3)
+        self.c, self.d = nn.Conv2d(6, 4, 1), nn.Conv2d(10, 4, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        p, q = torch.split(torch.cat([self.a(x), self.b(x)], 1).relu(), [6, 10], 1)  # sizes fixed in the code
+        return self.fc(torch.cat([self.c(p), self.d(q)], 1).mean((2, 3)))
+
+
+class _Shuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # ShuffleNet's channel shuffle
+        return self.fc(self.b(y).mean((2, 3)))
+
+
+class _Attention(nn.Module):
+    """A pre-norm transformer block (ViT's encoder layer) on 5 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.ln1, self.ln2 = nn.Linear(6, 16), nn.LayerNorm(16), nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.up, self.down, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return self.head((x + self.down(nn.functional.gelu(self.up(self.ln2(x))))).mean(1))
+
+
+def _tiny(cls, shape):
+    torch.manual_seed(0)
+    model = cls()
+    return model, torch.randn(1, *shape), copy.deepcopy(model.state_dict())
+
+
+def _every_other(model: nn.Module) -> dict:
+    return {n: range(0, width(m), 2) for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def test_an_auxiliary_head_reached_only_in_training_is_narrowed_with_the_trunk():
+    model, x, _ = _tiny(_Aux, (3, 8, 8))
+    report = materialize(model, _every_other(model), x)
+    assert report.after == {"a": 4, "b": 4, "aux": 2, "head": 5, "aux_fc": 5}
+    assert model.aux.in_channels == 4 and model.aux_fc.in_features == 2
+    out, aux = model.train()(torch.randn(2, 3, 8, 8))
+    assert out.shape == aux.shape == (2, 5)
+
+
+def test_groupnorm_groups_each_lose_as_many_channels():
+    model, x, _ = _tiny(_GroupNorm, (3, 8, 8))
+    keep = {"a": [0, 4, 5, 8, 9, 12, 13]}  # removes 3 channels of group 0, 2 of each other: each may lose 2
+    report = materialize(model, keep, x)
+    assert report.kept["a"] == [0, 1, 4, 5, 8, 9, 12, 13]  # the lowest-index removed channel came back
+    assert model.gn.num_channels == 8 and model.gn.weight.shape == (8,) and model.b.in_channels == 8
+    assert "each group of gn" in report.skipped["a"]
+    assert model(x).shape == (1, 3)
+
+
+def test_a_layernorm_block_prunes_its_channels_and_mlp():
+    model, x, _ = _tiny(_LayerNormBlock, (3, 8, 8))
+    report = materialize(model, _every_other(model), x)
+    assert report.after == {"stem": 4, "dw": 4, "up": 16, "down": 4, "fc": 3}
+    assert model.ln.normalized_shape == (4,) and model.ln.weight.shape == (4,)
+    assert model(x).shape == model.train()(x).shape == (1, 3)
+
+
+def test_multi_head_attention_loses_the_same_number_of_channels_in_every_head():
+    model, x, _ = _tiny(_Attention, (5, 6))
+    keep = _every_other(model)
+    keep["embed"] = keep["down"] = [0, 1, 2, 4, 6, 8, 10, 12, 14]  # head 0 would lose 1, the others 2
+    report = materialize(model, keep, x)
+    assert model.attn.embed_dim == 12 and model.attn.num_heads == 4 and model.attn.head_dim == 3
+    assert report.kept["embed"] == [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]  # each head lost one channel
+    assert "each head of attn" in report.skipped["embed"] and "out_proj" in report.skipped["attn.out_proj"]
+    assert report.after["up"] == 16 and model(x).shape == (1, 3)
+
+
+@pytest.mark.parametrize(("cls", "layer"), [(_CatSplit, "a"), (_Shuffle, "a")])
+def test_channels_torch_pruning_maps_wrongly_stay_and_the_rest_is_pruned(cls, layer):
+    model, x, _ = _tiny(cls, (3, 8, 8))
+    width_before = width(model.get_submodule(layer))
+    report = materialize(model, _every_other(model), x)
+    assert width(model.get_submodule(layer)) == width_before
+    assert "left" in report.skipped[layer] and len(report.skipped[layer]) < 1000
+    assert model(x).shape == (1, 3)
+    if cls is _Shuffle:
+        assert report.after["b"] == 4  # after the shuffle: a plain conv
+
+
+def test_a_torchvision_vision_transformer_narrows_its_residual_stream():
+    torchvision = pytest.importorskip("torchvision")
+    from edgeprune.structure import group_keep
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    report = materialize(model, group_keep(model, x, 0.5), x)
+    assert "conv_proj" not in report.skipped
+    assert model.hidden_dim == model.conv_proj.out_channels == 8 and model.class_token.shape[-1] == 8
+    assert model.encoder.layers[0].self_attention.embed_dim == 8 and model(x).shape == (1, 3)

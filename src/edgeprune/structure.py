@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from . import masks as masks_mod
@@ -22,9 +23,11 @@ from .measure import PRUNABLE, effective_weights
 from .surgery import (
     CHANNELWISE,
     SurgeryReport,
+    branch_mode,
     dependency_graph,
     materialize,
     out_channel_group,
+    trace,
     width,
     zero_inputs,
 )
@@ -108,8 +111,9 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
     Returns (channels that must stay: layer -> {channel: reason}, folded channels per layer,
     where each consumer's constants went, consumers folded only approximately).
     """
-    dg = dependency_graph(net, example_inputs)
+    dg, branches = trace(net, example_inputs)
     names = {m: n for n, m in net.named_modules()}
+    dead = {name: mask for name, mask in dead.items() if net.get_submodule(name) in dg.module2node}  # see materialize
     reads: dict[tuple[str, int], list[tuple[nn.Module, int]]] = defaultdict(list)
     stay: dict[str, dict[int, str]] = defaultdict(dict)
     for name, mask in dead.items():
@@ -127,7 +131,7 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
                     stay[name][channel] = reason
 
     # Observe what every consumer reads on random inputs: a dead channel reads the same for every input.
-    seen = _consumer_inputs(net, {m for pairs in reads.values() for m, _ in pairs}, example_inputs)
+    seen = _consumer_inputs(net, {m for pairs in reads.values() for m, _ in pairs}, example_inputs, branches)
     folds: dict[nn.Module, dict[int, float]] = defaultdict(dict)
     folded: dict[str, set[int]] = defaultdict(set)
     approximate = set()
@@ -214,11 +218,11 @@ def _probe(example_inputs: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn((4, *example_inputs.shape[1:]), generator=g).to(example_inputs)
 
 
-def _consumer_inputs(net: nn.Module, consumers: set[nn.Module], example_inputs: torch.Tensor) -> dict:
+def _consumer_inputs(net: nn.Module, consumers: set[nn.Module], example_inputs: torch.Tensor, branches: bool) -> dict:
     seen = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0].detach())) for m in consumers]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), branch_mode(net, branches):  # the traced branches: auxiliary heads read channels too
             net(_probe(example_inputs, seed=0))
     finally:
         for h in hooks:
@@ -320,3 +324,76 @@ def rectify(model: nn.Module, shapes_before: dict[str, tuple]) -> list[str]:
 
 def parameter_shapes(module: nn.Module) -> tuple:
     return tuple(tuple(p.shape) for p in module.parameters(recurse=False))
+
+
+# --- Group-level decisions -------------------------------------------------------------------------------
+
+
+def group_keep(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ratio: float,
+    importance: tp.importance.Importance | None = None,
+) -> dict[str, list[int]]:
+    """Keep decisions for `surgery.materialize` that remove `ratio` of the channels of every coupled group.
+
+    Each group (layers tied by residual adds, depthwise convs, ...) is ranked once by torch-pruning's
+    group importance (default: `GroupMagnitudeImportance`, the L2 norm over every coupled layer) and
+    every coupled layer gets the same decision, so none keeps what another removes and the request
+    lands. Groups whose channels are the model's output, and layers the traced forward never reaches,
+    get no decision. Where a group holds grouped convs, GroupNorms or attention heads, each of their
+    groups (heads) loses round(ratio × its size) channels.
+    """
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}: the fraction of each group's channels to remove")
+    importance = importance or tp.importance.GroupMagnitudeImportance(p=2)
+    dg = dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    removed: dict[str, set[int]] = defaultdict(set)
+    covered: set[str] = set()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, PRUNABLE) or name in covered or layer not in dg.module2node:
+            continue
+        n = width(layer)
+        group = out_channel_group(dg, layer, range(n), name)
+        members = [it for it in group if dg.is_out_channel_pruning_fn(it.dep.handler)]
+        covered |= {names[it.dep.target.module] for it in members if isinstance(it.dep.target.module, PRUNABLE)}
+        if any(not it.dep.target.outputs for it in members):
+            continue  # the model's outputs never change
+        with torch.no_grad():
+            scores = importance(group)
+        if scores is None:
+            continue
+        for r in _lowest(scores.double().cpu(), *_sections(group, n), ratio):
+            for it in members:
+                if isinstance(it.dep.target.module, PRUNABLE):
+                    removed[names[it.dep.target.module]] |= {i for i, root in zip(it.idxs, it.root_idxs,
+                                                                                  strict=True) if root == r}
+    return {m: sorted(set(range(width(model.get_submodule(m)))) - gone) for m, gone in removed.items() if gone}
+
+
+def _sections(group, n: int) -> tuple[int, bool]:
+    """(channels per section that must lose equally, in root indices: a grouped conv's group, a GroupNorm
+    group, an attention head, or n; whether they must lose the same positions, as grouped convs do)."""
+    size, same_positions = n, False
+    for it in group:
+        m = it.dep.target.module
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels and n % m.groups == 0:
+            size, same_positions = math.gcd(size, n // m.groups), True
+        elif isinstance(m, nn.GroupNorm) and len(set(it.idxs)) == n:
+            size = math.gcd(size, m.num_channels // m.num_groups)
+        elif isinstance(m, nn.MultiheadAttention) and len(set(it.idxs)) == n:
+            size = math.gcd(size, m.embed_dim // m.num_heads)
+    return size, same_positions
+
+
+def _lowest(scores: torch.Tensor, size: int, same_positions: bool, ratio: float) -> list[int]:
+    """round(ratio × size) lowest-scored channels of every section of `size` channels (ties to the higher
+    index); with `same_positions`, the same positions in every section, ranked by their summed score."""
+    k = min(size - 1, round(ratio * size))
+    sections = scores.view(-1, size)
+    if same_positions:
+        positions = (~masks_mod.top_k(sections.sum(0), size - k)).nonzero().flatten()
+        return sorted(start + p for start in range(0, scores.numel(), size) for p in positions.tolist())
+    return [s * size + i for s, section in enumerate(sections)
+            for i in (~masks_mod.top_k(section, size - k)).nonzero().flatten().tolist()]

@@ -1,37 +1,53 @@
 """Surgery: make a model physically smaller by removing output channels, on torch-pruning's DependencyGraph.
 
 torch-pruning finds everything coupled to a channel (its BN, the consumers' input channels, residual-add
-partners, concatenation slices, depthwise convs) and removes it everywhere at once. On top of that this
-module turns per-layer decisions into group decisions:
+partners, concatenation slices, depthwise convs, norms, attention) and removes it everywhere at once. On
+top of that this module turns per-layer decisions into group decisions:
 
 - a channel of a coupled group goes only if every coupled layer with a say lets it go (a layer without a
-  decision keeps all; a depthwise conv without one follows its input);
-- the model's outputs never change, and grouped convs lose the same positions in every group;
-- each group's removal is checked against the unpruned model with the removed inputs zeroed, so a graph
-  torch-pruning mapped wrongly raises UnsupportedModelError instead of returning a wrong model.
+  decision keeps all; a depthwise conv without one follows its input). On residual networks this keeps far
+  more than each layer asked for: a stage's convs must all agree on a channel. To remove a fraction of every
+  group, rank each group once (`structure.group_keep`, torch-pruning's group importance) and pass that;
+- the model's outputs never change; grouped convs lose the same positions in every group; GroupNorm
+  groups and attention heads each lose the same number of channels, so every group and head stays whole;
+- the result is checked, in one pass, against the unpruned model with the removed channels' consumers
+  zeroed (the inputs they read set to nothing). Channel-count-dependent statistics (LayerNorm and GroupNorm
+  mean and variance, the attention scale 1/sqrt(head dim)) are those of that reference in both runs: they
+  are what removing channels redefines, everything else (every kept weight and where it sits) is checked.
+  Where the check fails, the groups are redone one by one and a group torch-pruning mapped wrongly is left
+  unpruned and reported in `SurgeryReport.skipped`, so no wrong model is returned;
+- the trace runs the model in training mode with its norm and dropout layers in eval mode, so branches
+  taken only in training (auxiliary classifiers) are in the graph and stay consistent with the trunk.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from . import masks as masks_mod
 from .errors import ConfigError, UnsupportedModelError, unknown_name
-from .measure import PRUNABLE, count_params
+from .measure import PRUNABLE
 
-# Layers that pass a channel on without mixing it with others: where a group holds anything else, the
-# reference check cannot hold, and its failure names these (GroupNorm, LayerNorm, attention, ...).
+# Layers that pass a channel on without mixing it with others. A constant cannot be folded through anything
+# else (structure.remove_dead); a failed check names the others in the group (attention, pooling over channels).
 CHANNELWISE = {
     OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.BN, OPTYPE.DEPTHWISE_CONV, OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
     OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.SLICE, OPTYPE.PRELU, OPTYPE.IN, OPTYPE.UNBIND, OPTYPE.EXPAND,
 }
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)  # never reported as an unsupported model
+TOLERANCE = 1e-4  # of the largest output magnitude: float32 sums in another order, nothing more
 
 
 @dataclass
@@ -42,6 +58,8 @@ class SurgeryReport:
     after: dict[str, int] = field(default_factory=dict)
     kept: dict[str, list[int]] = field(default_factory=dict)  # original indices each changed layer kept
     skipped: dict[str, str] = field(default_factory=dict)  # why a decision was not applied in full
+    channels_asked: int = 0  # output channels the decisions remove, summed over the decided layers
+    channels_removed: int = 0  # of those, the ones removed (the rest: see skipped)
     params_before: int = 0
     params_after: int = 0
 
@@ -55,34 +73,71 @@ def width(layer: nn.Module) -> int:
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's DependencyGraph of `model`; UnsupportedModelError where torch-pruning cannot trace it."""
-    was_training = model.training  # tracing leaves the model in eval mode
+    """torch-pruning's DependencyGraph of `model`, traced with training-only branches (see `trace`)."""
+    return trace(model, example_inputs)[0]
+
+
+def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, bool]:
+    """(torch-pruning's DependencyGraph of `model`, whether it was traced in branch mode).
+
+    Branch mode (`branch_mode`) reaches layers only a training forward uses, such as auxiliary
+    classifiers; a model whose training forward cannot run on `example_inputs` alone is traced in eval
+    mode. Raises UnsupportedModelError where torch-pruning cannot trace it.
+    """
+    error = None
+    for branches in (True, False):
+        try:
+            with branch_mode(model, False), torch.enable_grad():  # restores the training flags afterwards
+
+                def forward(m: nn.Module, x: torch.Tensor, branches: bool = branches):  # after tp's model.eval()
+                    with branch_mode(m, branches):
+                        return m(x)  # not m(*x), torch-pruning's default, which unbatches a one-sample tensor
+
+                dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, forward_fn=forward, verbose=False
+                )
+            return dg, branches
+        except OUT_OF_MEMORY:
+            raise
+        except Exception as e:
+            error = e
+    where = _torch_pruning_function(error)
+    hint = " (a view/reshape that moves channels, such as a channel shuffle)" if "reshape" in where else ""
+    raise UnsupportedModelError(
+        f"torch-pruning cannot trace {type(model).__name__}: {type(error).__name__} in {where or 'the forward'}"
+        f"{hint}: {_short(error)}. Channel surgery needs a model torch-pruning can trace; remove or replace "
+        "that operation"
+    ) from error
+
+
+@contextmanager
+def branch_mode(model: nn.Module, branches: bool = True) -> Iterator[nn.Module]:
+    """The model in eval mode, or with `branches` its containers in training mode and its leaf layers
+    (norms, dropout, stochastic depth) and attention in eval mode: a training forward's branches
+    (auxiliary heads), deterministically. Training flags are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    if branches:
+        for m in model.modules():
+            if next(m.children(), None) is not None and not isinstance(m, nn.MultiheadAttention):
+                m.training = True
     try:
-        with torch.enable_grad():
-            # forward_fn: torch-pruning would otherwise try model(*x), which unbatches a one-sample tensor.
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=lambda m, x: m(x), verbose=False
-            )
-    except Exception as e:
-        where = _torch_pruning_function(e)
-        hint = " (a view/reshape that moves channels, such as a channel shuffle)" if "reshape" in where else ""
-        raise UnsupportedModelError(
-            f"torch-pruning cannot trace {type(model).__name__}: {type(e).__name__} in {where or 'the forward'}"
-            f"{hint}: {str(e)[:200]}. Channel surgery needs a model torch-pruning can trace; remove or replace "
-            "that operation"
-        ) from e
+        yield model
     finally:
-        model.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def out_channel_group(dg: tp.DependencyGraph, layer: nn.Module, idxs: Iterable[int], name: str):
     """torch-pruning's group for removing output channels `idxs` of `layer` (named `name` in errors)."""
     try:
         return dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, list(idxs))
+    except OUT_OF_MEMORY:
+        raise
     except Exception as e:
         raise UnsupportedModelError(
             f"torch-pruning cannot prune the output channels of layer {name!r} ({type(layer).__name__}): "
-            f"{type(e).__name__}: {str(e)[:200]}. Leave that layer out of the decisions"
+            f"{type(e).__name__}: {_short(e)}. Leave that layer out of the decisions"
         ) from e
 
 
@@ -92,16 +147,22 @@ def materialize(
     example_inputs: torch.Tensor,
     round_to: int | None = None,
     ignored: Sequence[str] = (),
+    strict: bool = False,
 ) -> SurgeryReport:
     """Remove every output channel not in `keep[layer]` (indices, or a bool mask) from `model`, in place.
 
     Masks are baked first. Layers in `ignored` and the layers producing the model's outputs keep all
-    their output channels, and so does everything coupled to them. `round_to` keeps extra channels (the
-    lowest-index ones) so that each decided group keeps a multiple of it. Decisions that cannot be
-    applied in full are explained in `report.skipped`. Raises UnsupportedModelError (the model may then
-    be partly pruned: work on a copy) where torch-pruning cannot trace or correctly prune a layer.
+    their output channels, and so does everything coupled to them. A channel tied to others (residual
+    add, depthwise conv, ...) goes only if every coupled layer with a decision removes it: per-layer
+    decisions on a residual network remove far less than each asked (see `structure.group_keep` for
+    decisions made once per group, which land). `round_to` keeps extra channels (the lowest-index ones)
+    so that each decided group keeps a multiple of it. Decisions that cannot be applied in full are
+    explained in `report.skipped`, and `report.channels_asked` / `channels_removed` say how much of the
+    request landed. Decided layers the traced forward never reaches and groups torch-pruning maps wrongly
+    (the check fails) are left unpruned and reported, or with `strict` raise UnsupportedModelError naming
+    the group. Raises UnsupportedModelError where torch-pruning cannot trace the model; on any error the
+    model is left exactly as it was.
     """
-    masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     decisions = {name: _kept_indices(model, layers, name, idxs) for name, idxs in keep.items()}
     for name in ignored:
@@ -117,15 +178,21 @@ def materialize(
                     "output channels; use a smaller round_to or leave that layer out"
                 )
     widths = {n: width(m) for n, m in layers.items()}
-    params_before = count_params(model)[0]
-    surgeon = _Surgeon(model, dependency_graph(model, example_inputs), layers, decisions, ignored, example_inputs)
-    was_training = model.training
+    snapshot = Snapshot(model)
     try:
+        masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
+        params_before = _parameters(model)
+        dg, branches = trace(model, example_inputs)
+        surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs, strict)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
-            surgeon.apply(name, round_to)
-    finally:
-        model.train(was_training)
-    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=count_params(model)[0])
+            surgeon.plan(name, round_to)
+        surgeon.execute()
+    except BaseException:
+        snapshot.restore()
+        raise
+    report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model),
+                           channels_asked=sum(widths[n] - len(kept) for n, kept in decisions.items()),
+                           channels_removed=sum(widths[n] - len(surgeon.alive[n]) for n in decisions))
     for name, alive in surgeon.alive.items():
         if name in decisions or len(alive) != widths[name]:
             report.before[name], report.after[name] = widths[name], len(alive)
@@ -134,21 +201,60 @@ def materialize(
     return report
 
 
-class _Surgeon:
-    """Applies decisions group by group, tracking which original channel each current channel is."""
+class Snapshot:
+    """Every module's attributes and every parameter's and buffer's data as they are now, to put back
+    exactly: torch-pruning and `masks.bake` replace tensors and attributes rather than write into them."""
 
-    def __init__(self, model, dg, layers, decisions, ignored, x):
-        self.model, self.dg, self.layers, self.decisions, self.x = model, dg, layers, decisions, x
+    def __init__(self, model: nn.Module):
+        self.modules = [(m, type(m), {k: copy.copy(v) if isinstance(v, dict | set | list) else v
+                                      for k, v in vars(m).items()}) for m in model.modules()]
+        self.data = [(t, t.data) for m in model.modules()
+                     for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+
+    def restore(self) -> None:
+        for m, cls, attrs in self.modules:
+            m.__class__ = cls
+            vars(m).clear()
+            vars(m).update(attrs)
+        for t, data in self.data:
+            t.data = data
+
+
+class _Mismatch(Exception):
+    """torch-pruning's removal changed what the model computes; the reason reads as a `skipped` entry."""
+
+
+@dataclass
+class _Plan:
+    root: str
+    removable: list[int]  # root channels, original indices
+    wishes: dict[str, set[int]]  # decided layer -> root channels its decision removes
+    items: list[tuple]  # (torch-pruning Dependency, indices of the unpruned model) removing them
+
+
+class _Surgeon:
+    """Plans every group's removal on the unpruned model, then applies and checks them all at once."""
+
+    def __init__(self, model, dg, branches, layers, decisions, ignored, x, strict):
+        self.model, self.dg, self.branches, self.layers, self.decisions, self.x, self.strict = (
+            model, dg, branches, layers, decisions, x, strict)
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = {layers[n] for n in ignored}
         # alive[layer][i] = original index of current output channel i: later groups see shifted indices.
         self.alive = {n: list(range(width(m))) for n, m in layers.items()}
         self.covered: set[str] = set()  # layers whose channels an earlier group already decided
         self.skipped: dict[str, str] = {}
+        self.plans: list[_Plan] = []
 
-    def apply(self, root_name: str, round_to: int | None) -> None:
-        """Decide and remove the channels of the group `root_name` belongs to."""
+    def plan(self, root_name: str, round_to: int | None) -> None:
+        """Decide the channels of the group `root_name` belongs to."""
         if root_name in self.covered:
+            return
+        if self.layers[root_name] not in self.dg.module2node:
+            if len(self.decisions[root_name]) < width(self.layers[root_name]):
+                self._unapplied(root_name, [root_name], "not in torch-pruning's graph: the traced forward never "
+                                "reaches it, or it belongs to a module pruned as a whole (such as "
+                                "MultiheadAttention's out_proj)")
             return
         n = width(self.layers[root_name])
         full = self._group(root_name, range(n))
@@ -158,6 +264,12 @@ class _Surgeon:
             if self.dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)
         }
         self.covered |= {m for m, it in members.items() if len(set(it.idxs)) == width(self.layers[m])}
+        if outside := _few(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
+            decided = [m for m in members if m in self.decisions and len(self.decisions[m]) < width(self.layers[m])]
+            if decided:  # seen after a concatenation followed by a split
+                self._unapplied(root_name, decided, f"torch-pruning maps its channels past the last channel of "
+                                f"{outside}")
+            return
         # Everything below works on root indices: channel r of the root and whatever is tied to it.
         wishes = {m: self._removals(m, it) for m, it in members.items() if m in self.decisions}
         if not any(wishes.values()):
@@ -168,13 +280,18 @@ class _Surgeon:
         removable, keepers = self._vote(members)
         for m, wish in wishes.items():
             if lost := wish - removable:
-                others = ", ".join(sorted(set().union(*(keepers[r] for r in lost)) - {m}))
+                others = _few(set().union(*(keepers[r] for r in lost)) - {m})
                 self._note({m: wish}, lost, f"kept {len(lost)} of the {len(wish)} channels it would remove: "
                            f"coupled through {_coupling(full)} with {others}, which keep those channels")
         unit, why = self._units(full, n)
         lost = {r for r in removable if not set(unit(r)) <= removable}
         self._note(wishes, lost, why)
         removable -= lost
+        for item, size, what in self._sections(full):
+            back = _equal_per_section(item, size, removable)
+            removable -= back
+            self._note(wishes, back, f"kept {len(back)} channels so that each {what} of {self._name(item)} "
+                       f"loses as many channels as the others")
         if round_to and removable:
             target = min(n, math.ceil((n - len(removable)) / round_to) * round_to)
             restored = set()
@@ -192,9 +309,117 @@ class _Surgeon:
             back = set(unit(min(r for r in exhausted.root_idxs if r in removable)))
             removable -= back
             self._note(wishes, back, f"would remove every channel of {self._name(exhausted)}; kept {root_name} "
-                       f"channel(s) {sorted(self.alive[root_name][r] for r in back)}")
+                       f"channel(s) {sorted(back)[:8]}")
         if removable:
-            self._prune(root_name, self._group(root_name, sorted(removable)))
+            parts = [(it.dep, [i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r in removable]) for it in full]
+            self.plans.append(_Plan(root_name, sorted(removable), wishes, [(d, i) for d, i in parts if i]))
+
+    def execute(self) -> None:
+        """Apply every plan with one check; where it fails, redo them one by one and leave out the wrong ones.
+
+        All at once, each plan's part of its group as traced while planning is merged into one group whose
+        indices are those of the unpruned model. One by one, each plan's group is traced again: the groups
+        pruned before it have shifted the indices of the layers they share (the consumers of a concatenation).
+        """
+        if not self.plans:
+            return
+        snapshot, alive = Snapshot(self.model), self._alive_copy()
+        try:
+            return self._apply(self._merged([item for plan in self.plans for item in plan.items]))
+        except _Mismatch:
+            self._roll_back(snapshot, alive)
+        for plan in self.plans:
+            snapshot, alive = Snapshot(self.model), self._alive_copy()
+            try:
+                self._apply(self._group(plan.root, self._current(plan)))
+            except _Mismatch as e:
+                self._roll_back(snapshot, alive)
+                self._unapplied(plan.root, [m for m, wish in plan.wishes.items() if wish], str(e))
+
+    def _unapplied(self, root: str, decided: list[str], reason: str) -> None:
+        """Decisions on `root`'s group that torch-pruning cannot apply: an error when strict, else left
+        unpruned and reported."""
+        if self.strict:
+            raise UnsupportedModelError(
+                f"cannot remove channels of the group of layer {root!r} ({_few(decided)}): {reason}. Leave those "
+                "layers out of the decisions, or pass strict=False to leave them unpruned and reported")
+        for m in decided:
+            self._explain(m, f"left unpruned: {reason}")
+
+    def _roll_back(self, snapshot: Snapshot, alive: dict[str, list[int]]) -> None:
+        """The model as in `snapshot`, and a graph traced anew: pruning also changed torch-pruning's own
+        records (concatenation sizes, which node holds an unwrapped parameter), which the model does not hold."""
+        snapshot.restore()
+        self.alive = alive
+        self.dg = trace(self.model, self.x)[0]
+
+    def _merged(self, items) -> tp.dependency.Group:
+        """One torch-pruning group removing every index of `items` (each layer's indices pruned at once)."""
+        merged: dict[tuple, set[int]] = defaultdict(set)
+        deps = {}
+        for dep, idxs in items:
+            key = (dep.target, dep.handler)
+            deps.setdefault(key, dep)
+            merged[key] |= set(idxs)
+        group = tp.dependency.Group()
+        group._DG = self.dg
+        for key, idxs in merged.items():
+            group.add_dep(deps[key], sorted(idxs))
+        return group
+
+    def _apply(self, group) -> None:
+        """Prune `group`, checking the result against the model with the removed channels' consumers zeroed."""
+        with branch_mode(self.model, self.branches), _mha_fastpath(False):
+            zero: dict[nn.Module, set[int]] = defaultdict(set)
+            for it in group:
+                module = it.dep.target.module
+                if isinstance(module, nn.MultiheadAttention) or (
+                        isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
+                    zero[module] |= set(it.idxs)
+            if outside := _few(self.names[m] for m, cols in zero.items() if max(cols) >= _inputs(m)):
+                raise _Mismatch(f"torch-pruning maps its channels past the last input channel of {outside}")
+            undo = [(_zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
+                    for m, cols in zero.items()]
+            statistics: list = []
+            try:
+                with torch.no_grad(), frozen_statistics(statistics, record=True):
+                    reference = tp.utils.flatten_as_list(self.model(self.x))
+            finally:
+                for undo_step in undo:
+                    undo_step()
+            try:
+                group.prune(record_history=False)
+                self._update_alive(group)
+                _record_widths(self.model)
+                with torch.no_grad(), frozen_statistics(statistics, record=False):
+                    result = tp.utils.flatten_as_list(self.model(self.x))
+                error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
+                cause = ""
+            except OUT_OF_MEMORY:
+                raise
+            except Exception as e:  # a shape torch-pruning got wrong
+                error, cause = math.inf, f", {type(e).__name__}: {_short(e, 120)}"
+        scale = max(r.abs().max().item() for r in reference)
+        if not error <= TOLERANCE * max(scale, 1e-6):
+            mixing = {self._name(it) for it in group if it.dep.target.type not in CHANNELWISE}
+            suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
+            raise _Mismatch(f"torch-pruning's removal changed what the model computes (max error "
+                            f"{error:.3g}{cause}){suspects}")
+
+    def _alive_copy(self) -> dict[str, list[int]]:
+        return {m: list(a) for m, a in self.alive.items()}
+
+    def _current(self, plan: _Plan) -> list[int]:
+        """The plan's root channels as indices into the root's current channels."""
+        position = {a: i for i, a in enumerate(self.alive[plan.root])}
+        return [position[r] for r in plan.removable]
+
+    def _update_alive(self, group) -> None:
+        for it in group:
+            m = self.names.get(it.dep.target.module)
+            if m in self.alive and self.dg.is_out_channel_pruning_fn(it.dep.handler):
+                gone = set(it.idxs)
+                self.alive[m] = [a for i, a in enumerate(self.alive[m]) if i not in gone]
 
     def _vote(self, members) -> tuple[set[int], dict[int, set[str]]]:
         """Root channels every coupled layer with a say lets go; and who keeps each of the others."""
@@ -237,7 +462,7 @@ class _Surgeon:
         if not grouped:
             return (lambda r: (r,)), ""
         groups = max(it.dep.target.module.groups for it in grouped)
-        names = ", ".join(sorted({self._name(it) for it in grouped}))
+        names = _few({self._name(it) for it in grouped})
         if n % groups:
             why = f"coupled with grouped convolution {names}, whose {groups} groups cannot share {n} channels evenly"
             return (lambda r: range(n)), why
@@ -245,6 +470,18 @@ class _Surgeon:
         why = (f"coupled with grouped convolution {names}: a channel goes only where the same position goes in "
                f"all {groups} groups")
         return (lambda r: range(r % size, n, size)), why
+
+    def _sections(self, group) -> list[tuple]:
+        """(item, channels per section, what a section is) for each GroupNorm and attention in `group`:
+        their groups and heads must each lose as many channels as the others to stay whole."""
+        found = {}
+        for it in group:
+            m = it.dep.target.module
+            if isinstance(m, nn.GroupNorm) and m not in found:
+                found[m] = (it, m.num_channels // m.num_groups, "group")
+            elif isinstance(m, nn.MultiheadAttention) and m not in found:
+                found[m] = (it, m.embed_dim // m.num_heads, "head")
+        return list(found.values())
 
     def _exhausted(self, group, removable: set[int]):
         """The first member of `group` that would lose all its channels (torch-pruning's check_pruning_group,
@@ -257,60 +494,99 @@ class _Surgeon:
                     return it
         return None
 
-    def _prune(self, root_name: str, group) -> None:
-        """Prune `group`, checking the result against the model with the removed channels' inputs zeroed."""
-        self.model.eval()
-        with torch.no_grad():
-            undo = _zero_consumed(self.dg, group)
-            reference = tp.utils.flatten_as_list(self.model(self.x))
-            for undo_step in undo:
-                undo_step()
-        try:
-            group.prune()
-            with torch.no_grad():
-                result = tp.utils.flatten_as_list(self.model(self.x))
-            error = max((a - b).abs().max().item() for a, b in zip(result, reference, strict=True))
-        except Exception as e:  # a shape torch-pruning got wrong
-            error, cause = math.inf, f" ({type(e).__name__}: {str(e)[:150]})"
-        else:
-            cause = ""
-        scale = max(r.abs().max().item() for r in reference)
-        if not error <= 1e-4 * max(scale, 1e-6):
-            mixing = sorted({self._name(it) for it in group if it.dep.target.type not in CHANNELWISE})
-            suspects = f"; it passes through {', '.join(mixing)}, which mixes channels" if mixing else ""
-            raise UnsupportedModelError(
-                f"removing output channels of layer {root_name!r} through torch-pruning changed what the rest of "
-                f"the model computes (max error {error:.3g}{cause}){suspects}. torch-pruning mis-traced an "
-                "operation that reorders or mixes channels; leave that layer out of the decisions"
-            )
-        for it in group:
-            m = self.names.get(it.dep.target.module)
-            if m in self.alive and self.dg.is_out_channel_pruning_fn(it.dep.handler):
-                gone = set(it.idxs)
-                self.alive[m] = [a for i, a in enumerate(self.alive[m]) if i not in gone]
-
     def _note(self, wishes: dict[str, set[int]], lost: set[int], reason: str) -> None:
         for m, wish in wishes.items():
-            if wish & lost and reason not in self.skipped.get(m, ""):
-                self.skipped[m] = f"{self.skipped[m]}; {reason}" if m in self.skipped else reason
+            if wish & lost:
+                self._explain(m, reason)
+
+    def _explain(self, m: str, reason: str) -> None:
+        if reason not in self.skipped.get(m, ""):
+            self.skipped[m] = f"{self.skipped[m]}; {reason}" if m in self.skipped else reason
 
     def _name(self, item) -> str:
         module = item.dep.target.module
         return self.names.get(module) or ("the model output" if item.dep.target.type == OPTYPE.OUTPUT else
-                                          repr(module))
+                                          type(module).__name__.strip("_"))
 
 
-def _zero_consumed(dg: tp.DependencyGraph, group) -> list[Callable[[], None]]:
-    """Zero the inputs through which consumers read the group's channels; return the undo steps.
+def _equal_per_section(item, size: int, removable: set[int]) -> set[int]:
+    """Root channels to keep so that every section of `size` channels of `item`'s layer loses as many as
+    the one that loses fewest (and keeps one); the lowest-index ones come back first, as for round_to."""
+    per_section: dict[int, list[int]] = defaultdict(list)
+    for i, r in zip(item.idxs, item.root_idxs, strict=True):
+        if r in removable:
+            per_section[i // size].append(r)
+    sections = len(set(item.idxs)) // size
+    allowed = min(size - 1, *(len(per_section[s]) for s in range(max(sections, 1))))
+    return {r for rs in per_section.values() for r in sorted(rs)[:len(rs) - allowed]}
 
-    With those inputs zeroed the channels feed nothing, so the model must compute exactly what the
-    pruned model computes: the reference `_Surgeon._prune` checks torch-pruning's result against.
+
+@contextmanager
+def frozen_statistics(statistics: list, record: bool) -> Iterator[None]:
+    """LayerNorm, GroupNorm and scaled-dot-product attention computing with recorded statistics.
+
+    With `record`, each call appends its input's shape and what depends on its channel count (per-sample
+    mean and 1/std, the attention scale) and computes as usual; otherwise each call uses, in call order,
+    what the recording pass appended. A model with channels removed then computes exactly what the
+    original with their consumers zeroed did. A norm whose input kept its shape lost no channels: its own
+    statistics are the recorded ones, so it runs torch's fused kernel. The functions are patched in
+    torch.nn.functional, where every nn layer looks them up per call.
     """
-    return [
-        zero_inputs(it.dep.target.module, it.idxs)
-        for it in group
-        if isinstance(it.dep.target.module, PRUNABLE) and not dg.is_out_channel_pruning_fn(it.dep.handler)
-    ]
+    originals = {name: getattr(F, name) for name in ("layer_norm", "group_norm", "scaled_dot_product_attention")}
+    calls = iter(statistics)
+
+    def frozen(x: torch.Tensor, dims, eps: float) -> tuple | None:
+        """The recorded (mean, 1/std) where `x` lost channels since; None where torch's own op is exact."""
+        if record:
+            var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+            statistics.append((x.shape, mean, (var + eps).rsqrt()))
+            return None
+        shape, mean, rstd = next(calls)
+        return None if x.shape == shape else (mean, rstd)
+
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if (stats := frozen(x, tuple(range(-len(normalized_shape), 0)), eps)) is None:
+            return originals["layer_norm"](x, normalized_shape, weight, bias, eps)
+        y = (x - stats[0]) * stats[1]  # weight and bias have normalized_shape: they broadcast over the last dims
+        y = y if weight is None else y * weight
+        return y if bias is None else y + bias
+
+    def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+        g = x.reshape(x.shape[0], num_groups, -1)
+        if (stats := frozen(g, -1, eps)) is None:
+            return originals["group_norm"](x, num_groups, weight, bias, eps)
+        y = ((g - stats[0]) * stats[1]).reshape(x.shape)
+        trailing = (1,) * (x.dim() - 2)  # weight and bias are per channel, on dim 1
+        y = y if weight is None else y * weight.view(-1, *trailing)
+        return y if bias is None else y + bias.view(-1, *trailing)
+
+    def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if record:
+            statistics.append(scale if scale is not None else q.size(-1) ** -0.5)
+        else:
+            scale = next(calls)
+        return originals["scaled_dot_product_attention"](q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                         **kwargs)
+
+    patched = {"layer_norm": layer_norm, "group_norm": group_norm, "scaled_dot_product_attention": attention}
+    for name, fn in patched.items():
+        setattr(F, name, fn)
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(F, name, fn)
+
+
+@contextmanager
+def _mha_fastpath(enabled: bool) -> Iterator[None]:
+    """nn.MultiheadAttention's fused inference path skips scaled_dot_product_attention: off for the check."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
@@ -318,9 +594,9 @@ def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
     w = layer.weight
     with torch.no_grad():
         idxs = torch.as_tensor(list(idxs), dtype=torch.long, device=w.device)
-        if isinstance(layer, nn.Linear) or layer.transposed:
-            dim = 1 if isinstance(layer, nn.Linear) else 0
-            saved = w.index_select(dim, idxs)  # only the slice: a classifier can be huge
+        if isinstance(layer, nn.Linear) or layer.transposed or layer.groups == 1:
+            dim = 0 if getattr(layer, "transposed", False) else 1  # the input-channel dimension of the weight
+            saved = w.index_select(dim, idxs)  # only the slice: copying whole weights costs as much as a forward
             w.index_fill_(dim, idxs, 0.0)
             return lambda: w.data.index_copy_(dim, idxs, saved)
         saved = w.detach().clone()
@@ -329,6 +605,55 @@ def zero_inputs(layer: nn.Module, idxs: Sequence[int]) -> Callable[[], None]:
             g, j = divmod(i, per_in)
             w[g * per_out:(g + 1) * per_out, j] = 0.0
         return lambda: w.data.copy_(saved)
+
+
+def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable[[], None]:
+    """Zero what nn.MultiheadAttention reads and computes on embedding channels `idxs`; return the undo step.
+
+    torch-pruning removes those positions from the inputs and from the query, key and value projections
+    alike; zeroed, they add nothing to the attention scores or the values.
+    """
+    if mha.in_proj_weight is None:
+        raise _Mismatch("attention with separate query/key/value sizes is not checked")
+    w, b, e = mha.in_proj_weight, mha.in_proj_bias, mha.embed_dim
+    rows = torch.as_tensor([i + k * e for k in range(3) for i in idxs], dtype=torch.long, device=w.device)
+    cols = torch.as_tensor(list(idxs), dtype=torch.long, device=w.device)
+    saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
+    with torch.no_grad():
+        w.index_fill_(0, rows, 0.0).index_fill_(1, cols, 0.0)
+        if b is not None:
+            b.index_fill_(0, rows, 0.0)
+
+    def undo() -> None:
+        w.data.copy_(saved_w)
+        if b is not None:
+            b.data.copy_(saved_b)
+
+    return undo
+
+
+def _record_widths(model: nn.Module) -> None:
+    """Update the widths a model keeps as attributes and computes with, which torch-pruning does not
+    know of: torchvision's VisionTransformer reshapes its patch embedding with `hidden_dim`."""
+    vision_transformer = sys.modules.get("torchvision.models.vision_transformer")  # imported if such a model exists
+    if vision_transformer is None:
+        return
+    for m in model.modules():
+        if isinstance(m, vision_transformer.VisionTransformer):
+            m.hidden_dim = m.conv_proj.out_channels
+
+
+def _inputs(layer: nn.Module) -> int:
+    """Input channels of a conv, linear or attention layer."""
+    if isinstance(layer, nn.MultiheadAttention):
+        return layer.embed_dim
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def _parameters(model: nn.Module) -> int:
+    """Parameters of a model whose masks are baked (measure.count_params also counts non-zeros: a pass over
+    every weight that surgery does not need)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _coupling(group) -> str:
@@ -382,3 +707,15 @@ def _torch_pruning_function(e: Exception) -> str:
             where = f"torch-pruning's {tb.tb_frame.f_code.co_name}"
         tb = tb.tb_next
     return where
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line and cut short: torch-pruning's can print whole tensors."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _few(names: Iterable[str], shown: int = 3) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

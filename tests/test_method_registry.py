@@ -66,3 +66,11 @@ def test_options_are_checked_against_the_method():
         registry.options_of({"name": "synflow", "criterion": "snip"})
     with pytest.raises(ConfigError, match="unknown method 'synflo'; did you mean 'synflow'"):
         registry.get("synflo")
+
+
+def test_a_method_module_that_cannot_be_imported_is_one_line(monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_METHODS", "no_such_methods_module")
+    monkeypatch.setattr(registry, "_loaded", False)
+    result = runner.invoke(app, ["prune", "--method", "synflow"])
+    assert result.exit_code == 2 and "cannot import pruning-method module 'no_such_methods_module'" in result.output
+    assert "Traceback" not in result.output

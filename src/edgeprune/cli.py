@@ -243,7 +243,13 @@ class _PruneCommand(TyperCommand):
     def params(self) -> list:
         if not getattr(self, "_with_methods", False):
             self._with_methods = True
-            self._params = [*self._params, *_method_flags()]
+            try:
+                self._params = [*self._params, *_method_flags()]
+            except EdgePruneError as e:  # a method module that cannot be imported: one line, as everywhere
+                if _state["debug"]:
+                    raise
+                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
         return self._params
 
     @params.setter

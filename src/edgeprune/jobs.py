@@ -23,7 +23,16 @@ from . import budget, data, export, masks, measure, models, runs, threads
 from .errors import ConfigError
 from .methods import registry
 from .progress import Reporter, reporter
-from .record import Level, MeasureOptions, RunConfig, RunReport, read_config, read_report, write_report
+from .record import (
+    EXECUTION_FIELDS,
+    Level,
+    MeasureOptions,
+    RunConfig,
+    RunReport,
+    read_config,
+    read_report,
+    write_report,
+)
 from .train import evaluate, fit
 
 __all__ = ["JOBS", "MeasureOptions", "RunConfig", "RunReport", "prune", "rerun", "shrink", "train"]
@@ -85,8 +94,9 @@ def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
             saved = json.loads(json.dumps(RunConfig.from_dict(saved).to_dict(), default=str))
         except ConfigError:
             pass  # compared as it is: the difference is named
-        # --threads is how to run, not what: a resumed run keeps the count it started with (_threads)
-        return runs.changed_fields({**saved, "threads": None}, {**new, "threads": None})
+        # how a run is executed is not what it is: a resumed run keeps its thread count (_threads)
+        how = dict.fromkeys(EXECUTION_FIELDS)
+        return runs.changed_fields({**saved, **how}, {**new, **how})
 
     return runs.open_run(run_dir, cfg, overwrite=overwrite, resume=resume, compare=changed)
 
@@ -114,11 +124,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                         rf.name)
         write_report(rf.path / runs.REPORT, report)
     return report
-
-
-def method_options(method: dict):
-    """The options object of a config's pruning method entry {"name": ..., **options}."""
-    return registry.options_of(method)
 
 
 def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,

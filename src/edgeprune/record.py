@@ -34,6 +34,10 @@ class MeasureOptions:
         self.batch_sizes, self.threads, self.runtimes = map(tuple, (self.batch_sizes, self.threads, self.runtimes))
 
 
+# How a run was executed, not what it is: a run resumed, or a sweep cell re-run, is the same run without them.
+EXECUTION_FIELDS = ("edgeprune_version", "threads", "threads_used")
+
+
 @dataclass
 class RunConfig:
     """Everything needed to repeat a run."""

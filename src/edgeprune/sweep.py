@@ -50,6 +50,7 @@ from . import jobs, models, runs
 from .errors import ConfigError, EdgePruneError, unknown_name
 from .methods import registry
 from .progress import Reporter, reporter
+from .record import EXECUTION_FIELDS
 from .train import TrainConfig
 
 SPEC = "spec.yaml"
@@ -226,7 +227,7 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
     for values in itertools.product(*axes):
         method = {"name": name, **dict(zip(order, values, strict=True))}
         try:
-            jobs.method_options(method)
+            registry.options_of(method)
         except ConfigError as e:
             raise type(e)(f"{where} ({name}): {e}") from None
         parts = [_text(v) if k in _BARE or k == "sparsity" else f"{k}={_text(v)}"
@@ -349,8 +350,7 @@ def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:
     except EdgePruneError:
         return ["config.json (unreadable)"]
     new = _plain(cfg)
-    # how a cell was executed (version, threads) is not what it is: a cell is the same run without them
-    return [k for k in new if k not in ("edgeprune_version", "threads", "threads_used") and old.get(k) != new[k]]
+    return [k for k in new if k not in EXECUTION_FIELDS and old.get(k) != new[k]]
 
 
 def _plain(cfg: jobs.RunConfig) -> dict:

@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -80,33 +81,41 @@ def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _top_k_parts(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """`top_k` of the concatenation of the 1-D `parts`, split back into them."""
+    """`top_k` of the concatenation of the 1-D `parts`, split back into them.
+
+    In numpy on the host: its introselect (ndarray.partition) finds the threshold about 10× faster than
+    torch.kthvalue, and its comparisons, counts and boolean compaction are 4–50× faster than torch's on CPU
+    (6M doubles: `>=` 4 ms against 15 ms, `count_nonzero` 0.3 against 16 ms), which counts in SynFlow's 100
+    rounds. Scores on an accelerator make one trip to the host; the booleans go back to their device."""
     n = sum(p.numel() for p in parts)
     if k >= n or k <= 0:
         return [torch.full((p.numel(),), k > 0, dtype=torch.bool, device=p.device) for p in parts]
-    threshold = _kth_smallest_(torch.cat(parts), n - k)
+    host = [_host(p) for p in parts]
+    scratch = np.concatenate(host)  # partition reorders its input
+    scratch.partition(n - k)
+    threshold = scratch[n - k]
     # At least k entries are >= the threshold; more only where it is tied, and then the last ties go.
-    keep = [p >= threshold for p in parts]
-    excess = sum(int(torch.count_nonzero(kp)) for kp in keep) - k
-    for p, kp in zip(reversed(parts), reversed(keep), strict=True):
+    keep = [h >= threshold for h in host]
+    excess = sum(np.count_nonzero(kp) for kp in keep) - k
+    for h, kp in zip(reversed(host), reversed(keep), strict=True):
         if excess == 0:
             break
-        ties = torch.nonzero(p == threshold).flatten()
-        kp[ties[max(0, ties.numel() - excess):]] = False
-        excess -= min(excess, ties.numel())
-    return keep
+        ties = np.flatnonzero(h == threshold)
+        kp[ties[max(0, ties.size - excess):]] = False
+        excess -= min(excess, ties.size)
+    return [torch.from_numpy(kp).to(p.device) for kp, p in zip(keep, parts, strict=True)]
 
 
-def _kth_smallest_(values: torch.Tensor, index: int) -> torch.Tensor:
-    """The value at 0-based `index` of sorted(values); `values` is scratch and may be reordered. On CPU
-    numpy's introselect (ndarray.partition, in place) does it about 10× faster than torch.kthvalue (15M
-    doubles of VGG-16: 0.03 s against 0.26 s), which counts in SynFlow's 100 rounds; elsewhere
-    torch.kthvalue, without leaving the device."""
-    if values.device.type == "cpu" and values.dtype in (torch.float64, torch.float32):
-        array = values.detach().numpy()
-        array.partition(index)
-        return torch.as_tensor(array[index], dtype=values.dtype)
-    return torch.kthvalue(values, index + 1).values
+def _count(values: torch.Tensor) -> int:
+    """Non-zeros of a tensor, counted in numpy (50× faster than torch's on CPU booleans)."""
+    return int(np.count_nonzero(_host(values)))
+
+
+def _host(values: torch.Tensor) -> np.ndarray:
+    """A 1-D tensor as a numpy array on the host (no copy for a CPU tensor; bfloat16, which numpy lacks, widens
+    to float32 exactly, so its order is kept)."""
+    values = values.detach().cpu()
+    return (values.float() if values.dtype == torch.bfloat16 else values).numpy()
 
 
 def select(
@@ -133,7 +142,7 @@ def select(
         else:
             masks[n] = torch.zeros(s.numel(), dtype=dtype, device=s.device).index_fill_(0, on[i][chosen[i]].long(), 1)
             masks[n] = masks[n].view_as(s)
-    _warn_empty(masks, [int(c.count_nonzero()) for c in chosen])
+    _warn_empty(masks, [_count(c) for c in chosen])
     return masks
 
 
@@ -183,7 +192,7 @@ def _choose(scores: list[torch.Tensor], on: list[torch.Tensor] | None, density: 
     if min_layer_density > 0:
         minimum = [max(1, math.ceil(min_layer_density * n)) for n in sizes]
         # Where every layer already has its minimum, the guarded choice is the same set.
-        if any(int(c.count_nonzero()) < min(m, a) for c, m, a in zip(chosen, minimum, counts, strict=True)):
+        if any(_count(c) < min(m, a) for c, m, a in zip(chosen, minimum, counts, strict=True)):
             chosen = _guarded(flat, on, k, minimum, min_layer_density, density)
     return chosen
 
@@ -268,7 +277,7 @@ def prune_iteratively(
         scores = scorer(model)
         names = list(scores)
         chosen = _choose(list(scores.values()), on, d, scope, min_layer_density)
-        _warn_empty(names, [int(c.count_nonzero()) for c in chosen])
+        _warn_empty(names, [_count(c) for c in chosen])
         if on is None:  # round 1 combines with any masks the model already has, so read back what is in force
             apply(model, {n: c.view_as(s).to(s.dtype if s.is_floating_point() else torch.float32)
                           for (n, s), c in zip(scores.items(), chosen, strict=True)})
@@ -285,17 +294,19 @@ def _drop(model: nn.Module, names: list[str], on: list[torch.Tensor], chosen: li
 
     Touching only the dropped entries instead of re-applying full masks saves several passes over every
     weight per round. `.weight` is the reparametrisation's product `weight_orig * weight_mask`: zeroing it
-    where the mask is zeroed keeps it equal to that product, as `apply` would leave it.
+    where the mask is zeroed keeps it equal to that product, as `apply` would leave it. The candidate lists
+    are compacted in numpy (boolean indexing there is ~10× faster than torch.masked_select on CPU).
     """
     kept = []
     with torch.no_grad():
         for pname, idx, keep in zip(names, on, chosen, strict=True):
             module = model.get_submodule(pname.rpartition(".")[0])
             attr = pname.rpartition(".")[2]
-            dropped = idx[torch.nonzero(~keep).flatten()].long()  # few: boolean indexing would scan again
+            candidates, keep_h = _host(idx), _host(keep)
+            dropped = torch.from_numpy(candidates[~keep_h]).to(idx.device).long()
             getattr(module, f"{attr}_mask").view(-1).index_fill_(0, dropped, 0)
             getattr(module, attr).view(-1).index_fill_(0, dropped, 0)
-            kept.append(torch.masked_select(idx, keep))  # faster than idx[keep] (no index tensor in between)
+            kept.append(torch.from_numpy(candidates[keep_h]).to(idx.device))
     return kept
 
 

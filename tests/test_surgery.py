@@ -1,12 +1,15 @@
 import copy
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_bn
 from torch import nn
 from torch.nn.utils import prune
 
 from edgeprune import export, models
+from edgeprune import masks as masks_mod
 from edgeprune.errors import ConfigError, UnsupportedModelError
 from edgeprune.measure import PRUNABLE, count_macs, count_params
 from edgeprune.surgery import dependency_graph, materialize, out_channel_group, width
@@ -313,6 +316,19 @@ class _Aux(nn.Module):
         return (out, self.aux_fc(self.aux(y).mean((2, 3)))) if self.training else out
 
 
+class _AuxNeedsSize(_Aux):
+    """An auxiliary head whose 5x5 conv needs a 20-pixel input (inception_v3's needs 299 px)."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Conv2d(8, 4, 5)
+
+    def forward(self, x):
+        y = self.a(x).relu()
+        out = self.head(self.b(y).mean((2, 3)))
+        return (out, self.aux_fc(self.aux(F.avg_pool2d(y, 4)).mean((2, 3)))) if self.training else out
+
+
 class _GroupNorm(nn.Module):
     def __init__(self):
         super().__init__()
@@ -396,6 +412,21 @@ def test_an_auxiliary_head_reached_only_in_training_is_narrowed_with_the_trunk()
     assert out.shape == aux.shape == (2, 5)
 
 
+def test_layers_a_too_small_example_keeps_off_the_trace_are_named_in_a_warning():
+    model, x, _ = _tiny(_AuxNeedsSize, (3, 8, 8))
+    with pytest.warns(UserWarning, match=r"2 layer\(s\) are not on the traced forward \(aux, aux_fc\).*"
+                                         r"could not run on the example input: .*Kernel size.*pass an example"):
+        report = materialize(model, {"a": [0, 2, 4, 6]}, x)
+    assert report.unreached == ["aux", "aux_fc"] and model.a.out_channels == 4 and model.aux.in_channels == 8
+    model, x, _ = _tiny(_AuxNeedsSize, (3, 20, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = materialize(model, {"a": [0, 2, 4, 6]}, x)
+    assert report.unreached == [] and model.aux.in_channels == 4
+    out, aux = model.train()(torch.randn(2, 3, 20, 20))
+    assert out.shape == aux.shape == (2, 5)
+
+
 def test_groupnorm_groups_each_lose_as_many_channels():
     model, x, _ = _tiny(_GroupNorm, (3, 8, 8))
     keep = {"a": [0, 4, 5, 8, 9, 12, 13]}  # removes 3 channels of group 0, 2 of each other: each may lose 2
@@ -449,3 +480,21 @@ def test_a_torchvision_vision_transformer_narrows_its_residual_stream():
     assert "conv_proj" not in report.skipped
     assert model.hidden_dim == model.conv_proj.out_channels == 8 and model.class_token.shape[-1] == 8
     assert model.encoder.layers[0].self_attention.embed_dim == 8 and model(x).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet20", "mobilenetv2", "tv:googlenet"])
+def test_masks_come_back_narrowed_exactly_as_their_weights(name):
+    torch.manual_seed(0)
+    shape = (3, 32, 32) if name != "tv:googlenet" else (3, 64, 64)
+    model = models.create(name, 10, shape[0])
+    names = list(masks_mod.prunable(model))
+    masks_mod.apply(model, {n: (torch.rand_like(model.get_parameter(n)) > 0.3).float() for n in names})
+    before = {n: m.weight_mask.clone() for n, m, _ in masks_mod.masked_modules(model)}
+    report = materialize(model, _every_other(model), torch.randn(1, *shape))
+    assert report.channels_removed > 0 and set(report.masks) == {f"{n}.weight" for n in before}
+    for key, mask in report.masks.items():
+        weight = model.get_parameter(key)
+        assert mask.shape == weight.shape
+        assert torch.equal(mask.bool(), weight != 0)  # the baked zeros are the mask's (random weights are never 0)
+    first = next(n for n in before if n in report.kept)  # the first layer: inputs untouched, rows = kept channels
+    assert torch.equal(report.masks[f"{first}.weight"], before[first][report.kept[first]])

@@ -64,17 +64,6 @@ def current(model: nn.Module, names: Sequence[str]) -> Masks:
     return out
 
 
-def from_zeros(model: nn.Module, names: Sequence[str]) -> Masks:
-    """Masks keeping the non-zero entries of the named weights, for those that hold zeros: after a bake
-    or a surgery, the zeros are the masks (initial and trained weights are never exactly zero)."""
-    out = {}
-    for pname in names:
-        mask = (model.get_submodule(pname.rpartition(".")[0]).weight.detach() != 0).float()
-        if not mask.all():
-            out[pname] = mask
-    return out
-
-
 def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly k largest entries of a 1-D tensor; ties go to the lower index."""
     return _top_k_parts([values], k)[0]

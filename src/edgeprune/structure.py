@@ -52,7 +52,8 @@ class DeadReport:
     surgery: SurgeryReport = field(default_factory=SurgeryReport)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record, without the surgery's mask tensors."""
+        return {**{k: v for k, v in asdict(self).items() if k != "surgery"}, "surgery": self.surgery.to_dict()}
 
 
 def dead_channels(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,7 +71,8 @@ def remove_dead(
     fold_constants: bool = True,
     round_to: int | None = None,
 ) -> tuple[nn.Module, DeadReport]:
-    """A new, physically smaller copy of `model` without its dead output channels (masks baked in).
+    """A new, physically smaller copy of `model` without its dead output channels (masks baked in; the surviving
+    masks, narrowed, are in `report.surgery.masks`).
 
     With `fold_constants` (the default) a dead channel's constant output is folded into the layers that read
     it, and a dead channel whose value cannot be folded (it meets live values, e.g. in a residual add, or
@@ -91,7 +93,8 @@ def remove_dead(
             kept_dead[name] = "; ".join(f"{len(chs)} dead channel(s) {chs[:8]} kept: {r}"
                                         for r, chs in by_reason.items())
     keep = {name: mask for name, mask in keep.items() if not mask.all()}
-    surgery = materialize(net, keep, example_inputs, round_to=round_to)
+    held = {name: m.weight_mask.detach() for name, m, attr in masks_mod.masked_modules(model) if attr == "weight"}
+    surgery = materialize(net, keep, example_inputs, round_to=round_to, masks=held)
     layers, order = {}, [n for n, _ in net.named_modules()]
     for name in sorted(set(dead) | set(surgery.after), key=order.index):
         before = surgery.before.get(name, width(net.get_submodule(name)))
@@ -111,7 +114,8 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
     Returns (channels that must stay: layer -> {channel: reason}, folded channels per layer,
     where each consumer's constants went, consumers folded only approximately).
     """
-    dg, branches = trace(net, example_inputs)
+    dg, branch_error = trace(net, example_inputs)
+    branches = branch_error is None
     names = {m: n for n, m in net.named_modules()}
     dead = {name: mask for name, mask in dead.items() if net.get_submodule(name) in dg.module2node}  # see materialize
     reads: dict[tuple[str, int], list[tuple[nn.Module, int]]] = defaultdict(list)

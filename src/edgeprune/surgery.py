@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -62,9 +63,12 @@ class SurgeryReport:
     channels_removed: int = 0  # of those, the ones removed (the rest: see skipped)
     params_before: int = 0
     params_after: int = 0
+    unreached: list[str] = field(default_factory=list)  # conv/linear layers the traced forward never runs
+    masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the masks, narrowed (see materialize)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record, without the mask tensors."""
+        return {k: v for k, v in asdict(self).items() if k != "masks"}
 
 
 def width(layer: nn.Module) -> int:
@@ -77,12 +81,13 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Depen
     return trace(model, example_inputs)[0]
 
 
-def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, bool]:
-    """(torch-pruning's DependencyGraph of `model`, whether it was traced in branch mode).
+def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, Exception | None]:
+    """(torch-pruning's DependencyGraph of `model`, why branch mode failed or None where it was used).
 
     Branch mode (`branch_mode`) reaches layers only a training forward uses, such as auxiliary
-    classifiers; a model whose training forward cannot run on `example_inputs` alone is traced in eval
-    mode. Raises UnsupportedModelError where torch-pruning cannot trace it.
+    classifiers; a model whose training forward cannot run on `example_inputs` alone (inception_v3's
+    auxiliary head at 224 px) is traced in eval mode. Raises UnsupportedModelError where torch-pruning
+    cannot trace it.
     """
     error = None
     for branches in (True, False):
@@ -96,7 +101,7 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependency
                 dg = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_inputs, forward_fn=forward, verbose=False
                 )
-            return dg, branches
+            return dg, error
         except OUT_OF_MEMORY:
             raise
         except Exception as e:
@@ -148,20 +153,24 @@ def materialize(
     round_to: int | None = None,
     ignored: Sequence[str] = (),
     strict: bool = False,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> SurgeryReport:
     """Remove every output channel not in `keep[layer]` (indices, or a bool mask) from `model`, in place.
 
-    Masks are baked first. Layers in `ignored` and the layers producing the model's outputs keep all
-    their output channels, and so does everything coupled to them. A channel tied to others (residual
-    add, depthwise conv, ...) goes only if every coupled layer with a decision removes it: per-layer
-    decisions on a residual network remove far less than each asked (see `structure.group_keep` for
-    decisions made once per group, which land). `round_to` keeps extra channels (the lowest-index ones)
-    so that each decided group keeps a multiple of it. Decisions that cannot be applied in full are
-    explained in `report.skipped`, and `report.channels_asked` / `channels_removed` say how much of the
-    request landed. Decided layers the traced forward never reaches and groups torch-pruning maps wrongly
-    (the check fails) are left unpruned and reported, or with `strict` raise UnsupportedModelError naming
-    the group. Raises UnsupportedModelError where torch-pruning cannot trace the model; on any error the
-    model is left exactly as it was.
+    Masks are baked first, and `report.masks` hands them back narrowed as their weights were (torch-pruning's
+    own handlers replayed on them), `{"<layer>.weight": mask}`, for the caller to re-apply where a layer
+    stays unstructured; `masks` adds those of layers the caller baked already (`{layer name: mask}`).
+
+    Layers in `ignored` and the layers producing the model's outputs keep all their output channels, and so does
+    everything coupled to them. A channel tied to others (residual add, depthwise conv, ...) goes only if every
+    coupled layer with a decision removes it: per-layer decisions on a residual network remove far less than each
+    asked (see `structure.group_keep` for decisions made once per group, which land). `round_to` keeps extra
+    channels (the lowest-index ones) so that each decided group keeps a multiple of it. Decisions that cannot be
+    applied in full are explained in `report.skipped`, and `report.channels_asked` / `channels_removed` say how much
+    of the request landed. Decided layers the traced forward never reaches and groups torch-pruning maps wrongly
+    (the check fails) are left unpruned and reported, or with `strict` raise UnsupportedModelError naming the group.
+    Raises UnsupportedModelError where torch-pruning cannot trace the model; on any error the model is left exactly
+    as it was.
     """
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     decisions = {name: _kept_indices(model, layers, name, idxs) for name, idxs in keep.items()}
@@ -178,12 +187,14 @@ def materialize(
                     "output channels; use a smaller round_to or leave that layer out"
                 )
     widths = {n: width(m) for n, m in layers.items()}
+    held = {name: m.weight_mask.detach().clone() for name, m, attr in masks_mod.masked_modules(model)
+            if attr == "weight" and name in layers} | dict(masks or {})
     snapshot = Snapshot(model)
     try:
         masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
         params_before = _parameters(model)
-        dg, branches = trace(model, example_inputs)
-        surgeon = _Surgeon(model, dg, branches, layers, decisions, ignored, example_inputs, strict)
+        dg, branch_error = trace(model, example_inputs)
+        surgeon = _Surgeon(model, dg, branch_error is None, layers, decisions, ignored, example_inputs, strict, held)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
             surgeon.plan(name, round_to)
         surgeon.execute()
@@ -192,7 +203,16 @@ def materialize(
         raise
     report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model),
                            channels_asked=sum(widths[n] - len(kept) for n, kept in decisions.items()),
-                           channels_removed=sum(widths[n] - len(surgeon.alive[n]) for n in decisions))
+                           channels_removed=sum(widths[n] - len(surgeon.alive[n]) for n in decisions),
+                           unreached=[n for n, m in layers.items() if m not in dg.module2node],
+                           masks={f"{n}.weight": twin.weight.detach() for n, twin in surgeon.twins.items()})
+    if branch_error is not None and report.unreached:
+        warnings.warn(
+            f"{len(report.unreached)} layer(s) are not on the traced forward ({_few(report.unreached)}): their "
+            "inputs were not narrowed with their producers, so a forward that uses them will fail. The "
+            f"training-mode forward (auxiliary heads) could not run on the example input: {_short(branch_error)}; "
+            "pass an example input it accepts (inception_v3: 3x299x299) to prune those layers too",
+            stacklevel=2)
     for name, alive in surgeon.alive.items():
         if name in decisions or len(alive) != widths[name]:
             report.before[name], report.after[name] = widths[name], len(alive)
@@ -235,9 +255,12 @@ class _Plan:
 class _Surgeon:
     """Plans every group's removal on the unpruned model, then applies and checks them all at once."""
 
-    def __init__(self, model, dg, branches, layers, decisions, ignored, x, strict):
+    def __init__(self, model, dg, branches, layers, decisions, ignored, x, strict, held):
         self.model, self.dg, self.branches, self.layers, self.decisions, self.x, self.strict = (
             model, dg, branches, layers, decisions, x, strict)
+        # Per masked layer, a twin holding its mask as the weight: every removal applied to the layer is
+        # applied to its twin by the same torch-pruning handler, so the mask is narrowed exactly as the weight.
+        self.twins = {name: _twin(layers[name], mask) for name, mask in held.items()}
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = {layers[n] for n in ignored}
         # alive[layer][i] = original index of current output channel i: later groups see shifted indices.
@@ -405,6 +428,13 @@ class _Surgeon:
             suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
             raise _Mismatch(f"torch-pruning's removal changed what the model computes (max error "
                             f"{error:.3g}{cause}){suspects}")
+        for it in group:
+            twin = self.twins.get(self.names.get(it.dep.target.module))
+            if twin is not None and it.idxs:
+                # What torch-pruning's Dependency.__call__ does to the layer, done to its twin.
+                it.dep.handler.__self__.pruning_dim = it.dep.target.pruning_dim
+                it.dep.handler(twin, tp._helpers.to_plain_idxs(it.idxs)
+                               if isinstance(it.idxs[0], tp._helpers._HybridIndex) else it.idxs)
 
     def _alive_copy(self) -> dict[str, list[int]]:
         return {m: list(a) for m, a in self.alive.items()}
@@ -630,6 +660,20 @@ def _zero_attention(mha: nn.MultiheadAttention, idxs: Sequence[int]) -> Callable
             b.data.copy_(saved_b)
 
     return undo
+
+
+def _twin(layer: nn.Module, mask: torch.Tensor) -> nn.Module:
+    """A copy of `layer` whose weight is `mask` (the same shape), for torch-pruning's handlers to narrow."""
+    if mask.shape != layer.weight.shape:
+        raise ConfigError(f"a mask of shape {tuple(mask.shape)} was given for a weight of shape "
+                          f"{tuple(layer.weight.shape)}; pass each layer's own weight mask")
+    weight, layer.weight = layer.weight, None  # not copied: the twin gets the mask instead
+    try:
+        twin = copy.deepcopy(layer)
+    finally:
+        layer.weight = weight
+    twin.weight = nn.Parameter(mask.detach().clone().to(weight.dtype), requires_grad=False)
+    return twin
 
 
 def _record_widths(model: nn.Module) -> None:

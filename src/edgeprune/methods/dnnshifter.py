@@ -19,7 +19,7 @@ def shrink(model: nn.Module, input_shape: tuple[int, ...], fold_constants: bool 
     t0 = time.perf_counter()
     small, report = structure.remove_dead(model, torch.zeros(1, *input_shape), fold_constants, round_to)
     names = list(masks.prunable(small))
-    masks.apply(small, masks.from_zeros(small, names))  # remaining zeros stay zeros
+    masks.apply(small, {n: m for n, m in report.surgery.masks.items() if not m.all()})  # the rest stays masked
     return small, {"method": "dnnshifter", "shrink_seconds": time.perf_counter() - t0,
                    "max_abs_error": report.max_abs_error, "structure": report.to_dict(),
                    "layers": masks.table(small, names)}

@@ -117,9 +117,9 @@ def reconvene(
     # (iv) materialise, then rectify what changed shape; masks stay where a layer stays unstructured
     shapes = {n: structure.parameter_shapes(m) for n, m in model.named_modules()}
     widths = {n: surgery.width(model.get_submodule(n)) for n in names}
-    report = surgery.materialize(model, keep, x, round_to=opts.round_to)  # bakes masks into zeros
+    report = surgery.materialize(model, keep, x, round_to=opts.round_to)
     converted = {n for n in report.kept if n in keep} if opts.conversion == "width" else set()
-    remaining = masks.from_zeros(model, [f"{n}.weight" for n in names if n not in converted])
+    remaining = {k: m for k, m in report.masks.items() if k.rpartition(".")[0] not in converted and not m.all()}
     rectified = structure.rectify(model, shapes)
     # A masked layer that lost inputs was re-initialised: its old mask, sliced, no longer fits (it can even
     # have lost every surviving weight), so the criterion chooses again. The layer keeps the number of

@@ -75,7 +75,7 @@ def interrupt(monkeypatch):
     def arm(step: int) -> None:
         def fit(*args, **kwargs):
             monkeypatch.setattr(jobs, "fit", real_fit)  # only the next run is interrupted
-            return real_fit(*args, **kwargs, callbacks=[Stop(step)])
+            return real_fit(*args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", ()), Stop(step)]})
 
         monkeypatch.setattr(jobs, "fit", fit)
 

@@ -145,6 +145,12 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
             report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method=method.name,
                                options=opts.to_dict(),
                                levels=[Level(r.level, r.density, r.profile) for r in levels])
+        elif method.kind == "train":
+            pruner = _pruner(cfg, method, opts, model, bundle, rf, progress)
+            hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
+                       device=cfg.device, progress=progress, callbacks=[pruner])
+            report = finish(model, bundle, cfg, rf.path,
+                            {**pruner.info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
         else:
             model, info = _pruned(cfg, method, opts, target, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
@@ -182,6 +188,28 @@ def _pruned(cfg: RunConfig, method: registry.Method, opts, target: budget.Target
     save_masks(model, rf.path)
     export.save_model(model, saved, extra={"pruning": info})  # last: its presence means pruning finished
     return model, info
+
+
+def _pruner(cfg: RunConfig, method: registry.Method, opts, model: nn.Module, bundle: data.DataBundle,
+            rf: runs.RunFolder, progress: Reporter | None):
+    """The callback of a method that prunes during training. Its result is saved when it prunes; a run resumed
+    from a checkpoint written after that gets the masks back (the checkpoint holds masked weights) and the
+    record of what was done, and is not pruned again."""
+    saved = rf.path / runs.PRUNED
+
+    def save(m: nn.Module, info: dict) -> None:
+        save_masks(m, rf.path)
+        export.save_model(m, saved, extra={"pruning": info})
+
+    pruner = method.entry(opts, cfg.train, bundle.train, bundle.input_shape, save, progress)
+    checkpoint = rf.path / runs.CHECKPOINT
+    if checkpoint.is_file() and saved.is_file() and any(
+            n.endswith("_orig") for n in runs.torch_load(checkpoint, "checkpoint").get("param_names", ())):
+        masks.apply(model, runs.torch_load(rf.path / runs.MASKS, "masks"))
+        pruner.info = export.load(saved)[1]["pruning"]
+    elif not checkpoint.is_file():
+        pruner.on_epoch_end(model, 0, {})  # epoch 0 ends before training starts: a method may prune there
+    return pruner
 
 
 def prune_at_init(model: nn.Module, method: registry.Method | str, opts, bundle: data.DataBundle,

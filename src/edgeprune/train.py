@@ -191,7 +191,7 @@ def fit(
         if run_dir is not None:
             torch_save(ckpt_path, {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model),
+                "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model, opt),
                 "seconds": history.seconds, "config": cfg.to_dict(),
             })
             append_log(run_dir, record)
@@ -218,7 +218,7 @@ def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, Hist
                 "use the saved config or start a new run"
             )
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(_by_name(ckpt["optimizer"], ckpt.get("param_names"), _param_names(model)))
+        opt.load_state_dict(_by_name(ckpt["optimizer"], ckpt.get("param_names"), _param_names(model, opt)))
         sched.load_state_dict(ckpt["scheduler"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         if isinstance(e, ConfigError):
@@ -227,9 +227,11 @@ def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, Hist
     return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0)))
 
 
-def _param_names(model: nn.Module) -> list[str]:
-    """Parameter names in the optimiser's order (model.parameters())."""
-    return [name for name, _ in model.named_parameters()]
+def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimiser's order: model.parameters() when it was made, which a method that masks
+    weights during training (DRIVE) changes afterwards (`weight` becomes `weight_orig`, registered last)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in opt.param_groups for p in group["params"]]
 
 
 def _by_name(state: dict, saved: list[str] | None, now: list[str]) -> dict:

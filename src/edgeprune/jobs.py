@@ -33,7 +33,7 @@ from .record import (
     read_report,
     write_report,
 )
-from .train import evaluate, fit
+from .train import Callback, evaluate, fit
 
 __all__ = ["JOBS", "MeasureOptions", "RunConfig", "RunReport", "prune", "rerun", "shrink", "train"]
 
@@ -146,11 +146,11 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                                options=opts.to_dict(),
                                levels=[Level(r.level, r.density, r.profile) for r in levels])
         elif method.kind == "train":
-            pruner = _pruner(cfg, method, opts, model, bundle, rf, progress)
+            callbacks = _pruner(cfg, method, opts, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
-                       device=cfg.device, progress=progress, callbacks=[pruner])
+                       device=cfg.device, progress=progress, callbacks=callbacks)
             report = finish(model, bundle, cfg, rf.path,
-                            {**pruner.info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
+                            {**callbacks[0].info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
         else:
             model, info = _pruned(cfg, method, opts, target, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
@@ -191,10 +191,10 @@ def _pruned(cfg: RunConfig, method: registry.Method, opts, target: budget.Target
 
 
 def _pruner(cfg: RunConfig, method: registry.Method, opts, model: nn.Module, bundle: data.DataBundle,
-            rf: runs.RunFolder, progress: Reporter | None):
-    """The callback of a method that prunes during training. Its result is saved when it prunes; a run resumed
-    from a checkpoint written after that gets the masks back (the checkpoint holds masked weights) and the
-    record of what was done, and is not pruned again."""
+            rf: runs.RunFolder, progress: Reporter | None) -> list[Callback]:
+    """The callbacks of a method that prunes during training: the method's own, then one keeping the masks in
+    force beside every checkpoint. A run resumed from a checkpoint of masked weights gets those masks back first,
+    and the record of a pruning already done (saved when the method called `saved`)."""
     saved = rf.path / runs.PRUNED
 
     def save(m: nn.Module, info: dict) -> None:
@@ -203,13 +203,25 @@ def _pruner(cfg: RunConfig, method: registry.Method, opts, model: nn.Module, bun
 
     pruner = method.entry(opts, cfg.train, bundle.train, bundle.input_shape, save, progress)
     checkpoint = rf.path / runs.CHECKPOINT
-    if checkpoint.is_file() and saved.is_file() and any(
-            n.endswith("_orig") for n in runs.torch_load(checkpoint, "checkpoint").get("param_names", ())):
-        masks.apply(model, runs.torch_load(rf.path / runs.MASKS, "masks"))
-        pruner.info = export.load(saved)[1]["pruning"]
-    elif not checkpoint.is_file():
+    if checkpoint.is_file():
+        if any(n.endswith("_orig") for n in runs.torch_load(checkpoint, "checkpoint").get("param_names", ())):
+            masks.apply(model, runs.torch_load(rf.path / runs.MASKS, "masks"))
+        if saved.is_file():
+            pruner.info = export.load(saved)[1]["pruning"]
+    else:
         pruner.on_epoch_end(model, 0, {})  # epoch 0 ends before training starts: a method may prune there
-    return pruner
+    return [pruner, _KeepMasks(rf.path)]
+
+
+class _KeepMasks(Callback):
+    """Saves the masks in force at every epoch end, before the checkpoint: a resumed run re-applies them."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> None:
+        if next(masks.masked_modules(model), None) is not None:
+            save_masks(model, self.run_dir)
 
 
 def prune_at_init(model: nn.Module, method: registry.Method | str, opts, bundle: data.DataBundle,

@@ -62,7 +62,11 @@ class TrainConfig:
 
 
 class Callback:
-    """Hook points for methods that must act during training (e.g. IMP's rewind snapshot)."""
+    """Hook points for methods that must act during training (e.g. IMP's rewind snapshot, a target rate's
+    gradient selection)."""
+
+    def on_step_begin(self, model: nn.Module, step: int) -> None:
+        """After the backward pass, before the optimiser step: the gradients may be changed here."""
 
     def on_step_end(self, model: nn.Module, step: int) -> None: ...
 
@@ -163,9 +167,11 @@ def fit(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            step = epoch * steps + i + 1
+            for cb in callbacks:
+                cb.on_step_begin(model, step)
             opt.step()
             sched.step()
-            step = epoch * steps + i + 1
             for cb in callbacks:
                 cb.on_step_end(model, step)
             seen += y.numel()

@@ -32,7 +32,8 @@ from typing import Any
 from ..errors import ConfigError, unknown_name
 
 KINDS = ("init", "levels", "train")
-BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp", "edgeprune.methods.drive")
+BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp", "edgeprune.methods.drive",
+           "edgeprune.methods.target_rate")
 
 
 @dataclass(frozen=True)

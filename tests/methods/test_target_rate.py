@@ -1,0 +1,66 @@
+import pytest
+import torch
+from conftest import Tiny
+
+from edgeprune import jobs, masks, runs
+from edgeprune.errors import ConfigError
+from edgeprune.methods.target_rate import TargetRateOptions, Trainer
+from edgeprune.train import TrainConfig
+
+DATA = {"name": "synthetic", "shape": (1, 8, 8), "num_classes": 3, "size": 128, "batch_size": 32}
+PRUNABLE = 36 + 12  # conftest.Tiny's conv and fc weights
+
+
+def _cfg(epochs=3, **method):
+    return jobs.RunConfig(
+        command="prune", model="conftest:Tiny", data=DATA, train=TrainConfig(epochs=epochs, lr=0.05),
+        measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False),
+        method={"name": "target_rate", "target_compression": 4.0, "interval": 2, "min_layer_density": 0, **method},
+    )
+
+
+@pytest.mark.parametrize("scheme", ["gsm", "agp"])
+def test_one_run_lands_exactly_on_the_compression_target(tmp_path, scheme):
+    report = jobs.prune(_cfg(scheme=scheme), tmp_path / "t", progress=False)
+    assert report.profile.prunable_nonzero == PRUNABLE // 4
+    saved = torch.load(tmp_path / "t" / "masks.pt", weights_only=True)
+    assert sum(int(m.sum()) for m in saved.values()) == PRUNABLE // 4
+    updates = report.details["mask_updates"]
+    assert updates == 1 if scheme == "gsm" else updates > 3  # agp: every 2nd of 12 steps, and the end
+
+
+def test_agp_resumes_exactly_with_the_masks_it_had(tmp_path, interrupt):
+    jobs.prune(_cfg(scheme="agp"), tmp_path / "straight", progress=False)
+    interrupt(9)  # 4 steps an epoch: masks applied at steps 2..8, checkpointed after epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        jobs.prune(_cfg(scheme="agp"), tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / runs.MASKS).exists() and not (tmp_path / "cut" / runs.REPORT).exists()
+    jobs.prune(_cfg(scheme="agp"), tmp_path / "cut", resume=True, progress=False)
+    assert (tmp_path / "cut" / "model.pt").read_bytes() == (tmp_path / "straight" / "model.pt").read_bytes()
+
+
+def test_gsm_keeps_the_loss_gradient_of_the_top_q_only_and_decays_the_rest():
+    torch.manual_seed(0)
+    model = Tiny()
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    grads = {n: model.get_parameter(n).grad.clone() for n in ("conv.weight", "fc.weight")}
+    opts = TargetRateOptions(target_compression=4.0, decay=0.1)
+    trainer = Trainer(opts, TrainConfig(epochs=1), [None] * 4, (1, 8, 8), saved=lambda m, i: None)
+    trainer.on_step_begin(model, 1)
+    taylor = {n: (model.get_parameter(n) * g).abs() for n, g in grads.items()}
+    top = masks.select(taylor, 0.25)
+    assert sum(int(t.sum()) for t in top.values()) == PRUNABLE // 4
+    for n, g in grads.items():
+        w = model.get_parameter(n).detach()
+        torch.testing.assert_close(model.get_parameter(n).grad, torch.where(top[n].bool(), g, 0.1 * w))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"target_compression": 1.0}, "target_compression must be > 1"),
+    ({"scheme": "cubic"}, "scheme must be one of gsm, agp, got 'cubic'"),
+    ({"ramp": 0}, "ramp must be in \\(0, 1\\]"),
+])
+def test_bad_options_are_one_line_errors_before_anything_is_written(tmp_path, bad, message):
+    with pytest.raises(ConfigError, match=message):
+        jobs.prune(_cfg(**bad), tmp_path / "t", progress=False)
+    assert not (tmp_path / "t").exists()

@@ -77,6 +77,31 @@ def worker(impl: str, settings: list, repeats: int) -> None:
                           "resolved": resolved, "times_s": times, "loadavg_at_start": loads}), flush=True)
 
 
+def precision_worker(repeats: int) -> None:
+    """SynFlow-100 on VGG-16 in float64 (the default) and float32 (`precision="float32"`), quiet, threads auto:
+    medians, and the fraction of the kept weights the two choose differently. One JSON line."""
+    import torch
+
+    from edgeprune import masks, models, scores, threads
+
+    shape, times, kept = (3, 32, 32), {}, {}
+    torch.set_num_threads(threads.resolve("auto"))
+    for precision in ("float64", "float32"):
+        times[precision] = []
+        for i in range(-1, repeats):  # the first, untimed, pays one-off costs
+            torch.manual_seed(0)
+            model = models.create("vgg16", 10, 3)
+            t0 = time.perf_counter()
+            kept[precision] = masks.prune_iteratively(
+                model, scores.scorer("synflow", input_shape=shape, precision=precision), 0.1, rounds=100)
+            if i >= 0:
+                times[precision].append(time.perf_counter() - t0)
+    total = sum(int(m.sum()) for m in kept["float64"].values())
+    differ = sum(int((kept["float64"][n] != kept["float32"][n]).sum()) for n in kept["float64"]) // 2
+    print(json.dumps({"impl": "precision", "criterion": "synflow", "model": "vgg16", "threads": "auto",
+                      "times_s": times, "kept": total, "kept_differently": differ}), flush=True)
+
+
 def _scorer(scores, impl: str, criterion: str, batch: list, shape: tuple):
     if impl == "today":  # it had no scores.scorer: a fresh score per round
         return lambda m: scores.score(criterion, m, batch, input_shape=shape)
@@ -106,6 +131,7 @@ def measure_all(repeats: int) -> list[dict]:
                                                                  [c + [default] for c in cases], repeats)]
     rows += [dict(r, condition="quiet") for r in run_worker("new", ours, [c + [t] for c in cases for t in THREADS],
                                                             repeats)]
+    rows += [dict(r, condition="quiet") for r in run_worker("precision", ours, [], repeats)]
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(1.0)  # spinning before anything is sampled or timed
@@ -115,7 +141,10 @@ def measure_all(repeats: int) -> list[dict]:
         spinner.kill()
         spinner.wait()
     for r in rows:
-        r["median_s"] = statistics.median(r["times_s"])
+        if r["impl"] == "precision":
+            r["median_s"] = {p: statistics.median(t) for p, t in r["times_s"].items()}
+        else:
+            r["median_s"] = statistics.median(r["times_s"])
     return rows
 
 
@@ -165,6 +194,12 @@ def verdicts(rows: list[dict]) -> list[str]:
             fixed = [x["median_s"] for x in rows if (x["impl"], x["condition"], x["criterion"], x["model"])
                      == ("new", "busy", r["criterion"], r["model"]) and x["threads"] != "auto"]
             ratios.append((r["median_s"] / min(fixed), r["criterion"], r["model"]))
+    p = next(r for r in rows if r["impl"] == "precision")
+    out.append(f"- opt-in `precision=\"float32\"`, SynFlow-100 on vgg16, quiet, auto threads: "
+               f"{p['median_s']['float32']:.2f} s against float64's {p['median_s']['float64']:.2f} s "
+               f"({p['median_s']['float64'] / p['median_s']['float32']:.2f}× faster); "
+               f"{p['kept_differently']} of {p['kept']} kept weights ({p['kept_differently'] / p['kept']:.2%}) "
+               "chosen differently")
     worst = max(ratios)
     out.append(f"- busy: auto is at worst {worst[0]:.2f}× the best fixed count ({worst[1]} on {worst[2]}), target "
                f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'}")
@@ -177,6 +212,9 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("settings", nargs="?")
     args = parser.parse_args()
+    if args.worker == "precision":
+        precision_worker(args.repeats)
+        return
     if args.worker:
         worker(args.worker, json.loads(args.settings), args.repeats)
         return

@@ -1,7 +1,8 @@
 """Channel surgery over every torchvision classifier, beside torch-pruning's own pruner (issue 11).
 
 For each model of `torchvision.models.list_models(module=torchvision.models)` (weights=None, seed 0, one
-3×224×224 input), each in its own subprocess with a time limit and an address-space cap:
+3×224×224 input, or the model's own resolution where its training forward cannot run at 224: inception_v3),
+each in its own subprocess with a time limit and an address-space cap:
 
 - `per_layer`: `surgery.materialize` asked to remove 30 % of every conv/linear layer's output channels,
   the lowest by L2 norm of their weights, each layer on its own (a coupled channel goes only where every
@@ -9,7 +10,7 @@ For each model of `torchvision.models.list_models(module=torchvision.models)` (w
 - `group`: the same 30 % ranked once per coupled group (`structure.group_keep`, torch-pruning's
   GroupMagnitudeImportance), then `materialize`;
 - `dead`: `structure.remove_dead` after zeroing those same 30 % of rows in every layer; its max_abs_error
-  against the masked model is the exactness of dead-structure removal;
+  against the masked model, over the largest output magnitude, is the exactness of dead-structure removal;
 - `tp`: torch-pruning's `BasePruner` (GroupMagnitudeImportance p=2, pruning_ratio 0.3, the layers producing
   the 1000 logits ignored, `num_heads` for every nn.MultiheadAttention), `step()` once.
 
@@ -57,10 +58,18 @@ def child(name: str, task: str) -> dict:
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
-    x = torch.randn(1, 3, SIZE, SIZE)
+    size = SIZE
+    try:  # inception_v3's auxiliary head cannot run at 224 px even unpruned: then the model's own resolution
+        with torch.no_grad():
+            model.train()(torch.randn(2, 3, size, size))
+    except RuntimeError:
+        size = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
+    model.eval()
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         shape = model(x).shape
-    row = {"params_before": count_params(model)[0]}
+        scale = float(model(x).abs().max())  # errors are stated relative to the output's magnitude
+    row = {"params_before": count_params(model)[0], "size": size}
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     lowest = {n: (m.weight.detach().flatten(1).norm(dim=1) if not getattr(m, "transposed", False) else None)
               for n, m in layers.items()}
@@ -81,7 +90,7 @@ def child(name: str, task: str) -> dict:
                     w[[i for i in range(w.shape[0]) if i not in set(kept)]] = 0.0
             state, start = {k: v.clone() for k, v in model.state_dict().items()}, time.perf_counter()
             model, report = structure.remove_dead(model, x)
-            row["max_abs_error"] = report.max_abs_error
+            row["max_abs_error"], row["max_rel_error"] = report.max_abs_error, report.max_abs_error / scale
         else:
             if task == "group":
                 keep = structure.group_keep(model, x, RATIO)
@@ -113,7 +122,7 @@ def child(name: str, task: str) -> dict:
     except Exception as e:
         row.update(outcome="wrong", eval_ok=False, error=f"eval forward: {type(e).__name__}: {str(e)[:200]}")
     try:
-        model.train()(torch.randn(2, 3, SIZE, SIZE))  # two samples: BN in training mode needs more than one value
+        model.train()(torch.randn(2, 3, size, size))  # two samples: BN in training mode needs more than one value
         row["train_ok"] = True
     except Exception as e:
         row.update(train_ok=False, train_error=f"{type(e).__name__}: {str(e)[:200]}")
@@ -169,13 +178,13 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
              for t in ("per_layer", "group")}
     removed = [rows[m]["group"]["channels_removed_fraction"] for m in done
                if rows[m]["group"].get("outcome") == "pruned"]
-    errors = [rows[m]["dead"]["max_abs_error"] for m in done if "max_abs_error" in rows[m]["dead"]]
+    errors = [rows[m]["dead"]["max_rel_error"] for m in done if "max_rel_error" in rows[m]["dead"]]
     refused = [rows[m][t] for m in done for t in TASKS[:3] if rows[m][t].get("outcome") == "refused"]
     stats = {"models_done": len(done), "models_listed": len(all_models), "outcomes": counts, "time": ratios,
              "median_params_kept_where_all_pruned": kept, "channels": asked,
              "group_channels_removed": {"min": min(removed), "median": statistics.median(removed),
                                         "max": max(removed)} if removed else {},
-             "dead_max_abs_error": max(errors) if errors else None,
+             "dead_max_rel_error": max(errors) if errors else None,
              "refusals_leaving_model_unchanged": f"{sum(r.get('unchanged', False) for r in refused)}/{len(refused)}",
              "longest_refusal_lines": max((r.get("message_lines", 0) for r in refused), default=0)}
     lines = [f"{len(done)} of {len(all_models)} models finished every task.", "",
@@ -199,7 +208,8 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
                      f"{stats['group_channels_removed']['median']:.1%} at the median "
                      f"({min(removed):.1%}–{max(removed):.1%})")
     if errors:
-        lines.append(f"- dead-structure removal: largest output difference to the masked model {max(errors):.2g}")
+        lines.append(f"- dead-structure removal: largest output difference to the masked model {max(errors):.2g} of "
+                     "the largest output magnitude")
     lines.append(f"- refusals leaving the model's state_dict unchanged: {stats['refusals_leaving_model_unchanged']};"
                  f" longest refusal message {stats['longest_refusal_lines']} line(s)")
     return lines, stats
@@ -273,8 +283,9 @@ def main() -> None:
                 f"{__import__('torch_pruning').__version__}, torchvision {torchvision.__version__}; one model and "
                 f"task at a time, {args.timeout:.0f} s and {args.memory_gb:.0f} GB per subprocess. Each cell: outcome, "
                 "parameters kept (fraction), seconds. 'wrong' = the returned model fails an eval or training-mode "
-                "forward or changes the output shape; whether the kept weights compute what they did is "
-                "surgery's own check (see src/edgeprune/surgery.py), not repeated here.", ""]
+                "forward or changes the output shape. Input 224 px, or the model's own resolution where its "
+                "training-mode forward cannot run at 224 (inception_v3: 299). Whether the kept weights compute what "
+                "they did is surgery's own check (see src/edgeprune/surgery.py), not repeated here.", ""]
         write_results(STEM, head + lines + ["", *table(rows, all_models)],
                       {"ratio": RATIO, "size": SIZE, "env": env, "summary": stats, "models": rows})
 

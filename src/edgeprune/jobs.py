@@ -145,7 +145,7 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
             report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method=method.name,
                                options=opts.to_dict(),
                                levels=[Level(r.level, r.density, r.profile) for r in levels])
-        elif method.kind == "train":
+        elif method.kind == "in_training":
             callbacks = _pruner(cfg, method, opts, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
                        device=cfg.device, progress=progress, callbacks=callbacks)

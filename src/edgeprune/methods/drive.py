@@ -132,6 +132,6 @@ def _label(o: dict) -> tuple[str, list[str]]:
     return "drive", words
 
 
-register("drive", kind="train", options=DriveOptions, label=_label,
+register("drive", kind="in_training", options=DriveOptions, label=_label,
          summary="DRIVE (reconstructed): dense epochs, then dual-gradient iterative pruning, then masked training"
          )(Pruner)

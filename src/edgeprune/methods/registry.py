@@ -12,9 +12,9 @@ Kinds:
             entry `prune(model, opts, batches, input_shape, progress) -> info dict`. Takes --target-* budgets.
   "levels": a schedule of levels from dense, each level a run of its own (IMP);
             entry `run(model, train_loader, train_cfg, opts, run_dir, finish, device, progress) -> [RunReport]`.
-  "train":  prunes during one training run (DRIVE); entry `make(opts, train_cfg, batches, input_shape, saved,
-            progress)` -> a `train.Callback` that prunes at the end of some epoch (epoch 0: before training),
-            calls `saved(model, info)` with the masks applied, and keeps `info`.
+  "in_training": prunes during one training run (DRIVE, target rate); entry `make(opts, train_cfg, batches,
+            input_shape, saved, progress)` -> a `train.Callback` that prunes during training (its epoch 0 ends
+            before training starts), calls `saved(model, info)` once done, and keeps `info`.
 
 Methods outside edgeprune register the same way from their own module, imported before use (the CLI imports
 the modules of the `edgeprune.methods` entry-point group, and those named in $EDGEPRUNE_METHODS).
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError, unknown_name
 
-KINDS = ("init", "levels", "train")
+KINDS = ("init", "levels", "in_training")
 BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp", "edgeprune.methods.drive",
            "edgeprune.methods.target_rate")
 

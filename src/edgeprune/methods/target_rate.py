@@ -129,5 +129,5 @@ def _label(o: dict) -> tuple[str, list[str]]:
     return f"target-rate {o.get('scheme', 'gsm')}", [f"{o.get('target_compression', '?')}x"]
 
 
-register("target_rate", kind="train", options=TargetRateOptions, label=_label,
+register("target_rate", kind="in_training", options=TargetRateOptions, label=_label,
          summary="train once and land on --target-compression (GSM, or AGP's cubic magnitude schedule)")(Trainer)

@@ -109,13 +109,15 @@ class AccuracyFloor(Policy):
 
 @dataclass
 class _Slowdown:
-    """EWMA of observed/profiled p90 of the active variant: how much slower than profiled the machine runs."""
+    """EWMA of observed/profiled latency (p90, or p50) of the active variant: how much slower than profiled the
+    machine runs now."""
 
     alpha: float = 0.2
     r: float = 1.0
+    stat: str = "p90_ms"
 
     def update(self, manifest: Manifest, window: Window) -> float:
-        ratio = window.p90_ms / manifest.variant(window.variant).p90_ms
+        ratio = getattr(window, self.stat) / getattr(manifest.variant(window.variant), self.stat)
         self.r = (1 - self.alpha) * self.r + self.alpha * ratio
         return ratio
 
@@ -172,7 +174,7 @@ class Realtime(Policy):
     beta: float = 0.5
     alpha: float = 0.2
     name: str = "realtime"
-    _slow: _Slowdown = field(default_factory=_Slowdown, repr=False)
+    _slow: _Slowdown = field(default_factory=lambda: _Slowdown(stat="p50_ms"), repr=False)
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or not 0 <= self.beta <= 1:

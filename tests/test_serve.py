@@ -260,3 +260,19 @@ def test_sigterm_stops_the_server_after_requests_in_flight(portfolio_dir, x):  #
     assert any(end > signalled for _, end, code in before)  # ... including one still running at the signal
     assert all(code in (200, "ConnectError", "RemoteProtocolError", "ReadError") for _, _, code in results)
     assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_the_policy_switches_the_routed_model_and_logs_its_decision(portfolio_dir, x):  # noqa: F811
+    m = portfolio.load(portfolio_dir)
+    fastest = min(m.variants, key=lambda v: v.p50_ms).id
+    assert fastest != "dense"
+    app = serve.build(portfolio_dir, active="dense", policy="accuracy-floor", policy_params={"accuracy": 0.0},
+                      window_requests=3, window_s=60)
+    with Running(app) as c:
+        seen = [c.post("/v2/models/portfolio/infer", json=body(x)).json()["parameters"]["variant"] for _ in range(4)]
+        state = c.get("/v2/portfolio/policy").json()
+    assert seen == ["dense", "dense", "dense", fastest]  # the third request closes the window
+    d = state["decisions"][-1]
+    assert (d["policy"], d["active"], d["want"], d["inputs"]) == ("accuracy-floor", "dense", fastest,
+                                                                  {"floor": 0.0})
+    assert state["switches"][-1]["to"] == fastest and state["switches"][-1]["why"].startswith("policy accuracy-floor")

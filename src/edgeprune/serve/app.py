@@ -139,8 +139,8 @@ class Server:
             self._window, self._window_start = [], time.perf_counter()
             decision = self.policy.decide(window)
             self._log(decision)
-            if decision.want != decision.active:
-                self.switch(decision.want, f"policy {decision.policy}: {decision.reason}")
+        if decision.want != decision.active:  # outside the lock: a switch starts a new window under it
+            self.switch(decision.want, f"policy {decision.policy}: {decision.reason}")
 
     def _log(self, decision: policy_mod.Decision) -> None:
         entry = asdict(decision)

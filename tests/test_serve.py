@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,8 +204,6 @@ def test_cli_port_in_use_is_one_line(portfolio_dir):  # noqa: F811
 
 
 def test_cli_refuses_a_corrupt_portfolio_before_listening(portfolio_dir, tmp_path):  # noqa: F811
-    import shutil
-
     pf = shutil.copytree(portfolio_dir, tmp_path / "pf")
     (pf / "r70.onnx").write_bytes(b"not onnx")
     result = _invoke("serve", pf, "--port", "0")
@@ -276,3 +275,28 @@ def test_the_policy_switches_the_routed_model_and_logs_its_decision(portfolio_di
     assert (d["policy"], d["active"], d["want"], d["inputs"]) == ("accuracy-floor", "dense", fastest,
                                                                   {"floor": 0.0})
     assert state["switches"][-1]["to"] == fastest and state["switches"][-1]["why"].startswith("policy accuracy-floor")
+
+
+def test_status_page_lists_the_variants(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for vid in ("dense", "r70", "r95"):
+        assert f'<tr data-variant="{vid}">' in page.text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_status_page_updates_in_place_in_a_headless_browser(portfolio_dir, x, tmp_path):  # noqa: F811
+    with Running(serve.build(portfolio_dir, active="dense", window_s=60, window_requests=10**6)) as c:
+        for _ in range(3):
+            c.post("/v2/models/portfolio/infer", json=body(x))
+        c.put("/v2/portfolio/policy", json={"name": "fixed", "params": {"variant": "r95"}})
+        c.post("/v2/models/portfolio/infer", json=body(x))
+        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                              "--virtual-time-budget=3000", "--dump-dom", f"http://127.0.0.1:{c.base_url.port}/"],
+                             capture_output=True, text=True, timeout=120).stdout
+    # what the script filled in from the policy endpoint, not what the server rendered
+    assert '<b id="active">r95</b>' in dom
+    assert '<tr data-variant="r95" class="active">' in dom and '<tr data-variant="dense">' in dom
+    dense_row = dom.split('<tr data-variant="dense"')[1].split("</tr>")[0]
+    assert '<td class="n">3</td>' in dense_row and '<td class="p50">-</td>' not in dense_row
+    assert "dense → r95" in dom and "PUT /v2/portfolio/policy" in dom

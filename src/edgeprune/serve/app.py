@@ -9,7 +9,7 @@ endpoints, a switching policy and Prometheus metrics.
 - `POST /v2/repository/index`, `POST /v2/repository/models/{id}/load|unload` (Triton's repository extension)
 - `GET|PUT /v2/portfolio/policy`: the policy, its parameters, the decision log and the switch log; PUT sets
   a policy (`{"name": "fixed", "variant": "..."}` switches at once)
-- `GET /metrics`: Prometheus text format.
+- `GET /metrics`: Prometheus text format; `GET /`: a status page (serve/status.py).
 
 Inference runs in a thread pool (ONNX Runtime releases the GIL); bad requests are answered 4xx with one
 line naming what was expected, and the server keeps serving.
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +39,7 @@ from .. import __version__
 from ..errors import ConfigError, EdgePruneError
 from ..portfolio import ROUTED, Manifest
 from . import policy as policy_mod
+from . import status
 from .sessions import Sessions, SwitchConflict
 
 MAX_BODY_BYTES = 16 * 2**20
@@ -283,6 +284,10 @@ def create_app(server: Server) -> FastAPI:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         return JSONResponse({"error": f"{where}: {err['msg']}"}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def status_page() -> str:
+        return status.page(m, server.sessions.mode)
 
     @app.get("/v2/health/live")
     def live() -> dict:

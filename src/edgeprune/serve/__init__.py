@@ -39,7 +39,9 @@ def build(folder: str | Path, *, switch_mode: str = "preloaded", policy: str = "
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port); a port in use (or a bad address) is one ConfigError line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given explicitly: asyncio turns Nagle's algorithm off only on sockets whose proto is IPPROTO_TCP, and
+    # with it on, every keep-alive response waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

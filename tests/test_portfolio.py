@@ -126,3 +126,19 @@ def test_cli_build_and_show(variant_runs, tmp_path):
     assert "r95.onnx does not match its sha256" in result.output
     result = _invoke("portfolio", "build", variant_runs / "dense", "--out", tmp_path / "p")
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+@pytest.mark.parametrize("command", [["portfolio", "build"], ["portfolio", "show"], ["serve"]])
+def test_help_has_an_example(command):
+    result = _invoke(*command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_the_cli_imports_neither_torch_nor_the_server_for_help():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, edgeprune.cli; "
+                          "print(sorted(m for m in ('torch', 'fastapi', 'onnxruntime') if m in sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -14,7 +14,7 @@ from test_portfolio import _invoke, portfolio_dir, variant_runs  # noqa: F401  (
 
 from edgeprune import portfolio, serve
 from edgeprune.ort import ort_session
-from edgeprune.serve.sessions import Sessions
+from edgeprune.serve.sessions import NotLoaded, Sessions
 
 
 class Running:
@@ -166,9 +166,9 @@ def test_a_request_in_flight_finishes_on_the_variant_it_started_on(portfolio_dir
     s._current = ("dense", gate)
     got = {}
 
-    def request():  # as the server does: read the active pair once, run on it
-        vid, runner = s.current()
-        got.update(vid=vid, y=runner.run(x))
+    def request():  # as the server does for the routed model
+        vid, y = s.infer(x)
+        got.update(vid=vid, y=y)
 
     t = threading.Thread(target=request)
     t.start()
@@ -179,7 +179,9 @@ def test_a_request_in_flight_finishes_on_the_variant_it_started_on(portfolio_dir
     t.join(10)
     assert got["vid"] == "dense"
     np.testing.assert_allclose(got["y"], expected["dense"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(s.current()[1].run(x), expected["r95"], rtol=1e-5, atol=1e-6)
+    ran, y = s.infer(x)
+    assert ran == "r95"
+    np.testing.assert_allclose(y, expected["r95"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["reload", "masks"])
@@ -188,9 +190,13 @@ def test_every_switch_mode_serves_each_variant_exactly(portfolio_dir, x, expecte
     s = Sessions(portfolio_dir, m, mode, warmup=0)
     for vid in [*m.ids, *m.ids]:
         s.switch(vid)
-        assert s.current()[0] == vid
-        np.testing.assert_allclose(s.current()[1].run(x), expected[vid], rtol=1e-4, atol=1e-5)
+        ran, y = s.infer(x)
+        assert ran == s.active == vid
+        np.testing.assert_allclose(y, expected[vid], rtol=1e-4, atol=1e-5)
     assert s.loaded() == [s.active]
+    other = next(v for v in m.ids if v != s.active)
+    with pytest.raises(NotLoaded, match=f"model '{other}' is not loaded in switch mode '{mode}'"):
+        s.infer(x, other)
 
 
 def test_cli_port_in_use_is_one_line(portfolio_dir):  # noqa: F811

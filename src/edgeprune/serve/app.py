@@ -111,16 +111,9 @@ class Server:
     # inference --------------------------------------------------------------------------------------------
     def run(self, model: str, x: np.ndarray) -> tuple[str, np.ndarray]:
         """Run `x` on `model` (a variant id, or the routed model) in this thread; record the timing and let
-        the policy decide when a window is full."""
-        if model == ROUTED:
-            vid, runner = self.sessions.current()
-        else:
-            vid, runner = model, self.sessions.runner(model)
-            if runner is None:
-                raise BadRequest(409, f"model {model!r} is not loaded in switch mode {self.sessions.mode!r}; load it "
-                                      f"(POST /v2/repository/models/{model}/load) or ask the routed model {ROUTED!r}")
+        the policy decide when a window is full. A variant without a session now is a NotLoaded (409)."""
         t0 = time.perf_counter()
-        y = runner.run(x)
+        vid, y = self.sessions.infer(x, None if model == ROUTED else model)
         ms = (time.perf_counter() - t0) * 1e3
         self.m_latency.labels(vid).observe(ms / 1e3)
         self._recent[vid].append(ms)
@@ -336,8 +329,8 @@ def create_app(server: Server) -> FastAPI:
         loop = asyncio.get_running_loop()
         try:
             vid, y = await loop.run_in_executor(server.executor, server.run, model, x)
-        except BadRequest as e:
-            server.m_requests.labels(model, "", str(e.status)).inc()
+        except SwitchConflict:
+            server.m_requests.labels(model, "", "409").inc()
             raise
         server.m_requests.labels(model, vid, "200").inc()
         out = {"model_name": model, "model_version": "1", "outputs": [

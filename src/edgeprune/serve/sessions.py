@@ -8,10 +8,10 @@
   dense-shaped state (its weights in the corner of the dense tensors, zeros elsewhere: a masked dense
   model), and a switch writes the chosen one's weights into the serving model.
 
-The swap is atomic: `current()` reads one (variant id, runner) tuple, so a request keeps the runner it
-started with even if a switch lands meanwhile; a replaced ONNX session lives until its last request ends.
-In `masks` mode there is only one model to write into, so a switch waits for the requests running on it
-(that wait is part of that approach's cost).
+The swap is atomic: `infer` reads one (variant id, runner) tuple, so a request keeps the runner it started
+with even if a switch lands meanwhile; a replaced ONNX session lives until its last request ends. In `masks`
+mode there is only one model to write into: a switch waits for the request running on it (that wait is part
+of that approach's cost), and a request reports the variant whose weights it ran with.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ SWITCH_MODES = ("preloaded", "reload", "masks")
 
 class SwitchConflict(PortfolioError):
     """A switch or unload the server's state forbids now (the variant is unloaded, or is the active one)."""
+
+
+class NotLoaded(SwitchConflict):
+    """A request names a variant that has no session in this switch mode now."""
 
 
 class Runner(Protocol):
@@ -56,6 +60,7 @@ class MaskedModel:
         from ..export import load_model
 
         self.torch, self.lock = torch, threading.Lock()
+        self.active: str | None = None  # whose weights the model holds
         torch.set_num_threads(threads)
         models = {v.id: load_model(folder / v.model_file).eval() for v in manifest.variants}
         dense_id = max(manifest.variants, key=lambda v: v.params).id
@@ -93,18 +98,18 @@ class MaskedModel:
         with self.lock, self.torch.no_grad():
             for k, t in self.model.state_dict().items():
                 t.copy_(self.states[vid][k])
+            self.active = vid
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: np.ndarray, vid: str | None = None) -> tuple[str, np.ndarray]:
+        """(the variant whose weights ran, the output): read under the lock a switch takes."""
         with self.lock, self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(x)).numpy()
-
-
-class _MaskedRunner:
-    def __init__(self, masked: MaskedModel):
-        self.masked = masked
+            if vid is not None and vid != self.active:
+                raise NotLoaded(f"model {vid!r} is not loaded in switch mode 'masks' (only the active variant is); "
+                                "ask the routed model 'portfolio'")
+            return self.active, self.model(self.torch.from_numpy(x)).numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.masked.run(x)
+        return self.infer(x)[1]
 
 
 class Sessions:
@@ -136,7 +141,7 @@ class Sessions:
     def _runner_for(self, vid: str) -> Runner:
         if self._masked is not None:
             self._masked.activate(vid)
-            return _MaskedRunner(self._masked)
+            return self._masked
         if vid in self._loaded:
             return self._loaded[vid]
         return self._ort(vid)  # reload mode: a fresh session from the file, as an explicit model load
@@ -144,6 +149,19 @@ class Sessions:
     def current(self) -> tuple[str, Runner]:
         """The active variant and its runner: one read, so a switch cannot split them."""
         return self._current
+
+    def infer(self, x: np.ndarray, vid: str | None = None) -> tuple[str, np.ndarray]:
+        """Run `x` on variant `vid` (None: the active one); returns the variant that computed the output."""
+        if self._masked is not None:
+            return self._masked.infer(x, vid)
+        if vid is None:
+            vid, runner = self._current
+        else:
+            runner = self.runner(vid)
+            if runner is None:
+                raise NotLoaded(f"model {vid!r} is not loaded in switch mode {self.mode!r}; load it "
+                                f"(POST /v2/repository/models/{vid}/load) or ask the routed model 'portfolio'")
+        return vid, runner.run(x)
 
     @property
     def active(self) -> str:

@@ -11,16 +11,20 @@ it decided on, so every decision can be logged and checked.
   EWMA) estimates how much slower the machine runs now; variants whose profiled p90 × r fits B·(1 − margin)
   are candidates and the most accurate is wanted. It switches down after `down_after` windows that want a
   faster variant and up only after `up_after` windows that want a more accurate one (hysteresis).
-- `realtime` (after ROMA, papers.md §7): a stream of F frames/s; a variant whose current latency is L
-  answers one frame and drops the ⌈L·F⌉ − 1 that arrive meanwhile, which are served its stale answer, right
-  with probability acc·(1 − β)^k k frames later. Its expected real-time accuracy is acc·mean_k (1 − β)^k over
-  the cycle of ⌈L·F⌉ frames; L is the active variant's measured latency and, for the others, profiled × r.
+- `realtime` (after ROMA, papers.md §7): a stream of F frames/s, each frame answered by the newest result
+  available before the next frame arrives. A variant whose latency is L answers about one frame in L·F and the
+  others get stale results, of the same scene with probability (1 − β)^k when k frames old (β: how often the
+  scene changes), and right by chance (1/classes) otherwise. Its expected real-time accuracy
+  (`expected_realtime_accuracy`) is taken over the latencies the variant was measured at while active (an
+  unmeasured one: the active one's, scaled by their profiled ratio); it switches for a gain above a margin.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -109,15 +113,13 @@ class AccuracyFloor(Policy):
 
 @dataclass
 class _Slowdown:
-    """EWMA of observed/profiled latency (p90, or p50) of the active variant: how much slower than profiled the
-    machine runs now."""
+    """EWMA of observed/profiled p90 of the active variant: how much slower than profiled the machine runs now."""
 
     alpha: float = 0.2
     r: float = 1.0
-    stat: str = "p90_ms"
 
     def update(self, manifest: Manifest, window: Window) -> float:
-        ratio = getattr(window, self.stat) / getattr(manifest.variant(window.variant), self.stat)
+        ratio = window.p90_ms / manifest.variant(window.variant).p90_ms
         self.r = (1 - self.alpha) * self.r + self.alpha * ratio
         return ratio
 
@@ -172,31 +174,68 @@ class Latency(Policy):
 class Realtime(Policy):
     fps: float = 30.0
     beta: float = 0.5
-    alpha: float = 0.2
+    margin: float = 0.01  # switch only for an expected gain above this (hysteresis)
+    history: int = 200  # latencies remembered per variant, measured while it was active
     name: str = "realtime"
-    _slow: _Slowdown = field(default_factory=lambda: _Slowdown(stat="p50_ms"), repr=False)
+    _seen: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.fps <= 0 or not 0 <= self.beta <= 1:
-            raise ConfigError(f"realtime policy needs fps > 0 and 0 <= beta <= 1; got {self.fps}, {self.beta}")
-        self._slow.alpha = self.alpha
+        if self.fps <= 0 or not 0 <= self.beta <= 1 or self.margin < 0 or self.history < 1:
+            raise ConfigError(f"realtime policy needs fps > 0, 0 <= beta <= 1, margin >= 0 and history >= 1; got "
+                              f"{self.fps}, {self.beta}, {self.margin}, {self.history}")
 
     def decide(self, window: Window) -> Decision:
-        self._slow.update(self.manifest, window)
-        latency = {v.id: (window.p50_ms if v.id == window.variant else v.p50_ms * self._slow.r)
-                   for v in self.manifest.variants}
-        score = {v.id: expected_realtime_accuracy(v.accuracy, latency[v.id], self.fps, self.beta)
-                 for v in self.manifest.variants}
-        want = max(score, key=score.get)
-        return Decision(self.name, window.variant, want, True,
-                        {"latency_ms": latency, "expected_accuracy": score, "slowdown": self._slow.r,
-                         "fps": self.fps, "beta": self.beta}, "highest expected real-time accuracy")
+        # Every variant's latencies: its own, as measured while it was active (the tail included: on a shared
+        # CPU, preemptions of several ms hit a long call more often than a short one); a variant not measured
+        # yet gets the active one's samples scaled by the ratio of their profiled p50.
+        active = self.manifest.variant(window.variant)
+        seen = self._seen.setdefault(active.id, collections.deque(maxlen=self.history))
+        seen.extend(window.latencies_ms)
+        mine = np.asarray(seen)
+        score, latency, measured = {}, {}, []
+        for v in self.manifest.variants:
+            if v.id in self._seen:
+                samples = np.asarray(self._seen[v.id])
+                measured.append(v.id)
+            else:
+                samples = mine * (v.p50_ms / active.p50_ms)
+            latency[v.id] = float(np.median(samples))
+            score[v.id] = expected_realtime_accuracy(v.accuracy, samples, self.fps, self.beta,
+                                                     1 / self.manifest.classes)
+        best = max(score, key=score.get)
+        gain = score[best] - score[active.id]
+        want, reason = (best, "highest expected real-time accuracy") if gain > self.margin else \
+            (active.id, f"no variant better by more than {self.margin}")
+        return Decision(self.name, active.id, want, True,
+                        {"latency_ms": latency, "expected_accuracy": score, "measured": measured, "fps": self.fps,
+                         "beta": self.beta, "requests": len(window.latencies_ms)}, reason)
 
 
-def expected_realtime_accuracy(accuracy: float, latency_ms: float, fps: float, beta: float) -> float:
-    """acc · mean over one cycle of (1 − β)^k, k = 0 … n, n = ⌈L·F⌉ − 1 frames dropped per frame answered."""
-    cycle = max(1, math.ceil(latency_ms * fps / 1000 - 1e-9))
-    return accuracy * sum((1 - beta) ** k for k in range(cycle)) / cycle
+def expected_realtime_accuracy(accuracy: float, latency_ms: float | Sequence[float], fps: float, beta: float,
+                               chance: float = 0.0, calls: int = 200) -> float:
+    """The share of frames answered right on a stream of `fps` frames/s by a variant of offline `accuracy` whose
+    calls take `latency_ms` (one value, or a measured sequence, repeated to `calls` calls). The stream's timeline
+    is played without images: frame i arrives at i/F; a free server takes the newest frame that has arrived (or
+    waits for the next); frame i is answered by the newest result delivered before frame i + 1 arrives, made
+    from frame j: k = i − j frames old. That result is of the same scene with probability s = (1 − β)^k (β: the
+    chance that the scene changes from one frame to the next) and then right with probability `accuracy`;
+    otherwise it is right by `chance` (1/classes for a classifier). Frames before the first result are not
+    counted."""
+    lat = np.atleast_1d(np.asarray(latency_ms, dtype=float)) / 1000
+    lat = np.resize(lat, max(calls, len(lat)))
+    done, made = np.empty(len(lat)), np.empty(len(lat), dtype=int)  # when each result is delivered, from which frame
+    t, frame = 0.0, 0
+    for n, seconds in enumerate(lat):
+        frame = max(frame, math.floor(t * fps + 1e-9))  # the newest frame arrived (or the next one, waited for)
+        t = max(t, frame / fps) + seconds
+        done[n], made[n] = t, frame
+        frame += 1
+    first, last = made[0], math.floor(t * fps) - 1  # frames whose deadline ((i + 1) / F) falls within the calls
+    frames = np.arange(first, last + 1)
+    newest = np.searchsorted(done, (frames + 1) / fps, side="right") - 1
+    answered = newest >= 0
+    same = (1 - beta) ** (frames[answered] - made[newest[answered]])
+    return float(np.mean(same * accuracy + (1 - same) * chance)) if answered.any() else 0.0
 
 
 _BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency, "realtime": Realtime}

@@ -184,6 +184,7 @@ def main() -> None:
 
 def plot(rows: list[dict], hogs: list[int]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,6 +198,8 @@ def plot(rows: list[dict], hogs: list[int]) -> None:
         ax.plot(fps, [100 * r["realtime"] for r in rs], "-", marker="s", lw=2, label="realtime policy")
         ax.plot(fps, [100 * r["oracle"] for r in rs], ":", marker="^", label="oracle (labels)")
         ax.set_xscale("log")
+        ax.set_xticks(fps, [f"{f:g}" for f in fps])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(f"{h} busy process(es)")
         ax.set_xlabel("frames per second (scaled to this CPU)")
     axes[0][0].set_ylabel("delivered real-time accuracy (%)")

@@ -134,6 +134,15 @@ def test_help_has_an_example(command):
     assert result.exit_code == 0 and "Example" in result.output
 
 
+def test_python_m_edgeprune_cli_has_the_command_modules():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeprune.cli", "portfolio", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "build" in done.stdout and "show" in done.stdout
+
+
 def test_the_cli_imports_neither_torch_nor_the_server_for_help():
     import subprocess
     import sys

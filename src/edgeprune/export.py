@@ -22,6 +22,7 @@ from torch import nn
 
 from . import masks as masks_mod
 from .errors import CheckpointError, ExportError
+from .ort import ort_session
 from .runs import atomic_write, torch_load, torch_save
 
 FORMAT = "edgeprune.model/1"
@@ -192,18 +193,6 @@ def _operator_of(e: Exception) -> str:
     text = str(e)
     m = re.search(r"operator '?([\w:.]+)'?", text) or re.search(r"(aten::\w+(?:\.\w+)?)", text)
     return f" at operator {m.group(1)}" if m else ""
-
-
-def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    src = str(onnx_bytes_or_path) if isinstance(onnx_bytes_or_path, Path) else onnx_bytes_or_path
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def _check_with_ort(net: nn.Module, data: bytes, x: torch.Tensor, rtol: float, atol: float) -> None:

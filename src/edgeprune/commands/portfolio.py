@@ -1,0 +1,69 @@
+"""`edgeprune portfolio build|show`: variants of one model gathered for serving (edgeprune.portfolio)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli import _handled, _progress, console
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Gather pruned variants of one model into a portfolio that `edgeprune serve` "
+                        "switches between.", no_args_is_help=True)
+    group.command("build")(_handled(build))
+    group.command("show")(_handled(show))
+    app.add_typer(group, name="portfolio")
+
+
+def build(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, IMP runs (every level) or sweep folders.")],
+    out: Annotated[Path, typer.Option(help="The portfolio folder to write.")],
+    keep_all: Annotated[bool, typer.Option(help="Keep Pareto-dominated variants too.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Serving batch size the variants are timed at.")] = 1,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads the variants are timed (and served) with.")] = 1,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds.")] = 6,
+    timed_runs: Annotated[int, typer.Option("--runs", help="Timed calls per variant and round.")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing portfolio folder.")] = False,
+) -> None:
+    """Check the runs share data set, input shape and classes, re-time them side by side, keep the
+    accuracy/latency Pareto front and write portfolio.json with the ONNX files.
+
+    Example: [bold]edgeprune portfolio build runs/dense runs/rec-0.9 runs/imp --out pf[/]
+    """
+    from .. import portfolio
+
+    with _progress() as progress:
+        task = "re-timing the variants, interleaved"
+        manifest = portfolio.build(runs, out, keep_all=keep_all, batch_size=batch_size, threads=threads,
+                                   rounds=rounds, runs=timed_runs, overwrite=overwrite,
+                                   progress=lambda done, total: progress.update(task, done, total))
+    _table(manifest, f"portfolio {out}")
+    for d in manifest.dropped:
+        console.print(f"dropped {d['id']} ({100 * d['accuracy']:.2f} %, {d['p50_ms']:.3f} ms): {d['why']}",
+                      highlight=False)
+
+
+def show(folder: Annotated[Path, typer.Argument(help="A portfolio folder.")]) -> None:
+    """Verify a portfolio (files, hashes, shapes) and list its variants.
+
+    Example: [bold]edgeprune portfolio show pf[/]
+    """
+    from .. import portfolio
+
+    _table(portfolio.load(folder), f"portfolio {folder} (verified)")
+
+
+def _table(manifest, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{title}: {manifest.data}, input {manifest.datatype} {manifest.input_shape}, "
+              f"{manifest.classes} classes, batch {manifest.batch_size}, {manifest.threads} thread(s)")
+    for col in ("variant", "method", "accuracy", "params", "ONNX bytes", "p50 ms", "p90 ms", "source"):
+        t.add_column(col, justify="left" if col in ("variant", "method", "source") else "right")
+    for v in manifest.variants:
+        t.add_row(v.id, v.method, f"{100 * v.accuracy:.2f} %", f"{v.params:,}", f"{v.bytes:,}", f"{v.p50_ms:.3f}",
+                  f"{v.p90_ms:.3f}", v.source)
+    console.print(t)

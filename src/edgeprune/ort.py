@@ -1,0 +1,19 @@
+"""ONNX Runtime sessions as edgeprune times and serves them. Imports no torch: a server that only runs ONNX
+models (edgeprune serve) stays as small as the runtime itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):
+    """A CPU InferenceSession with `threads` intra-op threads, run sequentially (the edge setting)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    src = str(onnx_bytes_or_path) if isinstance(onnx_bytes_or_path, Path) else onnx_bytes_or_path
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,236 @@
+"""A portfolio (DNNShifter, papers.md §2): variants of one model, made by edgeprune runs, gathered into one
+folder that a server loads and switches between at run time.
+
+`build` reads finished runs (dense, Reconvene, shrunk IMP levels, sweeps: anything `edgeprune report`
+reads), checks that they answer the same question (one data set, one input shape, one set of classes),
+re-times every variant's ONNX model in one interleaved pass at the serving settings, keeps the Pareto front
+of accuracy against p50 latency (all variants with keep_all), and writes `portfolio.json` beside a copy of
+each variant's model.onnx (what is served) and model.pt (what the `masks` switch mode serves).
+
+`load` reads a portfolio back and verifies it before anything is served: every file present, its sha256 as
+recorded, every ONNX model taking the recorded input shape and giving the recorded classes. This module
+imports neither torch nor the measurement code at module level: a server that loads a portfolio needs
+only ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, EdgePruneError
+
+MANIFEST = "portfolio.json"
+FORMAT = "edgeprune.portfolio/1"
+ROUTED = "portfolio"  # the id the server answers for the routed model; no variant may take it
+
+
+class PortfolioError(EdgePruneError):
+    """A portfolio (or a run meant for one) is missing, corrupt or inconsistent."""
+
+
+@dataclass
+class Variant:
+    """One model of a portfolio, as the manifest records it. Latencies are from the portfolio's own
+    interleaved pass, at its batch size and thread count."""
+
+    id: str
+    source: str  # the run folder it came from (an IMP level: <run>/level_NN)
+    method: str
+    onnx: str  # file name inside the portfolio folder
+    sha256: str
+    model_file: str  # the model.pt copy (state_dict + spec), for the masks switch mode
+    model_sha256: str
+    accuracy: float
+    params: int
+    nonzero_params: int
+    macs: int
+    bytes: int  # of the ONNX file
+    p50_ms: float
+    p90_ms: float
+
+
+@dataclass
+class Manifest:
+    data: str
+    input_name: str
+    input_shape: list[int]  # one sample: (C, H, W)
+    datatype: str  # KServe v2 name of the input's element type
+    classes: int
+    batch_size: int  # the serving settings the latencies were measured at
+    threads: int
+    variants: list[Variant]  # fastest first
+    dropped: list[dict] = field(default_factory=list)  # {"id", "source", "accuracy", "p50_ms", "why"}
+    timing: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    def variant(self, vid: str) -> Variant:
+        for v in self.variants:
+            if v.id == vid:
+                return v
+        raise PortfolioError(f"unknown variant {vid!r}; the portfolio holds {', '.join(self.ids)}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [v.id for v in self.variants]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> Manifest:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PortfolioError(f"{where} is not an edgeprune portfolio manifest (format {FORMAT}); "
+                                 "build one with `edgeprune portfolio build RUN... --out DIR`")
+        try:
+            return cls(**{**d, "variants": [Variant(**v) for v in d["variants"]]})
+        except (KeyError, TypeError) as e:
+            raise PortfolioError(f"{where} is incomplete ({type(e).__name__}: {e}); build the portfolio "
+                                 "again") from None
+
+
+# ONNX Runtime's tensor element types by their KServe v2 datatype names.
+ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+             "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8", "tensor(uint8)": "UINT8"}
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnx_signature(path: str | Path) -> tuple[str, list[int], str, int]:
+    """(input name, one sample's input shape, KServe datatype, classes) of an ONNX classifier, read by ONNX
+    Runtime; a file it cannot read is a PortfolioError naming the file."""
+    from .ort import ort_session
+
+    try:
+        sess = ort_session(Path(path))
+    except Exception as e:  # ONNX Runtime raises its own exception types for every kind of bad file
+        raise PortfolioError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
+                             "export it again (`edgeprune export RUN --onnx FILE`)") from None
+    (inp,), out = sess.get_inputs(), sess.get_outputs()[0]
+    shape = [int(s) if isinstance(s, int) else -1 for s in inp.shape[1:]]
+    classes = out.shape[-1] if isinstance(out.shape[-1], int) else -1
+    return inp.name, shape, ORT_TO_V2.get(inp.type, inp.type), classes
+
+
+def variant_id(run_name: str) -> str:
+    """A URL-safe id from a run's name ("imp-run/level_03" -> "imp-run.level_03")."""
+    vid = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name.replace("/", ".")).strip("-.") or "variant"
+    return f"{vid}-run" if vid == ROUTED else vid
+
+
+def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = False, batch_size: int = 1,
+          threads: int = 1, rounds: int = 6, runs: int = 10, overwrite: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> Manifest:
+    """Gather the finished runs under `paths` into the portfolio folder `out` (see the module docstring).
+    `rounds`×`runs` timed calls per variant; `progress(done, total)` after each round."""
+    from . import runs as runs_mod
+    from .measure import environment, latency_onnx_interleaved
+    from .report.collect import find
+    from .report.plots import pareto_front
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    rows, _ = find(paths)
+    if len(rows) < 1:
+        raise PortfolioError(f"no finished runs in {', '.join(map(str, paths))}")
+    signatures = {}
+    for r in rows:
+        onnx = r.path / runs_mod.ONNX
+        if not onnx.is_file() or not (r.path / runs_mod.MODEL).is_file():
+            raise PortfolioError(f"run {r.path} has no {runs_mod.ONNX} or {runs_mod.MODEL}; export it first "
+                                 f"(`edgeprune export {r.path} --onnx {onnx}`)")
+        if r.synthetic or r.accuracy is None:
+            raise PortfolioError(f"run {r.path} has no measured accuracy (trained on {r.data!r}); a portfolio "
+                                 "chooses by accuracy: train the runs on a real data set")
+        signatures[r.name] = onnx_signature(onnx)
+    first = rows[0]
+    for r in rows[1:]:
+        for what, a, b in (("data set", first.data, r.data),
+                           ("input shape", signatures[first.name][1], signatures[r.name][1]),
+                           ("input datatype", signatures[first.name][2], signatures[r.name][2]),
+                           ("classes", signatures[first.name][3], signatures[r.name][3])):
+            if a != b:
+                raise PortfolioError(f"run {r.path} has {what} {b}, but {first.path} has {a}: a portfolio holds "
+                                     "variants of one model on one data set; build it from those runs only")
+    ids = [variant_id(r.name) for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PortfolioError(f"runs named alike give the same variant id {dup[0]!r}; pass each run once or "
+                             "rename one")
+    timed = latency_onnx_interleaved({vid: (r.path / runs_mod.ONNX, tuple(signatures[r.name][1]))
+                                      for vid, r in zip(ids, rows, strict=True)},
+                                     batch_size, threads, rounds, runs, progress=progress)
+    keep = set(range(len(rows))) if keep_all else set(
+        pareto_front([(timed[vid].p50_ms, r.accuracy) for vid, r in zip(ids, rows, strict=True)]))
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    variants, dropped = [], []
+    for i, (vid, r) in enumerate(zip(ids, rows, strict=True)):
+        lat = timed[vid]
+        if i not in keep:
+            by = next(ids[j] for j in sorted(keep, key=lambda j: timed[ids[j]].p50_ms)
+                      if timed[ids[j]].p50_ms <= lat.p50_ms and rows[j].accuracy >= r.accuracy)
+            dropped.append({"id": vid, "source": str(r.path), "accuracy": r.accuracy, "p50_ms": lat.p50_ms,
+                            "why": f"Pareto-dominated by {by}: as accurate or more, and faster"})
+            continue
+        onnx, pt = out / f"{vid}.onnx", out / f"{vid}.pt"
+        shutil.copyfile(r.path / runs_mod.ONNX, onnx)
+        shutil.copyfile(r.path / runs_mod.MODEL, pt)
+        variants.append(Variant(
+            id=vid, source=str(r.path), method=r.method, onnx=onnx.name, sha256=sha256(onnx), model_file=pt.name,
+            model_sha256=sha256(pt), accuracy=r.accuracy, params=r.profile.params,
+            nonzero_params=r.profile.nonzero_params, macs=r.profile.macs, bytes=onnx.stat().st_size,
+            p50_ms=lat.p50_ms, p90_ms=lat.p90_ms))
+    name, shape, dtype, classes = signatures[first.name]
+    manifest = Manifest(
+        data=first.data, input_name=name, input_shape=shape, datatype=dtype, classes=classes, batch_size=batch_size,
+        threads=threads, variants=sorted(variants, key=lambda v: v.p50_ms), dropped=dropped,
+        timing={"rounds": rounds, "runs": runs, "interleaved": True}, environment=environment())
+    runs_mod.write_json(out / MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def load(folder: str | Path) -> Manifest:
+    """The manifest of the portfolio in `folder`, verified: every file present with its recorded sha256, and
+    every ONNX model taking the recorded input and giving the recorded classes. The first file that fails
+    is named in a PortfolioError."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise PortfolioError(f"{folder} holds no {MANIFEST}; build a portfolio with "
+                             "`edgeprune portfolio build RUN... --out DIR`")
+    try:
+        manifest = Manifest.from_dict(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as e:
+        raise PortfolioError(f"{path} is not valid JSON ({e}); build the portfolio again") from None
+    if not manifest.variants:
+        raise PortfolioError(f"{path} lists no variants; build the portfolio again")
+    for v in manifest.variants:
+        for file, digest in ((v.onnx, v.sha256), (v.model_file, v.model_sha256)):
+            f = folder / file
+            if not f.is_file():
+                raise PortfolioError(f"variant {v.id}: {f} is missing; build the portfolio again")
+            if sha256(f) != digest:
+                raise PortfolioError(f"variant {v.id}: {f} does not match its sha256 in {MANIFEST} (corrupt or "
+                                     "replaced); build the portfolio again")
+        name, shape, dtype, classes = onnx_signature(folder / v.onnx)
+        expected = (manifest.input_name, manifest.input_shape, manifest.datatype, manifest.classes)
+        if (name, shape, dtype, classes) != expected:
+            raise PortfolioError(f"variant {v.id}: {folder / v.onnx} takes input {name!r} {dtype} {shape} with "
+                                 f"{classes} classes, but the portfolio serves {expected[0]!r} {expected[2]} "
+                                 f"{expected[1]} with {expected[3]} classes; build the portfolio again")
+    return manifest

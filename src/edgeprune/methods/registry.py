@@ -12,6 +12,10 @@ Kinds:
             entry `prune(model, opts, batches, input_shape, progress) -> info dict`. Takes --target-* budgets.
   "levels": a schedule of levels from dense, each level a run of its own (IMP);
             entry `run(model, train_loader, train_cfg, opts, run_dir, finish, device, progress) -> [RunReport]`.
+  "trained": starts from the model of a finished dense run (`--from RUN`), in its data and training setup;
+            entry `prune(model, bundle, train_cfg, opts, target, measure_runs, device, progress)
+            -> (model, info dict)`, `target` a `budget.Target` or None. An option `val_size` carves
+            `bundle.val` from the training split (data.loaders), for stopping rules that must not see the test.
 
 Methods outside edgeprune register the same way from their own module, imported before use (the CLI imports
 the modules of the `edgeprune.methods` entry-point group, and those named in $EDGEPRUNE_METHODS).
@@ -28,8 +32,9 @@ from typing import Any
 
 from ..errors import ConfigError, unknown_name
 
-KINDS = ("init", "levels")
-BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp")
+KINDS = ("init", "levels", "trained")
+BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp", "edgeprune.methods.taylor")
+NOT_OPTIONS = ("name", "target", "source")  # what a config's method entry holds beside the method's options
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,11 @@ def get(name: str) -> Method:
 
 
 def options_of(method: dict):
-    """The options object of a config's method entry {"name": ..., **options} (a budget `target` aside)."""
+    """The options object of a config's method entry {"name": ..., **options} (a budget `target` and the
+    `source` run of a "trained" method aside)."""
     if not isinstance(method, dict) or "name" not in method:
         raise ConfigError(f"a method entry needs a name, e.g. {{'name': 'synflow', 'sparsity': 0.9}}; got {method!r}")
-    return get(method["name"]).make_options({k: v for k, v in method.items() if k not in ("name", "target")})
+    return get(method["name"]).make_options({k: v for k, v in method.items() if k not in NOT_OPTIONS})
 
 
 def entry(name: str, given: dict) -> dict:

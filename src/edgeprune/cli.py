@@ -375,7 +375,7 @@ def prune(
     if source is not None:
         entry["source"] = str(source)
         own = [f"--{n.replace('_', '-')}" for n in _FROM_SOURCE  # typer's own click: its enum, by name
-               if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"]
+               if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"] * (chosen.kind == "trained")
         if own:
             raise ConfigError(f"{', '.join(own)} does not apply with --from: the model, data and training settings "
                               f"are those of {source}")

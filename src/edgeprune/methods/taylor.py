@@ -101,7 +101,7 @@ def prune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: Ta
             stop = "no channel left to remove"
             break
         cut = surgery.materialize(model, keep, x, strict=True)
-        _finetune(model, bundle, train_cfg, opts, k, device, Prefixed(progress, f"step {k}: "))
+        finetune(model, bundle, train_cfg, opts, k, device, Prefixed(progress, f"step {k}: "))
         record = {"step": k, "removed": cut.channels_removed, **_measure(model, bundle, shape, measure_runs, device)}
         record["drop_points"] = 100 * (first["val_accuracy"] - record["val_accuracy"])
         steps.append(record)
@@ -135,8 +135,9 @@ def _check_reachable(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...], 
                           f"model still has {target.describe(least)}; ask for at least that")
 
 
-def _finetune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: TaylorOptions, step: int,
-              device: str, progress: Reporter) -> None:
+def finetune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: TaylorOptions, step: int,
+             device: str = "cpu", progress: Reporter | None = None) -> None:
+    """Step `step`'s fine-tuning: `opts.finetune_steps` batches of the training split."""
     if opts.finetune_steps == 0:
         return
     epochs = math.ceil(opts.finetune_steps / len(bundle.train))

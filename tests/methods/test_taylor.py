@@ -175,3 +175,30 @@ def test_a_dense_run_that_saw_every_training_sample_and_a_model_surgery_refuses_
     result = _taylor(tmp_path / "shuffle", tmp_path)
     assert result.exit_code == 2 and "torch-pruning" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and _tree(tmp_path / "shuffle") == source
+
+
+def test_a_sweep_starts_taylor_from_the_dense_cell_of_its_model_and_seed(tmp_path):
+    import yaml
+
+    from edgeprune.report import collect
+    from edgeprune.sweep import load_spec, run_sweep
+
+    spec = {"name": "t", "out": str(tmp_path / "t"), "models": ["conftest:small_vgg"], "seeds": [0],
+            "data": {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 256, "subset": 128,
+                     "batch_size": 32},
+            "train": {"epochs": 1}, "measure": {"runs": 2, "warmup": 0, "memory": False},
+            "methods": [{"name": "taylor", "val_size": 64, "finetune_steps": 1, "step_fraction": 0.5,
+                         "max_drop": 100}]}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    summary = run_sweep(tmp_path / "t.yaml")
+    assert summary["counts"] == {"done": 2}, summary["cells"]
+    dense = tmp_path / "t" / "conftest_small_vgg-dense-seed0"
+    cell, = (tmp_path / "t").glob("conftest_small_vgg-taylor-*-seed0")
+    taylor = json.loads((cell / "report.json").read_text())
+    assert taylor["source"] == str(dense) and len(taylor["steps"]) >= 2
+    rows = {r.method: r for r in collect([tmp_path / "t"])}
+    assert rows["taylor-activation"].variant.startswith("activation Taylor") and "dense" in rows
+    spec["dense"] = False
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"methods\[0\] \(taylor\) starts from a trained run: set dense: true"):
+        load_spec(tmp_path / "t.yaml")

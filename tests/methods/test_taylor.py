@@ -181,6 +181,7 @@ def test_a_sweep_starts_taylor_from_the_dense_cell_of_its_model_and_seed(tmp_pat
     import yaml
 
     from edgeprune.report import collect
+    from edgeprune.report.plots import steps_figure
     from edgeprune.sweep import load_spec, run_sweep
 
     spec = {"name": "t", "out": str(tmp_path / "t"), "models": ["conftest:small_vgg"], "seeds": [0],
@@ -198,6 +199,8 @@ def test_a_sweep_starts_taylor_from_the_dense_cell_of_its_model_and_seed(tmp_pat
     assert taylor["source"] == str(dense) and len(taylor["steps"]) >= 2
     rows = {r.method: r for r in collect([tmp_path / "t"])}
     assert rows["taylor-activation"].variant.startswith("activation Taylor") and "dense" in rows
+    assert rows["taylor-activation"].steps == taylor["steps"]
+    assert steps_figure(rows["taylor-activation"]).png.startswith(b"\x89PNG")
     spec["dense"] = False
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"methods\[0\] \(taylor\) starts from a trained run: set dense: true"):

@@ -26,9 +26,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune import data, export, jobs, measure, runs
+from edgeprune import data, export, jobs, measure, runs, threads
 from edgeprune.methods import taylor
-from edgeprune.record import MeasureOptions, RunConfig
+from edgeprune.record import MeasureOptions, RunConfig, read_config, read_report
 from edgeprune.scores import taylor as criteria
 from edgeprune.train import TrainConfig, evaluate
 
@@ -64,10 +64,16 @@ def main() -> None:
               "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
               "val_size": a.val_size}
     ours_dir = work / f"taylor-{a.importance}"
-    ours = jobs.prune(jobs.from_trained(replace(dense_cfg, command="prune", method=method)), ours_dir, overwrite=True)
+    ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
+    if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
+        ours = read_report(ours_dir)
+    else:
+        ours = jobs.prune(ours_cfg, ours_dir, overwrite=True)
     steps, kept = ours.details["steps"], ours.details["kept_step"]
     opts = taylor.TaylorOptions(**{k: v for k, v in method.items() if k not in ("name", "source")})
 
+    # the runs above set their threads themselves; torch-pruning's baseline runs with as many as they would
+    torch.set_num_threads(threads.resolve("auto"))
     bundle = data.loaders(**dense_cfg.data, val_size=a.val_size)
     baseline = _metapruner(dense_dir, bundle, dense_cfg.train, opts, kept, ours.profile.params) if kept else None
     onnx = {"dense": dense_dir / runs.ONNX, "taylor": ours_dir / runs.ONNX}

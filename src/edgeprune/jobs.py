@@ -200,11 +200,13 @@ def _from_trained(cfg: RunConfig, method: registry.Method, opts, target: budget.
         raise ConfigError(f"run {source} trained {own.model} on {own.data}, this run names {cfg.model} on {cfg.data}; "
                           "take both from the source run (jobs.from_trained)")
     val_size = getattr(opts, "val_size", None)
-    if val_size is not None and own.data.get("subset") is None:
+    # the dense run never saw the validation samples if it trained on a subset (the split is carved behind it)
+    # or held out the same split itself
+    if val_size is not None and own.data.get("subset") is None and own.data.get("val_size") != val_size:
         raise ConfigError(f"run {source} trained on every training sample, so none is left for a validation split "
                           f"it never saw; train it with --subset (at most the training samples minus {val_size})")
     model, _ = load(source)
-    bundle = data.loaders(**cfg.data, **({} if val_size is None else {"val_size": val_size}))
+    bundle = data.loaders(**{**cfg.data, **({} if val_size is None else {"val_size": val_size})})
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         model, info = method.entry(model, bundle, cfg.train, opts, target, cfg.measure.runs, device=cfg.device,
                                    progress=progress)

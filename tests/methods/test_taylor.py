@@ -205,3 +205,20 @@ def test_a_sweep_starts_taylor_from_the_dense_cell_of_its_model_and_seed(tmp_pat
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"methods\[0\] \(taylor\) starts from a trained run: set dense: true"):
         load_spec(tmp_path / "t.yaml")
+
+
+def test_a_dense_run_that_held_out_the_same_validation_split_is_accepted(tmp_path):
+    from dataclasses import replace
+
+    from edgeprune import jobs
+
+    held = {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 256, "batch_size": 32, "val_size": 64}
+    cfg = jobs.RunConfig(command="train", model="conftest:small_vgg", data=held, threads=1,
+                         measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False))
+    jobs.train(cfg, tmp_path / "dense")
+    method = {"name": "taylor", "source": str(tmp_path / "dense"), "val_size": 64, "finetune_steps": 1,
+              "step_fraction": 0.5, "max_drop": 100}
+    report = jobs.prune(replace(cfg, command="prune", method=method), tmp_path / "t")
+    assert report.details["validation"]["samples"] == 64 and len(report.details["steps"]) >= 2
+    with pytest.raises(ConfigError, match="trained on every training sample"):
+        jobs.prune(replace(cfg, command="prune", method={**method, "val_size": 32}), tmp_path / "u")

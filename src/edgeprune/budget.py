@@ -14,14 +14,14 @@ from torch import nn
 from . import export, measure
 from .errors import ConfigError
 
-METRICS = {"latency": "ms", "size": "MiB", "macs": "MACs"}
+METRICS = {"latency": "ms", "size": "MiB", "macs": "MACs", "params": "parameters"}
 PROBE_RUNS = 50  # timed runs per latency probe
 CONFIRM_RUNS = 150  # the chosen model is timed again, longer, before it is accepted
 
 
 @dataclass
 class Target:
-    metric: str  # latency | size | macs
+    metric: str  # latency | size | macs | params
     value: float
     batch_size: int = 1  # latency only
     threads: int = 1
@@ -38,11 +38,14 @@ class Target:
             raise ConfigError(f"max_probes must be >= 2, got {self.max_probes}")
 
     def cost(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
-        """The model's cost in the budget's unit (ms of ONNX Runtime p50, MiB of fp32 state, dense MACs)."""
+        """The model's cost in the budget's unit (ms of ONNX Runtime p50, MiB of fp32 state, dense MACs,
+        parameters: masked-out weights count, only a physically smaller model costs less)."""
         if self.metric == "latency":
             return self.latency(export.to_onnx_bytes(model, input_shape, check=False), input_shape)
         if self.metric == "size":
             return measure.state_bytes(model)[0] / 2**20
+        if self.metric == "params":
+            return float(measure.count_params(model)[0])
         return float(measure.count_macs(model, input_shape)[0])
 
     def latency(self, onnx: bytes, input_shape: tuple[int, ...], runs: int = PROBE_RUNS) -> float:

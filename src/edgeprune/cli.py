@@ -149,6 +149,12 @@ _TRAINING_OPTIONS = [
 ]
 
 
+# What a run started with --from takes from its source run, not from flags.
+_FROM_SOURCE = ("model", "dataset", "data_root", "subset", "test_subset", "batch_size", "download", "epochs", "lr",
+                "momentum", "weight_decay", "schedule", "label_smoothing", "steps_per_epoch", "seed", "num_classes",
+                "in_channels")
+
+
 def _training_options(fn):
     """Give `fn(..., **args)` the training options as keyword parameters typer can see."""
     sig = inspect.signature(fn, eval_str=True)  # resolve the postponed annotations typer needs
@@ -180,6 +186,9 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
     )
     default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
         f"-{method['name']}" if method else "")
+    if method and "source" in method:  # a method that starts from a trained run takes what the run was
+        cfg = jobs.from_trained(cfg)
+        default = f"{Path(method['source']).name}-{method['name']}"
     run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
     with _progress() as progress:
         report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
@@ -331,6 +340,11 @@ def prune(
     target_macs: Annotated[float | None, typer.Option(help="… whose model needs at most this many MACs.")] = None,
     target_batch: Annotated[int, typer.Option(help="Batch size of the latency budget.")] = 1,
     target_threads: Annotated[int, typer.Option(help="Threads of the latency budget.")] = 1,
+    target_params: Annotated[float | None, typer.Option(help="… whose model has at most this many parameters "
+                                                        "(a physically smaller one: taylor, reconvene).")] = None,
+    source: Annotated[Path | None, typer.Option("--from", help="A finished `edgeprune train` run that a method "
+                                                "pruning a trained model (taylor) starts from; the model, data and "
+                                                "training settings are the run's.")] = None,
     **args,
 ) -> None:
     """Prune a model, train it with its masks kept, then save, export and measure it into runs/NAME/.
@@ -341,7 +355,10 @@ def prune(
       [bold]edgeprune prune --method imp --levels 3 --rewind-iter 100 -m resnet20 -e 1[/]
       [bold]edgeprune prune --method reconvene --criterion magnitude --target-latency 0.2 -m resnet20[/]
 
-    With a --target-* budget the sparsity is searched (bisection over measured probes) instead of given.
+      [bold]edgeprune prune --method taylor --from runs/dense --max-drop 1 --step-fraction 0.05 --name taylor[/]
+
+    With a --target-* budget the sparsity is searched (bisection over measured probes) instead of given;
+    taylor stops at the first step that meets it.
     Each method takes the options marked with its name below; the others do not apply to it.
     """
     from .methods import registry
@@ -355,8 +372,15 @@ def prune(
         raise ConfigError(f"{flags} does not apply to --method {method}; its options: "
                           + (", ".join(f"--{o.replace('_', '-')}" for o in chosen.option_fields()) or "none"))
     entry = registry.entry(method, given)
-    targets = {k: v for k, v in {"latency": target_latency, "size": target_size, "macs": target_macs}.items()
-               if v is not None}
+    if source is not None:
+        entry["source"] = str(source)
+        own = [f"--{n.replace('_', '-')}" for n in _FROM_SOURCE  # typer's own click: its enum, by name
+               if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"] * (chosen.kind == "trained")
+        if own:
+            raise ConfigError(f"{', '.join(own)} does not apply with --from: the model, data and training settings "
+                              f"are those of {source}")
+    targets = {k: v for k, v in {"latency": target_latency, "size": target_size, "macs": target_macs,
+                                 "params": target_params}.items() if v is not None}
     if len(targets) > 1:
         raise EdgePruneError(f"give one budget, not {len(targets)} ({', '.join('--target-' + k for k in targets)})")
     if targets:

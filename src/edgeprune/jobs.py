@@ -131,11 +131,18 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
     """Prune with the registered method cfg.method["name"] (at initialisation, or a schedule of levels such as
     IMP's), train with the masks kept, measure."""
     method = registry.get(cfg.method.get("name"))
-    opts = method.make_options({k: v for k, v in cfg.method.items() if k not in ("name", "target")})
+    opts = method.make_options({k: v for k, v in cfg.method.items() if k not in registry.NOT_OPTIONS})
     target = budget.Target(**cfg.method["target"]) if cfg.method.get("target") else None
-    if target is not None and method.kind != "init":  # bad options fail here, before anything is written
-        raise ConfigError(f"a budget (--target-latency/--target-size/--target-macs) needs a method that prunes "
-                          f"at initialisation ({', '.join(registry.list_methods('init'))}), not {method.name}")
+    if target is not None and method.kind in ("levels", "in_training"):  # bad options fail here, before anything
+        takes = registry.list_methods("init") + registry.list_methods("trained")
+        raise ConfigError(f"a budget (--target-*) needs a method that prunes at initialisation or from a trained "
+                          f"run ({', '.join(takes)}), not {method.name}")
+    if (method.kind == "trained") != ("source" in cfg.method):
+        raise ConfigError(f"--method {method.name} starts from a trained run: pass --from RUN" if method.kind ==
+                          "trained" else f"--from applies to methods that start from a trained run "
+                          f"({', '.join(registry.list_methods('trained'))}), not {method.name}")
+    if method.kind == "trained":
+        return _from_trained(cfg, method, opts, target, run_dir, overwrite, resume, progress)
     model, bundle = build(cfg)
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         if method.kind == "levels":
@@ -159,6 +166,66 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                             {**info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
         write_report(rf.path / runs.REPORT, report)
     return report
+
+
+def trained_source(path: str | Path | None, method: str) -> Path:
+    """`path`, checked to be a finished dense run (made by `edgeprune train`) that method `method` can start from."""
+    source = Path(path) if path is not None else None
+    if source is None:
+        raise ConfigError(f"--method {method} starts from a trained run: pass --from RUN (a run of `edgeprune train`)")
+    if not (source / runs.CONFIG).is_file():
+        raise ConfigError(f"--from {source} is not a run folder (no {runs.CONFIG}); pass a run made by "
+                          "`edgeprune train`")
+    command = read_config(source / runs.CONFIG).command
+    if command != "train":
+        raise ConfigError(f"--from {source} is a {command} run; {method} starts from a dense run made by "
+                          "`edgeprune train`")
+    if not runs.is_finished(source):
+        raise ConfigError(f"--from {source} is not trained yet (no {runs.REPORT}); finish it first "
+                          "(`edgeprune train ... --resume`)")
+    return source
+
+
+def from_trained(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the model, data and training of the trained run it starts from (cfg.method["source"])."""
+    src = read_config(trained_source(cfg.method.get("source"), cfg.method.get("name")) / runs.CONFIG)
+    return replace(cfg, model=src.model, data=dict(src.data), train=src.train, model_kwargs=dict(src.model_kwargs),
+                   num_classes=src.num_classes, in_channels=src.in_channels)
+
+
+def _from_trained(cfg: RunConfig, method: registry.Method, opts, target: budget.Target | None, run_dir: str | Path,
+                  overwrite: bool, resume: bool, progress: Reporter | None) -> RunReport:
+    """A method that starts from a trained run: it reads the source's model and writes a new run, never the
+    source's folder."""
+    source = trained_source(cfg.method["source"], method.name)
+    _not_the_source(source, run_dir)
+    if resume:
+        raise ConfigError(f"{method.name} runs cannot be resumed; run it again with --overwrite")
+    own = read_config(source / runs.CONFIG)
+    if (own.model, own.data) != (cfg.model, cfg.data):
+        raise ConfigError(f"run {source} trained {own.model} on {own.data}, this run names {cfg.model} on {cfg.data}; "
+                          "take both from the source run (jobs.from_trained)")
+    val_size = getattr(opts, "val_size", None)
+    # the dense run never saw the validation samples if it trained on a subset (the split is carved behind it)
+    # or held out the same split itself
+    if val_size is not None and own.data.get("subset") is None and own.data.get("val_size") != val_size:
+        raise ConfigError(f"run {source} trained on every training sample, so none is left for a validation split "
+                          f"it never saw; train it with --subset (at most the training samples minus {val_size})")
+    model, _ = load(source)
+    bundle = data.loaders(**{**cfg.data, **({} if val_size is None else {"val_size": val_size})})
+    with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
+        model, info = method.entry(model, bundle, cfg.train, opts, target, cfg.measure.runs, device=cfg.device,
+                                   progress=progress)
+        report = finish(model, bundle, cfg, rf.path, info, rf.name)
+        report.source = str(source)
+        write_report(rf.path / runs.REPORT, report)
+    return report
+
+
+def _not_the_source(source: Path, run_dir: str | Path) -> None:
+    target = Path(run_dir).resolve()
+    if target == source.resolve() or target in source.resolve().parents:
+        raise ConfigError(f"the new run would replace its source; choose a --name other than {source.name!r}")
 
 
 def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out: Path, info: dict) -> RunReport:
@@ -268,9 +335,7 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
     if not (source / runs.MASKS).exists():
         raise ConfigError(f"{source} has no {runs.MASKS}: shrink takes a sparse run (made by `edgeprune prune`; "
                           "for IMP, one of its level_NN folders)")
-    target = Path(run_dir).resolve()
-    if target == source.resolve() or target in source.resolve().parents:
-        raise ConfigError(f"shrink writes a new run; choose a --name other than the source {source.name!r}")
+    _not_the_source(source, run_dir)
     if resume:
         raise ConfigError("shrink has nothing to resume (it takes seconds); run it again with --overwrite")
     model, extra = load(source)

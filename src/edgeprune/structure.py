@@ -350,11 +350,52 @@ def group_keep(
     """
     if not 0 <= ratio < 1:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}: the fraction of each group's channels to remove")
-    importance = importance or tp.importance.GroupMagnitudeImportance(p=2)
+    groups = _scored_groups(model, example_inputs, importance or tp.importance.GroupMagnitudeImportance(p=2))
+    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, ratio)) for g in groups])
+
+
+def global_keep(
+    model: nn.Module, example_inputs: torch.Tensor, count: int, importance: tp.importance.Importance,
+) -> dict[str, list[int]]:
+    """Keep decisions for `surgery.materialize` that remove the `count` lowest-scored channels of the whole
+    model, ranked across groups (Molchanov et al.'s iterative step: scores made comparable by the importance,
+    e.g. normalised per layer). Every group (every section of one: a grouped conv's group, a head) keeps at
+    least one channel; fewer than `count` go where that floor is reached. Groups are as in `group_keep`."""
+    groups = _scored_groups(model, example_inputs, importance)
+    flat = torch.cat([g.scores for g in groups]) if groups else torch.zeros(0)
+    owner = torch.cat([torch.full((g.scores.numel(),), i) for i, g in enumerate(groups)]) if groups else flat.long()
+    taken = [0] * len(groups)
+    room = [g.scores.numel() // g.size * (g.size - 1) for g in groups]
+    for i in owner[torch.sort(flat, stable=True).indices].tolist():  # ties: the model's earlier channels first
+        if count <= 0:
+            break
+        if taken[i] < room[i]:
+            taken[i], count = taken[i] + 1, count - 1
+    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, k / g.scores.numel()))
+                              for g, k in zip(groups, taken, strict=True) if k])
+
+
+def removable_channels(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """How many channels `global_keep` ranks: those of every coupled group that may lose channels, each once."""
+    groups = _scored_groups(model, example_inputs, tp.importance.GroupMagnitudeImportance())
+    return sum(g.scores.numel() for g in groups)
+
+
+@dataclass
+class _Scored:
+    members: list  # torch-pruning's out-channel items of the group
+    scores: torch.Tensor  # one per root channel, float64, on the CPU
+    size: int  # channels per section (see _sections)
+    same_positions: bool
+
+
+def _scored_groups(model: nn.Module, example_inputs: torch.Tensor,
+                   importance: tp.importance.Importance) -> list[_Scored]:
+    """Every coupled group that may lose channels, once, scored by `importance` (torch-pruning's group
+    importance); not the groups holding the model's outputs, nor layers the traced forward never reaches."""
     dg = dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
-    removed: dict[str, set[int]] = defaultdict(set)
-    covered: set[str] = set()
+    out, covered = [], set()
     for name, layer in model.named_modules():
         if not isinstance(layer, PRUNABLE) or name in covered or layer not in dg.module2node:
             continue
@@ -366,13 +407,22 @@ def group_keep(
             continue  # the model's outputs never change
         with torch.no_grad():
             scores = importance(group)
-        if scores is None:
-            continue
-        for r in _lowest(scores.double().cpu(), *_sections(group, n), ratio):
-            for it in members:
-                if isinstance(it.dep.target.module, PRUNABLE):
-                    removed[names[it.dep.target.module]] |= {i for i, root in zip(it.idxs, it.root_idxs,
-                                                                                  strict=True) if root == r}
+        if scores is not None:
+            out.append(_Scored(members, scores.double().cpu(), *_sections(group, n)))
+    return out
+
+
+def _decisions(model: nn.Module, removals: list[tuple[_Scored, list[int]]]) -> dict[str, list[int]]:
+    """Per-layer keep lists from root channels to remove, group by group: every coupled layer loses the
+    channels its items map the root channels to."""
+    names = {m: n for n, m in model.named_modules()}
+    removed: dict[str, set[int]] = defaultdict(set)
+    for g, roots in removals:
+        gone = set(roots)
+        for it in g.members:
+            if isinstance(it.dep.target.module, PRUNABLE):
+                removed[names[it.dep.target.module]] |= {i for i, root in zip(it.idxs, it.root_idxs, strict=True)
+                                                         if root in gone}
     return {m: sorted(set(range(width(model.get_submodule(m)))) - gone) for m, gone in removed.items() if gone}
 
 

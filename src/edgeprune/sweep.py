@@ -160,16 +160,28 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise type(e)(f"sweep spec {path}: {e}") from None
 
 
-def cells(spec: SweepSpec) -> list[Cell]:
-    """Every (model × method with options × sparsity × seed) run of the spec, named stably."""
+def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
+    """Every (model × method with options × sparsity × seed) run of the spec, named stably. A method that
+    starts from a trained run (kind "trained") starts from the dense cell of its model and seed in `folder`
+    (default: the spec's)."""
     measure = _build(jobs.MeasureOptions, spec.measure, "measure")
     variants = [("dense", {})] if spec.dense else []
     for i, entry in enumerate(spec.methods):
         variants += _expand(entry, f"methods[{i}]")
+        if registry.get(entry["name"]).kind == "trained" and not spec.dense:
+            raise ConfigError(f"methods[{i}] ({entry['name']}) starts from a trained run: set dense: true, so that "
+                              "every model and seed has the dense cell it starts from")
+    folder = Path(folder or spec.folder)
+
+    def source(model: str, seed: int, method: dict) -> dict:
+        if method and registry.get(method["name"]).kind == "trained":
+            return {**method, "source": str(folder / _folder_name(f"{model}-dense-seed{seed}"))}
+        return dict(method)
+
     out = [
         Cell(_folder_name(f"{model}-{label}-seed{seed}"), jobs.RunConfig(
             command="prune" if method else "train", model=model, data=data, train=TrainConfig(**train, seed=seed),
-            measure=dataclasses.replace(measure), method=dict(method), device=spec.device))
+            measure=dataclasses.replace(measure), method=source(model, seed, method), device=spec.device))
         for model, data, train in _models(spec) for seed in spec.seeds for label, method in variants
     ]
     twice = [name for name, n in Counter(c.name for c in out).items() if n > 1]
@@ -265,7 +277,7 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
 
 def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address: str | None,
                 connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
-    todo = cells(spec)
+    todo = cells(spec, folder)
     before = _read_statuses(folder / SWEEP)
     plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) for c in todo}
 
@@ -303,7 +315,9 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address
                 report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
                             + (f": {error['type']}: {error['message']}" if error else ""))
 
-        execute(run, record)
+        # cells that start from a trained run wait for the dense cells (a Ray executor runs a batch at once)
+        for later in (False, True):
+            execute([r for r in run if ("source" in r[0].cfg.method) == later], record)
     summary["finished"], summary["seconds"] = _now(), time.perf_counter() - t0
     save()
     report.end(task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class DataBundle:
     input_shape: tuple[int, int, int]  # (C, H, W)
     synthetic: bool  # True: accuracy measured on it means nothing and must never be reported as real
     root: str | None  # the folder the files were read from
+    # held-out training samples, unaugmented (loaders' val_size): what stopping rules and selection read,
+    # never the test split
+    val: DataLoader | None = None
 
 
 def list_datasets() -> list[str]:
@@ -51,6 +54,7 @@ def loaders(
     batch_size: int = 128,
     subset: int | None = None,
     test_subset: int | None = None,
+    val_size: int | None = None,
     download: bool = False,
     augment: bool = True,
     seed: int = 0,
@@ -61,15 +65,17 @@ def loaders(
 
     `subset`/`test_subset` keep the first N samples of a permutation fixed by `seed` (so the same samples
     every run, about balanced across classes); the training loader shuffles with a generator seeded by
-    `seed`. Data-set specific options come as keyword arguments (imagefolder: image_size; synthetic:
-    shape, num_classes, size).
+    `seed`. `val_size` carves a validation split, unaugmented, from the last samples of that same training
+    permutation: the training samples stay the first `subset` ones, so a run trained with `subset` and no
+    validation split never saw the validation samples of a later run with the same `subset`. Data-set specific
+    options come as keyword arguments (imagefolder: image_size; synthetic: shape, num_classes, size).
     """
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in _BUILDERS:
         raise unknown_name("data set", name, list_datasets())
     builder = _BUILDERS[key]
     positive_int(batch_size, "batch_size")
-    for value, label in ((subset, "subset"), (test_subset, "test_subset")):
+    for value, label in ((subset, "subset"), (test_subset, "test_subset"), (val_size, "val_size")):
         if value is not None:
             positive_int(value, label)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -78,7 +84,12 @@ def loaders(
     _check_options(key, builder, options, kwargs)
 
     splits = builder(options, **kwargs)
-    train = _first(splits.train, subset, seed)
+    val = None
+    if val_size is None:
+        train = _first(splits.train, subset, seed)
+    else:
+        train, val = _carve(splits.train, builder(replace(options, augment=False), **kwargs).train, subset,
+                            val_size, seed)
     test = _first(splits.test, test_subset, seed)
     shuffle = torch.Generator().manual_seed(seed)
     return DataBundle(
@@ -90,6 +101,7 @@ def loaders(
         input_shape=splits.input_shape,
         synthetic=splits.synthetic,
         root=splits.root,
+        val=None if val is None else DataLoader(val, batch_size, shuffle=False, num_workers=num_workers),
     )
 
 
@@ -115,6 +127,19 @@ def _check_options(name: str, builder: Callable[..., Splits], options: Options, 
             f"data set {name!r} does not take option(s) {', '.join(sorted(set(kwargs) - set(takes)))}; "
             f"it takes: {', '.join(takes) or 'none'}"
         ) from None
+
+
+def _carve(train: Dataset, plain: Dataset, subset: int | None, val_size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(the training samples, the validation samples) of the seeded permutation `_first` takes: training from
+    its front, validation (from `plain`, the same samples unaugmented) from its back, never overlapping."""
+    n = len(train)
+    room = n - val_size if subset is None else subset
+    if room < 1 or room + val_size > n:
+        asked = f"subset {subset} and val_size {val_size} together" if subset is not None else f"val_size {val_size}"
+        raise ConfigError(f"{asked} ask more than the {n} training samples (validation is carved from them); "
+                          "choose a smaller --subset or --val-size")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(train, order[:room]), Subset(plain, order[n - val_size:])
 
 
 def _first(dataset: Dataset, n: int | None, seed: int) -> Dataset:

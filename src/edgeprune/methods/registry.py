@@ -15,6 +15,11 @@ Kinds:
   "in_training": prunes during one training run (DRIVE, target rate); entry `make(opts, train_cfg, batches,
             input_shape, saved, progress)` -> a `train.Callback` that prunes during training (its epoch 0 ends
             before training starts), calls `saved(model, info)` once done, and keeps `info`.
+  "trained": starts from the model of a finished dense run (`--from RUN`), in its data and training setup;
+            entry `prune(model, bundle, train_cfg, opts, target, measure_runs, device, progress)
+            -> (model, info dict)`, `target` a `budget.Target` or None. An option `val_size` carves
+            `bundle.val` from the training split (data.loaders), for stopping rules that must not see the test.
+>>>>>>> i13
 
 Methods outside edgeprune register the same way from their own module, imported before use (the CLI imports
 the modules of the `edgeprune.methods` entry-point group, and those named in $EDGEPRUNE_METHODS).
@@ -31,9 +36,9 @@ from typing import Any
 
 from ..errors import ConfigError, unknown_name
 
-KINDS = ("init", "levels", "in_training")
-BUILTIN = ("edgeprune.methods.pai", "edgeprune.methods.reconvene", "edgeprune.methods.imp", "edgeprune.methods.drive",
-           "edgeprune.methods.target_rate")
+KINDS = ("init", "levels", "in_training", "trained")
+BUILTIN = tuple(f"edgeprune.methods.{m}" for m in ("pai", "reconvene", "imp", "drive", "target_rate", "taylor"))
+NOT_OPTIONS = ("name", "target", "source")  # what a config's method entry holds beside the method's options
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,11 @@ def get(name: str) -> Method:
 
 
 def options_of(method: dict):
-    """The options object of a config's method entry {"name": ..., **options} (a budget `target` aside)."""
+    """The options object of a config's method entry {"name": ..., **options} (a budget `target` and the
+    `source` run of a "trained" method aside)."""
     if not isinstance(method, dict) or "name" not in method:
         raise ConfigError(f"a method entry needs a name, e.g. {{'name': 'synflow', 'sparsity': 0.9}}; got {method!r}")
-    return get(method["name"]).make_options({k: v for k, v in method.items() if k not in ("name", "target")})
+    return get(method["name"]).make_options({k: v for k, v in method.items() if k not in NOT_OPTIONS})
 
 
 def entry(name: str, given: dict) -> dict:

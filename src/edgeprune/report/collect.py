@@ -53,7 +53,9 @@ class RunRow:
     layers: list[dict] = field(default_factory=list)  # per-layer rows: layer, shape, weights, kept, density
     groups: list[dict] = field(default_factory=list)  # Reconvene: coupled channels, width_before/width_after
     dense_layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> shape in the dense original
-    source: str | None = None  # DNNShifter: the sparse run it shrank
+    source: str | None = None  # DNNShifter: the sparse run it shrank; Taylor: the dense run it started from
+    steps: list[dict] = field(default_factory=list)  # Taylor: every step's params, MACs, latency, val accuracy
+    kept_step: int | None = None
     budget: str = ""  # what the run was trained under: data options, training config (with seed), model kwargs
     # ratios to the dense run of the same model and data set (None without one)
     dense_run: str | None = None
@@ -167,7 +169,7 @@ def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> Run
         model_kwargs=plain.get("model_kwargs", {}),
         layers=details.get("layers", []), groups=details.get("groups", []),
         dense_layers={r["layer"]: r["shape"] for r in (details.get("pai") or {}).get("layers", [])},
-        source=report.source,
+        source=report.source, steps=details.get("steps", []), kept_step=details.get("kept_step"),
         budget=json.dumps({k: plain.get(k) for k in ("data", "train", "model_kwargs")}, sort_keys=True),
     )
 

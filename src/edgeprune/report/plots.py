@@ -258,6 +258,27 @@ def layers_figure(r: RunRow) -> Plot:
     return Plot(f"{slug(r.data)}-layers-{slug(r.name)}.png", f"{r.name}: {caption}.", _png(fig))
 
 
+def steps_figure(r: RunRow) -> Plot:
+    """The trade-off curve of a run recorded step by step (Taylor): validation accuracy against ONNX Runtime
+    batch-1 latency after each step, the kept step marked."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ms, acc = [s["ort_b1_ms"] for s in r.steps], [100 * s["val_accuracy"] for s in r.steps]
+    ax.plot(ms, acc, "o-", color="tab:blue", label="after each step")
+    for s, x, y in zip(r.steps, ms, acc, strict=True):
+        ax.annotate(f"{s['step']}: {s['params'] / r.steps[0]['params']:.0%}", (x, y), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    if r.kept_step is not None:
+        ax.plot([ms[r.kept_step]], [acc[r.kept_step]], "*", color="tab:red", ms=14, label="kept")
+    ax.set(xlabel="ONNX Runtime p50, batch 1, 1 thread (ms), timed as each step ended",
+           ylabel="validation accuracy (%)")
+    ax.set_title(f"{r.name}: {r.method}, {r.data}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return Plot(f"{slug(r.data)}-steps-{slug(r.name)}.png", f"{r.name}: validation accuracy against latency after "
+                "each step (labels: step: parameters kept); the starred step is the run's model.", _png(fig))
+
+
 def layer_runs(rows: list[RunRow], chosen: Sequence[str] | None) -> list[RunRow]:
     """The runs to draw per-layer figures of: those named, or the sparsest run of each method."""
     with_layers = [r for r in rows if r.layers and r.method != "dense"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .collect import MAIN_LATENCY, RunRow
 from .pairs import Pair, headline, pairs
-from .plots import Plot, accuracy_plots, layer_runs, layers_figure
+from .plots import Plot, accuracy_plots, layer_runs, layers_figure, steps_figure
 
 PAIRS_TITLE = "Structured runs against their counterparts"
 PAIRS_TEXT = ("Each Reconvene run against the unstructured run of the same criterion, sparsity, model, data and "
@@ -48,7 +48,8 @@ def sections(rows: list[RunRow], chosen: Sequence[str] | None, tolerance: float 
         if no_lat:
             notes.append("No ONNX Runtime latency at batch 1, 1 thread, so not in the latency plot: "
                          + ", ".join(no_lat) + ".")
-        plots = accuracy_plots(rs, data) + [layers_figure(r) for r in for_layers if r.data == data]
+        plots = (accuracy_plots(rs, data) + [layers_figure(r) for r in for_layers if r.data == data]
+                 + [steps_figure(r) for r in rs if r.steps and not r.synthetic])
         if not any(r.method == "dense" for r in rs):
             notes.append("No dense run of this data set in the collection: ratios are blank.")
         ps = pairs(rs)

@@ -133,7 +133,7 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
     method = registry.get(cfg.method.get("name"))
     opts = method.make_options({k: v for k, v in cfg.method.items() if k not in registry.NOT_OPTIONS})
     target = budget.Target(**cfg.method["target"]) if cfg.method.get("target") else None
-    if target is not None and method.kind in ("levels", "in_training"):  # bad options fail here, before anything
+    if target is not None and method.kind in ("levels", "in_training"):  # refused before anything is written
         takes = registry.list_methods("init") + registry.list_methods("trained")
         raise ConfigError(f"a budget (--target-*) needs a method that prunes at initialisation or from a trained "
                           f"run ({', '.join(takes)}), not {method.name}")

@@ -528,18 +528,21 @@ def eval_cmd(
     data_root: DataRoot = None,
     test_subset: TestSubset = None,
     device: Device = "cpu",
+    runtime: Annotated[str, typer.Option(help="torch (the PyTorch model in model.pt) or onnxruntime (the run's "
+                                         "model.onnx, the artifact that ships; INT8 runs have only this).")]
+    = "torch",
 ) -> None:
     """Top-1 accuracy of a saved model on its data set's test split.
 
-    Example: [bold]edgeprune eval runs/demo[/]
+    Example: [bold]edgeprune eval runs/demo --runtime onnxruntime[/]
     """
     from . import jobs
 
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
     with _progress() as progress:
-        result = jobs.evaluate_saved(path, override, device=device, progress=progress)
-    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples): "
+        result = jobs.evaluate_saved(path, override, device=device, progress=progress, runtime=runtime)
+    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples, {result['runtime']}): "
                   f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
 
 
@@ -618,7 +621,7 @@ def rerun(
 # Commands of the deployment half (quantize, portfolio, serve, partition, ...) live in `edgeprune.commands.<name>`,
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("quantize",)
 for _name in COMMAND_MODULES:
     __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)
 

@@ -199,3 +199,24 @@ def test_an_interrupted_quantize_leaves_nothing_behind(synthetic_run, monkeypatc
     assert result.exit_code == 130
     assert _tree(synthetic_run.parent) == before
     assert not (synthetic_run.parent / "r-int8").exists()
+
+
+def test_train_with_quantize_int8_makes_both_runs(tmp_path):
+    result = _invoke("-q", "train", "-m", "lenet5", "-d", "synthetic", "-e", 1, "--measure-runs", 2, "-b", 64,
+                     "--runs-dir", tmp_path, "--name", "r", "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    fp32 = json.loads((tmp_path / "r" / "report.json").read_text())["profile"]
+    int8 = json.loads((tmp_path / "r-int8" / "report.json").read_text())
+    assert (fp32["precision"], int8["profile"]["precision"]) == ("fp32", "int8")
+    assert int8["source"] == str(tmp_path / "r")
+    assert export.precision_of(tmp_path / "r-int8" / "model.onnx") == "int8"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--quantize", "int4"], "--quantize 'int4'"),
+    (["prune", "--method", "imp", "--quantize", "int8"], "quantise the levels you want"),
+])
+def test_quantize_flag_is_checked_before_any_work(tmp_path, args, message):
+    result = _invoke(*args, "-m", "lenet5", "-d", "synthetic", "--runs-dir", tmp_path)
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+    assert not any(tmp_path.iterdir())

@@ -130,6 +130,9 @@ NumClasses = Annotated[int | None, typer.Option(help="Check the data set has thi
 InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
+Quantize = Annotated[str | None, typer.Option(help="int8: also quantise the finished run's model.onnx (as "
+                                             "`edgeprune quantize RUN`: static, 256 calibration images) into the "
+                                             "run <name>-int8.")]
 Threads = Annotated[str, typer.Option(help="CPU threads of the heavy steps (pruning, training, surgery): a count, "
                                       "or auto (the CPUs this process may use that other processes leave free "
                                       "now). Recorded in the run; latency settings are separate (--measure-threads).")]
@@ -145,7 +148,7 @@ _TRAINING_OPTIONS = [
     ("in_channels", InChannels, None), ("device", Device, "cpu"), ("name", Name, None),
     ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False), ("resume", Resume, False),
     ("measure_batch", Ints, None), ("measure_threads", Ints, None), ("measure_runs", MeasureRuns, 30),
-    ("threads", Threads, "auto"),
+    ("threads", Threads, "auto"), ("quantize", Quantize, None),
 ]
 
 
@@ -181,9 +184,30 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
     default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
         f"-{method['name']}" if method else "")
     run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
+    int8 = _quantize_after(a["quantize"], method, run_dir)
     with _progress() as progress:
         report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
     _print_report(report, run_dir)
+    if int8 is not None:
+        qcfg = jobs.quantize_config(run_dir, measure_runs=a["measure_runs"], threads=a["threads"])
+        with _progress() as progress:
+            report = jobs.quantize(qcfg, int8, overwrite=a["overwrite"], progress=progress)
+        _print_report(report, int8)
+
+
+def _quantize_after(precision: str | None, method: dict | None, run_dir: Path) -> Path | None:
+    """The run --quantize makes beside `run_dir` (None without it); refused before any work where it cannot."""
+    from . import runs
+    from .methods import registry
+
+    if precision is None:
+        return None
+    if precision != "int8":
+        raise ConfigError(f"--quantize {precision!r}: the precision edgeprune quantises to is int8")
+    if method and registry.get(method["name"]).kind == "levels":
+        raise ConfigError(f"--quantize makes one INT8 run; {method['name']} makes a run per level: quantise "
+                          "the levels you want with `edgeprune quantize RUN/level_NN` after it")
+    return runs.run_path(run_dir.parent, f"{run_dir.name}-int8")
 
 
 def _print_report(report, run_dir: Path) -> None:

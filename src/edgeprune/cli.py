@@ -646,8 +646,6 @@ def rerun(
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
 COMMAND_MODULES: tuple[str, ...] = ("quantize",)
-for _name in COMMAND_MODULES:
-    __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)
 
 
 def main() -> None:
@@ -655,4 +653,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m edgeprune.cli` runs this file as __main__, a second copy of edgeprune.cli; the command modules
+    # import (and register on) edgeprune.cli itself, so run that one, whose state (--debug, --quiet) they share.
+    from edgeprune.cli import main as package_main
+
+    sys.exit(package_main())
+for _name in COMMAND_MODULES:
+    __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -347,6 +347,8 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
         seconds = time.perf_counter() - t0
         runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
         m = cfg.measure
+        # parameters, MACs and the fp32 state_dict sizes stay the source's (the weights it was quantised from);
+        # what ships, and so what is measured again, is the INT8 model.onnx
         prof = replace(
             src.last_profile, precision="int8", environment=measure.environment(),
             latency=[measure.latency_onnx(int8, shape, b, t, m.runs, m.warmup) for b in m.batch_sizes
@@ -397,7 +399,7 @@ def _check_quantizable(source: Path, run_dir: Path, calibration: int | None, res
                           f"{made or 'run'} instead")
 
 
-def _first_images(loader, n: int) -> Iterator:
+def _first_images(loader: Iterable, n: int) -> Iterator:
     """The first `n` images `loader` yields, as float32 numpy batches."""
     for x, _ in loader:
         if n <= 0:

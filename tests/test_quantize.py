@@ -91,6 +91,10 @@ def test_static_quantisation_is_qdq_with_per_channel_scales_on_request(per_chann
     widths = [16, 32, 32, 64]
     assert [s.size for s in scales] == (widths if per_channel else [1] * 4)
     assert len(int8) < len(fp32) / 2.5  # INT8 weights; scales, zero points and the graph take the rest
+    graph = onnx.load_from_string(int8).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    activations = {consts[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert activations == {np.dtype(np.uint8)}  # U8S8: what ONNX Runtime's integer kernels take natively on x86-64
 
 
 def test_dynamic_quantisation_needs_no_calibration_and_runs():

@@ -368,7 +368,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
         report = replace(src, run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, profile=prof,
                          source=str(source), vs_source=vs, details={"quantization": {
                              "mode": q["mode"], "format": "QDQ" if q["mode"] == "static" else "QOperator",
-                             "weights": "int8", "activations": "int8" if q["mode"] == "static" else "int8, dynamic",
+                             "weights": "int8", "activations": "uint8" if q["mode"] == "static" else "uint8, dynamic",
                              "per_channel": q["per_channel"], "calibration_images": q["calibration"],
                              "tool": "onnxruntime.quantization", "seconds": seconds}})
         write_report(rf.path / runs.REPORT, report)  # once, last: an interrupted quantize never looks finished

@@ -1,8 +1,9 @@
 """Pruning and INT8 in one deployable artifact (issue 14): ResNet-20 and VGG-16 on Fashion-MNIST, dense, SynFlow
 (unstructured) and Reconvene (SynFlow criterion, `width`, `sqrt` rule) at sparsity 0.95, each as its fp32 model.onnx
 and as the INT8 copy `edgeprune quantize` makes (static, QDQ, per-channel, 256 calibration images). Per artifact:
-size (raw and gzip), ONNX Runtime p50 at batch 1 / 1 thread and batch 32 / 1 thread (all six artifacts of a model
-timed round-robin in one pass), and top-1 on the test split computed in ONNX Runtime.
+size (raw and gzip), ONNX Runtime p50 at batch 1 / 1 thread and batch 32 / 1 thread (all artifacts of a model
+timed round-robin in one pass, with the dense model quantised to S8S8 beside them), and top-1 on the test split
+computed in ONNX Runtime.
 
     nice -n 5 python benchmarks/quantize.py            # trains 6 runs; resumable; writes results/quantize.{md,json}
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common import HERE, measured, write_results
 
-from edgeprune import jobs, measure, runs
+from edgeprune import data, export, jobs, measure, runs
 from edgeprune.methods import registry
 from edgeprune.record import MeasureOptions, read_report
 from edgeprune.train import TrainConfig
@@ -58,6 +59,15 @@ def int8_run(source: Path) -> Path:
     return run_dir
 
 
+def s8s8(model: str) -> bytes:
+    """The dense model quantised as `edgeprune quantize` does, but with signed activations (S8S8, the tool's
+    default): timed beside the rest, it shows why edgeprune quantises to U8S8."""
+    dense = OUT / f"{model}-dense"
+    bundle = data.loaders(**{**jobs.source_config(dense).data, "augment": False})
+    return export.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
+                                per_channel=True, activations="int8")
+
+
 def measure_model(model: str) -> list[dict]:
     rows = []
     for variant in VARIANTS:
@@ -73,9 +83,14 @@ def measure_model(model: str) -> list[dict]:
                          "quantize_s": q.details["quantization"]["seconds"] if precision == "int8" else None})
         print(rows[-2], rows[-1], sep="\n", flush=True)
     shape = tuple(read_report(OUT / f"{model}-dense").profile.input_shape)
+    signed = s8s8(model)
+    raw, gz = measure.file_bytes(signed)
+    rows.append({"model": model, "variant": "dense", "precision": "int8 S8S8", "run": f"{model}-dense-s8s8",
+                 "bytes": raw, "bytes_gzip": gz, "accuracy_ort": None, "accuracy_torch": None, "quantize_s": None})
+    files = {r["run"]: OUT / r["run"] / runs.ONNX for r in rows[:-1]} | {rows[-1]["run"]: signed}
     for key, (batch, threads, rounds, n) in SETTINGS.items():
-        timed = measure.latency_onnx_interleaved({r["run"]: (OUT / r["run"] / runs.ONNX, shape) for r in rows},
-                                                 batch, threads, rounds, n)
+        timed = measure.latency_onnx_interleaved({name: (f, shape) for name, f in files.items()}, batch, threads,
+                                                 rounds, n)
         for r in rows:
             r[f"{key}_ms"] = timed[r["run"]].p50_ms
     return rows
@@ -88,6 +103,8 @@ def ratios(rows: list[dict]) -> list[dict]:
 
     out = []
     for r in rows:
+        if r["accuracy_ort"] is None:  # the S8S8 comparison: its latency is in the table above
+            continue
         for against, base in (("own fp32", find(r["model"], r["variant"], "fp32")),
                               ("SynFlow fp32", find(r["model"], "synflow", "fp32"))):
             if base is r or (against == "SynFlow fp32" and r["variant"] != "reconvene"):
@@ -134,7 +151,9 @@ def main() -> None:
              f"Each fp32 run (dense; SynFlow unstructured at sparsity {SPARSITY}; Reconvene, SynFlow criterion, "
              f"`width` with the `sqrt` rule, at {SPARSITY}) and its INT8 copy made by `edgeprune quantize --mode "
              f"static --per-channel --calibration {CALIBRATION}` (onnxruntime.quantization: pre-processing, then "
-             "QDQ with signed 8-bit weights and activations, MinMax calibration on the first 256 training images). "
+             "QDQ with signed 8-bit weights and unsigned 8-bit activations (U8S8), MinMax calibration on the first 256 "
+             "training images). The `int8 S8S8` row is the dense model quantised the same way but with signed "
+             "activations (the tool's default), timed in the same pass: why edgeprune uses U8S8 on x86-64. "
              "Size: the model.onnx file, raw and gzip. Latency: ONNX Runtime CPU p50, the six artifacts of a model "
              f"timed round-robin in one pass ({b1[2]} rounds × {b1[3]} runs at batch 1, {b32[2]} × {b32[3]} at "
              "batch 32, 1 thread). Accuracy: top-1 on 5,000 test images computed in ONNX Runtime from the "
@@ -145,7 +164,8 @@ def main() -> None:
              "| model | variant | precision | model.onnx (MiB) | gzip (MiB) | ORT b1 t1 p50 (ms) | ORT b32 t1 p50 (ms) "
              "| top-1 ORT (%) | top-1 PyTorch (%) | quantise (s) |", "|" + "---|" * 10]
     lines += [f"| {r['model']} | {r['variant']} | {r['precision']} | {r['bytes'] / 2**20:.3f} | "
-              f"{r['bytes_gzip'] / 2**20:.3f} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | {100 * r['accuracy_ort']:.2f} | "
+              f"{r['bytes_gzip'] / 2**20:.3f} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | "
+              + ("—" if r["accuracy_ort"] is None else f"{100 * r['accuracy_ort']:.2f}") + " | "
               + ("—" if r["accuracy_torch"] is None else f"{100 * r['accuracy_torch']:.2f}") + " | "
               + ("—" if r["quantize_s"] is None else f"{r['quantize_s']:.1f}") + " |" for r in rows]
     lines += ["", "Ratios (×: the reference / the artifact, higher is better; accuracy Δ: artifact − reference, "

@@ -242,6 +242,7 @@ def quantize_onnx(
     mode: str = "static",
     calibration: Iterable[np.ndarray] | None = None,
     per_channel: bool = False,
+    activations: str = "uint8",
 ) -> bytes:
     """An INT8 copy of an fp32 ONNX model, made by onnxruntime.quantization (never by hand).
 
@@ -250,7 +251,8 @@ def quantize_onnx(
     `quantize_static` in QDQ format, signed 8-bit weights and unsigned 8-bit activations (U8S8), activation
     ranges from MinMax calibration over `calibration` (float32 input batches). U8S8 rather than the tool's
     default S8S8: on x86-64 ONNX Runtime's integer kernels take U8S8 natively, and S8S8 made ResNet-20 2.4×
-    slower than fp32 at batch 1 where U8S8 made it 1.7× faster (benchmarks/results/quantize.md).
+    slower than fp32 at batch 1 where U8S8 made it 1.7× faster (benchmarks/results/quantize.md);
+    `activations="int8"` gives S8S8.
     "dynamic": `quantize_dynamic` on the pre-processed model: INT8 weights, activations quantised at run time.
     `per_channel` gives every output channel of a weight its own scale. The result is checked to load and run
     in ONNX Runtime.
@@ -266,6 +268,8 @@ def quantize_onnx(
 
     if mode not in QUANT_MODES:
         raise ExportError(f"unknown quantisation mode {mode!r}; use one of {', '.join(QUANT_MODES)}")
+    if activations not in ("uint8", "int8"):
+        raise ExportError(f"activations {activations!r}: use 'uint8' (U8S8) or 'int8' (S8S8)")
     if mode == "static" and calibration is None:
         raise ExportError("static quantisation needs calibration inputs (a few hundred training images)")
     with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
@@ -287,7 +291,8 @@ def quantize_onnx(
                         return None if x is None else {name: np.ascontiguousarray(x, dtype=np.float32)}
 
                 quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                                weight_type=QuantType.QInt8)
         data = out.read_bytes()
     ort_session(data)  # loads in the runtime that will run it, or raises here rather than on the device
     return data

@@ -342,7 +342,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
                           f"images of {source}; use at most that many")
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         t0 = time.perf_counter()
-        calibration = _first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
+        calibration = first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
         int8 = export.quantize_onnx(source / runs.ONNX, q["mode"], calibration, q["per_channel"])
         seconds = time.perf_counter() - t0
         runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
@@ -399,7 +399,7 @@ def _check_quantizable(source: Path, run_dir: Path, calibration: int | None, res
                           f"{made or 'run'} instead")
 
 
-def _first_images(loader: Iterable, n: int) -> Iterator:
+def first_images(loader: Iterable, n: int) -> Iterator:
     """The first `n` images `loader` yields, as float32 numpy batches."""
     for x, _ in loader:
         if n <= 0:

@@ -250,8 +250,9 @@ def quantize_onnx(
     which folds each BatchNormalization into its Conv so that the fused Conv is what gets quantised), then
     `quantize_static` in QDQ format, signed 8-bit weights and unsigned 8-bit activations (U8S8), activation
     ranges from MinMax calibration over `calibration` (float32 input batches). U8S8 rather than the tool's
-    default S8S8: on x86-64 ONNX Runtime's integer kernels take U8S8 natively, and S8S8 made ResNet-20 2.4×
-    slower than fp32 at batch 1 where U8S8 made it 1.7× faster (benchmarks/results/quantize.md);
+    default S8S8: on x86-64 ONNX Runtime's integer kernels take U8S8 natively; S8S8 made dense ResNet-20 2.0×
+    slower than fp32 at batch 1 where U8S8 made it 1.9× faster (on VGG-16 the two were alike;
+    benchmarks/results/quantize.md);
     `activations="int8"` gives S8S8.
     "dynamic": `quantize_dynamic` on the pre-processed model: INT8 weights, activations quantised at run time.
     `per_channel` gives every output channel of a weight its own scale. The result is checked to load and run

@@ -321,3 +321,66 @@ def test_retime_replaces_latencies_and_leaves_runs_alone(tmp_path, tiny, capsys)
     assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == before
     with pytest.raises(ConfigError, match="rounds >= 1"):
         report.Retime(rounds=0)
+
+
+def int8_copy(source, name, accuracy_loss=0.002):
+    """What `edgeprune quantize` writes: the source's report with an INT8 model.onnx a quarter of its size."""
+    rep = json.loads((source / "report.json").read_text())
+    p = rep["profile"]
+    p.update(precision="int8", bytes_onnx=p["bytes_onnx"] // 4, bytes_onnx_gzip=p["bytes_onnx_gzip"] // 4,
+             accuracy=p["accuracy"] - accuracy_loss, accuracy_runtime="onnxruntime")
+    cfg = json.loads((source / "config.json").read_text())
+    cfg.update(command="quantize", method={"name": "quantize", "source": str(source), "mode": "static"})
+    return write_run(source.parent / name, {**rep, "run": name, "source": str(source), "profile": p}, cfg)
+
+
+def with_onnx(folder, raw, gz):
+    rep = json.loads((folder / "report.json").read_text())
+    rep["profile"].update(bytes_onnx=raw, bytes_onnx_gzip=gz, accuracy_runtime="torch")
+    (folder / "report.json").write_text(json.dumps(rep))
+    return folder
+
+
+def test_int8_runs_pair_with_their_fp32_source_and_reconvene_int8_with_the_unstructured_fp32(tmp_path):
+    dense = with_onnx(dense_run(tmp_path / "dense"), 42_000, 40_000)
+    snip = with_onnx(pai_run(tmp_path / "snip-0.9", "snip", 0.9, 0.80), 42_000, 8_000)
+    rec = with_onnx(reconvene_run(tmp_path / "reconvene-0.9", 0.9, 0.797), 6_000, 5_000)
+    for run in (dense, snip, rec):
+        int8_copy(run, f"{run.name}-int8")
+    int8_copy(dense, "a-dense-int8")  # listed before the fp32 dense run: still not the ratios' reference
+    rows = {r.name: r for r in report.collect([tmp_path])}
+    assert {r.dense_run for r in rows.values()} == {"dense"}
+    assert rows["reconvene-0.9-int8"].size_x_onnx == pytest.approx(42_000 / 1_500)
+    found = {p.run.name: p.counterpart.name for p in report.pairs(list(rows.values()))}
+    assert found == {"reconvene-0.9": "snip-0.9", "reconvene-0.9-int8": "snip-0.9", "dense-int8": "dense",
+                     "a-dense-int8": "dense", "snip-0.9-int8": "snip-0.9"}
+    p = next(p for p in report.pairs(list(rows.values())) if p.run.name == "reconvene-0.9-int8")
+    assert (p.onnx_x, p.onnx_gzip_x) == (pytest.approx(28.0), pytest.approx(8_000 / 1_250))
+    assert p.accuracy_delta == pytest.approx(-0.5)
+    lines = report.headline(report.pairs(list(rows.values())))
+    assert "2 structured runs qualify" in lines[0]  # the Reconvene runs; an INT8 copy beside its source is not one
+    written = report.write_report([tmp_path], tmp_path / "out")
+    results = csv_rows(written["csv"])
+    assert (results["dense-int8"]["precision"], results["dense-int8"]["accuracy_runtime"]) == ("int8", "onnxruntime")
+    assert int(results["dense-int8"]["bytes_onnx"]) == 10_500 and float(results["dense-int8"]["size_x_onnx"]) == 4.0
+    assert results["dense"]["accuracy_runtime"] == "torch"
+
+
+def test_compare_table_names_precision_runtime_and_onnx_sizes(tmp_path):
+    from rich.console import Console
+
+    from edgeprune.measure import Profile
+
+    fp32 = Profile.from_dict({**profile(), "bytes_onnx": 4 * 2**20, "bytes_onnx_gzip": 3 * 2**20,
+                              "accuracy_runtime": "torch"})
+    int8 = Profile.from_dict({**profile(accuracy=0.895), "bytes_onnx": 2**20, "bytes_onnx_gzip": 2**19,
+                              "precision": "int8", "accuracy_runtime": "onnxruntime"})
+    console = Console(width=200, record=True)
+    console.print(report.profile_table({"fp32": fp32, "int8": int8}))
+    text = console.export_text()
+    assert re.search(r"precision \(model.onnx\)\s+│\s+fp32\s+│\s+int8", text)
+    assert "90.00 % (torch)" in text and "89.50 % (onnxruntime)" in text
+    assert "4.00 / 3.00 MiB" in text and "4.00× / 6.00×" in text
+    line = report.verdicts({"fp32": fp32, "int8": int8}, "side by side")[0]
+    assert "model.onnx 4.0× smaller (fp32 → int8; gzip 6.0×" in line
+    assert "accuracy -0.5 points (onnxruntime vs torch)" in line

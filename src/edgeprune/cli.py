@@ -130,6 +130,9 @@ NumClasses = Annotated[int | None, typer.Option(help="Check the data set has thi
 InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
+Quantize = Annotated[str | None, typer.Option(help="int8: also quantise the finished run's model.onnx (as "
+                                             "`edgeprune quantize RUN`: static, 256 calibration images) into the "
+                                             "run <name>-int8.")]
 Threads = Annotated[str, typer.Option(help="CPU threads of the heavy steps (pruning, training, surgery): a count, "
                                       "or auto (the CPUs this process may use that other processes leave free "
                                       "now). Recorded in the run; latency settings are separate (--measure-threads).")]
@@ -145,7 +148,7 @@ _TRAINING_OPTIONS = [
     ("in_channels", InChannels, None), ("device", Device, "cpu"), ("name", Name, None),
     ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False), ("resume", Resume, False),
     ("measure_batch", Ints, None), ("measure_threads", Ints, None), ("measure_runs", MeasureRuns, 30),
-    ("threads", Threads, "auto"),
+    ("threads", Threads, "auto"), ("quantize", Quantize, None),
 ]
 
 
@@ -190,9 +193,30 @@ def _start(command: str, args: dict, method: dict | None = None) -> None:
         cfg = jobs.from_trained(cfg)
         default = f"{Path(method['source']).name}-{method['name']}"
     run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
+    int8 = _quantize_after(a["quantize"], method, run_dir)
     with _progress() as progress:
         report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
     _print_report(report, run_dir)
+    if int8 is not None:
+        qcfg = jobs.quantize_config(run_dir, measure_runs=a["measure_runs"], threads=a["threads"])
+        with _progress() as progress:
+            report = jobs.quantize(qcfg, int8, overwrite=a["overwrite"], progress=progress)
+        _print_report(report, int8)
+
+
+def _quantize_after(precision: str | None, method: dict | None, run_dir: Path) -> Path | None:
+    """The run --quantize makes beside `run_dir` (None without it); refused before any work where it cannot."""
+    from . import runs
+    from .methods import registry
+
+    if precision is None:
+        return None
+    if precision != "int8":
+        raise ConfigError(f"--quantize {precision!r}: the precision edgeprune quantises to is int8")
+    if method and registry.get(method["name"]).kind == "levels":
+        raise ConfigError(f"--quantize makes one INT8 run; {method['name']} makes a run per level: quantise "
+                          "the levels you want with `edgeprune quantize RUN/level_NN` after it")
+    return runs.run_path(run_dir.parent, f"{run_dir.name}-int8")
 
 
 def _print_report(report, run_dir: Path) -> None:
@@ -552,18 +576,21 @@ def eval_cmd(
     data_root: DataRoot = None,
     test_subset: TestSubset = None,
     device: Device = "cpu",
+    runtime: Annotated[str, typer.Option(help="torch (the PyTorch model in model.pt) or onnxruntime (the run's "
+                                         "model.onnx, the artifact that ships; INT8 runs have only this).")]
+    = "torch",
 ) -> None:
     """Top-1 accuracy of a saved model on its data set's test split.
 
-    Example: [bold]edgeprune eval runs/demo[/]
+    Example: [bold]edgeprune eval runs/demo --runtime onnxruntime[/]
     """
     from . import jobs
 
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
     with _progress() as progress:
-        result = jobs.evaluate_saved(path, override, device=device, progress=progress)
-    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples): "
+        result = jobs.evaluate_saved(path, override, device=device, progress=progress, runtime=runtime)
+    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples, {result['runtime']}): "
                   f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
 
 
@@ -642,7 +669,7 @@ def rerun(
 # Commands of the deployment half (quantize, portfolio, serve, partition, ...) live in `edgeprune.commands.<name>`,
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
-COMMAND_MODULES: tuple[str, ...] = ("portfolio", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("portfolio", "quantize", "serve")
 # Run as `python -m edgeprune.cli`, this file is `__main__` and the command modules' `from ..cli import ...` load it
 # a second time as `edgeprune.cli`: only that copy registers them (registering from both would import a command
 # module while it is still being imported), and `__main__` hands over to it below.

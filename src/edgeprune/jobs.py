@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -377,15 +377,19 @@ def imp_levels(path: str | Path) -> list[Path]:
 def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int | None = None,
                   measure_runs: int | None = None, threads: str = "auto") -> RunConfig:
     """The config of a shrink of run `source`: its own config (an IMP level's is its parent's), re-aimed."""
-    source = Path(source)
-    own = source / runs.CONFIG
-    cfg = read_config(own if own.exists() else source.parent / runs.CONFIG)
+    cfg = source_config(source)
     cfg.command = "shrink"
     cfg.threads, cfg.threads_used = threads, None
     cfg.method = {"name": "dnnshifter", "source": str(source), "fold_constants": fold_constants, "round_to": round_to}
     if measure_runs is not None:
         cfg.measure.runs = measure_runs
     return cfg
+
+
+def source_config(source: str | Path) -> RunConfig:
+    """The config of run `source`: its own, or for an IMP level (which has none), its run's."""
+    own = Path(source) / runs.CONFIG
+    return read_config(own if own.exists() else Path(source).parent / runs.CONFIG)
 
 
 def _speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> float | None:
@@ -402,7 +406,114 @@ def _speedup(before: measure.Profile, after: measure.Profile) -> float | None:
     return a.p50_ms / b.p50_ms if a and b else None
 
 
-JOBS: dict[str, Callable[..., RunReport]] = {"train": train, "prune": prune, "shrink": shrink}
+DEFAULT_CALIBRATION = 256  # training images whose activation ranges a static quantisation is calibrated on
+
+
+def quantize_config(source: str | Path, mode: str = "static", calibration: int | None = None,
+                    per_channel: bool = False, measure_runs: int | None = None, threads: str = "auto") -> RunConfig:
+    """The config of an INT8 copy of run `source`: its own config (an IMP level's is its run's), re-aimed.
+    `calibration` (static only) defaults to DEFAULT_CALIBRATION training images."""
+    if mode not in export.QUANT_MODES:
+        raise ConfigError(f"--mode {mode!r} is not a quantisation mode; use {' or '.join(export.QUANT_MODES)}")
+    if mode == "dynamic" and calibration is not None:
+        raise ConfigError("--calibration applies to --mode static only (dynamic quantisation measures activation "
+                          "ranges at run time); drop it or use --mode static")
+    cfg = source_config(source)
+    cfg.command = "quantize"
+    cfg.threads, cfg.threads_used = threads, None
+    cfg.method = {"name": "quantize", "source": str(source), "mode": mode, "per_channel": per_channel,
+                  "calibration": (DEFAULT_CALIBRATION if calibration is None else calibration)
+                  if mode == "static" else None}
+    if measure_runs is not None:
+        cfg.measure.runs = measure_runs
+    return cfg
+
+
+def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+             progress: Reporter | None = None) -> RunReport:
+    """INT8 copy of the finished fp32 run `cfg.method["source"]` as a new run: its model.onnx quantised by ONNX
+    Runtime's tools (export.quantize_onnx), static quantisation calibrated on the first `calibration` training
+    images (un-augmented, in the run's fixed shuffle); measured in ONNX Runtime (latency, memory, top-1 on the
+    test split), and against the source's model.onnx, evaluated and timed side by side now. The source is only
+    read."""
+    q = cfg.method
+    source = Path(q["source"])
+    _check_quantizable(source, Path(run_dir), q.get("calibration"), resume)
+    src = read_report(source / runs.REPORT)
+    shape = tuple(src.last_profile.input_shape)
+    bundle = data.loaders(**{**cfg.data, "augment": False})  # calibration sees the images, not augmentations
+    if q["mode"] == "static" and q["calibration"] > len(bundle.train.dataset):
+        raise ConfigError(f"--calibration {q['calibration']} is more than the {len(bundle.train.dataset)} training "
+                          f"images of {source}; use at most that many")
+    with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
+        t0 = time.perf_counter()
+        calibration = first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
+        int8 = export.quantize_onnx(source / runs.ONNX, q["mode"], calibration, q["per_channel"])
+        seconds = time.perf_counter() - t0
+        runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
+        m = cfg.measure
+        # parameters, MACs and the fp32 state_dict sizes stay the source's (the weights it was quantised from);
+        # what ships, and so what is measured again, is the INT8 model.onnx
+        prof = replace(
+            src.last_profile, precision="int8", environment=measure.environment(),
+            latency=[measure.latency_onnx(int8, shape, b, t, m.runs, m.warmup) for b in m.batch_sizes
+                     for t in m.threads],
+            peak_memory_mb=measure.peak_inference_memory_mb(int8, shape) if m.memory else None,
+            accuracy=None, accuracy_data=None, accuracy_runtime=None)
+        prof.bytes_onnx, prof.bytes_onnx_gzip = measure.file_bytes(int8)
+        source_bytes = measure.file_bytes(source / runs.ONNX)
+        vs = {"bytes_onnx_x_smaller": source_bytes[0] / prof.bytes_onnx,
+              "bytes_onnx_gzip_x_smaller": source_bytes[1] / prof.bytes_onnx_gzip,
+              "ort_b1_speedup": _speedup_now(source, rf.path, shape), "ort_b1_timing": "side by side"}
+        if not bundle.synthetic:  # both artifacts on the same test images, in the runtime that ships them
+            before, after = (measure.evaluate_onnx(onnx, bundle.test, cfg.threads_used, progress)["accuracy"]
+                             for onnx in (source / runs.ONNX, int8))
+            prof.accuracy, prof.accuracy_data, prof.accuracy_runtime = after, bundle.name, "onnxruntime"
+            vs.update(accuracy_source_onnxruntime=before, accuracy_delta_pts=100 * (after - before))
+        report = replace(src, run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, profile=prof,
+                         source=str(source), vs_source=vs, details={"quantization": {
+                             "mode": q["mode"], "format": "QDQ" if q["mode"] == "static" else "QOperator",
+                             "weights": "int8", "activations": "uint8" if q["mode"] == "static" else "uint8, dynamic",
+                             "per_channel": q["per_channel"], "calibration_images": q["calibration"],
+                             "tool": "onnxruntime.quantization", "seconds": seconds}})
+        write_report(rf.path / runs.REPORT, report)  # once, last: an interrupted quantize never looks finished
+    return report
+
+
+def _check_quantizable(source: Path, run_dir: Path, calibration: int | None, resume: bool) -> None:
+    """One-line errors, before anything is written, for what cannot be quantised into `run_dir`."""
+    if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, int)
+                                    or calibration < 1):
+        raise ConfigError(f"--calibration {calibration!r}: static quantisation needs at least 1 calibration image "
+                          f"(a few hundred are typical; default {DEFAULT_CALIBRATION})")
+    if resume:
+        raise ConfigError("quantize has nothing to resume (it takes seconds); run it again with --overwrite")
+    target = run_dir.resolve()
+    if target == source.resolve() or target in source.resolve().parents:
+        raise ConfigError(f"quantize writes a new run; choose a --name other than the source {source.name!r}")
+    if not (source / runs.ONNX).is_file():
+        hint = (f"a whole IMP run: quantize one of its levels, e.g. {imp_levels(source)[-1]}" if is_imp_run(source)
+                else "it is unfinished or was not made by edgeprune train/prune/shrink; finish it (--resume) or "
+                     "rerun it (`edgeprune rerun`)")
+        raise ConfigError(f"{source} has no {runs.ONNX} to quantise: {hint}")
+    if not (source / runs.REPORT).is_file():
+        raise ConfigError(f"{source} is not finished (no {runs.REPORT}); finish it with --resume first")
+    if export.precision_of(source / runs.ONNX) != "fp32":
+        made = source_config(source).method.get("source") if (source / runs.CONFIG).is_file() else None
+        raise ConfigError(f"{source} is already quantised (its {runs.ONNX} is INT8); quantise its fp32 source "
+                          f"{made or 'run'} instead")
+
+
+def first_images(loader: Iterable, n: int) -> Iterator:
+    """The first `n` images `loader` yields, as float32 numpy batches."""
+    for x, _ in loader:
+        if n <= 0:
+            return
+        yield x[:n].numpy()
+        n -= len(x)
+
+
+JOBS: dict[str, Callable[..., RunReport]] = {"train": train, "prune": prune, "shrink": shrink, "quantize": quantize}
 
 
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False,
@@ -424,18 +535,37 @@ def load(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def evaluate_saved(path: str | Path, data_options: dict | None = None, device: str = "cpu",
-                   progress: Reporter | None = None) -> dict:
-    """Top-1 accuracy of a saved model on the test split of its data set (or `data_options`)."""
-    model, extra = load(path)
-    opts = {**extra.get("data", {}), **(data_options or {})}
+                   progress: Reporter | None = None, runtime: str = "torch") -> dict:
+    """Top-1 accuracy on the test split of the run's data set (or `data_options`) of a saved model: the PyTorch
+    model rebuilt from model.pt (`runtime` "torch"), or the run's model.onnx run in ONNX Runtime
+    ("onnxruntime": the artifact that ships, INT8 runs included). The result names the runtime."""
+    path = Path(path)
+    if runtime not in measure.RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r} is not a runtime; use {' or '.join(measure.RUNTIMES)}")
+    if runtime == "onnxruntime":
+        run = path.parent if path.is_file() else path
+        onnx = path if path.is_file() and path.suffix == ".onnx" else run / runs.ONNX
+        if not onnx.is_file():
+            raise ConfigError(f"{path} has no {runs.ONNX} to run in ONNX Runtime; pass a finished run folder")
+        saved = source_config(run).data
+    else:
+        if path.is_dir() and not (path / runs.MODEL).is_file() and (path / runs.ONNX).is_file():
+            raise ConfigError(f"{path} holds only an ONNX model (an INT8 run has no PyTorch model); evaluate it "
+                              "with --runtime onnxruntime")
+        model, extra = load(path)
+        saved = extra.get("data", {})
+    opts = {**saved, **(data_options or {})}
     if not opts:
         raise ConfigError(f"{path} records no data set; pass --dataset")
     bundle = data.loaders(**opts)
     if bundle.synthetic:
         raise ConfigError("synthetic data gives no meaningful accuracy; pass a real --dataset")
     t0 = time.perf_counter()
-    result = evaluate(model, bundle.test, device=device, progress=progress)
-    return {**result, "data": bundle.name, "seconds": time.perf_counter() - t0}
+    if runtime == "onnxruntime":
+        result = measure.evaluate_onnx(onnx, bundle.test, threads.resolve("auto"), progress=progress)
+    else:
+        result = evaluate(model, bundle.test, device=device, progress=progress)
+    return {**result, "data": bundle.name, "runtime": runtime, "seconds": time.perf_counter() - t0}
 
 
 def load_profile(run_dir: str | Path) -> measure.Profile:

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import masks as masks_mod
 from .errors import ConfigError, EdgePruneError
 from .masks import PRUNABLE
+from .progress import Reporter, reporter
 
 RUNTIMES = ("onnxruntime", "torch")
 
@@ -66,6 +67,11 @@ class Profile:
     accuracy: float | None = None
     accuracy_data: str | None = None
     environment: dict = field(default_factory=dict)
+    # which runtime computed `accuracy`: "torch" (the PyTorch model) or "onnxruntime" (the ONNX file that ships)
+    accuracy_runtime: str | None = None
+    precision: str = "fp32"  # of the deployable artifact, model.onnx: "fp32" or "int8"
+    bytes_onnx: int | None = None  # model.onnx, raw and gzip-compressed: the size that ships
+    bytes_onnx_gzip: int | None = None
 
     @property
     def sparsity(self) -> float:
@@ -147,8 +153,35 @@ def state_bytes(model: nn.Module) -> tuple[int, int]:
     """(bytes of the saved fp32 state_dict, bytes of the same gzip-compressed), masks baked in."""
     buf = io.BytesIO()
     torch.save(masks_mod.baked_copy(model).float().state_dict(), buf)
-    raw = buf.getvalue()
+    return file_bytes(buf.getvalue())
+
+
+def file_bytes(data: bytes | str | os.PathLike) -> tuple[int, int]:
+    """(bytes, bytes gzip-compressed at level 6) of a file's contents (bytes or a path)."""
+    raw = data if isinstance(data, bytes) else open(data, "rb").read()
     return len(raw), len(gzip.compress(raw, compresslevel=6))
+
+
+def evaluate_onnx(onnx_model: bytes | str | os.PathLike, loader: Iterable, threads: int = 1,
+                  progress: Reporter | None = None) -> dict:
+    """Mean cross-entropy and top-1 accuracy of an ONNX model run in ONNX Runtime (CPU, `threads` intra-op
+    threads) over `loader`: what train.evaluate gives for the PyTorch model, measured on the artifact."""
+    from .export import ort_session
+
+    sess = ort_session(onnx_model, threads)
+    name = sess.get_inputs()[0].name
+    report = reporter(progress)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    seen = correct = 0
+    loss_sum = 0.0
+    for i, (x, y) in enumerate(loader):
+        out = torch.from_numpy(sess.run(None, {name: x.numpy().astype(np.float32, copy=False)})[0])
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += int((out.argmax(1) == y).sum())
+        seen += y.numel()
+        report.update("evaluate (onnxruntime)", i + 1, total)
+    report.end("evaluate (onnxruntime)")
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
 
 
 def _percentiles(times_ms: list[float]) -> tuple[float, float, float, float]:
@@ -378,6 +411,8 @@ def profile(
     )
     if "onnxruntime" in runtimes or memory:
         onnx_model = onnx_model if onnx_model is not None else to_onnx_bytes(model, input_shape)
+    if onnx_model is not None:
+        prof.bytes_onnx, prof.bytes_onnx_gzip = file_bytes(onnx_model)
     for rt in runtimes:
         for b in batch_sizes:
             for t in threads:
@@ -389,7 +424,7 @@ def profile(
         prof.peak_memory_mb = peak_inference_memory_mb(onnx_model, input_shape)
     if loader is not None:
         prof.accuracy = evaluate(model, loader, device=device)["accuracy"]
-        prof.accuracy_data = data_name
+        prof.accuracy_data, prof.accuracy_runtime = data_name, "torch"
     return prof
 
 

@@ -62,6 +62,7 @@ class RunRow:
     compression: float | None = None  # dense prunable weights / remaining prunable weights
     size_x_fp32: float | None = None
     size_x_gzip: float | None = None
+    size_x_onnx: float | None = None  # the deployable model.onnx, whatever its precision
     speedup: float | None = None  # ONNX Runtime p50, batch 1, 1 thread
     accuracy_delta: float | None = None  # percentage points
 

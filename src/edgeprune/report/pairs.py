@@ -1,5 +1,6 @@
-"""How runs relate: every run to the dense run of its model and data set (the ratios in the tables), a
-DNNShifter run to the sparse run it shrank, and a Reconvene run to the unstructured run it stands in for."""
+"""How runs relate: every run to the dense fp32 run of its model and data set (the ratios in the tables), a
+DNNShifter run to the sparse run it shrank, an INT8 run to the fp32 run it was quantised from, and a Reconvene run
+(of either precision) to the unstructured fp32 run it stands in for."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _dense_ratios(rows: list[RunRow]) -> None:
     dense: dict[tuple, RunRow] = {}
     shapes: dict[tuple, dict[str, list[int]]] = {}
     for r in rows:
-        if r.method == "dense":
+        if r.method == "dense" and r.profile.precision == "fp32":
             dense.setdefault(group_key(r), r)
         shapes.setdefault(group_key(r), {}).update({**_masked_shapes(r), **r.dense_layers})
     for r in rows:
@@ -55,6 +56,7 @@ def _dense_ratios(rows: list[RunRow]) -> None:
         r.compression = p.prunable_params / q.prunable_nonzero if q.prunable_nonzero else None
         r.size_x_fp32 = p.bytes_fp32 / q.bytes_fp32
         r.size_x_gzip = p.bytes_gzip / q.bytes_gzip
+        r.size_x_onnx = p.bytes_onnx / q.bytes_onnx if p.bytes_onnx and q.bytes_onnx else None
         t0, t1 = d.latency_ms(*MAIN_LATENCY), r.latency_ms(*MAIN_LATENCY)
         r.speedup = t0 / t1 if t0 and t1 else None
         if p.accuracy is not None and q.accuracy is not None:
@@ -75,6 +77,14 @@ class Pair:
     @property
     def size_x(self) -> float:
         return self.counterpart.profile.bytes_fp32 / self.run.profile.bytes_fp32
+
+    @property
+    def onnx_x(self) -> float | None:  # the deployable files, whatever their precision
+        return self._ratio(self.counterpart.profile.bytes_onnx, self.run.profile.bytes_onnx)
+
+    @property
+    def onnx_gzip_x(self) -> float | None:
+        return self._ratio(self.counterpart.profile.bytes_onnx_gzip, self.run.profile.bytes_onnx_gzip)
 
     @property
     def params_x(self) -> float:
@@ -110,8 +120,8 @@ def pairs(rows: list[RunRow]) -> list[Pair]:
         if r.method.startswith("reconvene"):
             want = {k: v for k, v in r.options_full.items() if k in pai_keys}
             match = [c for c in rows if c.method == want.get("criterion") and group_key(c) == group_key(r)
-                     and c.budget == r.budget and c.options_full == want]
-        elif r.method == "dnnshifter" and r.source:
+                     and c.budget == r.budget and c.options_full == want and c.profile.precision == "fp32"]
+        elif (r.method == "dnnshifter" or r.profile.precision != "fp32") and r.source:
             match = [c for c in rows if c is not r and _same_run(c.path, Path(r.source))]
         else:
             continue
@@ -124,6 +134,7 @@ def headline(ps: list[Pair], tolerance: float = 0.5) -> list[str]:
     """Per model: the largest size and batch-1 latency gains over the counterpart among the pairs that
     keep its accuracy within `tolerance` points."""
     out = []
+    ps = [p for p in ps if p.run.method != p.counterpart.method]  # an INT8 copy beside its source is not structure
     for model in dict.fromkeys(p.run.model for p in ps):
         mine = [p for p in ps if p.run.model == model]
         fair = [p for p in mine if p.accuracy_delta is not None and p.accuracy_delta >= -tolerance]

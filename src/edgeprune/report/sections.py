@@ -12,8 +12,9 @@ from .pairs import Pair, headline, pairs
 from .plots import Plot, accuracy_plots, layer_runs, layers_figure, steps_figure
 
 PAIRS_TITLE = "Structured runs against their counterparts"
-PAIRS_TEXT = ("Each Reconvene run against the unstructured run of the same criterion, sparsity, model, data and "
-              "training budget, and each DNNShifter run against the sparse run it shrank: ×-figures are counterpart "
+PAIRS_TEXT = ("Each Reconvene run (fp32 or INT8) against the unstructured fp32 run of the same criterion, sparsity, "
+              "model, data and training budget, each DNNShifter run against the sparse run it shrank, and each other "
+              "INT8 run against the fp32 run it was quantised from: ×-figures are counterpart "
               "/ run (higher is better), accuracy Δ is run − counterpart in points. Speed-up efficiency = ONNX "
               "Runtime batch-1 speed-up / dense-MACs ratio: how much of the MACs saving reaches the runtime.")
 

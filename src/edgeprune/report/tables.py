@@ -36,7 +36,9 @@ def profile_table(profiles: dict[str, Profile], title: str = "profile") -> Table
     def row(name: str, fmt) -> None:
         table.add_row(name, *(fmt(p) for p in ps))
 
-    row("top-1 accuracy", lambda p: "—" if p.accuracy is None else f"{100 * p.accuracy:.2f} %")
+    row("precision (model.onnx)", lambda p: p.precision)
+    row("top-1 accuracy", lambda p: "—" if p.accuracy is None else
+        f"{100 * p.accuracy:.2f} %" + (f" ({p.accuracy_runtime})" if p.accuracy_runtime else ""))
     row("parameters", lambda p: _si(p.params))
     row("non-zero parameters", lambda p: _si(p.nonzero_params))
     row("sparsity (conv/linear)", lambda p: f"{100 * p.sparsity:.1f} %")
@@ -44,6 +46,8 @@ def profile_table(profiles: dict[str, Profile], title: str = "profile") -> Table
     row("MACs (effective)", lambda p: _si(p.effective_macs))
     row("size fp32", lambda p: f"{p.bytes_fp32 / 2**20:.2f} MiB")
     row("size gzip", lambda p: f"{p.bytes_gzip / 2**20:.2f} MiB")
+    row("model.onnx (raw / gzip)", lambda p: "—" if p.bytes_onnx is None else
+        f"{p.bytes_onnx / 2**20:.2f} / {p.bytes_onnx_gzip / 2**20:.2f} MiB")
     keys = sorted({(t.runtime, t.batch_size, t.threads) for p in ps for t in p.latency})
     for rt, b, th in keys:
         def fmt(p: Profile, rt=rt, b=b, th=th) -> str:
@@ -69,6 +73,8 @@ def _ratio_rows(table: Table, ps: list[Profile], keys: list[tuple]) -> None:
     table.add_row("  compression (non-zero params)", *(ratio(base.nonzero_params, p.nonzero_params) for p in ps))
     table.add_row("  size ×smaller (fp32 / gzip)", *(
         f"{ratio(base.bytes_fp32, p.bytes_fp32)} / {ratio(base.bytes_gzip, p.bytes_gzip)}" for p in ps))
+    table.add_row("  model.onnx ×smaller (raw / gzip)", *(
+        f"{ratio(base.bytes_onnx, p.bytes_onnx)} / {ratio(base.bytes_onnx_gzip, p.bytes_onnx_gzip)}" for p in ps))
     table.add_row("  MACs ×fewer (dense / effective)", *(
         f"{ratio(base.macs, p.macs)} / {ratio(base.effective_macs, p.effective_macs)}" for p in ps))
     for rt, b, th in keys:
@@ -92,11 +98,18 @@ def verdicts(profiles: dict[str, Profile], timing: str) -> list[str]:
         t = p.latency_of(*MAIN_LATENCY)
         words = [f"{base.bytes_fp32 / p.bytes_fp32:.1f}× smaller ({base.params / p.params:.1f}× fewer parameters, "
                  f"{base.nonzero_params / max(p.nonzero_params, 1):.1f}× fewer non-zero)"]
+        if base.bytes_onnx and p.bytes_onnx and (base.precision, p.precision) != ("fp32", "fp32"):
+            words[0] = (f"model.onnx {base.bytes_onnx / p.bytes_onnx:.1f}× smaller ({base.precision} → {p.precision}; "
+                        f"gzip {base.bytes_onnx_gzip / p.bytes_onnx_gzip:.1f}×; "
+                        f"{base.params / p.params:.1f}× fewer parameters)")
         if t0 and t:
             x = t0.p50_ms / t.p50_ms
             words.append(f"{x:.2f}× {'faster' if x >= 1 else 'slower'} at batch 1 ({timing})")
         if p.accuracy is not None and base.accuracy is not None:
-            words.append(f"accuracy {100 * (p.accuracy - base.accuracy):+.1f} points")
+            how = {base.accuracy_runtime, p.accuracy_runtime} - {None}
+            words.append(f"accuracy {100 * (p.accuracy - base.accuracy):+.1f} points"
+                         + (f" ({' vs '.join(r or '?' for r in (p.accuracy_runtime, base.accuracy_runtime))})"
+                            if len(how) > 1 else ""))
         lines.append(f"{name} vs {first}: " + ", ".join(words))
     return lines
 
@@ -133,6 +146,7 @@ def columns(rows: list[RunRow], data_column: bool) -> list[Column]:
         Column("model", "model", lambda r: r.model),
         Column("method", "method", lambda r: r.method),
         Column("options", "options", lambda r: r.options),
+        Column("precision", "precision", lambda r: r.profile.precision),
         Column("sparsity_requested", "sparsity req. (%)", lambda r: r.sparsity_requested, _f(".1f", 100)),
         Column("sparsity_measured", "sparsity meas. (%)", lambda r: r.sparsity_measured, _f(".1f", 100)),
         Column("params", "params (M)", lambda r: r.profile.params, _f(".3f", 1e-6)),
@@ -141,14 +155,18 @@ def columns(rows: list[RunRow], data_column: bool) -> list[Column]:
         Column("macs_effective", "MACs eff. (M)", lambda r: r.profile.effective_macs, _f(".2f", 1e-6)),
         Column("bytes_fp32", "fp32 (MiB)", lambda r: r.profile.bytes_fp32, _f(".3f", 2**-20)),
         Column("bytes_gzip", "gzip (MiB)", lambda r: r.profile.bytes_gzip, _f(".3f", 2**-20)),
+        Column("bytes_onnx", "model.onnx (MiB)", lambda r: r.profile.bytes_onnx, _f(".3f", 2**-20)),
+        Column("bytes_onnx_gzip", "model.onnx gzip (MiB)", lambda r: r.profile.bytes_onnx_gzip, _f(".3f", 2**-20)),
         *(latency(*k) for k in _latency_keys(rows)),
         Column("accuracy", "accuracy (%)", lambda r: r.accuracy, _f(".2f", 100)),
+        Column("accuracy_runtime", "accuracy by", lambda r: r.profile.accuracy_runtime),
         Column("prune_s", "prune (s)", lambda r: r.prune_seconds, _f(".3g")),
         Column("train_s", "train (s)", lambda r: r.train_seconds, _f(".1f")),
         Column("dense_run", "vs dense run", lambda r: r.dense_run),
         Column("compression_x", "compression (×)", lambda r: r.compression, _f(".2f")),
         Column("size_x_fp32", "size fp32 (×)", lambda r: r.size_x_fp32, _f(".2f")),
         Column("size_x_gzip", "size gzip (×)", lambda r: r.size_x_gzip, _f(".2f")),
+        Column("size_x_onnx", "model.onnx (×)", lambda r: r.size_x_onnx, _f(".2f")),
         Column("speedup_x", "ORT b1 t1 speed-up (×)", lambda r: r.speedup, _f(".2f")),
         Column("accuracy_delta_pts", "accuracy Δ (pts)", lambda r: r.accuracy_delta, _f("+.2f")),
     ]
@@ -166,11 +184,14 @@ def pair_columns(ps: list[Pair], data_column: bool) -> list[Column]:
     cols += [
         Column("model", "model", lambda p: p.run.model),
         Column("method", "method", lambda p: p.run.method),
+        Column("precision", "precision", lambda p: f"{p.run.profile.precision} vs {p.counterpart.profile.precision}"),
         Column("sparsity_requested", "sparsity req. (%)", lambda p: p.run.sparsity_requested, _f(".1f", 100)),
         Column("accuracy", "accuracy (%)", lambda p: p.run.accuracy, _f(".2f", 100)),
         Column("accuracy_delta_pts", "Δ accuracy (pts)", lambda p: p.accuracy_delta, _f("+.2f")),
         Column("params_x", "params (×fewer)", lambda p: p.params_x, _f(".2f")),
         Column("size_x_fp32", "size fp32 (×smaller)", lambda p: p.size_x, _f(".2f")),
+        Column("onnx_x", "model.onnx (×smaller)", lambda p: p.onnx_x, _f(".2f")),
+        Column("onnx_gzip_x", "model.onnx gzip (×smaller)", lambda p: p.onnx_gzip_x, _f(".2f")),
         Column("macs_x", "MACs (×fewer)", lambda p: p.macs_x, _f(".2f")),
         *(Column(f"latency_x_b{b}_t{t}", f"ORT b{b} t{t} (×faster)", lambda p, b=b, t=t: p.latency_x(b, t), _f(".2f"))
           for b, t in settings),

@@ -618,7 +618,7 @@ def rerun(
 # Commands of the deployment half (quantize, portfolio, serve, partition, ...) live in `edgeprune.commands.<name>`,
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("partition",)
 for _name in COMMAND_MODULES:
     __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)
 

@@ -386,3 +386,15 @@ def test_partition_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(Path(edgeprune.__file__).parents[1])))
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.skipif(not _quota_works() or _namespaces_work() is not None,
+                    reason="needs root, a writable cgroup cpu controller and `ip netns`")
+def test_tier_quota_is_applied_from_outside_the_namespace(small_onnx):
+    """Inside `ip netns exec` /sys has no cgroup mounts: the orchestrator puts each tier's process under its quota."""
+    data, _ = small_onnx
+    rec = _record(data, TWO, constraints=[plan.Constraint("split", lambda p: p.stages[0].stop == 6)])
+    rec["tiers"]["dev"]["device"] = {"cpu_quota": 0.5}
+    got = offload.execute(data, rec, rank=1, runs=2, warmup=0)
+    assert got["link"] == "namespaces+veth, tc tbf" and got["max_abs_error"] <= 1e-5
+    assert not list(emulate.cpu_controller()[1].glob(f"edgeprune-{os.getpid()}-*"))

@@ -85,7 +85,12 @@ class CpuQuota:
 
     def enter(self) -> None:
         self._home = self._home or _current_cgroup(self.root, self.version)
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+        self.add(os.getpid())
+
+    def add(self, pid: int) -> None:
+        """Put process `pid` (all its threads) under the quota. A process in a network namespace of its own cannot
+        do this itself: `ip netns exec` gives it a fresh /sys, without the cgroup mounts."""
+        (self.path / "cgroup.procs").write_text(str(pid))
 
     def leave(self) -> None:
         if self._home is not None:

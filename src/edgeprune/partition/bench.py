@@ -84,11 +84,13 @@ def run(
     outs = chain(None)
     calls = {"whole": lambda: whole.run(None, {seg.input: x})}
     tl_cuts = [i for i, a in enumerate(outs[:-1]) if transfer.eligible(a.shape[1:])]
+    tl_bytes = {}
     for i in tl_cuts:
         shape = outs[i].shape[1:]
         down = ort_session(transfer.down_layer(shape, seg.model).SerializeToString(), threads)
         up = ort_session(transfer.up_layer(shape, seg.model).SerializeToString(), threads)
         pooled = down.run(None, {transfer.DOWN_IN: outs[i]})[0]
+        tl_bytes[i] = int(pooled.nbytes)
         calls[f"tl down {i}"] = lambda s=down, a=outs[i]: s.run(None, {transfer.DOWN_IN: a})
         calls[f"tl up {i}"] = lambda s=up, a=pooled: s.run(None, {transfer.UP_IN: a})
 
@@ -122,7 +124,7 @@ def run(
             "output": seg.boundary(i + 1), "output_op": nodes[-1].op_type, "output_shape": list(out.shape[1:]),
             "output_bytes": int(out.nbytes), "ms": ms[f"block {i}"],
             "median_ms": float(np.median(times[f"block {i}"])),
-            "tl": ({"bytes": int(out.nbytes) // 4, "down_ms": ms[f"tl down {i}"], "up_ms": ms[f"tl up {i}"]}
+            "tl": ({"bytes": tl_bytes[i], "down_ms": ms[f"tl down {i}"], "up_ms": ms[f"tl up {i}"]}
                    if i in tl_cuts else None),
         })
     total = sum(b["ms"] for b in blocks)

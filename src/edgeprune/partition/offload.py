@@ -112,16 +112,9 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    quota = emulate.CpuQuota(args.cpu_quota) if args.cpu_quota else None
-    if quota is not None:
-        quota.enter()
     app = make_app(args.model, args.threads, _Link(args.rtt_ms, args.modelled_mbps), args.next_url,
                    _Link(args.next_rtt_ms, args.next_modelled_mbps))
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    finally:
-        if quota is not None:
-            quota.close()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 def _device(args: argparse.Namespace) -> None:
@@ -129,41 +122,35 @@ def _device(args: argparse.Namespace) -> None:
 
     from ..export import ort_session
 
-    quota = emulate.CpuQuota(args.cpu_quota) if args.cpu_quota else None
-    try:
-        if quota is not None:
-            quota.enter()
-        sess = ort_session(Path(args.model), args.threads) if args.model else None
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-        x = np.random.default_rng(args.seed).standard_normal((1, *shape)).astype(np.float32)
-        link = _Link(args.rtt_ms, args.modelled_mbps)
-        client = httpx.Client(timeout=600) if args.url else None
-        if client is not None:
-            _wait_ready(client, args.url)
+    sess = ort_session(Path(args.model), args.threads) if args.model else None
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    x = np.random.default_rng(args.seed).standard_normal((1, *shape)).astype(np.float32)
+    link = _Link(args.rtt_ms, args.modelled_mbps)
+    client = httpx.Client(timeout=600) if args.url else None
+    if client is not None:
+        _wait_ready(client, args.url)
 
-        def once() -> np.ndarray:
-            a = sess.run(None, {sess.get_inputs()[0].name: x})[0] if sess is not None else x
-            if client is None:
-                return a
-            body, headers = _encode(a)
-            link.before_send(len(body))
-            r = client.post(f"{args.url}/segment", content=body, headers=headers)
-            if r.status_code != 200:
-                raise OffloadError(f"{args.url} answered {r.status_code}: {r.text[:300]}")
-            return _decode(r.content, r.headers["x-shape"])
+    def once() -> np.ndarray:
+        a = sess.run(None, {sess.get_inputs()[0].name: x})[0] if sess is not None else x
+        if client is None:
+            return a
+        body, headers = _encode(a)
+        link.before_send(len(body))
+        r = client.post(f"{args.url}/segment", content=body, headers=headers)
+        if r.status_code != 200:
+            raise OffloadError(f"{args.url} answered {r.status_code}: {r.text[:300]}")
+        return _decode(r.content, r.headers["x-shape"])
 
-        for _ in range(args.warmup):
-            out = once()
-        times = []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            out = once()
-            times.append((time.perf_counter() - t0) * 1e3)
-        np.save(Path(args.out).with_suffix(".npy"), out)
-        Path(args.out).write_text(json.dumps({"latencies_ms": times}))
-    finally:
-        if quota is not None:
-            quota.close()
+    sys.stdin.readline()  # "go": the orchestrator has put this process under its tier's CPU quota
+    for _ in range(args.warmup):
+        out = once()
+    times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        out = once()
+        times.append((time.perf_counter() - t0) * 1e3)
+    np.save(Path(args.out).with_suffix(".npy"), out)
+    Path(args.out).write_text(json.dumps({"latencies_ms": times}))
 
 
 def _wait_ready(client, url: str) -> None:
@@ -185,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         s = sub.add_parser(name)
         s.add_argument("--model", default=None)
         s.add_argument("--threads", type=int, default=1)
-        s.add_argument("--cpu-quota", type=float, default=None)
         s.add_argument("--rtt-ms", type=float, default=0.0)
         s.add_argument("--modelled-mbps", type=float, default=None)
     serve, device = sub.choices["serve"], sub.choices["device"]
@@ -254,7 +240,18 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]),
                                                        os.environ.get("PYTHONPATH", "")]))
     procs: list[subprocess.Popen] = []
+    quotas: list[emulate.CpuQuota] = []
     chain = None
+
+    def start(cmd: list[str], k: int, **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+        procs.append(proc)
+        fraction = tiers[stages[k]["tier"]]["device"].get("cpu_quota")
+        if fraction:  # from here, where the cgroup mounts are visible (see CpuQuota.add)
+            quotas.append(emulate.CpuQuota(fraction, name=f"edgeprune-{os.getpid()}-{k}"))
+            quotas[-1].add(proc.pid)
+        return proc
+
     with tempfile.TemporaryDirectory(prefix="edgeprune-partition-") as tmp:
         folder = Path(tmp)
         models = segment_models(onnx_model, plan, folder)
@@ -277,7 +274,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                     cmd += ["--next-url", url[k + 1], "--next-rtt-ms", str(hop_links[k]["rtt_ms"])]
                     if modelled:
                         cmd += ["--next-modelled-mbps", str(hop_links[k]["bandwidth_mbps"])]
-                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                start(cmd, k)
             out = folder / "device.json"
             cmd = [*prefix(0), sys.executable, "-m", __name__, "device", *_tier_args(stages[0], tiers, models[0]),
                    "--input-shape", ",".join(map(str, record["input_shape"])), "--runs", str(runs),
@@ -287,10 +284,10 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 if modelled:
                     cmd += ["--modelled-mbps", str(hop_links[0]["bandwidth_mbps"])]
             progress.note(f"running plan {rank}: {plan['label']} ({runs} requests)")
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise OffloadError(f"the device process failed: {_last_line(done.stderr)}"
-                                   f"{_servers_said(procs)}")
+            device = start(cmd, 0, stdin=subprocess.PIPE)
+            _, stderr = device.communicate("go\n")
+            if device.returncode != 0:
+                raise OffloadError(f"the device process failed: {_last_line(stderr)}{_servers_said(procs[:-1])}")
             times = json.loads(out.read_text())["latencies_ms"]
             final = np.load(out.with_suffix(".npy"))
             netem = chain.netem if chain is not None else False
@@ -303,6 +300,8 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+            for q in quotas:
+                q.close()
             if chain is not None:
                 chain.close()
     ref = _reference(onnx_model, record["input_shape"])
@@ -320,12 +319,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
 
 def _tier_args(stage: dict, tiers: dict, model: Path | None) -> list[str]:
     t = tiers[stage["tier"]]
-    args = ["--threads", str(t["threads"])]
-    if model is not None:
-        args += ["--model", str(model)]
-    if t["device"].get("cpu_quota"):
-        args += ["--cpu-quota", str(t["device"]["cpu_quota"])]
-    return args
+    return ["--threads", str(t["threads"])] + (["--model", str(model)] if model is not None else [])
 
 
 def _reference(onnx_model: bytes, input_shape: Sequence[int]) -> np.ndarray:

@@ -398,3 +398,24 @@ def test_tier_quota_is_applied_from_outside_the_namespace(small_onnx):
     got = offload.execute(data, rec, rank=1, runs=2, warmup=0)
     assert got["link"] == "namespaces+veth, tc tbf" and got["max_abs_error"] <= 1e-5
     assert not list(emulate.cpu_controller()[1].glob(f"edgeprune-{os.getpid()}-*"))
+
+
+def test_transfer_layer_finetune_trains_only_the_edge_part():
+    from edgeprune import models
+    from edgeprune.partition import finetune
+    from edgeprune.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = models.create("vgg11", num_classes=3, in_channels=1).eval()
+    got = finetune.cuts(model, (1, 16, 16))
+    # 16 -> conv 16 -> pool 8 -> conv 8 -> pool 4 -> conv, conv 4 -> pool 2 -> conv, conv 2 -> pool 1 (not eligible)
+    assert [s[1:] for _, s in got] == [(16, 16), (8, 8), (8, 8), (4, 4), (4, 4), (4, 4), (2, 2), (2, 2), (2, 2)]
+    x = torch.randn(24, 1, 16, 16)
+    y = torch.randint(0, 3, (24,))
+    data = list(zip(x.split(8), y.split(8), strict=True))
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    r = finetune.finetune_cut(model, got[3][0], data, data, TrainConfig(epochs=1, lr=0.01))
+    assert r["shape"] == [128, 2, 2] and 0 <= r["accuracy_after"] <= 1
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the model given is untouched
+    with pytest.raises(Exception, match="not a chain of layers"):
+        finetune.chain(models.create("tv:resnet18"))

@@ -2,14 +2,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import randomize_bn, small_vgg
 from onnx import TensorProto, helper
 from torch import nn
 
 from edgeprune import models, segments
 from edgeprune.errors import UnsupportedModelError
 from edgeprune.export import ort_session, to_onnx_bytes
-
-from conftest import randomize_bn, small_vgg
 
 
 def _exported(model: nn.Module, shape: tuple[int, ...]) -> bytes:

@@ -287,15 +287,17 @@ def _namespaces_work() -> str | None:
 
 
 @pytest.mark.skipif(_namespaces_work() is not None, reason=f"real links need root and `ip netns`: {_namespaces_work()}")
-def test_run_over_namespaces_shapes_the_link_and_cleans_up(small_onnx):
-    data, _ = small_onnx
-    slow = ({"dev": "device", "edge": "edge"}, {frozenset(("dev", "edge")): plan.Link("dev", "edge", 10.0, 0.5)})
-    send_input = [plan.Constraint("send the input", lambda p: p.stages[0].stop == 0)]
-    rec = _record(data, slow, constraints=send_input)
-    got = offload.execute(data, rec, rank=1, runs=3, warmup=1)
+def test_run_over_namespaces_shapes_the_link_and_cleans_up():
+    torch.manual_seed(0)
+    data = to_onnx_bytes(randomize_bn(small_vgg()).eval(), (1, 64, 64))
+    link = ({"dev": "device", "edge": "edge"}, {frozenset(("dev", "edge")): plan.Link("dev", "edge", 10.0, 4.0)})
+    after_conv = [plan.Constraint("split 1", lambda p: p.stages[0].stop == 1 and len(p.stages) == 2)]
+    rec = _record(data, link, constraints=after_conv) | {"input_shape": [1, 64, 64]}
+    got = offload.execute(data, rec, rank=1, runs=2, warmup=1)
     assert got["link"] == "namespaces+veth, tc tbf" and got["max_abs_error"] <= 1e-5
-    # 256 input bytes over tbf at 0.5 Mbit/s, plus 10 ms slept: at least 14 ms; far less than a second
-    assert 14 <= got["measured_ms"] < 1000
+    # 16x64x64 floats (262 kB) at 4 Mbit/s take 0.52 s, less the 16 kB bucket tbf lets through at once
+    shaped_ms = (16 * 64 * 64 * 4 - 16_000) * 8 / 4e6 * 1e3
+    assert shaped_ms <= got["measured_ms"] < 3 * shaped_ms
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"ep{os.getpid() % 100000}-" not in left
 

@@ -194,11 +194,15 @@ def _operator_of(e: Exception) -> str:
     return f" at operator {m.group(1)}" if m else ""
 
 
-def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):
+def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1, spin: bool = True):
+    """A CPU session with `threads` intra-op threads. spin=False stops idle worker threads from spinning, for
+    sessions run one after another (a chain of blocks): a spinning worker takes the cores of the next session."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3

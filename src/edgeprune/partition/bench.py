@@ -60,16 +60,18 @@ def run(
     cut, then the whole model. `runs` samples after `warmup`. A block's time (`ms`) is the mean of its samples, its
     median is recorded beside it: what adds up along a chain is the expected time, and the median of a short block
     leaves out the preemptions (on a shared machine) and CFS throttles (under a quota) that a longer run of blocks
-    cannot escape; the sum of medians fell 2.3x short of the whole model's time on a busy 2-core machine. With a
-    quota, its achieved slowdown on the whole model is measured and recorded."""
+    cannot escape; the sum of medians fell 2.3x short of the whole model's time on a busy 2-core machine. Worker
+    threads do not spin between calls (with spinning, each block's idle workers took the cores of the next block, and
+    2-thread blocks ran up to 10x slower than in one session). With a quota, its achieved slowdown on the whole model
+    is measured and recorded."""
     if runs < 30:
         raise ConfigError(f"--runs {runs}: a block's median needs at least 30 timed runs")
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     progress = reporter(progress)
     seg = segments.load(onnx_model, name)
-    sessions = [ort_session(seg.block(i).SerializeToString(), threads) for i in range(seg.n_blocks)]
-    whole = ort_session(onnx_model, threads)
+    sessions = [ort_session(seg.block(i).SerializeToString(), threads, spin=False) for i in range(seg.n_blocks)]
+    whole = ort_session(onnx_model, threads, spin=False)
     x = np.random.default_rng(seed).standard_normal((1, *seg.input_shape)).astype(np.float32)
 
     def chain(times: dict[str, list[float]] | None) -> list[np.ndarray]:
@@ -87,8 +89,8 @@ def run(
     tl_bytes = {}
     for i in tl_cuts:
         shape = outs[i].shape[1:]
-        down = ort_session(transfer.down_layer(shape, seg.model).SerializeToString(), threads)
-        up = ort_session(transfer.up_layer(shape, seg.model).SerializeToString(), threads)
+        down = ort_session(transfer.down_layer(shape, seg.model).SerializeToString(), threads, spin=False)
+        up = ort_session(transfer.up_layer(shape, seg.model).SerializeToString(), threads, spin=False)
         pooled = down.run(None, {transfer.DOWN_IN: outs[i]})[0]
         tl_bytes[i] = int(pooled.nbytes)
         calls[f"tl down {i}"] = lambda s=down, a=outs[i]: s.run(None, {transfer.DOWN_IN: a})

@@ -71,7 +71,7 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
 
     from ..export import ort_session
 
-    sess = ort_session(Path(model), threads) if model else None
+    sess = ort_session(Path(model), threads, spin=False) if model else None
     client = httpx.Client(timeout=600) if next_url else None
     app = FastAPI(title="edgeprune partition tier")
 
@@ -122,7 +122,7 @@ def _device(args: argparse.Namespace) -> None:
 
     from ..export import ort_session
 
-    sess = ort_session(Path(args.model), args.threads) if args.model else None
+    sess = ort_session(Path(args.model), args.threads, spin=False) if args.model else None
     shape = tuple(int(v) for v in args.input_shape.split(","))
     x = np.random.default_rng(args.seed).standard_normal((1, *shape)).astype(np.float32)
     link = _Link(args.rtt_ms, args.modelled_mbps)

@@ -17,7 +17,9 @@ prints the smallest cut / input byte ratio of the in-house VGG-16 at 1x28x28 to 
 
     sudo nice -n 5 env PYTHONPATH=src .venv/bin/python benchmarks/partition.py     # about 40 min on 2 busy cores
 
-Results: benchmarks/results/partition.{md,json}, partition_plans_<model>.png, partition_tl_sweep.png.
+Results: benchmarks/results/partition.{md,json}, partition_plans_<model>_<bw>.png, partition_tl_sweep.png.
+With --pruned: the in-house VGG-16 and its Reconvene variant partitioned over the same link
+(results/partition_pruned.{md,json}).
 """
 
 from __future__ import annotations
@@ -125,7 +127,51 @@ def sweep_plot(results: list[dict]) -> None:
     plt.close(fig)
 
 
+def pruned_vs_dense() -> None:
+    """The in-house VGG-16 (3x224x224, 1000 classes) and its Reconvene variant (magnitude, sparsity 0.9, sqrt width
+    rule; pruned at initialisation, no data), each benched and partitioned over the same 8 Mbit/s link."""
+    import copy
+
+    from edgeprune.methods.reconvene import ReconveneOptions, reconvene
+
+    torch.manual_seed(0)
+    dense = models.create("vgg16", num_classes=1000, in_channels=3).eval()
+    pruned = copy.deepcopy(dense)
+    info = reconvene(pruned, ReconveneOptions(criterion="magnitude", sparsity=0.9), None, SHAPE)
+    rows = []
+    for label, model in (("dense", dense), ("reconvene 0.9", pruned)):
+        data = to_onnx_bytes(model.eval(), SHAPE)
+        print(f"{label}: benching", flush=True)
+        benches = {"device": bench.run(data, label, "device", DEVICE_THREADS, DEVICE_QUOTA),
+                   "edge": bench.run(data, label, "edge", EDGE_THREADS)}
+        plans = plan.enumerate_plans(benches, ROLES, links(8.0))
+        best = run_plans(data, benches, plan.best(plans, k=1), 8.0, RUNS)[0]
+        local = run_plans(data, benches, [p for p in plans if len(p.stages) == 1], 8.0, 10)[0]
+        rows.append({"model": label, "onnx_mb": len(data) / 1e6, "blocks": len(benches["device"]["blocks"]),
+                     "slowdown": benches["device"]["slowdown"]["slowdown"], "best": best, "device_only": local})
+    env = measure.environment()
+    lines = ["# Pruned + partitioned: a Reconvene variant against the dense model, same tiers and link", "",
+             measured("partition.py --pruned", env, "onnxruntime") + ": in-house VGG-16 at 3x224x224 (1000 "
+             "classes, fresh weights) and its Reconvene variant (magnitude criterion, sparsity 0.9, `sqrt` width "
+             f"rule, pruned at initialisation). Device = {DEVICE_THREADS} thread under a {DEVICE_QUOTA:g}-CPU quota, "
+             f"edge = {EDGE_THREADS} threads; device-edge link 8 Mbit/s (tc tbf in network namespaces), RTT "
+             f"{RTT_MS:g} ms slept by the application. Latency only: accuracy needs training (see "
+             "results/reconvene/).", "",
+             "| model | ONNX MB | device-only ms | best plan | predicted ms | measured ms | vs own device-only |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['onnx_mb']:.1f} | {r['device_only']['measured_ms']:.0f} | `{r['best']['plan']}` | "
+              f"{r['best']['predicted_ms']:.0f} | {r['best']['measured_ms']:.0f} | "
+              f"{r['device_only']['measured_ms'] / r['best']['measured_ms']:.2f}x |" for r in rows]
+    gain = rows[0]["best"]["measured_ms"] / rows[1]["best"]["measured_ms"]
+    lines += ["", f"Best pruned plan vs best dense plan: {gain:.2f}x faster end to end (measured)."]
+    write_results("partition_pruned", lines, {"environment": env, "rows": rows,
+                                              "reconvene": {k: info[k] for k in ("method", "options")}})
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--pruned"]:
+        pruned_vs_dense()
+        return
     only = sys.argv[1:] or MODELS
     results = [one_model(m) for m in only]
     note = small_input_note()

@@ -421,3 +421,20 @@ def test_transfer_layer_finetune_trains_only_the_edge_part():
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the model given is untouched
     with pytest.raises(Exception, match="not a chain of layers"):
         finetune.chain(models.create("tv:resnet18"))
+
+
+def test_tier_server_answers_and_refuses_a_body_that_does_not_match_its_shape(small_onnx, tmp_path):
+    from fastapi.testclient import TestClient
+
+    data, path = small_onnx
+    seg = segments.load(data)
+    tail = segments.save(seg.span(5, seg.n_blocks), tmp_path / "tail.onnx")
+    app = offload.make_app(str(tail), 1, offload._Link(0, None), None, offload._Link(0, None))
+    act = np.random.default_rng(0).standard_normal((1, *seg.cuts[4].shape)).astype(np.float32)
+    with TestClient(app) as client:
+        r = client.post("/segment", content=act.tobytes(), headers={"x-shape": "1,32,4,4"})
+        assert r.status_code == 200 and r.headers["x-shape"] == "1,10"
+        ref = ort_session(tail).run(None, {seg.boundary(5): act})[0]
+        np.testing.assert_array_equal(np.frombuffer(r.content, np.float32).reshape(1, 10), ref)
+        bad = client.post("/segment", content=act.tobytes()[:100], headers={"x-shape": "1,32,4,4"})
+        assert bad.status_code == 422 and "body of 100 bytes does not match x-shape '1,32,4,4'" in bad.text

@@ -168,9 +168,41 @@ def pruned_vs_dense() -> None:
                                               "reconvene": {k: info[k] for k in ("method", "options")}})
 
 
+def slow_device(name: str = "tv:vgg16", slowdown: float = 4.0) -> None:
+    """Best plan vs device-only with a device `slowdown` times slower than this machine as loaded now (the quota
+    fitted to the CPU share the model gets unconfined): on this busy machine a fixed 0.25-CPU quota slowed the device
+    by 1.0-1.3x only, so the device was no slower than the edge. 8 Mbit/s; plans ranked on calibrated blocks."""
+    torch.manual_seed(0)
+    data = to_onnx_bytes(models.create(name, num_classes=1000, in_channels=3).eval(), SHAPE)
+    print(f"{name}: benching, device {slowdown:g}x slower", flush=True)
+    benches = {"device": plan.calibrated(bench.run(data, name, "device", DEVICE_THREADS, slowdown=slowdown)),
+               "edge": plan.calibrated(bench.run(data, name, "edge", EDGE_THREADS))}
+    plans = plan.enumerate_plans(benches, ROLES, links(8.0))
+    top = run_plans(data, benches, plan.best(plans, k=3), 8.0, RUNS)
+    local = run_plans(data, benches, [p for p in plans if len(p.stages) == 1], 8.0, 10)[0]
+    dev = benches["device"]["device"]
+    env = measure.environment()
+    lines = [f"# Best plan vs device-only, device {slowdown:g}x slower than this machine", "",
+             measured("partition.py --slow-device", env, "onnxruntime") + f": {name} at {'x'.join(map(str, SHAPE))}, "
+             f"fresh weights. Device = {DEVICE_THREADS} thread under a CPU quota of {dev['cpu_quota']:.3f} CPU, fitted "
+             f"to the {dev['cpu_share_free']:.2f} CPU the model got unconfined (achieved slowdown, measured: "
+             f"{benches['device']['slowdown']['slowdown']:.2f}x); edge = {EDGE_THREADS} threads. Link 8 Mbit/s (tc tbf "
+             f"between network namespaces), RTT {RTT_MS:g} ms slept by the application. Predicted from block times "
+             "scaled to the whole model's (plan.calibrated); measured = median at the device.", "",
+             "| plan | predicted ms | measured ms | error | speed-up vs device-only (measured) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{g['plan']}` | {g['predicted_ms']:.0f} | {g['measured_ms']:.0f} | {g['error']:+.0%} | "
+              f"{local['measured_ms'] / g['measured_ms']:.2f}x |" for g in [*top, local]]
+    write_results("partition_slowdevice", lines, {"environment": env, "benches": benches, "runs": top,
+                                                  "device_only": local, "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0})
+
+
 def main() -> None:
     if sys.argv[1:] == ["--pruned"]:
         pruned_vs_dense()
+        return
+    if sys.argv[1:] == ["--slow-device"]:
+        slow_device()
         return
     only = sys.argv[1:] or MODELS
     results = [one_model(m) for m in only]

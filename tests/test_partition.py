@@ -30,7 +30,7 @@ def fake_bench(tier: str, ms: list[float], shapes: list[tuple[int, ...]], input_
                        "tl": {"bytes": nbytes // 4, "down_ms": 1.0, "up_ms": 2.0} if transfer.eligible(s) else None})
     return {"format": bench.FORMAT, "model": "m", "onnx_sha256": "abc", "input_shape": [1, 10, 100],
             "input_bytes": input_bytes, "tier": tier, "threads": 1, "device": {"cpu_quota": None}, "slowdown": None,
-            "blocks": blocks}
+            "blocks": blocks, "whole_ms": sum(ms), "sum_blocks_ms": sum(ms)}
 
 
 SHAPES = [(4, 10, 10), (4, 5, 5), (100,), (10,)]  # 1600 bytes (TL-able), 400 (odd sides), 400 (2-D), 40 (the answer)
@@ -67,6 +67,15 @@ def test_cost_is_compute_plus_rtt_plus_bytes_over_bandwidth_each_way():
     send_input = plans["dev[-] > cloud[0-3]"]
     assert send_input.hops[0].bytes == 4000 and send_input.hops[0].rtt_ms == 30
     assert plans["dev[0-3]"].total_ms == 100 and plans["dev[0-3]"].hops == []
+
+
+def test_calibration_scales_blocks_to_the_whole_models_time():
+    b = fake_bench("dev", [40, 30, 20, 10], SHAPES) | {"whole_ms": 50.0}
+    c = plan.calibrated(b)
+    assert [x["ms"] for x in c["blocks"]] == [20, 15, 10, 5] and c["calibration"] == 0.5
+    assert [x["ms"] for x in b["blocks"]] == [40, 30, 20, 10]  # the bench given is unchanged
+    plans = {p.label: p for p in plan.enumerate_plans({"dev": c}, {"dev": "device"}, LINKS)}
+    assert plans["dev[0-3]"].total_ms == 50
 
 
 def test_transfer_layer_variant_sends_a_quarter_and_pays_its_layers():

@@ -145,6 +145,20 @@ def measure_slowdown(call: Callable[[], object], quota: CpuQuota, rounds: int = 
     return {"free_ms": free_ms, "quota_ms": held_ms, "slowdown": held_ms / free_ms, "samples": [len(free), len(held)]}
 
 
+def quota_for_slowdown(call: Callable[[], object], slowdown: float, min_s: float = 1.0) -> dict:
+    """The quota that should make `call` `slowdown` times slower than it runs now: the CPU share it gets unconfined
+    (process CPU time / wall time over at least `min_s` seconds), divided by `slowdown`."""
+    if not slowdown > 1:
+        raise ConfigError(f"--slowdown must be > 1 (times slower than this machine), got {slowdown}")
+    call()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall0 < min_s:
+        call()
+    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    # the kernel's minimum quota is 1 ms per period: no finer than 0.01 CPU with a period of 100 ms or less
+    return {"target_slowdown": slowdown, "cpu_share_free": share, "cpu_quota": max(share / slowdown, 0.01)}
+
+
 def _timed(call: Callable[[], object], min_s: float) -> list[float]:
     call()
     out: list[float] = []

@@ -60,6 +60,9 @@ def bench_cmd(
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads on this tier.")] = 1,
     cpu_quota: Annotated[float | None, typer.Option(help="Emulate a slower device: a CPU quota, in CPUs (0.25 = a "
                                                          "quarter of one), via cgroups (root).")] = None,
+    slowdown: Annotated[float | None, typer.Option(help="Emulate a device this many times slower than this "
+                                                        "machine as loaded now: a quota fitted to the CPU share the "
+                                                        "model gets unconfined (root).")] = None,
     input_shape: InputShape = "3,224,224",
     num_classes: NumClasses = 1000,
     runs: Annotated[int, typer.Option(help="Timed passes over the blocks (at least 30).")] = 30,
@@ -75,7 +78,7 @@ def bench_cmd(
 
     data, name = bench.source_model(source, _shape(input_shape), num_classes)
     with _progress() as progress:
-        rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress)
+        rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
     path = write_json(bench.path_for(out, tier), rec)
     slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
     console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
@@ -98,6 +101,8 @@ def plan_cmd(
                                                           "there, e.g. device:0 or cloud:!20.")] = None,
     max_upload: Annotated[list[str] | None, typer.Option(help="TIER=MB the tier may send.")] = None,
     max_time: Annotated[list[str] | None, typer.Option(help="TIER=MS (or TIER=P%) of compute on the tier.")] = None,
+    raw_blocks: Annotated[bool, typer.Option("--raw-blocks", help="Price blocks at their own measured times, not "
+                                                                  "scaled to sum to the whole model's.")] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="How many plans to show.")] = 5,
     out: Annotated[Path, typer.Option(help="Where to write the plans (read by `partition run`).")] = Path("plan.json"),
     plot: Annotated[Path | None, typer.Option(help="Also draw the plans to this PNG.")] = None,
@@ -116,7 +121,7 @@ def plan_cmd(
     recs = [bench.load(p) for p in benches]
     plan.check_benches(recs)
     roles = plan.assign_roles(recs, device or (), edge or (), cloud or ())
-    by_tier = {r["tier"]: r for r in recs if r["tier"] in roles}
+    by_tier = {r["tier"]: r if raw_blocks else plan.calibrated(r) for r in recs if r["tier"] in roles}
     links = plan.read_network(network)
     n = len(recs[0]["blocks"])
     constraints = [c for spec in blocks or () for c in plan.block_constraint(spec, roles, n)]

@@ -51,7 +51,7 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
 
 def run(
     onnx_model: bytes, name: str, tier: str, threads: int = 1, cpu_quota: float | None = None, runs: int = 30,
-    warmup: int = 5, progress: Reporter | None = None, seed: int = 0,
+    warmup: int = 5, progress: Reporter | None = None, seed: int = 0, slowdown: float | None = None,
 ) -> dict:
     """Time every block of `onnx_model` as tier `tier` and return the bench record (see module docstring).
 
@@ -63,7 +63,8 @@ def run(
     cannot escape; the sum of medians fell 2.3x short of the whole model's time on a busy 2-core machine. Worker
     threads do not spin between calls (with spinning, each block's idle workers took the cores of the next block, and
     2-thread blocks ran up to 10x slower than in one session). With a quota, its achieved slowdown on the whole model
-    is measured and recorded."""
+    is measured and recorded. `slowdown` instead fits the quota to make this machine, as loaded now, that many
+    times slower (emulate.quota_for_slowdown): on a busy machine a fixed quota may bind little or not at all."""
     if runs < 30:
         raise ConfigError(f"--runs {runs}: a block's median needs at least 30 timed runs")
     if threads < 1:
@@ -97,6 +98,12 @@ def run(
         calls[f"tl up {i}"] = lambda s=up, a=pooled: s.run(None, {transfer.UP_IN: a})
 
     times: dict[str, list[float]] = {f"block {i}": [] for i in range(seg.n_blocks)} | {k: [] for k in calls}
+    fitted = None
+    if slowdown is not None:
+        if cpu_quota is not None:
+            raise ConfigError("give --cpu-quota or --slowdown, not both")
+        fitted = emulate.quota_for_slowdown(calls["whole"], slowdown)
+        cpu_quota = fitted["cpu_quota"]
     quota = emulate.CpuQuota(cpu_quota) if cpu_quota is not None else None
     try:
         slowdown = None
@@ -134,7 +141,7 @@ def run(
         "format": FORMAT, "model": name, "onnx_sha256": hashlib.sha256(onnx_model).hexdigest(),
         "input": seg.input, "input_shape": list(seg.input_shape), "input_bytes": int(x.nbytes),
         "tier": tier, "threads": threads,
-        "device": quota.describe() if quota is not None else {"cpu_quota": None},
+        "device": (quota.describe() | (fitted or {})) if quota is not None else {"cpu_quota": None},
         "slowdown": slowdown, "clock": "wall", "runs": runs, "warmup": warmup,
         "statistic": "mean",
         "blocks": blocks, "whole_ms": ms["whole"], "sum_blocks_ms": total, "blocks_over_whole": total / ms["whole"],

@@ -619,8 +619,11 @@ def rerun(
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
 COMMAND_MODULES: tuple[str, ...] = ("partition",)
-for _name in COMMAND_MODULES:
-    __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)
+# Run as `python -m edgeprune.cli`, this file is __main__ and a command module's `from ..cli import ...` loads a
+# second copy, edgeprune.cli: the commands register on that copy, which the end of this file then runs.
+if __name__ != "__main__":
+    for _name in COMMAND_MODULES:
+        __import__(f"{__package__}.commands.{_name}", fromlist=["register"]).register(app)
 
 
 def main() -> None:
@@ -628,4 +631,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgeprune.cli import main as _main
+
+    sys.exit(_main())

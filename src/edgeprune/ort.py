@@ -6,12 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):
-    """A CPU InferenceSession with `threads` intra-op threads, run sequentially (the edge setting)."""
+def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1, spin: bool = True):
+    """A CPU InferenceSession with `threads` intra-op threads, run sequentially (the edge setting). spin=False stops
+    idle worker threads from spinning, for sessions run one after another (a chain of blocks): a spinning worker
+    takes the cores of the next session."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3

@@ -1,0 +1,192 @@
+"""`edgeprune partition cuts|bench|plan|run`: split a model across device, edge and cloud (Scission, ScissionLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli import _handled, _progress, console
+from ..errors import ConfigError
+
+partition = typer.Typer(help="Split a model across device, edge and cloud: cut points, per-tier benchmarks, plans, "
+                             "and real runs over emulated links.", no_args_is_help=True, rich_markup_mode="rich")
+
+Source = Annotated[str, typer.Argument(help="A run folder (its model.onnx), an .onnx file, or a model name such as "
+                                            "tv:vgg16 (fresh weights).")]
+InputShape = Annotated[str, typer.Option(help="C,H,W for a model name (a run's ONNX fixes its own).")]
+NumClasses = Annotated[int, typer.Option(help="Outputs of a model built by name (ImageNet's 1000 by default).")]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r}: write C,H,W with positive integers, e.g. 3,224,224")
+    return shape
+
+
+@partition.command("cuts")
+@_handled
+def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes: NumClasses = 1000) -> None:
+    """List a model's valid cut points: where exactly one activation crosses.
+
+    Example: [bold]edgeprune partition cuts tv:resnet18[/]
+    """
+    from rich.table import Table
+
+    from .. import segments
+    from ..partition import bench, transfer
+
+    data, name = bench.source_model(source, _shape(input_shape), num_classes)
+    seg = segments.load(data, name)
+    table = Table(title=f"{name}: {len(seg.cuts)} cuts, {seg.n_blocks} blocks")
+    for col in ("cut", "after node", "op", "shape", "bytes", "transfer layer"):
+        table.add_column(col)
+    for i, c in enumerate(seg.cuts, 1):
+        table.add_row(str(i), c.node, c.op, "x".join(map(str, c.shape)), f"{c.bytes:,}",
+                      "yes" if transfer.eligible(c.shape) else "")
+    console.print(table)
+
+
+@partition.command("bench")
+@_handled
+def bench_cmd(
+    source: Source,
+    tier: Annotated[str, typer.Option(help="Name of the tier this machine plays (device, edge, cloud, pi4, ...).")],
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads on this tier.")] = 1,
+    cpu_quota: Annotated[float | None, typer.Option(help="Emulate a slower device: a CPU quota, in CPUs (0.25 = a "
+                                                         "quarter of one), via cgroups (root).")] = None,
+    slowdown: Annotated[float | None, typer.Option(help="Emulate a device this many times slower than this "
+                                                        "machine as loaded now: a quota fitted to the CPU share the "
+                                                        "model gets unconfined (root).")] = None,
+    input_shape: InputShape = "3,224,224",
+    num_classes: NumClasses = 1000,
+    runs: Annotated[int, typer.Option(help="Timed passes over the blocks (at least 30).")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed passes first.")] = 5,
+    out: Annotated[Path, typer.Option(help="Folder for bench-<tier>.json.")] = Path("."),
+) -> None:
+    """Time every block of a model on this machine as one tier, fed real activations; write bench-<tier>.json.
+
+    Example: [bold]edgeprune partition bench tv:vgg16 --tier device --cpu-quota 0.25[/]
+    """
+    from ..partition import bench
+    from ..runs import write_json
+
+    data, name = bench.source_model(source, _shape(input_shape), num_classes)
+    with _progress() as progress:
+        rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
+    path = write_json(bench.path_for(out, tier), rec)
+    slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
+    console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
+                  f"blocks {rec['sum_blocks_ms']:.2f} ms ({rec['blocks_over_whole']:.2f}x){slow}; wrote {path}")
+
+
+@partition.command("plan")
+@_handled
+def plan_cmd(
+    benches: Annotated[list[Path], typer.Argument(help="bench-<tier>.json files (device, edge, cloud in that order "
+                                                       "unless --device/--edge/--cloud say otherwise).")],
+    network: Annotated[Path, typer.Option(help="CSV of links: source,destination,ping_ms,bandwidth_mbps.")],
+    device: Annotated[list[str] | None, typer.Option(help="Tier(s) that can be the device.")] = None,
+    edge: Annotated[list[str] | None, typer.Option(help="Tier(s) that can be the edge.")] = None,
+    cloud: Annotated[list[str] | None, typer.Option(help="Tier(s) that can be the cloud.")] = None,
+    tl: Annotated[bool, typer.Option("--tl", help="Also consider ScissionLite's transfer layer at the device's cut "
+                                                  "(2x2 max-pool there, nearest up-sampling after).")] = False,
+    split: Annotated[int | None, typer.Option(help="Only plans whose device runs blocks 0..SPLIT-1.")] = None,
+    blocks: Annotated[list[str] | None, typer.Option(help="TIER:BLOCKS, blocks that must (or with !, must not) run "
+                                                          "there, e.g. device:0 or cloud:!20.")] = None,
+    max_upload: Annotated[list[str] | None, typer.Option(help="TIER=MB the tier may send.")] = None,
+    max_time: Annotated[list[str] | None, typer.Option(help="TIER=MS (or TIER=P%) of compute on the tier.")] = None,
+    raw_blocks: Annotated[bool, typer.Option("--raw-blocks", help="Price blocks at their own measured times, not "
+                                                                  "scaled to sum to the whole model's.")] = False,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many plans to show.")] = 5,
+    out: Annotated[Path, typer.Option(help="Where to write the plans (read by `partition run`).")] = Path("plan.json"),
+    plot: Annotated[Path | None, typer.Option(help="Also draw the plans to this PNG.")] = None,
+) -> None:
+    """Scission's planner: every device/edge/cloud split priced from the bench files and the links, best first.
+
+    Example: [bold]edgeprune partition plan bench-device.json bench-edge.json --network links.csv --tl[/]
+    """
+    from rich.table import Table
+
+    from ..partition import bench, plan, transfer
+    from ..runs import write_json
+
+    if top < 1:
+        raise ConfigError(f"--top {top}: show at least 1 plan")
+    recs = [bench.load(p) for p in benches]
+    plan.check_benches(recs)
+    roles = plan.assign_roles(recs, device or (), edge or (), cloud or ())
+    by_tier = {r["tier"]: r if raw_blocks else plan.calibrated(r) for r in recs if r["tier"] in roles}
+    links = plan.read_network(network)
+    n = len(recs[0]["blocks"])
+    constraints = [c for spec in blocks or () for c in plan.block_constraint(spec, roles, n)]
+    constraints += [plan.limit_constraint("max-upload", s, roles) for s in max_upload or ()]
+    constraints += [plan.limit_constraint("max-time", s, roles) for s in max_time or ()]
+    if split is not None:
+        if not 0 <= split <= n:
+            raise ConfigError(f"--split {split}: the model has blocks 0-{n - 1}; give 0 (send the input) to {n}")
+        if tl:
+            if split in (0, n):
+                raise ConfigError(f"--split {split} --tl: a transfer layer sits at a cut between blocks, 1 to {n - 1}")
+            last = recs[0]["blocks"][split - 1]
+            transfer.check(last["output_shape"][:], f"{split} ({last['output']})")
+        constraints.append(plan.Constraint(f"--split {split}" + (" --tl" if tl else ""),
+                                           lambda p: p.stages[0].stop == split and (p.tl or not tl)))
+    ranked = plan.best(plan.enumerate_plans(by_tier, roles, links, tl), constraints, top)
+
+    table = Table(title=f"{recs[0]['model']}: the {len(ranked)} fastest plans (predicted)")
+    for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):
+        table.add_column(col, justify="right" if col != "plan" else "left")
+    for i, p in enumerate(ranked, 1):
+        link_ms = sum(h.rtt_ms + h.transfer_ms + h.tl_ms for h in p.hops)
+        table.add_row(str(i), p.label, f"{p.total_ms:.1f}", f"{sum(p.compute_ms):.1f}", f"{link_ms:.1f}",
+                      " + ".join(f"{h.bytes:,}" for h in p.hops) or "-")
+    console.print(table)
+    write_json(out, plan.record(ranked, by_tier, roles, links, constraints, tl))
+    console.print(f"wrote {out}")
+    if plot is not None:
+        plan.plot(ranked, plot, f"{recs[0]['model']}, predicted; links from {network.name}")
+        console.print(f"wrote {plot}")
+
+
+@partition.command("run")
+@_handled
+def run_cmd(
+    source: Source,
+    plan_file: Annotated[Path, typer.Option("--plan", help="plan.json from `partition plan`.")],
+    rank: Annotated[int, typer.Option(help="Which of its plans to run (1 = the fastest).")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed requests.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed requests first.")] = 3,
+    input_shape: InputShape = "3,224,224",
+    num_classes: NumClasses = 1000,
+    out: Annotated[Path | None, typer.Option(help="Write the measurement here (JSON).")] = None,
+) -> None:
+    """Run a plan for real: one process per tier, activations sent over links emulated in network namespaces
+    (tc tbf bandwidth, RTT slept by the application); end-to-end latency measured at the device.
+
+    Example: [bold]edgeprune partition run tv:vgg16 --plan plan.json --rank 1[/]
+    """
+    from ..partition import bench, offload
+    from ..runs import read_json, write_json
+
+    if not plan_file.is_file():
+        raise ConfigError(f"--plan {str(plan_file)!r} does not exist; write it with `edgeprune partition plan`")
+    if runs < 1 or warmup < 0:
+        raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
+    record = read_json(plan_file)
+    data, _ = bench.source_model(source, _shape(input_shape), num_classes)
+    with _progress() as progress:
+        result = offload.execute(data, record, rank, runs, warmup, progress)
+    console.print(f"{result['plan']}: measured {result['measured_ms']:.1f} ms (median of {runs}), predicted "
+                  f"{result['predicted_ms']:.1f} ms; link: {result['link']}; RTT: {result['rtt']}")
+    if out is not None:
+        write_json(out, result)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(partition, name="partition")

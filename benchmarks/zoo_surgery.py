@@ -29,6 +29,7 @@ Results (merged with earlier ones, model by model): benchmarks/results/zoo_surge
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import resource
@@ -60,8 +61,8 @@ def child(name: str, task: str) -> dict:
     model = torchvision.models.get_model(name, weights=None).eval()
     size = SIZE
     try:  # inception_v3's auxiliary head cannot run at 224 px even unpruned: then the model's own resolution
-        with torch.no_grad():
-            model.train()(torch.randn(2, 3, size, size))
+        with torch.no_grad():  # on a copy: a training forward would update the model's BN running statistics
+            copy.deepcopy(model).train()(torch.randn(2, 3, size, size))
     except RuntimeError:
         size = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
     model.eval()

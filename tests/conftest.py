@@ -80,3 +80,15 @@ def interrupt(monkeypatch):
         monkeypatch.setattr(jobs, "fit", fit)
 
     return arm
+
+
+def prune_config(method: dict, epochs: int = 3):
+    """A `prune` job on conftest.Tiny over 128 synthetic 1x8x8 samples in batches of 32 (4 steps an epoch)."""
+    from edgeprune import jobs
+    from edgeprune.train import TrainConfig
+
+    return jobs.RunConfig(
+        command="prune", model="conftest:Tiny",
+        data={"name": "synthetic", "shape": (1, 8, 8), "num_classes": 3, "size": 128, "batch_size": 32},
+        train=TrainConfig(epochs=epochs, lr=0.05), measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False),
+        method=method)

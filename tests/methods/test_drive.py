@@ -1,23 +1,19 @@
 import pytest
 import torch
+from conftest import prune_config
 from typer.testing import CliRunner
 
 from edgeprune import export, jobs, masks, models, runs, scores
 from edgeprune.cli import app
 from edgeprune.errors import ConfigError
 from edgeprune.methods import drive
-from edgeprune.train import TrainConfig
 
-DATA = {"name": "synthetic", "shape": (1, 8, 8), "num_classes": 3, "size": 128, "batch_size": 32}
 PRUNABLE = 36 + 12  # conftest.Tiny's conv and fc weights
 
 
 def _cfg(epochs=3, **method):
-    return jobs.RunConfig(
-        command="prune", model="conftest:Tiny", data=DATA, train=TrainConfig(epochs=epochs, lr=0.05),
-        measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False),
-        method={"name": "drive", "sparsity": 0.5, "dense_epochs": 1, "rounds": 4, "min_layer_density": 0, **method},
-    )
+    method = {"name": "drive", "sparsity": 0.5, "dense_epochs": 1, "rounds": 4, "min_layer_density": 0, **method}
+    return prune_config(method, epochs)
 
 
 def test_prunes_after_the_dense_epochs_to_the_exact_count_and_trains_the_rest(tmp_path):

@@ -1,22 +1,18 @@
 import pytest
 import torch
-from conftest import Tiny
+from conftest import Tiny, prune_config
 
 from edgeprune import jobs, masks, runs
 from edgeprune.errors import ConfigError
 from edgeprune.methods.target_rate import TargetRateOptions, Trainer
 from edgeprune.train import TrainConfig
 
-DATA = {"name": "synthetic", "shape": (1, 8, 8), "num_classes": 3, "size": 128, "batch_size": 32}
 PRUNABLE = 36 + 12  # conftest.Tiny's conv and fc weights
 
 
 def _cfg(epochs=3, **method):
-    return jobs.RunConfig(
-        command="prune", model="conftest:Tiny", data=DATA, train=TrainConfig(epochs=epochs, lr=0.05),
-        measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False),
-        method={"name": "target_rate", "target_compression": 4.0, "interval": 2, "min_layer_density": 0, **method},
-    )
+    method = {"name": "target_rate", "target_compression": 4.0, "interval": 2, "min_layer_density": 0, **method}
+    return prune_config(method, epochs)
 
 
 @pytest.mark.parametrize("scheme", ["gsm", "agp"])

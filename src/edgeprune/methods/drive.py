@@ -32,14 +32,14 @@ from .. import masks, scores
 from ..errors import ConfigError
 from ..progress import Reporter, reporter
 from ..train import Callback, TrainConfig
-from .registry import option, register
+from .registry import ROUNDS_HELP, option, register
 
 
 @dataclass
 class DriveOptions:
     sparsity: float = option(0.9, "Fraction of conv/linear weights removed.")
     dense_epochs: int = option(1, "DRIVE: epochs trained dense before pruning (within --epochs).")
-    rounds: int = option(100, "DRIVE: pruning rounds (exponential schedule), re-scored each round.")
+    rounds: int = option(100, ROUNDS_HELP)
     balance: float = option(0.5, "DRIVE: weight of the data-driven score (1: SNIP's only, 0: SynFlow's only).")
     score_batches: int = option(1, "DRIVE: training batches the data-driven score reads each round.")
     min_layer_density: float = option(masks.MIN_LAYER_DENSITY, "Every layer keeps at least this fraction.")

@@ -16,7 +16,7 @@ from torch import nn
 from .. import masks, scores
 from ..errors import ConfigError, unknown_name
 from ..progress import Reporter, reporter
-from .registry import option, register
+from .registry import ROUNDS_HELP, option, register
 
 
 @dataclass
@@ -24,7 +24,7 @@ class PaIOptions:
     criterion: str = option("synflow", "Reconvene: the unstructured criterion it starts from.")
     sparsity: float = option(0.9, "Fraction of conv/linear weights removed.")
     scope: str = option("global", "global (rank all layers together) or layer.")
-    rounds: int | None = option(None, "Pruning rounds (default: SynFlow 100, others 1).")
+    rounds: int | None = option(None, ROUNDS_HELP)
     min_layer_density: float = option(masks.MIN_LAYER_DENSITY, "Every layer keeps at least this fraction.")
     score_batches: int = option(1, "Batches SNIP/GraSP score on.")
     include: list[str] | None = option(None, "Only these weights are pruned (fnmatch pattern; repeatable).")

@@ -80,6 +80,9 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Calla
     return field(default=default, metadata={"help": help})
 
 
+# One text for an option several methods declare (the CLI shows one help per flag).
+ROUNDS_HELP = "Pruning rounds of the exponential schedule, re-scored each round (SynFlow and DRIVE: 100, others 1)."
+
 _METHODS: dict[str, Method] = {}
 _loaded = False
 

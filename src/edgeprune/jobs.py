@@ -225,7 +225,8 @@ def _from_trained(cfg: RunConfig, method: registry.Method, opts, target: budget.
 def _not_the_source(source: Path, run_dir: str | Path) -> None:
     target = Path(run_dir).resolve()
     if target == source.resolve() or target in source.resolve().parents:
-        raise ConfigError(f"the new run would replace its source; choose a --name other than {source.name!r}")
+        raise ConfigError(f"the new run would replace its source; choose a --name other than the source "
+                          f"{source.name!r}")
 
 
 def _finish_level(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, out: Path, info: dict) -> RunReport:
@@ -488,9 +489,7 @@ def _check_quantizable(source: Path, run_dir: Path, calibration: int | None, res
                           f"(a few hundred are typical; default {DEFAULT_CALIBRATION})")
     if resume:
         raise ConfigError("quantize has nothing to resume (it takes seconds); run it again with --overwrite")
-    target = run_dir.resolve()
-    if target == source.resolve() or target in source.resolve().parents:
-        raise ConfigError(f"quantize writes a new run; choose a --name other than the source {source.name!r}")
+    _not_the_source(source, run_dir)
     if not (source / runs.ONNX).is_file():
         hint = (f"a whole IMP run: quantize one of its levels, e.g. {imp_levels(source)[-1]}" if is_imp_run(source)
                 else "it is unfinished or was not made by edgeprune train/prune/shrink; finish it (--resume) or "

@@ -94,7 +94,8 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
 
 
-def _steps(loader, cfg: TrainConfig) -> int:
+def steps_per_epoch(loader, cfg: TrainConfig) -> int:
+    """Batches an epoch of `fit` takes: the loader's, capped by `cfg.steps_per_epoch`."""
     n = len(loader)
     return min(n, cfg.steps_per_epoch) if cfg.steps_per_epoch else n
 
@@ -132,7 +133,7 @@ def fit(
     report = reporter(progress)
     dev = resolve_device(device)
     model.to(dev)
-    steps = _steps(train_loader, cfg)
+    steps = steps_per_epoch(train_loader, cfg)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,

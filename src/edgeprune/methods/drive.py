@@ -73,10 +73,14 @@ def dual_gradient(batches: list, input_shape: tuple[int, ...], balance: float, i
         data = snip(model) if balance > 0 else {}
         free = synflow(model) if balance < 1 else {}
         names = list(data or free)
-        # A zero sum (every weight pruned, or a path product underflowing) leaves that term out rather than divide.
-        share = [(w, {n: t[n].double() for n in names}, float(sum(t[n].double().sum() for n in names)))
-                 for w, t in ((balance, data), (1 - balance, free)) if w > 0]
-        return {n: sum(w * t[n] / total for w, t, total in share if total > 0) for n in names}
+        shares = []
+        for w, term in ((balance, data), (1 - balance, free)):
+            if w > 0:
+                term = {n: term[n].double() for n in names}
+                total = float(sum(v.sum() for v in term.values()))
+                if total > 0:  # a zero sum (all pruned, or an underflowing path product) leaves the term out
+                    shares.append((w, term, total))
+        return {n: sum(w * t[n] / total for w, t, total in shares) for n in names}
 
     return score
 

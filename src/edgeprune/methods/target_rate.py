@@ -27,7 +27,7 @@ from torch import nn
 from .. import masks, scores
 from ..errors import ConfigError
 from ..progress import Reporter
-from ..train import Callback, TrainConfig
+from ..train import Callback, TrainConfig, steps_per_epoch
 from .registry import option, register
 
 SCHEMES = ("gsm", "agp")
@@ -73,7 +73,7 @@ class Trainer(Callback):
         if train_cfg.epochs < 1:
             raise ConfigError("a target-rate run prunes while it trains: give it at least one epoch (--epochs)")
         self.opts, self.epochs, self.saved = opts, train_cfg.epochs, saved
-        self.steps = train_cfg.epochs * (min(len(batches), train_cfg.steps_per_epoch or len(batches)))
+        self.steps = train_cfg.epochs * steps_per_epoch(batches, train_cfg)
         self.info: dict | None = None
         self.seconds = 0.0  # spent choosing and masking, beyond plain training
         self.updates = 0

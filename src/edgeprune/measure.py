@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import masks as masks_mod
 from .errors import ConfigError, EdgePruneError
 from .masks import PRUNABLE
-from .progress import Reporter, reporter
+from .progress import Reporter
 
 RUNTIMES = ("onnxruntime", "torch")
 
@@ -167,21 +167,12 @@ def evaluate_onnx(onnx_model: bytes | str | os.PathLike, loader: Iterable, threa
     """Mean cross-entropy and top-1 accuracy of an ONNX model run in ONNX Runtime (CPU, `threads` intra-op
     threads) over `loader`: what train.evaluate gives for the PyTorch model, measured on the artifact."""
     from .export import ort_session
+    from .train import classify
 
     sess = ort_session(onnx_model, threads)
     name = sess.get_inputs()[0].name
-    report = reporter(progress)
-    total = len(loader) if hasattr(loader, "__len__") else None
-    seen = correct = 0
-    loss_sum = 0.0
-    for i, (x, y) in enumerate(loader):
-        out = torch.from_numpy(sess.run(None, {name: x.numpy().astype(np.float32, copy=False)})[0])
-        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
-        correct += int((out.argmax(1) == y).sum())
-        seen += y.numel()
-        report.update("evaluate (onnxruntime)", i + 1, total)
-    report.end("evaluate (onnxruntime)")
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
+    return classify(lambda x: torch.from_numpy(sess.run(None, {name: x.numpy().astype(np.float32, copy=False)})[0]),
+                    loader, "evaluate (onnxruntime)", progress)
 
 
 def _percentiles(times_ms: list[float]) -> tuple[float, float, float, float]:

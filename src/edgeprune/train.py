@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -256,23 +256,31 @@ def _by_name(state: dict, saved: list[str] | None, now: list[str]) -> dict:
     return {"state": moved, "param_groups": [{**state["param_groups"][0], "params": list(range(len(now)))}]}
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: str = "cpu", progress: Reporter | None = None) -> dict:
     """Mean cross-entropy and top-1 accuracy over `loader` (task "evaluate" of `progress`, in batches)."""
     dev = resolve_device(device)
-    report = reporter(progress)
-    total = len(loader) if hasattr(loader, "__len__") else None
     was_training = model.training
     model.to(dev).eval()
+    try:
+        return classify(lambda x: model(x.to(dev)), loader, "evaluate", progress)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def classify(forward: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, task: str,
+             progress: Reporter | None = None) -> dict:
+    """Mean cross-entropy and top-1 accuracy of `forward` (inputs -> logits, any runtime) over `loader`."""
+    report = reporter(progress)
+    total = len(loader) if hasattr(loader, "__len__") else None
     seen = correct = 0
     loss_sum = 0.0
     for i, (x, y) in enumerate(loader):
-        x, y = x.to(dev), y.to(dev)
-        out = model(x)
+        out = forward(x)
+        y = y.to(out.device)
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
         correct += int((out.argmax(1) == y).sum())
         seen += y.numel()
-        report.update("evaluate", i + 1, total)
-    report.end("evaluate")
-    model.train(was_training)
+        report.update(task, i + 1, total)
+    report.end(task)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}

@@ -113,6 +113,31 @@ def test_runs_of_other_shapes_or_without_accuracy_are_refused(variant_runs, tmp_
         portfolio.build([variant_runs / "dense", other], tmp_path / "pf")
 
 
+def test_a_variant_in_both_precisions(variant_runs, tmp_path):
+    """An INT8 run joins beside its fp32 source: ONNX only, chosen by the accuracy of its INT8 artifact; served
+    by the ONNX switch modes, refused by the masks mode (which switches PyTorch weights) with what to use."""
+    from edgeprune.serve.sessions import Sessions
+
+    result = _invoke("-q", "quantize", variant_runs / "r70", "--calibration", 32, "--measure-runs", 2,
+                     "--runs-dir", tmp_path / "q")
+    assert result.exit_code == 0, result.output
+    m = portfolio.build([variant_runs / "r70", tmp_path / "q" / "r70-int8"], tmp_path / "pf", keep_all=True,
+                        rounds=1, runs=2)
+    fp32, int8 = m.variant("r70"), m.variant("r70-int8")
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert int8.model_file is None and not (tmp_path / "pf" / "r70-int8.pt").exists()
+    report = json.loads((tmp_path / "q" / "r70-int8" / "report.json").read_text())
+    assert int8.accuracy == report["profile"]["accuracy"] and report["profile"]["accuracy_runtime"] == "onnxruntime"
+    assert int8.params == fp32.params and int8.bytes < fp32.bytes / 2
+    assert portfolio.load(tmp_path / "pf").variant("r70-int8").precision == "int8"
+    sessions = Sessions(tmp_path / "pf", m, mode="preloaded", warmup=1)
+    assert sorted(sessions.loaded()) == ["r70", "r70-int8"]
+    with pytest.raises(PortfolioError, match="variant r70-int8 is INT8.*use --switch preloaded or reload"):
+        Sessions(tmp_path / "pf", m, mode="masks")
+    result = _invoke("portfolio", "show", tmp_path / "pf")
+    assert result.exit_code == 0 and "int8" in result.output
+
+
 def test_cli_build_and_show(variant_runs, tmp_path):
     result = _invoke("-q", "portfolio", "build", variant_runs / "dense", variant_runs / "r95", "--out", tmp_path / "p",
                      "--keep-all", "--rounds", "1", "--runs", "2")

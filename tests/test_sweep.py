@@ -3,6 +3,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import yaml
@@ -87,6 +88,9 @@ def test_a_failing_cell_is_recorded_and_the_others_finish_without_ray(tmp_path, 
     ({"resources": {"cpu": 2}}, "'cpu'", "gpus"),
     ({"models": [{"name": "resnet20", "dat": {}}]}, "'dat'", "train"),
     ({"models": ["resnet2O"]}, "'resnet2O'", "resnet20"),
+    ({"quantize": {"mod": "static"}}, "'mod'", "per_channel"),
+    ({"quantize": {"calibration": 0}}, "--calibration 0", "at least 1"),
+    ({"quantize": "fp16"}, "'fp16'", "int8"),
 ])
 def test_bad_specs_name_the_key_and_the_allowed_ones_and_write_nothing(tmp_path, change, named, allowed):
     path = _spec(tmp_path, **change)
@@ -95,6 +99,34 @@ def test_bad_specs_name_the_key_and_the_allowed_ones_and_write_nothing(tmp_path,
             call(path)
         assert named in str(e.value) and allowed in str(e.value) and str(path) in str(e.value)
     assert not (tmp_path / "t").exists()
+
+
+def test_quantize_adds_an_int8_copy_of_every_cell_made_after_it(tmp_path):
+    path = _spec(tmp_path, methods=[{"name": "magnitude", "sparsities": [0.5]}],
+                 quantize={"mode": "static", "calibration": 8, "per_channel": True})
+    out = tmp_path / "t"
+    summary = sweep.run_sweep(path, progress=False)
+    names = ["conftest_Tiny-dense-seed0", "conftest_Tiny-magnitude-0.5-seed0"]
+    assert list(summary["cells"]) == [*names, *(f"{n}-int8" for n in names)]
+    assert summary["counts"] == {"done": 4}
+    for name in names:
+        report = json.loads((out / f"{name}-int8" / "report.json").read_text())
+        assert report["profile"]["precision"] == "int8" and report["source"] == str(out / name)
+        assert report["quantization"]["calibration_images"] == 8
+        ops = {n.op_type for n in onnx.load(out / f"{name}-int8" / "model.onnx").graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ: made by ONNX Runtime's static quantisation
+    assert sweep.run_sweep(path, progress=False)["counts"] == {"skipped": 4}  # the INT8 cells count as finished
+
+
+def test_quantize_skips_per_level_methods_and_waits_for_the_run_it_copies(tmp_path):
+    spec = sweep.load_spec(_spec(tmp_path, quantize="int8", methods=[
+        {"name": "imp", "levels": 2, "fraction": 0.5}, {"name": "taylor", "max_drop": 1.0}]))
+    cells = sweep.cells(spec)
+    stages = sweep._stages(cells)
+    assert {c.name: stages[c.name] for c in cells} == {
+        "conftest_Tiny-dense-seed0": 0, "conftest_Tiny-imp-fraction=0.5-levels=2-seed0": 0,
+        "conftest_Tiny-taylor-max_drop=1.0-seed0": 1, "conftest_Tiny-dense-seed0-int8": 1,
+        "conftest_Tiny-taylor-max_drop=1.0-seed0-int8": 2}
 
 
 def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):

@@ -9,6 +9,7 @@ runs.py the folder. The CLI only parses options into a RunConfig.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -411,15 +412,18 @@ DEFAULT_CALIBRATION = 256  # training images whose activation ranges a static qu
 
 
 def quantize_config(source: str | Path, mode: str = "static", calibration: int | None = None,
-                    per_channel: bool = False, measure_runs: int | None = None, threads: str = "auto") -> RunConfig:
-    """The config of an INT8 copy of run `source`: its own config (an IMP level's is its run's), re-aimed.
-    `calibration` (static only) defaults to DEFAULT_CALIBRATION training images."""
+                    per_channel: bool = False, measure_runs: int | None = None, threads: str = "auto",
+                    base: RunConfig | None = None) -> RunConfig:
+    """The config of an INT8 copy of run `source`: its own config (an IMP level's is its run's), re-aimed;
+    `base` stands in for that config where the source is not written yet (a sweep plans its cells before any
+    runs). `calibration` (static only) defaults to DEFAULT_CALIBRATION training images."""
     if mode not in export.QUANT_MODES:
         raise ConfigError(f"--mode {mode!r} is not a quantisation mode; use {' or '.join(export.QUANT_MODES)}")
     if mode == "dynamic" and calibration is not None:
         raise ConfigError("--calibration applies to --mode static only (dynamic quantisation measures activation "
                           "ranges at run time); drop it or use --mode static")
-    cfg = source_config(source)
+    _check_calibration(calibration)
+    cfg = copy.deepcopy(base) if base is not None else source_config(source)
     cfg.command = "quantize"
     cfg.threads, cfg.threads_used = threads, None
     cfg.method = {"name": "quantize", "source": str(source), "mode": mode, "per_channel": per_channel,
@@ -428,6 +432,13 @@ def quantize_config(source: str | Path, mode: str = "static", calibration: int |
     if measure_runs is not None:
         cfg.measure.runs = measure_runs
     return cfg
+
+
+def _check_calibration(calibration) -> None:
+    if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, int)
+                                    or calibration < 1):
+        raise ConfigError(f"--calibration {calibration!r}: static quantisation needs at least 1 calibration image "
+                          f"(a few hundred are typical; default {DEFAULT_CALIBRATION})")
 
 
 def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
@@ -483,10 +494,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
 
 def _check_quantizable(source: Path, run_dir: Path, calibration: int | None, resume: bool) -> None:
     """One-line errors, before anything is written, for what cannot be quantised into `run_dir`."""
-    if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, int)
-                                    or calibration < 1):
-        raise ConfigError(f"--calibration {calibration!r}: static quantisation needs at least 1 calibration image "
-                          f"(a few hundred are typical; default {DEFAULT_CALIBRATION})")
+    _check_calibration(calibration)
     if resume:
         raise ConfigError("quantize has nothing to resume (it takes seconds); run it again with --overwrite")
     _not_the_source(source, run_dir)

@@ -5,7 +5,9 @@ folder that a server loads and switches between at run time.
 reads), checks that they answer the same question (one data set, one input shape, one set of classes),
 re-times every variant's ONNX model in one interleaved pass at the serving settings, keeps the Pareto front
 of accuracy against p50 latency (all variants with keep_all), and writes `portfolio.json` beside a copy of
-each variant's model.onnx (what is served) and model.pt (what the `masks` switch mode serves).
+each variant's model.onnx (what is served) and model.pt (what the `masks` switch mode serves). A variant may be
+held in both precisions: an INT8 run (`edgeprune quantize`) joins as a variant of its own, ONNX only (it has no
+PyTorch model, so the `masks` mode cannot serve it), chosen by the accuracy measured on its INT8 artifact.
 
 `load` reads a portfolio back and verifies it before anything is served: every file present, its sha256 as
 recorded, every ONNX model taking the recorded input shape and giving the recorded classes. This module
@@ -44,8 +46,8 @@ class Variant:
     method: str
     onnx: str  # file name inside the portfolio folder
     sha256: str
-    model_file: str  # the model.pt copy (state_dict + spec), for the masks switch mode
-    model_sha256: str
+    model_file: str | None  # the model.pt copy (state_dict + spec), for the masks switch mode; None for INT8
+    model_sha256: str | None
     accuracy: float
     params: int
     nonzero_params: int
@@ -53,6 +55,7 @@ class Variant:
     bytes: int  # of the ONNX file
     p50_ms: float
     p90_ms: float
+    precision: str = "fp32"  # of the ONNX file: "fp32" or "int8" (manifests before INT8 variants hold fp32 only)
 
 
 @dataclass
@@ -149,7 +152,7 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
     signatures = {}
     for r in rows:
         onnx = r.path / runs_mod.ONNX
-        if not onnx.is_file() or not (r.path / runs_mod.MODEL).is_file():
+        if not onnx.is_file() or (r.profile.precision == "fp32" and not (r.path / runs_mod.MODEL).is_file()):
             raise PortfolioError(f"run {r.path} has no {runs_mod.ONNX} or {runs_mod.MODEL}; export it first "
                                  f"(`edgeprune export {r.path} --onnx {onnx}`)")
         if r.synthetic or r.accuracy is None:
@@ -187,14 +190,17 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
             dropped.append({"id": vid, "source": str(r.path), "accuracy": r.accuracy, "p50_ms": lat.p50_ms,
                             "why": f"Pareto-dominated by {by}: as accurate or more, and faster"})
             continue
-        onnx, pt = out / f"{vid}.onnx", out / f"{vid}.pt"
+        onnx = out / f"{vid}.onnx"
         shutil.copyfile(r.path / runs_mod.ONNX, onnx)
-        shutil.copyfile(r.path / runs_mod.MODEL, pt)
+        pt = None
+        if r.profile.precision == "fp32":  # an INT8 run ships its ONNX file only
+            pt = out / f"{vid}.pt"
+            shutil.copyfile(r.path / runs_mod.MODEL, pt)
         variants.append(Variant(
-            id=vid, source=str(r.path), method=r.method, onnx=onnx.name, sha256=sha256(onnx), model_file=pt.name,
-            model_sha256=sha256(pt), accuracy=r.accuracy, params=r.profile.params,
-            nonzero_params=r.profile.nonzero_params, macs=r.profile.macs, bytes=onnx.stat().st_size,
-            p50_ms=lat.p50_ms, p90_ms=lat.p90_ms))
+            id=vid, source=str(r.path), method=r.method, onnx=onnx.name, sha256=sha256(onnx),
+            model_file=pt.name if pt else None, model_sha256=sha256(pt) if pt else None, accuracy=r.accuracy,
+            params=r.profile.params, nonzero_params=r.profile.nonzero_params, macs=r.profile.macs,
+            bytes=onnx.stat().st_size, p50_ms=lat.p50_ms, p90_ms=lat.p90_ms, precision=r.profile.precision))
     name, shape, dtype, classes = signatures[first.name]
     manifest = Manifest(
         data=first.data, input_name=name, input_shape=shape, datatype=dtype, classes=classes, batch_size=batch_size,
@@ -221,6 +227,8 @@ def load(folder: str | Path) -> Manifest:
         raise PortfolioError(f"{path} lists no variants; build the portfolio again")
     for v in manifest.variants:
         for file, digest in ((v.onnx, v.sha256), (v.model_file, v.model_sha256)):
+            if file is None:  # an INT8 variant has no PyTorch model
+                continue
             f = folder / file
             if not f.is_file():
                 raise PortfolioError(f"variant {v.id}: {f} is missing; build the portfolio again")

@@ -20,9 +20,12 @@ on a local Ray instance or on a cluster (`address`) whose nodes all see `out` (s
       - {name: magnitude, sparsities: [0.9, 0.95]}
       - {name: reconvene, criterion: [magnitude, synflow], conversion: [width, dead], sparsities: [0.9]}
     resources: {cpus: 1, gpus: 0}   # what each cell asks Ray for
+    quantize: {mode: static, calibration: 256, per_channel: true}   # or `quantize: int8` (static, defaults)
 
 A list given for a method option expands the grid; `sparsities` is the list form of `sparsity`. Cells are
 named `<model>-<method>-<options>-<sparsity>-seed<seed>` (e.g. resnet20-reconvene-synflow-width-0.9-seed0).
+With `quantize`, every cell but those of per-level methods (IMP: quantise a level with `edgeprune quantize`)
+gets an INT8 copy `<cell>-int8`, made as `edgeprune quantize` makes it once its cell has finished.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ SPEC = "spec.yaml"
 SWEEP = "sweep.json"
 EXECUTORS = ("local", "ray")
 NEEDS_RAY = "the ray executor needs Ray: pip install 'edgeprune[ray]'"
+QUANTIZE_KEYS = ("mode", "calibration", "per_channel")
 _BARE = ("criterion", "conversion")  # option values that name themselves in a cell name; sparsity comes last
 
 
@@ -98,6 +102,7 @@ class SweepSpec:
     out: str | None = None  # None: runs/sweeps/<name>
     device: str = "cpu"
     resources: Resources = field(default_factory=Resources)
+    quantize: dict | str | None = None  # "int8", or {mode, calibration, per_channel} of `edgeprune quantize`
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
@@ -117,6 +122,9 @@ class SweepSpec:
             raise ConfigError(f"dense must be true or false, got {self.dense!r}")
         if isinstance(self.resources, dict):
             self.resources = _build(Resources, self.resources, "resources")
+        if self.quantize is not None and self.quantize != "int8" and not isinstance(self.quantize, dict):
+            raise ConfigError(f"quantize must be int8 or a mapping of {', '.join(QUANTIZE_KEYS)}, "
+                              f"got {self.quantize!r}")
         cells(self)  # every cell's options are checked here, before anything runs
 
     @property
@@ -184,10 +192,24 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
             measure=dataclasses.replace(measure), method=source(model, seed, method), device=spec.device))
         for model, data, train in _models(spec) for seed in spec.seeds for label, method in variants
     ]
+    if spec.quantize is not None:
+        q = {} if spec.quantize == "int8" else spec.quantize
+        _check_keys(q, QUANTIZE_KEYS, "quantize")
+        out += [Cell(f"{c.name}-int8", jobs.quantize_config(folder / c.name, **q, base=c.cfg)) for c in out
+                if not (c.cfg.method and registry.get(c.cfg.method["name"]).kind == "levels")]
     twice = [name for name, n in Counter(c.name for c in out).items() if n > 1]
     if twice:
         raise ConfigError(f"cells {', '.join(twice)} appear more than once; remove the repeated method entries")
     return out
+
+
+def _stages(todo: list[Cell]) -> dict[str, int]:
+    """Each cell's stage: 0 for a cell on its own, else one more than the cell whose run it starts from."""
+    stages: dict[str, int] = {}
+    for c in todo:  # cells() lists a cell after the one it starts from
+        source = c.cfg.method.get("source")
+        stages[c.name] = 0 if source is None else stages.get(Path(source).name, -1) + 1
+    return stages
 
 
 def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
@@ -315,9 +337,11 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address
                 report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
                             + (f": {error['type']}: {error['message']}" if error else ""))
 
-        # cells that start from a trained run wait for the dense cells (a Ray executor runs a batch at once)
-        for later in (False, True):
-            execute([r for r in run if ("source" in r[0].cfg.method) == later], record)
+        # a cell that starts from another cell's run (a trained-run method from the dense cell, an INT8 copy from
+        # its cell) waits for it: the cells run in stages of that dependency (a Ray executor runs a batch at once)
+        stages = _stages(todo)
+        for stage in sorted(set(stages.values())):
+            execute([r for r in run if stages[r[0].name] == stage], record)
     summary["finished"], summary["seconds"] = _now(), time.perf_counter() - t0
     save()
     report.end(task)

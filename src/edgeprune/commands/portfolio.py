@@ -61,9 +61,9 @@ def _table(manifest, title: str) -> None:
 
     t = Table(title=f"{title}: {manifest.data}, input {manifest.datatype} {manifest.input_shape}, "
               f"{manifest.classes} classes, batch {manifest.batch_size}, {manifest.threads} thread(s)")
-    for col in ("variant", "method", "accuracy", "params", "ONNX bytes", "p50 ms", "p90 ms", "source"):
-        t.add_column(col, justify="left" if col in ("variant", "method", "source") else "right")
+    for col in ("variant", "method", "precision", "accuracy", "params", "ONNX bytes", "p50 ms", "p90 ms", "source"):
+        t.add_column(col, justify="left" if col in ("variant", "method", "precision", "source") else "right")
     for v in manifest.variants:
-        t.add_row(v.id, v.method, f"{100 * v.accuracy:.2f} %", f"{v.params:,}", f"{v.bytes:,}", f"{v.p50_ms:.3f}",
-                  f"{v.p90_ms:.3f}", v.source)
+        t.add_row(v.id, v.method, v.precision, f"{100 * v.accuracy:.2f} %", f"{v.params:,}", f"{v.bytes:,}",
+                  f"{v.p50_ms:.3f}", f"{v.p90_ms:.3f}", v.source)
     console.print(t)

@@ -306,7 +306,8 @@ def create_app(server: Server) -> FastAPI:
         server.check_model(model)
         params: dict[str, Any] = {"active_variant": server.sessions.active} if model == ROUTED else {
             k: v for k, v in asdict(m.variant(model)).items() if k in ("accuracy", "params", "bytes", "p50_ms",
-                                                                        "p90_ms", "method", "sha256")}
+                                                                        "p90_ms", "method", "sha256",
+                                                                        "precision")}
         return {"name": model, "versions": ["1"], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": m.input_name, "datatype": m.datatype, "shape": [-1, *m.input_shape]}],
                 "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, m.classes]}], "parameters": params}

@@ -59,6 +59,11 @@ class MaskedModel:
 
         from ..export import load_model
 
+        onnx_only = [v.id for v in manifest.variants if v.model_file is None]
+        if onnx_only:
+            raise PortfolioError(f"variant {onnx_only[0]} is {manifest.variant(onnx_only[0]).precision.upper()}, an "
+                                 "ONNX file without a PyTorch model, and the masks mode switches PyTorch weights; "
+                                 "use --switch preloaded or reload, or build the portfolio from fp32 runs only")
         self.torch, self.lock = torch, threading.Lock()
         self.active: str | None = None  # whose weights the model holds
         torch.set_num_threads(threads)

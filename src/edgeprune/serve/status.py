@@ -41,6 +41,7 @@ setInterval(refresh, 1000);
 def page(manifest: Manifest, mode: str) -> str:
     rows = "\n".join(
         f'<tr data-variant="{escape(v.id)}"><td>{escape(v.id)}</td><td>{escape(v.method)}</td>'
+        f"<td>{escape(v.precision)}</td>"
         f"<td>{100 * v.accuracy:.2f} %</td><td>{v.params:,}</td><td>{v.p50_ms:.3f}</td><td>{v.p90_ms:.3f}</td>"
         '<td class="p50">-</td><td class="p99">-</td><td class="n">0</td></tr>'
         for v in manifest.variants)
@@ -50,14 +51,15 @@ def page(manifest: Manifest, mode: str) -> str:
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
 td, th {{ padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: right; }}
-td:first-child, td:nth-child(2) {{ text-align: left; }} tr.active {{ background: #dfd; font-weight: bold; }}
+td:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+tr.active {{ background: #dfd; font-weight: bold; }}
 </style></head><body>
 <h1>edgeprune serve</h1>
 <p>{escape(manifest.data)}, input {escape(manifest.datatype)} {manifest.input_shape}, switch mode {escape(mode)}.
 Active: <b id="active">-</b>; policy <span id="policy">-</span>; budget <span id="budget">-</span>;
 updated <span id="updated">never</span>.</p>
-<table><thead><tr><th>variant</th><th>method</th><th>accuracy</th><th>params</th><th>profiled p50 ms</th>
-<th>profiled p90 ms</th><th>live p50 ms</th><th>live p99 ms</th><th>requests</th></tr></thead>
+<table><thead><tr><th>variant</th><th>method</th><th>precision</th><th>accuracy</th><th>params</th>
+<th>profiled p50 ms</th><th>profiled p90 ms</th><th>live p50 ms</th><th>live p99 ms</th><th>requests</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>

@@ -160,6 +160,21 @@ def test_dynamic_quantize_of_a_synthetic_run_has_no_accuracy(synthetic_run):
     assert report["quantization"]["calibration_images"] is None
 
 
+def test_measure_an_int8_run_times_its_onnx_model(synthetic_run, tmp_path):
+    assert _invoke("-q", "quantize", synthetic_run, "--calibration", 16, "--measure-runs", 2,
+                   "--name", "m-int8", "--overwrite").exit_code == 0
+    int8 = synthetic_run.parent / "m-int8"
+    result = _invoke("measure", int8, "-b", "1", "-b", "2", "--runs", "3", "--warmup", "1",
+                     "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    prof = json.loads((tmp_path / "p.json").read_text())
+    assert [(t["runtime"], t["batch_size"]) for t in prof["latency"]] == [("onnxruntime", 1), ("onnxruntime", 2)]
+    assert prof["precision"] == "int8" and prof["bytes_onnx"] == (int8 / "model.onnx").stat().st_size
+    result = _invoke("measure", int8, "--runtime", "torch")
+    assert result.exit_code == 2 and "has no PyTorch model" in result.output
+    assert "--runtime onnxruntime" in result.output
+
+
 def _no_onnx(run: Path) -> Path:
     copy = run.parent / "no-onnx"
     shutil.copytree(run, copy)

@@ -605,21 +605,18 @@ def measure_cmd(
     runtime: Annotated[list[str] | None, typer.Option(help="onnxruntime and/or torch (default: both).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the profile as JSON here.")] = None,
 ) -> None:
-    """Measure parameters, MACs, size, latency (ONNX Runtime and PyTorch, CPU) and memory of a saved model.
+    """Measure parameters, MACs, size, latency (ONNX Runtime and PyTorch, CPU) and memory of a saved model
+    (an INT8 run: its model.onnx in ONNX Runtime).
 
     Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
     """
-    from . import jobs, measure
+    from . import jobs
     from .report import profile_table
     from .runs import write_json
 
-    model, extra = jobs.load(path)
-    shape = tuple(extra.get("input_shape") or ())
-    if not shape:
-        raise EdgePruneError(f"{path} records no input shape; save it with edgeprune (train/prune) first")
-    prof = measure.profile(model, shape, batch_sizes=batch_size or [1], threads=threads or [1], runs=runs,
-                           warmup=warmup, runtimes=runtime or measure.RUNTIMES)
-    console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {shape}"))
+    prof = jobs.measure_saved(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
+                              warmup=warmup, runtimes=runtime)
+    console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {tuple(prof.input_shape)}"))
     if json_out:
         write_json(json_out, prof.to_dict())
 

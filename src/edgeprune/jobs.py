@@ -466,13 +466,8 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
         m = cfg.measure
         # parameters, MACs and the fp32 state_dict sizes stay the source's (the weights it was quantised from);
         # what ships, and so what is measured again, is the INT8 model.onnx
-        prof = replace(
-            src.last_profile, precision="int8", environment=measure.environment(),
-            latency=[measure.latency_onnx(int8, shape, b, t, m.runs, m.warmup) for b in m.batch_sizes
-                     for t in m.threads],
-            peak_memory_mb=measure.peak_inference_memory_mb(int8, shape) if m.memory else None,
-            accuracy=None, accuracy_data=None, accuracy_runtime=None)
-        prof.bytes_onnx, prof.bytes_onnx_gzip = measure.file_bytes(int8)
+        prof = measure.profile_onnx(replace(src.last_profile, precision="int8"), int8, batch_sizes=m.batch_sizes,
+                                    threads=m.threads, runs=m.runs, warmup=m.warmup, memory=m.memory)
         source_bytes = measure.file_bytes(source / runs.ONNX)
         vs = {"bytes_onnx_x_smaller": source_bytes[0] / prof.bytes_onnx,
               "bytes_onnx_gzip_x_smaller": source_bytes[1] / prof.bytes_onnx_gzip,
@@ -539,6 +534,27 @@ def load(path: str | Path) -> tuple[nn.Module, dict]:
     """A saved model (a run folder or a model.pt) and the metadata saved with it."""
     path = Path(path)
     return export.load(path / runs.MODEL if path.is_dir() else path)
+
+
+def measure_saved(path: str | Path, *, batch_sizes: Iterable[int] = (1,), threads: Iterable[int] = (1,),
+                  timed_runs: int = 30, warmup: int = 5, runtimes: Iterable[str] | None = None) -> measure.Profile:
+    """Profile a saved model (a run folder or a model.pt) now. A run with only an ONNX model (INT8) is measured
+    in ONNX Runtime from its model.onnx, over the counts its report recorded."""
+    path = Path(path)
+    if path.is_dir() and not (path / runs.MODEL).is_file() and (path / runs.ONNX).is_file():
+        if runtimes is not None and set(runtimes) != {"onnxruntime"}:
+            raise ConfigError(f"{path} holds only an ONNX model (an INT8 run has no PyTorch model); measure it "
+                              "with --runtime onnxruntime")
+        if not (path / runs.REPORT).is_file():
+            raise ConfigError(f"{path} has a model.onnx but no report.json (unfinished?); finish or rerun it")
+        return measure.profile_onnx(read_report(path / runs.REPORT).last_profile, path / runs.ONNX,
+                                    batch_sizes=batch_sizes, threads=threads, runs=timed_runs, warmup=warmup)
+    model, extra = load(path)
+    shape = tuple(extra.get("input_shape") or ())
+    if not shape:
+        raise ConfigError(f"{path} records no input shape; save it with edgeprune (train/prune) first")
+    return measure.profile(model, shape, batch_sizes=batch_sizes, threads=threads, runs=timed_runs, warmup=warmup,
+                           runtimes=runtimes or measure.RUNTIMES)
 
 
 def evaluate_saved(path: str | Path, data_options: dict | None = None, device: str = "cpu",

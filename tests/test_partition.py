@@ -447,3 +447,79 @@ def test_tier_server_answers_and_refuses_a_body_that_does_not_match_its_shape(sm
         np.testing.assert_array_equal(np.frombuffer(r.content, np.float32).reshape(1, 10), ref)
         bad = client.post("/segment", content=act.tobytes()[:100], headers={"x-shape": "1,32,4,4"})
         assert bad.status_code == 422 and "body of 100 bytes does not match x-shape '1,32,4,4'" in bad.text
+
+
+# ---------------------------------------------------------------------------------------------- variant + cut
+
+
+def _portfolio(folder: Path) -> dict[str, str]:
+    """A two-variant portfolio written by hand (no training): `wide` (more accurate) and `narrow`, two seeds of one
+    small model; which is faster, the tests' bench files say."""
+    from edgeprune import portfolio
+
+    folder.mkdir()
+    variants = []
+    for seed, (vid, width, accuracy) in enumerate((("wide", 8, 0.9), ("narrow", 4, 0.8))):
+        torch.manual_seed(seed)
+        f = folder / f"{vid}.onnx"
+        f.write_bytes(to_onnx_bytes(randomize_bn(small_vgg()).eval(), (1, 8, 8)))
+        variants.append(portfolio.Variant(
+            id=vid, source=str(f), method="test", onnx=f.name, sha256=portfolio.sha256(f), model_file=None,
+            model_sha256=None, accuracy=accuracy, params=width, nonzero_params=width, macs=width,
+            bytes=f.stat().st_size, p50_ms=1.0, p90_ms=1.0, precision="fp32"))
+    name, shape, dtype, classes = portfolio.onnx_signature(folder / "wide.onnx")
+    manifest = portfolio.Manifest(data="test", input_name=name, input_shape=shape, datatype=dtype, classes=classes,
+                                  batch_size=1, threads=1, variants=variants)
+    (folder / portfolio.MANIFEST).write_text(json.dumps(manifest.to_dict()))
+    return {v.id: v.sha256 for v in variants}
+
+
+def test_plan_chooses_the_most_accurate_variant_whose_fastest_plan_meets_the_target(tmp_path):
+    shas = _portfolio(tmp_path / "pf")
+    seg = segments.load((tmp_path / "pf" / "wide.onnx").read_bytes())
+    shapes = [c.shape for c in seg.cuts] + [(10,)]
+    benches = []
+    for vid, scale in (("wide", 4.0), ("narrow", 1.0)):  # wide: 4x the compute of narrow on every tier
+        for tier, ms in (("dev", 5.0), ("edge", 1.0)):
+            rec = fake_bench(tier, [ms * scale] * len(shapes), shapes) | {"model": vid, "onnx_sha256": shas[vid]}
+            path = tmp_path / vid / f"bench-{tier}.json"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(rec))
+            benches.append(str(path))
+    (tmp_path / "links.csv").write_text("dev,edge,1,1000\n")
+    fast = {}
+    for vid in shas:  # each variant's fastest plan, priced alone
+        group = [bench.load(b) for b in benches if f"/{vid}/" in b]
+        fast[vid] = plan.plan_model(group, plan.read_network(tmp_path / "links.csv"), plan.Options())[0][0].total_ms
+    assert fast["narrow"] < fast["wide"]
+    args = ["partition", "plan", *benches, "--network", str(tmp_path / "links.csv"), "--variants",
+            str(tmp_path / "pf"), "--out", str(tmp_path / "plan.json")]
+    for target, chosen in ((fast["wide"] + 1, "wide"), ((fast["wide"] + fast["narrow"]) / 2, "narrow")):
+        r = runner.invoke(app, [*args, "--target-latency", str(target)])
+        assert r.exit_code == 0, r.output
+        rec = json.loads((tmp_path / "plan.json").read_text())
+        assert rec["variant"] == chosen and rec["onnx_sha256"] == shas[chosen]
+        assert rec["plans"][0]["total_ms"] == pytest.approx(fast[chosen]) and rec["target_latency_ms"] == target
+        assert {r["variant"]: r["meets"] for r in rec["variants"]} == {"wide": chosen == "wide", "narrow": True}
+    line = _bad([*args, "--target-latency", str(fast["narrow"] / 2)])
+    assert f"the fastest is narrow at {fast['narrow']:.1f} ms" in line
+    assert "go together" in _bad([*args])
+    assert "no bench files for variant(s) narrow" in _bad(
+        [*args[:2], *[b for b in benches if "/wide/" in b], *args[len(benches) + 2:], "--target-latency", "1000"])
+    (tmp_path / "other.json").write_text(json.dumps(fake_bench("cloud", [1.0] * len(shapes), shapes)))
+    assert "which is no variant of the portfolio" in _bad([*args, str(tmp_path / "other.json"), "--target-latency",
+                                                           "1000"])
+    (tmp_path / "plain.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "variant"}))
+    assert "names no variant of it" in _bad(["partition", "run", str(tmp_path / "pf"), "--plan",
+                                             str(tmp_path / "plain.json")])
+    assert "is a portfolio of several models" in _bad(["partition", "cuts", str(tmp_path / "pf")])
+
+
+def test_bench_a_portfolio_times_every_variant(tmp_path):
+    shas = _portfolio(tmp_path / "pf")
+    r = runner.invoke(app, ["-q", "partition", "bench", str(tmp_path / "pf"), "--tier", "dev", "--warmup", "1",
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    for vid, sha in shas.items():
+        rec = json.loads((tmp_path / "b" / vid / "bench-dev.json").read_text())
+        assert (rec["model"], rec["onnx_sha256"], rec["tier"]) == (vid, sha, "dev")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from ..cli import _handled, _progress, console
 from ..errors import ConfigError
@@ -13,8 +14,9 @@ from ..errors import ConfigError
 partition = typer.Typer(help="Split a model across device, edge and cloud: cut points, per-tier benchmarks, plans, "
                              "and real runs over emulated links.", no_args_is_help=True, rich_markup_mode="rich")
 
-Source = Annotated[str, typer.Argument(help="A run folder (its model.onnx), an .onnx file, or a model name such as "
-                                            "tv:vgg16 (fresh weights).")]
+Source = Annotated[str, typer.Argument(help="A run folder (its model.onnx), an .onnx file, a portfolio folder (bench: "
+                                            "every variant; run: the variant the plan chose), or a model name such "
+                                            "as tv:vgg16 (fresh weights).")]
 InputShape = Annotated[str, typer.Option(help="C,H,W for a model name (a run's ONNX fixes its own).")]
 NumClasses = Annotated[int, typer.Option(help="Outputs of a model built by name (ImageNet's 1000 by default).")]
 
@@ -36,8 +38,6 @@ def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes:
 
     Example: [bold]edgeprune partition cuts tv:resnet18[/]
     """
-    from rich.table import Table
-
     from .. import segments
     from ..partition import bench, transfer
 
@@ -69,20 +69,24 @@ def bench_cmd(
     warmup: Annotated[int, typer.Option(help="Untimed passes first.")] = 5,
     out: Annotated[Path, typer.Option(help="Folder for bench-<tier>.json.")] = Path("."),
 ) -> None:
-    """Time every block of a model on this machine as one tier, fed real activations; write bench-<tier>.json.
+    """Time every block of a model on this machine as one tier, fed real activations; write bench-<tier>.json
+    (for a portfolio folder: every variant, into OUT/<variant>/bench-<tier>.json).
 
     Example: [bold]edgeprune partition bench tv:vgg16 --tier device --cpu-quota 0.25[/]
     """
     from ..partition import bench
     from ..runs import write_json
 
-    data, name = bench.source_model(source, _shape(input_shape), num_classes)
-    with _progress() as progress:
-        rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
-    path = write_json(bench.path_for(out, tier), rec)
-    slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
-    console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
-                  f"blocks {rec['sum_blocks_ms']:.2f} ms ({rec['blocks_over_whole']:.2f}x){slow}; wrote {path}")
+    variants = bench.portfolio_models(source)
+    todo = {name: (data, out / name) for name, data in variants.items()} if variants else {
+        (m := bench.source_model(source, _shape(input_shape), num_classes))[1]: (m[0], out)}
+    for name, (data, folder) in todo.items():
+        with _progress() as progress:
+            rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
+        path = write_json(bench.path_for(folder, tier), rec)
+        slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
+        console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
+                      f"blocks {rec['sum_blocks_ms']:.2f} ms ({rec['blocks_over_whole']:.2f}x){slow}; wrote {path}")
 
 
 @partition.command("plan")
@@ -104,42 +108,48 @@ def plan_cmd(
     raw_blocks: Annotated[bool, typer.Option("--raw-blocks", help="Price blocks at their own measured times, not "
                                                                   "scaled to sum to the whole model's.")] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="How many plans to show.")] = 5,
+    variants: Annotated[Path | None, typer.Option(help="A portfolio: choose the variant and the cut together (the "
+                                                       "bench files are its variants', from `partition bench "
+                                                       "PORTFOLIO`); needs --target-latency.")] = None,
+    target_latency: Annotated[float | None, typer.Option(help="With --variants: the most accurate variant whose "
+                                                              "fastest plan is predicted within MS.")] = None,
     out: Annotated[Path, typer.Option(help="Where to write the plans (read by `partition run`).")] = Path("plan.json"),
     plot: Annotated[Path | None, typer.Option(help="Also draw the plans to this PNG.")] = None,
 ) -> None:
     """Scission's planner: every device/edge/cloud split priced from the bench files and the links, best first.
 
     Example: [bold]edgeprune partition plan bench-device.json bench-edge.json --network links.csv --tl[/]
+    With a portfolio: [bold]edgeprune partition plan pfb/*/bench-*.json --network links.csv --variants pf
+    --target-latency 40[/]
     """
-    from rich.table import Table
-
-    from ..partition import bench, plan, transfer
+    from ..partition import bench, plan
     from ..runs import write_json
 
-    if top < 1:
-        raise ConfigError(f"--top {top}: show at least 1 plan")
+    if (variants is None) != (target_latency is None):
+        raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "
+                          "latency the choice must meet")
+    opts = plan.Options(device or (), edge or (), cloud or (), tl, split, blocks or (), max_upload or (),
+                        max_time or (), raw_blocks, top)
     recs = [bench.load(p) for p in benches]
-    plan.check_benches(recs)
-    roles = plan.assign_roles(recs, device or (), edge or (), cloud or ())
-    by_tier = {r["tier"]: r if raw_blocks else plan.calibrated(r) for r in recs if r["tier"] in roles}
     links = plan.read_network(network)
-    n = len(recs[0]["blocks"])
-    constraints = [c for spec in blocks or () for c in plan.block_constraint(spec, roles, n)]
-    constraints += [plan.limit_constraint("max-upload", s, roles) for s in max_upload or ()]
-    constraints += [plan.limit_constraint("max-time", s, roles) for s in max_time or ()]
-    if split is not None:
-        if not 0 <= split <= n:
-            raise ConfigError(f"--split {split}: the model has blocks 0-{n - 1}; give 0 (send the input) to {n}")
-        if tl:
-            if split in (0, n):
-                raise ConfigError(f"--split {split} --tl: a transfer layer sits at a cut between blocks, 1 to {n - 1}")
-            last = recs[0]["blocks"][split - 1]
-            transfer.check(last["output_shape"][:], f"{split} ({last['output']})")
-        constraints.append(plan.Constraint(f"--split {split}" + (" --tl" if tl else ""),
-                                           lambda p: p.stages[0].stop == split and (p.tl or not tl)))
-    ranked = plan.best(plan.enumerate_plans(by_tier, roles, links, tl), constraints, top)
+    if variants is None:
+        ranked, rec = plan.plan_model(recs, links, opts)
+    else:
+        from .. import portfolio
 
-    table = Table(title=f"{recs[0]['model']}: the {len(ranked)} fastest plans (predicted)")
+        manifest = portfolio.load(variants)
+        results: dict = {}
+        for vid, group in plan.by_variant(recs, benches, {v.id: v.sha256 for v in manifest.variants}).items():
+            try:
+                results[vid] = plan.plan_model(group, links, opts)
+            except plan.NoPlanError as e:  # this variant has none; another may
+                results[vid] = e
+        chosen, rows = plan.choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_latency)
+        _variant_table(rows, chosen, target_latency)
+        ranked, rec = results[chosen]
+        rec.update(variant=chosen, portfolio=str(variants), target_latency_ms=target_latency, variants=rows)
+
+    table = Table(title=f"{rec['model']}: the {len(ranked)} fastest plans (predicted)")
     for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):
         table.add_column(col, justify="right" if col != "plan" else "left")
     for i, p in enumerate(ranked, 1):
@@ -147,11 +157,22 @@ def plan_cmd(
         table.add_row(str(i), p.label, f"{p.total_ms:.1f}", f"{sum(p.compute_ms):.1f}", f"{link_ms:.1f}",
                       " + ".join(f"{h.bytes:,}" for h in p.hops) or "-")
     console.print(table)
-    write_json(out, plan.record(ranked, by_tier, roles, links, constraints, tl))
+    write_json(out, rec)
     console.print(f"wrote {out}")
     if plot is not None:
-        plan.plot(ranked, plot, f"{recs[0]['model']}, predicted; links from {network.name}")
+        plan.plot(ranked, plot, f"{rec['model']}, predicted; links from {network.name}")
         console.print(f"wrote {plot}")
+
+
+def _variant_table(rows: list[dict], chosen: str, target_ms: float) -> None:
+    table = Table(title=f"variants against --target-latency {target_ms:g} ms (chosen: {chosen})")
+    for col in ("variant", "accuracy", "fastest plan", "predicted ms", "meets"):
+        table.add_column(col, justify="right" if col in ("accuracy", "predicted ms") else "left")
+    for r in rows:
+        table.add_row(("* " if r["variant"] == chosen else "") + r["variant"], f"{100 * r['accuracy']:.2f} %",
+                      r["plan"] or f"none: {r['why_not']}",
+                      "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.1f}", "yes" if r["meets"] else "no")
+    console.print(table)
 
 
 @partition.command("run")
@@ -179,7 +200,14 @@ def run_cmd(
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
     record = read_json(plan_file)
-    data, _ = bench.source_model(source, _shape(input_shape), num_classes)
+    variants = bench.portfolio_models(source)
+    if variants is None:
+        data, _ = bench.source_model(source, _shape(input_shape), num_classes)
+    elif record.get("variant") in variants:
+        data = variants[record["variant"]]
+    else:
+        raise ConfigError(f"{source} is a portfolio, but {plan_file} names no variant of it; plan with `partition "
+                          f"plan --variants {source} --target-latency MS`, or run a variant's run or ONNX file")
     with _progress() as progress:
         result = offload.execute(data, record, rank, runs, warmup, progress)
     console.print(f"{result['plan']}: measured {result['measured_ms']:.1f} ms (median of {runs}), predicted "

@@ -30,6 +30,9 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
 
     path = Path(source)
     if path.is_dir():
+        if (path / "portfolio.json").is_file():
+            raise ConfigError(f"{source!r} is a portfolio of several models; give one variant's file "
+                              f"({path}/<variant>.onnx), or use `partition bench` / `plan --variants` on it")
         if not (path / ONNX).is_file():
             raise EdgePruneError(f"run {source!r} has no {ONNX}; write it with `edgeprune export {source} "
                                  f"--onnx {path / ONNX}`")
@@ -47,6 +50,17 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
     shape = input_shape or (3, 224, 224)
     model = create(source, num_classes=num_classes, in_channels=shape[0]).eval()
     return to_onnx_bytes(model, shape), source
+
+
+def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
+    """{variant id: ONNX bytes} of a portfolio folder (verified), None for any other source."""
+    from .. import portfolio
+
+    folder = Path(source)
+    if not (folder / portfolio.MANIFEST).is_file():
+        return None
+    manifest = portfolio.load(folder)
+    return {v.id: (folder / v.onnx).read_bytes() for v in manifest.variants}
 
 
 def run(

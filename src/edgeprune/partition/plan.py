@@ -281,6 +281,92 @@ def _check_tier(tier: str, roles: Mapping[str, str], option: str) -> None:
         raise ConfigError(f"{option}: no tier or role {tier!r}; tiers: {known}")
 
 
+@dataclass
+class Options:
+    """What `partition plan` asks of every plan (the CLI's options): roles, transfer layer, constraints."""
+
+    device: Sequence[str] = ()
+    edge: Sequence[str] = ()
+    cloud: Sequence[str] = ()
+    tl: bool = False
+    split: int | None = None
+    blocks: Sequence[str] = ()
+    max_upload: Sequence[str] = ()
+    max_time: Sequence[str] = ()
+    raw_blocks: bool = False
+    top: int = 5
+
+
+def plan_model(recs: Sequence[dict], links: Mapping[frozenset[str], Link], opts: Options) -> tuple[list[Plan], dict]:
+    """(the `opts.top` fastest plans, the plan record `partition run` reads) for one model's bench files."""
+    from . import transfer
+
+    if opts.top < 1:
+        raise ConfigError(f"--top {opts.top}: show at least 1 plan")
+    check_benches(recs)
+    roles = assign_roles(recs, opts.device, opts.edge, opts.cloud)
+    by_tier = {r["tier"]: r if opts.raw_blocks else calibrated(r) for r in recs if r["tier"] in roles}
+    n = len(recs[0]["blocks"])
+    constraints = [c for spec in opts.blocks for c in block_constraint(spec, roles, n)]
+    constraints += [limit_constraint("max-upload", s, roles) for s in opts.max_upload]
+    constraints += [limit_constraint("max-time", s, roles) for s in opts.max_time]
+    split, tl = opts.split, opts.tl
+    if split is not None:
+        if not 0 <= split <= n:
+            raise ConfigError(f"--split {split}: the model has blocks 0-{n - 1}; give 0 (send the input) to {n}")
+        if tl:
+            if split in (0, n):
+                raise ConfigError(f"--split {split} --tl: a transfer layer sits at a cut between blocks, 1 to {n - 1}")
+            last = recs[0]["blocks"][split - 1]
+            transfer.check(last["output_shape"][:], f"{split} ({last['output']})")
+        constraints.append(Constraint(f"--split {split}" + (" --tl" if tl else ""),
+                                      lambda p: p.stages[0].stop == split and (p.tl or not tl)))
+    ranked = best(enumerate_plans(by_tier, roles, links, tl), constraints, opts.top)
+    return ranked, record(ranked, by_tier, roles, links, constraints, tl)
+
+
+def by_variant(recs: Sequence[dict], paths: Sequence[str | Path], variants: Mapping[str, str]) -> dict[str, list]:
+    """The bench files grouped by the portfolio variant they timed ({variant id: ONNX sha256} from its manifest),
+    matched by the sha256 of the ONNX file. A file of another model, or a variant without bench files, is refused."""
+    ids = {sha: vid for vid, sha in variants.items()}
+    groups: dict[str, list[dict]] = {}
+    for rec, path in zip(recs, paths, strict=True):
+        if rec["onnx_sha256"] not in ids:
+            raise ConfigError(f"{path} timed {rec['model']}, which is no variant of the portfolio; bench the "
+                              "portfolio itself (`edgeprune partition bench PORTFOLIO --tier ...`)")
+        groups.setdefault(ids[rec["onnx_sha256"]], []).append(rec)
+    missing = [v for v in variants if v not in groups]
+    if missing:
+        raise ConfigError(f"no bench files for variant(s) {', '.join(missing)}; bench the portfolio on every tier "
+                          "(`edgeprune partition bench PORTFOLIO --tier ...`) and pass all the files")
+    return groups
+
+
+def choose_variant(results: Mapping[str, tuple[list[Plan], dict] | NoPlanError], accuracy: Mapping[str, float],
+                   target_ms: float) -> tuple[str, list[dict]]:
+    """(the variant to run, a row per variant): the most accurate variant whose fastest plan is predicted to meet
+    `target_ms` (ties: the faster). A NoPlanError names the fastest variant when none meets it."""
+    if not target_ms > 0:
+        raise ConfigError(f"--target-latency {target_ms}: give a latency in ms > 0")
+    rows = []
+    for vid, res in results.items():
+        fastest = None if isinstance(res, NoPlanError) else res[0][0]
+        rows.append({"variant": vid, "accuracy": accuracy[vid], "plan": fastest.label if fastest else None,
+                     "predicted_ms": fastest.total_ms if fastest else None,
+                     "meets": bool(fastest) and fastest.total_ms <= target_ms,
+                     "why_not": str(res) if isinstance(res, NoPlanError) else None})
+    ok = [r for r in rows if r["meets"]]
+    if not ok:
+        timed = [r for r in rows if r["predicted_ms"] is not None]
+        if not timed:
+            raise NoPlanError(f"no variant has a plan that satisfies the constraints ({rows[0]['why_not']})")
+        f = min(timed, key=lambda r: r["predicted_ms"])
+        raise NoPlanError(f"no variant meets --target-latency {target_ms:g} ms: the fastest is {f['variant']} at "
+                          f"{f['predicted_ms']:.1f} ms ({f['plan']}); raise the target or add a faster variant")
+    chosen = max(ok, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
+    return chosen["variant"], sorted(rows, key=lambda r: -r["accuracy"])
+
+
 def best(plans: Iterable[Plan], constraints: Sequence[Constraint] = (), k: int = 5) -> list[Plan]:
     """The k fastest plans that meet every constraint. Raises NoPlanError naming the constraint that removed the
     last candidate."""

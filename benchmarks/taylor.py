@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--importance", default="activation")
+    ap.add_argument("--cost", default="none", help="none or macs (score per MAC); results get a _macs suffix")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-taylor"))
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -62,8 +63,9 @@ def main() -> None:
         jobs.train(dense_cfg, dense_dir, overwrite=True)
     method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
               "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
-              "val_size": a.val_size}
-    ours_dir = work / f"taylor-{a.importance}"
+              "val_size": a.val_size, "cost": a.cost}
+    tag = "" if a.cost == "none" else f"_{a.cost}"
+    ours_dir = work / f"taylor-{a.importance}{tag}"
     ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
     if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
         ours = read_report(ours_dir)
@@ -91,8 +93,8 @@ def main() -> None:
     for name, row in rows.items():
         row.update(ort_b1_p50_ms=lat[name].p50_ms, speedup=lat["dense"].p50_ms / lat[name].p50_ms)
     env = {**measure.environment(), "torch_pruning": tp.__version__}
-    _plot(steps, kept, work)
-    write_results(f"taylor_{a.model}", _text(a, env, steps, kept, ours, rows, time.perf_counter() - t0),
+    _plot(steps, kept, f"{a.model}{tag}")
+    write_results(f"taylor_{a.model}{tag}", _text(a, env, steps, kept, ours, rows, time.perf_counter() - t0, tag),
                   {"args": {k: str(v) for k, v in vars(a).items()}, "environment": env, "steps": steps,
                    "kept_step": kept, "stopped": ours.details["stopped"], "compared": rows,
                    "seconds": time.perf_counter() - t0})
@@ -134,7 +136,7 @@ def _metapruner(dense_dir: Path, bundle: data.DataBundle, train_cfg: TrainConfig
             "onnx": export.to_onnx_bytes(copy.deepcopy(model), shape)}
 
 
-def _plot(steps: list[dict], kept: int, work: Path) -> None:
+def _plot(steps: list[dict], kept: int, name: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
@@ -147,17 +149,19 @@ def _plot(steps: list[dict], kept: int, work: Path) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"taylor_{work.name}.png", dpi=110)
+    fig.savefig(RESULTS / f"taylor_{name}.png", dpi=110)
 
 
-def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds: float) -> list[str]:
+def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds: float, tag: str) -> list[str]:
     d = ours.details
     lines = [f"# Taylor filter pruning, {a.model} on Fashion-MNIST", "",
              f"{measured('taylor.py', env, 'torch', 'onnxruntime', 'torch_pruning')}; {seconds / 60:.0f} min in all.",
              "", f"Dense start: {a.model} trained {a.epochs} epoch(s) on {a.subset} Fashion-MNIST training images "
              f"(a short budget: far from convergence). Validation: {a.val_size} other training images, never seen "
              "by the dense run; test: the 10,000 test images, measured once per model at the end.",
-             f"Taylor: {a.importance} criterion, {a.step_fraction:.0%} of the removable channels "
+             f"Taylor: {a.importance} criterion"
+             + (" divided by the MACs each channel costs (`--cost macs`)" if a.cost == "macs" else "")
+             + f", {a.step_fraction:.0%} of the removable channels "
              f"({d['channels_per_step']}) per step, {a.finetune_steps} fine-tuning batches (lr "
              f"{ours.options['finetune_lr']}, cosine) per step, stop at a drop > {a.max_drop} point(s); "
              f"stopped: {d['stopped']}.", "",
@@ -169,7 +173,7 @@ def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds:
         mark = " (kept)" if s["step"] == kept else ""
         lines.append(f"| {s['step']}{mark} | {s['params']:,} | {s['macs'] / 1e6:.2f} M | {s['ort_b1_ms']:.3f} | "
                      f"{100 * s['val_accuracy']:.2f} | {s.get('drop_points', 0):.2f} |")
-    lines += ["", f"![curve](taylor_{a.model}.png)", "",
+    lines += ["", f"![curve](taylor_{a.model}{tag}.png)", "",
               f"## At ≤ {a.max_drop} point validation drop: ours vs torch-pruning's MetaPruner + TaylorImportance",
               "", "Same dense model, same number of steps and fine-tuning batches per step; torch-pruning's channel "
               "ratio bisected to land on our parameter count. Latency: ONNX Runtime, batch 1, 1 thread, the three "

@@ -13,9 +13,10 @@ from conftest import Tiny, small_vgg
 from torch import nn
 from typer.testing import CliRunner
 
-from edgeprune import data, models, structure
+from edgeprune import data, measure, models, structure
 from edgeprune.cli import app
 from edgeprune.errors import ConfigError
+from edgeprune.measure import PRUNABLE
 from edgeprune.scores import taylor as criteria
 from edgeprune.surgery import materialize
 
@@ -69,6 +70,23 @@ def test_a_step_removes_the_lowest_channels_across_layers_and_every_layer_keeps_
     assert keep == {"0": [i for i in range(16) if i not in (3, 5)], "3": [i for i in range(32) if i != 7]}
     floor = structure.global_keep(model, x, 10**6, criteria.ActivationTaylorImportance(scores))
     assert {n: len(k) for n, k in floor.items()} == {"0": 1, "3": 1, "7": 1, "10": 1}
+
+
+@pytest.mark.parametrize(("factor", "goes"), [(0.999, ("3", 7)), (1.001, ("0", None))])
+def test_per_mac_ranks_by_score_over_the_work_a_channel_costs(factor, goes):
+    """small_vgg at 8x8: a channel of conv 0 costs 9·1·64 MACs of its own and 9·32·64 of conv 3's, one of
+    conv 3 costs 9·16·64 + conv 7's 9·32·16 (after the pool); a conv 3 channel scored just below (above)
+    13824/19008 of conv 0's goes first (second)."""
+    model = small_vgg()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    scores = {m: torch.ones(m.out_channels, dtype=torch.float64) for m in convs}
+    scores[convs[1]][7] = factor * (9 * 16 * 64 + 9 * 32 * 16) / (9 * 1 * 64 + 9 * 32 * 64)
+    macs = {m: measure.layer_macs(model, (1, 8, 8))[n] for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    per_mac = criteria.PerMacImportance(criteria.ActivationTaylorImportance(scores), macs)
+    keep = structure.global_keep(model, torch.zeros(1, 1, 8, 8), 1, per_mac)
+    layer, channel = goes  # conv 0's channels tie: one of them
+    assert list(keep) == [layer] and len(keep[layer]) == scores[convs[0 if layer == "0" else 1]].numel() - 1
+    assert channel is None or channel not in keep[layer]
 
 
 def test_on_a_residual_network_the_count_lands_exactly():

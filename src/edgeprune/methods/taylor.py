@@ -5,6 +5,7 @@ the iterative scheme of the IoT inspection paper in papers.md, Wu et al., which 
 Each step:
 1. score every output channel by the first-order Taylor criterion (scores/taylor.py): the activation
    criterion |mean z·∂L/∂z| normalised per layer (default), or torch-pruning's weight `TaylorImportance`;
+   with `cost` "macs", divided by the MACs the channel costs (its layer's and its consumers' share);
 2. remove the `step_fraction` × (the dense model's removable channels) lowest-scored channels, ranked across
    the whole model, coupled channels (residual adds) as one (`structure.global_keep`), physically
    (`surgery.materialize`, strict: a group torch-pruning maps wrongly is an error, not a silent skip);
@@ -51,10 +52,14 @@ class TaylorOptions:
     val_size: int = option(5000, "Taylor: validation samples, carved from the training samples the dense run did "
                            "not train on.")
     score_batches: int = option(4, "Taylor: batches each step's scores are averaged over.")
+    cost: str = option("none", "Taylor: none (rank channels by their score, Molchanov) or macs (by score per MAC "
+                       "the channel costs: the same parameters removed take more of the work away).")
 
     def __post_init__(self) -> None:
         if self.importance not in criteria.IMPORTANCES:
             raise unknown_name("Taylor importance", self.importance, criteria.IMPORTANCES)
+        if self.cost not in criteria.COSTS:
+            raise unknown_name("Taylor cost", self.cost, criteria.COSTS)
         if not 0 < self.step_fraction < 1:
             raise ConfigError(f"step_fraction must be in (0, 1), got {self.step_fraction}")
         if self.finetune_steps < 0:
@@ -72,9 +77,11 @@ class TaylorOptions:
 
 
 def _label(o: dict) -> tuple[str, list[str]]:
-    words = [f"{o.get('importance', 'activation')} Taylor", f"−{o.get('step_fraction', 0):.0%}/step",
-             f"{o.get('finetune_steps')} fine-tuning steps", f"max drop {o.get('max_drop')}"]
-    return f"taylor-{o.get('importance', 'activation')}", words
+    per_mac = o.get("cost", "none") == "macs"
+    words = [f"{o.get('importance', 'activation')} Taylor" + (" per MAC" if per_mac else ""),
+             f"−{o.get('step_fraction', 0):.0%}/step", f"{o.get('finetune_steps')} fine-tuning steps",
+             f"max drop {o.get('max_drop')}"]
+    return f"taylor-{o.get('importance', 'activation')}" + ("-macs" if per_mac else ""), words
 
 
 @register("taylor", kind="trained", options=TaylorOptions, label=_label,
@@ -94,7 +101,8 @@ def prune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: Ta
     while True:
         k = len(steps)
         report.update("taylor steps", k - 1, None, f"val acc {100 * steps[-1]['val_accuracy']:.2f} %")
-        scorer = criteria.importance(opts.importance, model, bundle.train, opts.score_batches, device)
+        scorer = criteria.importance(opts.importance, model, bundle.train, opts.score_batches, device, opts.cost,
+                                     shape)
         keep = structure.global_keep(model.cpu(), x, per_step, scorer)
         model.zero_grad(set_to_none=True)
         if not keep:

@@ -29,7 +29,9 @@ from torch_pruning.pruner import function
 from ..measure import PRUNABLE
 
 IMPORTANCES = ("activation", "weight")
+COSTS = ("none", "macs")
 _OUT = (function.prune_conv_out_channels, function.prune_linear_out_channels)
+_IN = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 
 
 def activation_taylor(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_batches: int,
@@ -85,6 +87,36 @@ class ActivationTaylorImportance(tp.importance.GroupMagnitudeImportance):
         return self._reduce(imps, roots) if imps else None
 
 
+class PerMacImportance(tp.importance.Importance):
+    """Another group importance divided by the MACs one channel of the group costs: its own conv/linear
+    layers' work per output channel plus the consumers' work per input channel (`layer_macs`: MACs of one
+    sample per layer). Ranked across the model, the channels that buy the least importance per MAC go first,
+    so a budget of parameters removes more of the work (Molchanov et al. 2017 subtract a FLOPs term instead;
+    a ratio needs no weight to tune)."""
+
+    def __init__(self, inner: tp.importance.Importance, layer_macs: dict[nn.Module, int]):
+        self.inner, self.macs = inner, layer_macs
+
+    @torch.no_grad()
+    def __call__(self, group) -> Tensor | None:
+        imp = self.inner(group)
+        if imp is None:
+            return None
+        cost = torch.zeros(len(imp), dtype=torch.float64)
+        for item in group:
+            layer, handler = item.dep.target.module, item.dep.handler
+            if layer not in self.macs or handler not in (*_OUT, *_IN):
+                continue
+            if isinstance(layer, nn.Linear):
+                n = layer.out_features if handler in _OUT else layer.in_features
+            else:
+                n = layer.out_channels if handler in _OUT else layer.in_channels
+            # a flattened channel feeds the linear layer several inputs: each idx adds its share
+            cost.index_add_(0, torch.as_tensor(item.root_idxs), torch.full((len(item.root_idxs),),
+                                                                           self.macs[layer] / n, dtype=torch.float64))
+        return imp.double().cpu() / cost.clamp_min(1.0)
+
+
 def weight_gradients(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_batches: int,
                      device: str | torch.device = "cpu") -> None:
     """Fill every parameter's .grad with the loss gradient summed over the first `num_batches` of `batches`
@@ -100,9 +132,18 @@ def weight_gradients(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
 
 
 def importance(kind: str, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_batches: int,
-               device: str | torch.device = "cpu") -> tp.importance.Importance:
-    """The group importance of `kind` ("activation" or "weight") for `model` as it is now."""
+               device: str | torch.device = "cpu", cost: str = "none",
+               input_shape: tuple[int, ...] | None = None) -> tp.importance.Importance:
+    """The group importance of `kind` ("activation" or "weight") for `model` as it is now; with `cost` "macs",
+    per MAC of the channel (PerMacImportance; needs `input_shape`)."""
     if kind == "activation":
-        return ActivationTaylorImportance(activation_taylor(model, batches, num_batches, device))
-    weight_gradients(model, batches, num_batches, device)
-    return tp.importance.TaylorImportance()
+        imp = ActivationTaylorImportance(activation_taylor(model, batches, num_batches, device))
+    else:
+        weight_gradients(model, batches, num_batches, device)
+        imp = tp.importance.TaylorImportance()
+    if cost == "none":
+        return imp
+    from ..measure import layer_macs
+
+    by_name = layer_macs(model, input_shape)
+    return PerMacImportance(imp, {m: by_name[n] for n, m in model.named_modules() if n in by_name})

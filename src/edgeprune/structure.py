@@ -20,6 +20,7 @@ from torch import nn
 from . import masks as masks_mod
 from .errors import ConfigError
 from .measure import PRUNABLE, effective_weights
+from .reference import zero_inputs
 from .surgery import (
     CHANNELWISE,
     SurgeryReport,
@@ -29,7 +30,6 @@ from .surgery import (
     out_channel_group,
     trace,
     width,
-    zero_inputs,
 )
 
 

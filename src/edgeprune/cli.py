@@ -465,8 +465,9 @@ def compare(
                                          "in one pass, so that the speed-ups compare like with like (the runs' "
                                          "own timings were taken at other times, under other loads).")] = True,
 ) -> None:
-    """Print the profiles of several runs side by side, with ratios to the first, and say in one line per run
-    what the table shows.
+    """Print the profiles of several runs side by side, with ratios to the first.
+
+    One closing line per run says what the table shows.
 
     Example: [bold]edgeprune compare runs/dense runs/synflow-90 runs/reconvene-90[/]
     """
@@ -568,81 +569,6 @@ def _batch_threads(text: str) -> tuple[int, int]:
     return int(b), int(t)
 
 
-@app.command("eval")
-@_handled
-def eval_cmd(
-    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Override the run's data set.")] = None,
-    data_root: DataRoot = None,
-    test_subset: TestSubset = None,
-    device: Device = "cpu",
-    runtime: Annotated[str, typer.Option(help="torch (the PyTorch model in model.pt) or onnxruntime (the run's "
-                                         "model.onnx, the artifact that ships; INT8 runs have only this).")]
-    = "torch",
-) -> None:
-    """Top-1 accuracy of a saved model on its data set's test split.
-
-    Example: [bold]edgeprune eval runs/demo --runtime onnxruntime[/]
-    """
-    from . import jobs
-
-    override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
-                                  "test_subset": test_subset}.items() if v is not None}
-    with _progress() as progress:
-        result = jobs.evaluate_saved(path, override, device=device, progress=progress, runtime=runtime)
-    console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples, {result['runtime']}): "
-                  f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
-
-
-@app.command("measure")
-@_handled
-def measure_cmd(
-    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
-    batch_size: Annotated[list[int] | None, typer.Option("--batch-size", "-b", help="Batch size(s).")] = None,
-    threads: Annotated[list[int] | None, typer.Option("--threads", "-t", help="Thread count(s).")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per figure.")] = 30,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
-    runtime: Annotated[list[str] | None, typer.Option(help="onnxruntime and/or torch (default: both).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the profile as JSON here.")] = None,
-) -> None:
-    """Measure parameters, MACs, size, latency (ONNX Runtime and PyTorch, CPU) and memory of a saved model
-    (an INT8 run: its model.onnx in ONNX Runtime).
-
-    Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
-    """
-    from . import jobs
-    from .report import profile_table
-    from .runs import write_json
-
-    prof = jobs.measure_saved(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
-                              warmup=warmup, runtimes=runtime)
-    console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {tuple(prof.input_shape)}"))
-    if json_out:
-        write_json(json_out, prof.to_dict())
-
-
-@app.command("export")
-@_handled
-def export_cmd(
-    path: Annotated[Path, typer.Argument(help="A run folder or a model.pt.")],
-    onnx: Annotated[Path, typer.Option(help="Where to write the ONNX file.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
-    exporter: Annotated[str, typer.Option(help="torchscript (fast) or dynamo.")] = "torchscript",
-) -> None:
-    """Export a saved model to ONNX, checked against ONNX Runtime on a random input.
-
-    Example: [bold]edgeprune export runs/demo --onnx demo.onnx[/]
-    """
-    from . import jobs
-    from .export import to_onnx
-
-    if onnx.is_dir():
-        raise ConfigError(f"--onnx {str(onnx)!r} is a folder; give a file path, e.g. {str(onnx / 'model.onnx')!r}")
-    model, extra = jobs.load(path)
-    to_onnx(model, onnx, tuple(extra["input_shape"]), opset=opset, exporter=exporter)
-    console.print(f"wrote {onnx} (checked against ONNX Runtime)")
-
-
 @app.command()
 @_handled
 def rerun(
@@ -663,10 +589,11 @@ def rerun(
     _print_report(report, run_dir)
 
 
-# Commands of the deployment half (quantize, portfolio, serve, partition, ...) live in `edgeprune.commands.<name>`,
+# Commands on a saved model (eval, measure, export) and of the deployment half (quantize, portfolio, serve, partition,
+# ...) live in `edgeprune.commands.<name>`,
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
-COMMAND_MODULES: tuple[str, ...] = ("partition", "portfolio", "quantize", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("saved", "quantize", "portfolio", "serve", "partition")
 # Run as `python -m edgeprune.cli`, this file is `__main__` and the command modules' `from ..cli import ...` load it
 # a second time as `edgeprune.cli`: only that copy registers them (registering from both would import a command
 # module while it is still being imported), and `__main__` hands over to it below.

@@ -31,8 +31,10 @@ def serve(
     workers: Annotated[int, typer.Option(help="Inference threads.")] = 2,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 16.0,
 ) -> None:
-    """Serve a portfolio over the KServe v2 protocol; the routed model `portfolio` answers with the variant
-    the policy chose. Stops on Ctrl-C or SIGTERM after requests in flight finish.
+    """Serve a portfolio over the KServe v2 protocol, switching variants at run time.
+
+    The routed model `portfolio` answers with the variant the policy chose. Stops on Ctrl-C or SIGTERM after
+    requests in flight finish.
 
     Example: [bold]edgeprune serve pf --port 8000 --policy latency --policy-params '{"budget_ms": 5}'[/]
     """

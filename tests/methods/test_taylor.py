@@ -89,6 +89,21 @@ def test_per_mac_ranks_by_score_over_the_work_a_channel_costs(factor, goes):
     assert channel is None or channel not in keep[layer]
 
 
+def test_round_to_removes_whole_quanta_when_their_last_channel_comes_up():
+    model = small_vgg()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    scores = {m: torch.ones(m.out_channels, dtype=torch.float64) for m in convs}
+    scores[convs[0]][:4] = torch.tensor([0.01, 0.02, 0.03, 0.04], dtype=torch.float64)
+    scores[convs[1]][7] = 0.015
+    x, imp = torch.zeros(1, 1, 8, 8), criteria.ActivationTaylorImportance(scores)
+    assert structure.global_keep(model, x, 3, imp, round_to=4) == {"0": list(range(4, 16))}
+    assert structure.global_keep(model, x, 2, imp) == {"0": list(range(1, 16)), "3": [i for i in range(32) if i != 7]}
+    floor = structure.global_keep(model, x, 10**6, imp, round_to=8)
+    assert {n: len(k) for n, k in floor.items()} == {"0": 8, "3": 8, "7": 8, "10": 8}
+    with pytest.raises(ConfigError, match="round_to must be a positive integer, got 0"):
+        structure.global_keep(model, x, 3, imp, round_to=0)
+
+
 def test_on_a_residual_network_the_count_lands_exactly():
     torch.manual_seed(0)
     model, x = models.create("resnet20", num_classes=10).eval(), torch.zeros(1, 3, 32, 32)

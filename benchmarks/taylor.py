@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--importance", default="activation")
     ap.add_argument("--cost", default="none", help="none or macs (score per MAC); results get a _macs suffix")
+    ap.add_argument("--round-to", type=int, default=4, help="widths kept at multiples of this (ours and "
+                    "torch-pruning's alike); results of 1 get a _any suffix")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-taylor"))
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -63,8 +65,8 @@ def main() -> None:
         jobs.train(dense_cfg, dense_dir, overwrite=True)
     method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
               "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
-              "val_size": a.val_size, "cost": a.cost}
-    tag = "" if a.cost == "none" else f"_{a.cost}"
+              "val_size": a.val_size, "cost": a.cost, "round_to": a.round_to}
+    tag = ("" if a.cost == "none" else f"_{a.cost}") + ("_any" if a.round_to == 1 else "")
     ours_dir = work / f"taylor-{a.importance}{tag}"
     ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
     if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
@@ -110,7 +112,8 @@ def _metapruner(dense_dir: Path, bundle: data.DataBundle, train_cfg: TrainConfig
     def pruner(model: nn.Module, ratio: float, iterative_steps: int) -> tp.pruner.MetaPruner:
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         return tp.pruner.MetaPruner(model, x, importance=tp.importance.TaylorImportance(), global_pruning=True,
-                                    pruning_ratio=ratio, iterative_steps=iterative_steps, ignored_layers=[last])
+                                    pruning_ratio=ratio, iterative_steps=iterative_steps, ignored_layers=[last],
+                                    round_to=opts.round_to if opts.round_to > 1 else None)
 
     def one_shot(ratio: float) -> int:
         model = jobs.load(dense_dir)[0]
@@ -161,6 +164,8 @@ def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds:
              "by the dense run; test: the 10,000 test images, measured once per model at the end.",
              f"Taylor: {a.importance} criterion"
              + (" divided by the MACs each channel costs (`--cost macs`)" if a.cost == "macs" else "")
+             + (f", widths kept at multiples of {a.round_to} (torch-pruning's `round_to` too)" if a.round_to > 1
+                else ", any width")
              + f", {a.step_fraction:.0%} of the removable channels "
              f"({d['channels_per_step']}) per step, {a.finetune_steps} fine-tuning batches (lr "
              f"{ours.options['finetune_lr']}, cosine) per step, stop at a drop > {a.max_drop} point(s); "

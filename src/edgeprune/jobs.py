@@ -200,8 +200,6 @@ def _from_trained(cfg: RunConfig, method: registry.Method, opts, target: budget.
     source's folder."""
     source = trained_source(cfg.method["source"], method.name)
     _not_the_source(source, run_dir)
-    if resume:
-        raise ConfigError(f"{method.name} runs cannot be resumed; run it again with --overwrite")
     own = read_config(source / runs.CONFIG)
     if (own.model, own.data) != (cfg.model, cfg.data):
         raise ConfigError(f"run {source} trained {own.model} on {own.data}, this run names {cfg.model} on {cfg.data}; "
@@ -216,7 +214,7 @@ def _from_trained(cfg: RunConfig, method: registry.Method, opts, target: budget.
     bundle = data.loaders(**{**cfg.data, **({} if val_size is None else {"val_size": val_size})})
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         model, info = method.entry(model, bundle, cfg.train, opts, target, cfg.measure.runs, device=cfg.device,
-                                   progress=progress)
+                                   progress=progress, run_dir=rf.path)
         report = finish(model, bundle, cfg, rf.path, info, rf.name)
         report.source = str(source)
         write_report(rf.path / runs.REPORT, report)

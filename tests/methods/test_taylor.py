@@ -13,7 +13,7 @@ from conftest import Tiny, small_vgg
 from torch import nn
 from typer.testing import CliRunner
 
-from edgeprune import data, measure, models, structure
+from edgeprune import data, export, measure, models, structure
 from edgeprune.cli import app
 from edgeprune.errors import ConfigError
 from edgeprune.measure import PRUNABLE
@@ -156,6 +156,34 @@ def test_taylor_records_every_step_and_keeps_the_last_within_the_drop(dense, tmp
     assert config["method"]["source"] == str(dense) and config["model"] == "conftest:small_vgg"
     assert config["data"] == json.loads((dense / "config.json").read_text())["data"]
     assert _tree(dense) == source
+
+
+def test_an_interrupted_run_resumes_after_its_last_checkpointed_step(dense, tmp_path, monkeypatch):
+    from edgeprune.methods import taylor
+
+    assert _taylor(dense, tmp_path / "whole", "--max-drop", "100").exit_code == 0
+    whole = json.loads((tmp_path / "whole" / "t" / "report.json").read_text())["steps"]
+    assert len(whole) >= 4
+    real, calls = taylor.finetune, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[4])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(taylor, "finetune", interrupted)
+    result = _taylor(dense, tmp_path, "--max-drop", "100")
+    assert result.exit_code == 130 and not (tmp_path / "t" / "report.json").exists()
+    saved = export.load(tmp_path / "t" / "checkpoint.pt")[1]["taylor"]["steps"]
+    assert [s["step"] for s in saved] == [0, 1, 2]
+    monkeypatch.setattr(taylor, "finetune", lambda *args, **kwargs: calls.append(args[4]) or real(*args, **kwargs))
+    result = _taylor(dense, tmp_path, "--max-drop", "100", "--resume")
+    assert result.exit_code == 0, result.output
+    assert calls == [1, 2, 3, *range(3, len(whole))]  # step 3 again (it was cut short), steps 1-2 never redone
+    steps = json.loads((tmp_path / "t" / "report.json").read_text())["steps"]
+    assert [s["params"] for s in steps] == [s["params"] for s in whole]
+    assert steps[:3] == saved  # the steps before the interruption, as recorded then
 
 
 def test_a_parameter_budget_stops_at_the_first_step_that_meets_it(dense, tmp_path):

@@ -16,10 +16,10 @@ Kinds:
             input_shape, saved, progress)` -> a `train.Callback` that prunes during training (its epoch 0 ends
             before training starts), calls `saved(model, info)` once done, and keeps `info`.
   "trained": starts from the model of a finished dense run (`--from RUN`), in its data and training setup;
-            entry `prune(model, bundle, train_cfg, opts, target, measure_runs, device, progress)
-            -> (model, info dict)`, `target` a `budget.Target` or None. An option `val_size` carves
+            entry `prune(model, bundle, train_cfg, opts, target, measure_runs, device, progress, run_dir)
+            -> (model, info dict)`, `target` a `budget.Target` or None; `run_dir` is the run folder, for a
+            checkpoint (runs.CHECKPOINT) from which a resumed run goes on. An option `val_size` carves
             `bundle.val` from the training split (data.loaders), for stopping rules that must not see the test.
->>>>>>> i13
 
 Methods outside edgeprune register the same way from their own module, imported before use (the CLI imports
 the modules of the `edgeprune.methods` entry-point group, and those named in $EDGEPRUNE_METHODS).

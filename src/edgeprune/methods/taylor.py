@@ -28,12 +28,13 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .. import export, measure, structure, surgery
+from .. import export, measure, runs, structure, surgery
 from ..budget import Target
 from ..data import DataBundle
 from ..errors import ConfigError, unknown_name
@@ -94,16 +95,25 @@ def _label(o: dict) -> tuple[str, list[str]]:
           summary="Taylor filter pruning of a trained run (--from RUN): channels removed step by step, fine-tuned, "
                   "until validation accuracy drops by --max-drop or a --target-* budget is met (smaller model)")
 def prune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: TaylorOptions, target: Target | None,
-          measure_runs: int = 30, device: str = "cpu", progress: Reporter | None = None) -> tuple[nn.Module, dict]:
-    """Prune trained `model` (changed in place) step by step; return the kept model and every step's record."""
+          measure_runs: int = 30, device: str = "cpu", progress: Reporter | None = None,
+          run_dir: Path | None = None) -> tuple[nn.Module, dict]:
+    """Prune trained `model` (changed in place) step by step; return the kept model and every step's record.
+    With `run_dir`, every step within the tolerance is checkpointed there (the model and the steps so far), and
+    a checkpoint found there is gone on from instead of `model`: an interrupted run loses one step at most."""
     report, t0 = reporter(progress), time.perf_counter()
     shape, x = bundle.input_shape, torch.zeros(1, *bundle.input_shape)
     if target is not None:
         _check_reachable(model, x, shape, target)
-    per_step = max(1, round(opts.step_fraction * structure.removable_channels(model, x)))
-    first = _measure(model, bundle, shape, measure_runs, device)
-    steps, kept = [{"step": 0, "removed": 0, **first}], copy.deepcopy(model)
-    report.note(_describe(steps[0], first))
+    checkpoint = None if run_dir is None else Path(run_dir) / runs.CHECKPOINT
+    if checkpoint is not None and checkpoint.is_file():
+        model, extra = export.load(checkpoint)
+        steps, per_step = extra["taylor"]["steps"], extra["taylor"]["per_step"]
+        report.note(f"resumed after step {steps[-1]['step']} (the last one checkpointed)")
+    else:
+        per_step = max(1, round(opts.step_fraction * structure.removable_channels(model, x)))
+        steps = [{"step": 0, "removed": 0, **_measure(model, bundle, shape, measure_runs, device)}]
+    first, kept = steps[0], copy.deepcopy(model)
+    report.note(_describe(steps[-1], first))
     while True:
         k = len(steps)
         report.update("taylor steps", k - 1, None, f"val acc {100 * steps[-1]['val_accuracy']:.2f} %")
@@ -124,6 +134,8 @@ def prune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts: Ta
             stop = f"step {k} lost {record['drop_points']:.2f} points > max_drop {opts.max_drop}"
             break
         kept = copy.deepcopy(model)
+        if checkpoint is not None:  # the kept model is the current one here: one file holds the state
+            export.save_model(model, checkpoint, extra={"taylor": {"steps": steps, "per_step": per_step}})
         if target is not None and (cost := target.cost(model, shape)) <= target.value:
             stop = f"step {k} meets {target.describe()} ({target.describe(cost)})"
             break

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 pytest.importorskip("grpc")
 
-from edgeprune.errors import CheckpointError, ConfigError  # noqa: E402
+from edgeprune.errors import ConfigError  # noqa: E402
 from edgeprune.federated import split as sp  # noqa: E402
 from edgeprune.models import create  # noqa: E402
 

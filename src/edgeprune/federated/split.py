@@ -30,7 +30,7 @@ import grpc
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, EdgePruneError, UnsupportedModelError
+from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec, create
 from ..partition.finetune import chain
 

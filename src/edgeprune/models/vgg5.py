@@ -19,7 +19,8 @@ def vgg5(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> n
     side = image_size // 4
     model = nn.Sequential(
         _conv(in_channels, 32), nn.MaxPool2d(2), _conv(32, 64), nn.MaxPool2d(2), _conv(64, 64),
-        nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU()), nn.Linear(128, num_classes),
+        nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU()),
+        nn.Linear(128, num_classes),
     )
     init_weights(model)
     return model

@@ -71,3 +71,119 @@ def test_split_training_over_grpc_equals_unsplit_training(edges, split):
     else:
         assert stats.bytes_up == 0
 
+
+
+def test_move_of_unknown_device_and_invalid_split_are_refused_before_the_run():
+    from edgeprune.federated.flower import Job, Move
+
+    kw = dict(model=MODEL, data=DATA, devices=2, rounds=2, edges=[None, None])
+    with pytest.raises(ConfigError, match="unknown device 5: the job has devices 0-1"):
+        Job(**kw, splits=[7, 7], moves=[Move(1, 5, 0, "x:1")])
+    with pytest.raises(ConfigError, match=r"split 0 .* one of \[1, 2"):
+        Job(**kw, splits=[0, 7])
+
+
+MODEL = {"name": "vgg5", "num_classes": 10, "in_channels": 1, "image_size": 28}
+DATA = {"name": "synthetic", "shape": [1, 28, 28], "size": 64, "batch_size": 8, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def flower_runs(edges):
+    """One seeded Flower job three ways: no offloading; device 0 offloading to edge 0; the same with device 0
+    moving to edge 1 in round 2 after 2 of its 4 iterations (FedFly)."""
+    pytest.importorskip("flwr")
+    from edgeprune.federated.flower import Job, Move, simulate
+
+    def job(splits, moves=()):
+        return Job(model=MODEL, data=DATA, devices=2, rounds=2, splits=splits, edges=[edges[0], None],
+                   optim=OPTIM, moves=list(moves))
+
+    return {"classic": simulate(job([7, 7])), "split": simulate(job([3, 7])),
+            "moved": simulate(job([3, 7], [Move(2, 0, 2, edges[1])]))}
+
+
+def test_flower_rounds_with_a_split_client_equal_classic_fl(flower_runs):
+    a, b = flower_runs["classic"]["state_dict"], flower_runs["split"]["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rounds = flower_runs["split"]["history"]
+    assert [r["splits"] for r in rounds] == [[3, 7], [3, 7]]
+    assert rounds[0]["devices"][0]["bytes_up"] > 0 and rounds[0]["devices"][1]["bytes_up"] == 0
+    assert rounds[0]["devices"][0]["iterations"] == 4 and rounds[0]["dropped"] == []
+
+
+def test_fedfly_migration_leaves_the_global_model_bit_identical(flower_runs):
+    a, b = flower_runs["split"]["state_dict"], flower_runs["moved"]["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    moved = flower_runs["moved"]["history"][1]["devices"][0]
+    assert moved["moved"] == 1 and moved["migration_s"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ FedAdapt
+
+
+def test_grouping_is_kmeans_on_iteration_times_fastest_first():
+    pytest.importorskip("sklearn")
+    from edgeprune.federated.fedadapt import group
+
+    assert group([2.0, 0.1, 0.5, 0.11, 0.52], groups=3) == [2, 0, 1, 0, 1]
+    with pytest.raises(ConfigError, match="groups=6 for 5 devices"):
+        group([1, 2, 3, 4, 5], groups=6)
+
+
+def test_cost_model_measures_every_layer_of_vgg5():
+    pytest.importorskip("gymnasium")
+    from edgeprune.federated.fedadapt import measure
+
+    cost = measure(vgg5(), (1, 28, 28), batch=4, repeats=2)
+    assert cost.n == 7 and all(t > 0 for t in cost.layer_s)
+    # conv 32 at 28x28, pooled to 14x14, conv 64, pooled to 7x7: float32 activations up and gradients down
+    assert cost.bytes[:4] == [2 * 4 * n * 4 + 8 * 4 for n in (32 * 28 * 28, 32 * 14 * 14, 64 * 14 * 14, 64 * 7 * 7)]
+    assert cost.share(7) == 1.0 and cost.share(1) < cost.share(3) < cost.share(5) < 1
+    assert cost.options() == [1, 2, 3, 4, 5, 7]
+
+
+def toy_env(mbps: float, steps: int = 20):
+    from edgeprune.federated.fedadapt import CostModel, FedAdaptEnv
+
+    # 7 layers of 1 s except the FC block; 1 MB crosses any cut
+    cost = CostModel([1.0] * 5 + [0.1, 0.1], [1_000_000] * 7, [1.0] * 5 + [0.1, 0.1], batch=100)
+    return FedAdaptEnv(cost, factors=[1.0, 10.0, 10.0], groups=[0, 1, 1], bandwidth=lambda t, rng: [mbps] * 3,
+                       steps=steps)
+
+
+def test_env_state_action_and_reward_follow_fedadapt():
+    pytest.importorskip("gymnasium")
+    env = toy_env(mbps=80.0)  # 0.1 s per iteration on the wire
+    obs, _ = env.reset(seed=0)
+    assert obs.tolist() == [1.0, 1.0, 1.0, 1.0]  # no offloading: times at baseline, all FLOPs on the device
+    assert env.splits_of([1.0, 0.0]) == [7, 1]
+    obs, reward, done, _, info = env.step([1.0, 0.0])
+    b, t = 10 * 5.2, 10 * 1.0 + 4.2 + 0.1  # the slow devices: baseline and offloaded after layer 1
+    assert info["times"] == pytest.approx([5.2, t, t])
+    assert reward == pytest.approx(2 * (b - t) / b)
+    assert obs[2] == pytest.approx(t / b) and not done
+
+
+def test_oracle_offloads_over_a_fast_link_and_keeps_layers_over_a_slow_one():
+    pytest.importorskip("gymnasium")
+    from edgeprune.federated.fedadapt import oracle
+
+    assert oracle(toy_env(80.0), [80.0] * 3) == [7, 1]
+    assert oracle(toy_env(0.1), [0.1] * 3) == [7, 7]  # 80 s to send 1 MB
+
+
+@pytest.mark.slow
+def test_ppo_learns_to_offload_the_slow_group():
+    pytest.importorskip("stable_baselines3")
+    from edgeprune.federated.fedadapt import oracle, train_ppo
+
+    env = toy_env(80.0)
+    agent = train_ppo(env, timesteps=3000, seed=0)
+    obs, _ = env.reset(seed=1)
+    action, _ = agent.predict(obs, deterministic=True)
+    best = oracle(env, [80.0] * 3)
+    _, _, _, _, info = env.step(action)
+    assert info["round_s"] <= 1.1 * max(env.cost.iteration_s(best[g], f, 80.0) for g, f in zip(env.groups,
+                                                                                               env.factors))

@@ -1,0 +1,177 @@
+"""FedAdapt: group devices by speed, and let a PPO agent choose each group's split from measured costs.
+
+- `group`: k-means (scikit-learn) on the devices' measured per-iteration times, groups numbered fastest first.
+- `CostModel`: each layer's forward+backward time per batch and each split's activation bytes, measured on this
+  machine, and each split's share of the model's FLOPs (torch.utils.flop_counter). A device `factor` times slower
+  than this machine, over a link of `mbps` and `rtt_ms`, takes factor x device layers + edge layers + transfer per
+  iteration. It is a model: every result built on it says `clock: modelled`.
+- `FedAdaptEnv`: FedAdapt's environment (gymnasium). State, per group, of its slowest device: the iteration time
+  normalised by its no-offloading time, and its offloading state (the FLOP share run on the device). Action, per
+  group, a target FLOP share in [0, 1], mapped to the split whose share is closest; FedAdapt's last two layers (the
+  FC block) form one option, no offloading. Reward: sum over devices of (b-t)/b if t < b else -(t-b)/t, b being the
+  device's no-offloading time. Bandwidths can change during an episode (drawn per episode, dropping mid-episode),
+  so the agent learns to react to a drop it observes through the iteration times.
+- Policies: `train_ppo` (stable-baselines3 PPO, FedAdapt's 64-32 tanh networks, gamma 0.9, clip 0.2, lr 3e-4, std
+  starting at 0.5), `oracle` (every combination of group splits, fastest round), `fixed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from . import split as sp
+
+
+def group(iteration_s: Sequence[float], groups: int = 3, seed: int = 0) -> list[int]:
+    """FedAdapt's grouping: k-means on per-iteration times; group 0 is the fastest."""
+    from sklearn.cluster import KMeans
+
+    if not 1 <= groups <= len(iteration_s):
+        raise ConfigError(f"groups={groups} for {len(iteration_s)} devices: choose 1 to {len(iteration_s)}")
+    t = np.asarray(iteration_s, dtype=float).reshape(-1, 1)
+    km = KMeans(groups, n_init=10, random_state=seed).fit(t)
+    rank = {c: r for r, c in enumerate(np.argsort(km.cluster_centers_.ravel()))}
+    return [rank[c] for c in km.labels_]
+
+
+@dataclass
+class CostModel:
+    """Per-layer costs of one training iteration at one batch size, measured on this machine."""
+
+    layer_s: list[float]  # forward + backward of each layer, seconds per batch
+    bytes: list[int]  # activations + labels up and gradients down per batch, for split k at index k-1
+    flops: list[float]  # per layer, forward
+    batch: int
+
+    @property
+    def n(self) -> int:
+        return len(self.layer_s)
+
+    def options(self) -> list[int]:
+        """FedAdapt's choices: every split up to the FC block, then the FC block and no offloading as one."""
+        return [*range(1, self.n - 1), self.n]
+
+    def share(self, k: int) -> float:
+        """The FLOP share of the model that split k runs on the device."""
+        return float(sum(self.flops[:k]) / sum(self.flops))
+
+    def iteration_s(self, k: int, factor: float, mbps: float, rtt_ms: float = 0.0) -> float:
+        device = factor * sum(self.layer_s[:k])
+        if k == self.n:
+            return device
+        return device + sum(self.layer_s[k:]) + self.bytes[k - 1] * 8 / (mbps * 1e6) + rtt_ms / 1e3
+
+    def to_dict(self) -> dict:
+        return {"layer_s": self.layer_s, "bytes": self.bytes, "flops": self.flops, "batch": self.batch,
+                "clock": "modelled"}
+
+
+def measure(model: nn.Module, input_shape: Sequence[int], batch: int = 100, repeats: int = 10) -> CostModel:
+    """Time each layer's forward and backward on a batch (median of `repeats`), count its FLOPs and each split's
+    bytes on the wire (the activation and int64 labels up, the gradient down)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layers = sp.halves(model, sp.valid_splits(model)[-1])[0]
+    model.train()
+    x = torch.randn(batch, *input_shape)
+    layer_s, flops, sizes = [], [], []
+    for layer in layers:
+        x = x.detach().requires_grad_()
+        with FlopCounterMode(display=False) as fc:
+            y = layer(x)
+        flops.append(float(fc.get_total_flops()))  # the forward's: pooling and ReLU count 0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            layer(x).sum().backward()
+            times.append(time.perf_counter() - t0)
+        layer_s.append(float(np.median(times)))
+        sizes.append(y.numel() * y.element_size())
+        x = y
+    return CostModel(layer_s, [2 * s + 8 * batch for s in sizes], flops, batch)
+
+
+class FedAdaptEnv(gym.Env):
+    """Gymnasium environment over a CostModel (see the module docstring). `factors[d]`: device d's slowdown against
+    this machine; `bandwidth(step, rng) -> Mbit/s per device` gives each step's links."""
+
+    def __init__(self, cost: CostModel, factors: Sequence[float], groups: Sequence[int],
+                 bandwidth: Callable[[int, np.random.Generator], Sequence[float]], rtt_ms: float = 0.0,
+                 steps: int = 100, noise: float = 0.0):
+        self.cost, self.factors, self.groups = cost, list(factors), list(groups)
+        self.g = max(groups) + 1
+        self.bandwidth, self.rtt_ms, self.steps, self.noise = bandwidth, rtt_ms, steps, noise
+        self.observation_space = gym.spaces.Box(0.0, np.inf, (2 * self.g,), np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, (self.g,), np.float32)
+        self.rng = np.random.default_rng(0)
+        self._t = 0
+        self._mbps: Sequence[float] = []
+        self.baseline = [cost.iteration_s(cost.n, f, 1.0) for f in self.factors]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self._t = 0
+        splits = [self.cost.n] * self.g
+        return self._observe(splits, self._times(splits)), {}
+
+    def splits_of(self, action: Sequence[float]) -> list[int]:
+        """Each group's target FLOP share -> the option whose share is closest."""
+        opts = self.cost.options()
+        shares = np.array([self.cost.share(k) for k in opts])
+        return [opts[int(np.argmin(np.abs(shares - float(a))))] for a in np.clip(action, 0, 1)]
+
+    def _times(self, group_splits: Sequence[int]) -> list[float]:
+        self._mbps = self.bandwidth(self._t, self.rng)
+        times = [self.cost.iteration_s(group_splits[g], f, b, self.rtt_ms)
+                 for g, f, b in zip(self.groups, self.factors, self._mbps, strict=True)]
+        if self.noise:
+            times = [t * float(self.rng.lognormal(0, self.noise)) for t in times]
+        return times
+
+    def _observe(self, group_splits: Sequence[int], times: Sequence[float]) -> np.ndarray:
+        obs = []
+        for g in range(self.g):
+            members = [d for d, gd in enumerate(self.groups) if gd == g]
+            slowest = max(members, key=lambda d: times[d])
+            obs += [times[slowest] / self.baseline[slowest], self.cost.share(group_splits[g])]
+        return np.asarray(obs, dtype=np.float32)
+
+    def step(self, action):
+        group_splits = self.splits_of(action)
+        times = self._times(group_splits)
+        self._t += 1
+        reward = sum((b - t) / b if t < b else -(t - b) / t for t, b in zip(times, self.baseline, strict=True))
+        done = max(times) >= max(self.baseline)  # FedAdapt: the slowest device is no faster than without offloading
+        info = {"splits": group_splits, "times": times, "round_s": max(times), "mbps": list(self._mbps)}
+        return self._observe(group_splits, times), float(reward), bool(done), self._t >= self.steps, info
+
+
+def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
+    """The group splits with the fastest round (slowest device) at these bandwidths, every combination tried; ties
+    go to the least total time (a group off the critical path keeps the split that suits it)."""
+    def cost(group_splits):
+        times = [env.cost.iteration_s(group_splits[g], f, b, env.rtt_ms)
+                 for g, f, b in zip(env.groups, env.factors, mbps, strict=True)]
+        return max(times), sum(times)
+
+    return list(min(itertools.product(env.cost.options(), repeat=env.g), key=cost))
+
+
+def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0):
+    """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`."""
+    from stable_baselines3 import PPO
+
+    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=100, batch_size=50, n_epochs=10, gamma=0.9,
+               clip_range=0.2, seed=seed, device="cpu", verbose=0,
+               policy_kwargs={"net_arch": {"pi": [64, 32], "vf": [64, 32]}, "activation_fn": nn.Tanh,
+                              "log_std_init": float(np.log(0.5))}).learn(timesteps)

@@ -130,10 +130,14 @@ class FedAdaptEnv(gym.Env):
         shares = np.array([self.cost.share(k) for k in opts])
         return [opts[int(np.argmin(np.abs(shares - float(a))))] for a in np.clip(action, 0, 1)]
 
+    def times(self, group_splits: Sequence[int], mbps: Sequence[float]) -> list[float]:
+        """Each device's modelled iteration time with these group splits, at these bandwidths."""
+        return [self.cost.iteration_s(group_splits[g], f, b, self.rtt_ms)
+                for g, f, b in zip(self.groups, self.factors, mbps, strict=True)]
+
     def _times(self, group_splits: Sequence[int]) -> list[float]:
         self._mbps = self.bandwidth(self._t, self.rng)
-        times = [self.cost.iteration_s(group_splits[g], f, b, self.rtt_ms)
-                 for g, f, b in zip(self.groups, self.factors, self._mbps, strict=True)]
+        times = self.times(group_splits, self._mbps)
         if self.noise:
             times = [t * float(self.rng.lognormal(0, self.noise)) for t in times]
         return times
@@ -160,8 +164,7 @@ def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
     """The group splits with the fastest round (slowest device) at these bandwidths, every combination tried; ties
     go to the least total time (a group off the critical path keeps the split that suits it)."""
     def cost(group_splits):
-        times = [env.cost.iteration_s(group_splits[g], f, b, env.rtt_ms)
-                 for g, f, b in zip(env.groups, env.factors, mbps, strict=True)]
+        times = env.times(group_splits, mbps)
         return max(times), sum(times)
 
     return list(min(itertools.product(env.cost.options(), repeat=env.g), key=cost))

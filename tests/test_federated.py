@@ -36,10 +36,9 @@ def unsplit(model: torch.nn.Module, data) -> torch.nn.Module:
 
 
 def assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
+    from edgeprune.federated.fedfly import same_weights
+
+    assert same_weights(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +185,50 @@ def test_ppo_learns_to_offload_the_slow_group():
     best = oracle(env, [80.0] * 3)
     _, _, _, _, info = env.step(action)
     assert info["round_s"] <= 1.1 * max(env.times(best, [80.0] * 3))
+
+
+# ------------------------------------------------------------------------------------------------ FedFly
+
+
+def test_fedfly_migration_and_restart_end_with_the_unmoved_model(edges):
+    from edgeprune.federated import fedfly
+
+    data = [batches(3, seed=r) for r in range(2)]
+    kw = dict(make_model=vgg5, split=3, batches=lambda r: data[r], rounds=2, optim=OPTIM, source=edges[0],
+              destination=edges[1])
+    still = fedfly.train(**kw, move_at=None)
+    moved = fedfly.train(**kw, move_at=0.5, device="mover")
+    restarted = fedfly.train(**kw, move_at=0.5, restart=True, device="restarter")
+    assert fedfly.same_weights(still["model"], moved["model"])
+    assert fedfly.same_weights(still["model"], restarted["model"])
+    assert (still["iterations"], moved["iterations"], restarted["iterations"]) == (6, 6, 9)
+    assert 0 < moved["migration_s"] < 2 and moved["move_failed"] is None
+
+
+def test_move_point_and_bad_fraction():
+    from edgeprune.federated.fedfly import move_point
+
+    assert move_point([4, 4, 4], 0.5) == (1, 2) and move_point([4, 4, 4], 0.9) == (2, 3)
+    with pytest.raises(ConfigError, match="move at 1.5 of training"):
+        move_point([4], 1.5)
+
+
+def test_checkpoint_of_another_model_is_refused_and_the_device_stays(edges):
+    other = vgg5()
+    sp.train_round(other, 2, batches(1), OPTIM, device="clash", edge=sp.EdgeClient(edges[1]))  # edge 1: split 2
+    model = vgg5()
+    stats = sp.train_round(model, 3, batches(3), OPTIM, device="clash", edge=sp.EdgeClient(edges[0]),
+                           move=(1, edges[1]))
+    assert stats.moved_to is None and "CheckpointError" in stats.move_failed and "split 2" in stats.move_failed
+    reference = unsplit(vgg5(), batches(3))  # nothing was lost: the round finished on the source
+    assert_same(model, reference)
+
+
+def test_unknown_device_and_unreachable_edge_have_clear_errors(edges):
+    with pytest.raises(sp.EdgeRefused, match="no training state for device 'ghost'"):
+        sp.EdgeClient(edges[0]).call("Pull", {"device": "ghost"})
+    with pytest.raises(sp.EdgeUnreachable, match=r"127.0.0.1:9 did not answer Health .* after 3 tries"):
+        sp.EdgeClient("127.0.0.1:9", retries=2, backoff_s=0.01, timeout_s=2).call("Health", {})
+    stats = sp.train_round(vgg5(), 3, batches(2), OPTIM, device="d9", edge=sp.EdgeClient(edges[0]),
+                           move=(0, "127.0.0.1:9"))
+    assert stats.moved_to is None and "EdgeUnreachable" in stats.move_failed

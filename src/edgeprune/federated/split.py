@@ -170,9 +170,9 @@ class Edge:
             t1 = time.perf_counter()
             try:
                 EdgeClient(m["move_to"]).call("Restore", {"checkpoint": s.checkpoint(m["device"])})
-            except EdgeUnreachable as e:  # the device stays here; nothing is lost, the miss is recorded
+            except EdgePruneError as e:  # unreachable, or refused: the device stays here, the miss is recorded
                 s.pending = None
-                return {**reply, "move_failed": str(e)}
+                return {**reply, "move_failed": f"{type(e).__name__}: {e}"}
             with self.lock:
                 del self.sessions[m["device"]]
             return {"moved_to": m["move_to"], "migration_s": time.perf_counter() - t1, "iteration": m["iteration"]}

@@ -93,12 +93,13 @@ def flower_runs(edges):
     pytest.importorskip("flwr")
     from edgeprune.federated.flower import Job, Move, simulate
 
-    def job(splits, moves=()):
-        return Job(model=MODEL, data=DATA, devices=2, rounds=2, splits=splits, edges=[edges[0], None],
+    def job(splits, moves=(), second_edge=None):
+        return Job(model=MODEL, data=DATA, devices=2, rounds=2, splits=splits, edges=[edges[0], second_edge],
                    optim=OPTIM, moves=list(moves))
 
     return {"classic": simulate(job([7, 7])), "split": simulate(job([3, 7])),
-            "moved": simulate(job([3, 7], [Move(2, 0, 2, edges[1])]))}
+            "moved": simulate(job([3, 7], [Move(2, 0, 2, edges[1])])),
+            "unreachable": simulate(job([3, 3], second_edge="127.0.0.1:9"))}
 
 
 def test_flower_rounds_with_a_split_client_equal_classic_fl(flower_runs):
@@ -117,6 +118,13 @@ def test_fedfly_migration_leaves_the_global_model_bit_identical(flower_runs):
         assert torch.equal(a[k], b[k]), k
     moved = flower_runs["moved"]["history"][1]["devices"][0]
     assert moved["moved"] == 1 and moved["migration_s"] > 0
+
+
+def test_a_device_whose_edge_is_unreachable_is_left_out_of_the_round_and_recorded(flower_runs):
+    rounds = flower_runs["unreachable"]["history"]
+    assert [sorted(r["devices"]) for r in rounds] == [[0], [0]]
+    assert all(len(r["dropped"]) == 1 and "device 1: EdgeUnreachable: edge 127.0.0.1:9" in r["dropped"][0]
+               for r in rounds)
 
 
 # ------------------------------------------------------------------------------------------------ FedAdapt
@@ -232,3 +240,24 @@ def test_unknown_device_and_unreachable_edge_have_clear_errors(edges):
     stats = sp.train_round(vgg5(), 3, batches(2), OPTIM, device="d9", edge=sp.EdgeClient(edges[0]),
                            move=(0, "127.0.0.1:9"))
     assert stats.moved_to is None and "EdgeUnreachable" in stats.move_failed
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("model: {name: vgg5}\ndata: {name: synthetic}\nrounds: 1\ndevices: [{split: 3, edge: e9}]\nedges: [e0]\n",
+     "device 0's edge 'e9' is not among the spec's edges ['e0']"),
+    ("model: {name: vgg5}\nrounds: 1\ndevices: []\nwrong: 1\n", "unknown key(s) ['wrong'] in the FL spec"),
+    ("[1, 2]\n", "is not a mapping"),
+])
+def test_fl_run_refuses_a_bad_spec_in_one_line(tmp_path, spec, message):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+
+    path = tmp_path / "job.yaml"
+    path.write_text(spec)
+    result = CliRunner().invoke(app, ["fl", "run", str(path)])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())

@@ -122,7 +122,7 @@ class FedAdaptEnv(gym.Env):
             self.rng = np.random.default_rng(seed)
         self._t = 0
         splits = [self.cost.n] * self.g
-        return self._observe(splits, self._times(splits)), {}
+        return self.observe(splits, self._times(splits)), {}
 
     def splits_of(self, action: Sequence[float]) -> list[int]:
         """Each group's target FLOP share -> the option whose share is closest."""
@@ -142,12 +142,16 @@ class FedAdaptEnv(gym.Env):
             times = [t * float(self.rng.lognormal(0, self.noise)) for t in times]
         return times
 
-    def _observe(self, group_splits: Sequence[int], times: Sequence[float]) -> np.ndarray:
+    def observe(self, group_splits: Sequence[int], times: Sequence[float],
+                baseline: Sequence[float] | None = None) -> np.ndarray:
+        """FedAdapt's state: per group, its slowest device's time over that device's baseline (by default the
+        cost model's no-offloading time), and the FLOP share the group's split runs on the device."""
+        baseline = self.baseline if baseline is None else baseline
         obs = []
         for g in range(self.g):
             members = [d for d, gd in enumerate(self.groups) if gd == g]
             slowest = max(members, key=lambda d: times[d])
-            obs += [times[slowest] / self.baseline[slowest], self.cost.share(group_splits[g])]
+            obs += [times[slowest] / baseline[slowest], self.cost.share(group_splits[g])]
         return np.asarray(obs, dtype=np.float32)
 
     def step(self, action):
@@ -157,7 +161,7 @@ class FedAdaptEnv(gym.Env):
         reward = sum((b - t) / b if t < b else -(t - b) / t for t, b in zip(times, self.baseline, strict=True))
         done = max(times) >= max(self.baseline)  # FedAdapt: the slowest device is no faster than without offloading
         info = {"splits": group_splits, "times": times, "round_s": max(times), "mbps": list(self._mbps)}
-        return self._observe(group_splits, times), float(reward), bool(done), self._t >= self.steps, info
+        return self.observe(group_splits, times), float(reward), bool(done), self._t >= self.steps, info
 
 
 def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
@@ -178,3 +182,34 @@ def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0):
                clip_range=0.2, seed=seed, device="cpu", verbose=0,
                policy_kwargs={"net_arch": {"pi": [64, 32], "vf": [64, 32]}, "activation_fn": nn.Tanh,
                               "log_std_init": float(np.log(0.5))}).learn(timesteps)
+
+
+def measured_iteration_s(stats: dict, factor: float, mbps: float, rtt_ms: float = 0.0) -> float:
+    """A device's iteration time in a round of a real run (a `split.RoundStats` dict), on the modelled clock: its
+    own layers' measured time x `factor`, the edge's measured time, the bytes it moved over `mbps`, and one RTT per
+    iteration when it offloads."""
+    n = stats["iterations"]
+    wire = (stats["bytes_up"] + stats["bytes_down"]) * 8 / (mbps * 1e6) + (n * rtt_ms / 1e3 if stats["bytes_up"] else 0)
+    return (factor * stats["device_s"] + stats["edge_s"] + wire) / n
+
+
+class AgentPolicy:
+    """FedAdapt in a Flower run (flower.Policy): the first round runs without offloading and gives each device's
+    baseline; after every round the agent sees, per group, its slowest device's time over its baseline and the
+    group's offloading state, and sets the next round's splits. Times are measured, on the modelled clock
+    (`measured_iteration_s` at `bandwidth(round)` Mbit/s per device)."""
+
+    def __init__(self, agent, env: FedAdaptEnv, bandwidth: Callable[[int], Sequence[float]]):
+        self.agent, self.env, self.bandwidth = agent, env, bandwidth
+        self.baseline: list[float] | None = None
+
+    def __call__(self, round_: int, record: dict) -> list[int]:
+        mbps = self.bandwidth(round_)
+        times = [measured_iteration_s(record["devices"][d], f, mbps[d], self.env.rtt_ms)
+                 for d, f in enumerate(self.env.factors)]
+        if self.baseline is None:
+            self.baseline = times
+        group_splits = [record["splits"][self.env.groups.index(g)] for g in range(self.env.g)]
+        action, _ = self.agent.predict(self.env.observe(group_splits, times, self.baseline), deterministic=True)
+        chosen = self.env.splits_of(action)
+        return [chosen[g] for g in self.env.groups]

@@ -192,3 +192,46 @@ def _describe(job: Job) -> dict:
     d = asdict(job)
     d["engine"] = "flower simulation (ray)"
     return d
+
+
+SPEC_KEYS = {"model", "data", "rounds", "devices", "edges", "optim", "moves", "seed", "test_subset"}
+
+
+def run_spec(spec: dict) -> dict:
+    """Run a federated job described by a spec (`edgeprune fl run SPEC.yaml`; see the README): starts its edge
+    servers here, one process each, runs the rounds on the Simulation Engine, stops the edges, and returns the
+    round history and the global model's test accuracy after each round."""
+    from ..data import loaders
+    from ..train import evaluate
+
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in the FL spec; allowed: {sorted(SPEC_KEYS)}")
+    for key in ("model", "data", "rounds", "devices"):
+        if key not in spec:
+            raise ConfigError(f"the FL spec lacks {key!r}; see the README's federated-learning section")
+    names = list(spec.get("edges", []))
+    devices = spec["devices"]
+    for k, d in enumerate(devices):
+        if d.get("edge") is not None and d["edge"] not in names:
+            raise ConfigError(f"device {k}'s edge {d['edge']!r} is not among the spec's edges {names}; add it there")
+    for m in spec.get("moves", []):
+        if m.get("to") not in names:
+            raise ConfigError(f"move to edge {m.get('to')!r}: not among the spec's edges {names}; add it there")
+    started = []
+    try:
+        for name in names:
+            started.append(sp.start_edge(name))
+        address = {name: a for name, (_, a) in zip(names, started, strict=True)}
+        job = Job(model=spec["model"], data=spec["data"], devices=len(devices), rounds=int(spec["rounds"]),
+                  splits=[int(d["split"]) for d in devices], edges=[address.get(d.get("edge")) for d in devices],
+                  optim=sp.Optim(**spec.get("optim", {})), seed=int(spec.get("seed", 0)),
+                  moves=[Move(m["round"], m["device"], m["iteration"], address[m["to"]])
+                         for m in spec.get("moves", [])])
+        test = loaders(**{**spec["data"], "batch_size": 500}, test_subset=spec.get("test_subset"), augment=False).test
+        result = simulate(job, evaluate=lambda model: evaluate(model, test))
+    finally:
+        for proc, _ in started:
+            sp.stop_edge(proc)
+    result["job"]["edges"] = [d.get("edge") for d in devices]  # names: addresses were for this run only
+    return result

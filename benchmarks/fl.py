@@ -51,7 +51,8 @@ MBPS, DROPPED_MBPS, RTT_MS = 50.0, 5.0, 5.0
 ROUNDS, DROP = 8, 5  # from round DROP on, devices 3 and 4 are on DROPPED_MBPS
 OPTIM = sp.Optim(lr=0.01, momentum=0.9)
 FIXED_SPLIT = 3
-PPO_STEPS = 20_000
+PPO_STEPS = 60_000
+SEE_LINKS = True  # the agent sees each group's link too: FedAdapt's state alone learnt never to offload
 FEDFLY_IMAGES = 500
 
 
@@ -65,14 +66,12 @@ def dropping(round_: int) -> list[float]:
 
 
 def training_bandwidth(step: int, rng: np.random.Generator) -> list[float]:
-    """What the agent trains on: per episode, each device's link log-uniform in 2-100 Mbit/s, and at a random step
-    some devices' links drop tenfold."""
+    """What the agent trains on: per episode, each device's link log-uniform in 5-100 Mbit/s. (With tenfold drops
+    mid-episode, or links down to 2 Mbit/s, PPO learnt in 20-30k steps never to offload at all.)"""
     state = training_bandwidth.__dict__
     if step == 0:
-        state["base"] = np.exp(rng.uniform(np.log(2), np.log(100), len(FACTORS)))
-        state["drop_at"], state["who"] = rng.integers(1, 100), rng.random(len(FACTORS)) < 0.5
-    base = state["base"]
-    return list(np.where(state["who"] & (step >= state["drop_at"]), base / 10, base))
+        state["base"] = list(np.exp(rng.uniform(np.log(5), np.log(100), len(FACTORS))))
+    return state["base"]
 
 
 def env_schedule(env, policy, bandwidth) -> list[dict]:
@@ -82,7 +81,7 @@ def env_schedule(env, policy, bandwidth) -> list[dict]:
     times = env.times(splits, bandwidth(1))
     for r in range(1, ROUNDS + 1):
         mbps = bandwidth(r)
-        splits = policy(env.observe(splits, times), mbps) if r > 1 else splits
+        splits = policy(env.observe(splits, times, bandwidth(r - 1)), mbps) if r > 1 else splits
         times = env.times(splits, mbps)
         out.append({"round": r, "splits": list(splits), "iteration_s": max(times)})
     return out
@@ -113,7 +112,8 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
     cost = fedadapt.measure(create(**MODEL), (1, 28, 28), batch=DATA["batch_size"], repeats=20)
     base = [cost.iteration_s(cost.n, f, MBPS) for f in FACTORS]
     groups = fedadapt.group(base, 3, seed=0)
-    env = fedadapt.FedAdaptEnv(cost, FACTORS, groups, training_bandwidth, rtt_ms=RTT_MS)
+    env = fedadapt.FedAdaptEnv(cost, FACTORS, groups, training_bandwidth, rtt_ms=RTT_MS, stop_at_baseline=False,
+                               see_links=SEE_LINKS)
     t0 = time.perf_counter()
     agent = fedadapt.train_ppo(env, timesteps=PPO_STEPS, seed=0)
     ppo_s = time.perf_counter() - t0
@@ -164,8 +164,12 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
         f"VGG-5 (Fashion-MNIST, 28 px), {len(FACTORS)} devices with speed factors {FACTORS} (x this machine's "
         f"measured compute; **assumed**, not measured on devices), links {MBPS:g} Mbit/s, RTT {RTT_MS:g} ms. "
         f"Groups (k-means on baseline times): {groups}. PPO trained for {PPO_STEPS:,} environment steps "
-        f"({ppo_s:.0f} s) on random links (2-100 Mbit/s, tenfold drops). Splits: layers on the device "
-        f"(7 = no offloading; FedAdapt's first round never offloads). **clock: modelled.**", "",
+        f"({ppo_s:.0f} s) on random links (5-100 Mbit/s per device and episode), episodes of 100 steps run to the "
+        "end. Two departures from FedAdapt, both because its own choices learnt nothing here: the agent also sees "
+        "each group's link (FedAdapt's state alone cannot tell a group that does not offload when offloading would "
+        "pay; trained so, PPO never offloaded), and an episode does not end when the slowest device is no faster "
+        "than without offloading (it ended every episode at the first bad step). Splits: layers on "
+        f"the device (7 = no offloading; FedAdapt's first round never offloads). **clock: modelled.**", "",
         "### Real Flower runs (measured compute and bytes, modelled clock)", "",
         f"{ROUNDS} rounds, {DATA['subset']} training images ({DATA['subset'] // len(FACTORS)} a device, batch "
         f"{DATA['batch_size']}, one pass a round), {TEST_SUBSET} test images; one edge server process for all.", "",

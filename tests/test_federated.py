@@ -147,7 +147,7 @@ def test_cost_model_measures_every_layer_of_vgg5():
     assert cost.n == 7 and all(t > 0 for t in cost.layer_s)
     # conv 32 at 28x28, pooled to 14x14, conv 64, pooled to 7x7: float32 activations up and gradients down
     assert cost.bytes[:4] == [2 * 4 * n * 4 + 8 * 4 for n in (32 * 28 * 28, 32 * 14 * 14, 64 * 14 * 14, 64 * 7 * 7)]
-    assert cost.share(7) == 1.0 and cost.share(1) < cost.share(3) < cost.share(5) < 1
+    assert cost.share(7) == 1.0 and cost.share(1) < cost.share(2) < cost.share(3) < cost.share(4) < cost.share(5) < 1
     assert cost.options() == [1, 2, 3, 4, 5, 7]
 
 
@@ -165,8 +165,8 @@ def test_env_state_action_and_reward_follow_fedadapt():
     env = toy_env(mbps=80.0)  # 0.1 s per iteration on the wire
     obs, _ = env.reset(seed=0)
     assert obs.tolist() == [1.0, 1.0, 1.0, 1.0]  # no offloading: times at baseline, all FLOPs on the device
-    assert env.splits_of([1.0, 0.0]) == [7, 1]
-    obs, reward, done, _, info = env.step([1.0, 0.0])
+    assert env.splits_of([1.0, -1.0]) == [7, 1]  # actions in [-1, 1]: FLOP shares 1 and 0
+    obs, reward, done, _, info = env.step([1.0, -1.0])
     b, t = 10 * 5.2, 10 * 1.0 + 4.2 + 0.1  # the slow devices: baseline and offloaded after layer 1
     assert info["times"] == pytest.approx([5.2, t, t])
     assert reward == pytest.approx(2 * (b - t) / b)

@@ -9,10 +9,11 @@
   normalised by its no-offloading time, and its offloading state (the FLOP share run on the device). Action, per
   group, a target FLOP share in [0, 1], mapped to the split whose share is closest; FedAdapt's last two layers (the
   FC block) form one option, no offloading. Reward: sum over devices of (b-t)/b if t < b else -(t-b)/t, b being the
-  device's no-offloading time. Bandwidths can change during an episode (drawn per episode, dropping mid-episode),
-  so the agent learns to react to a drop it observes through the iteration times.
+  device's no-offloading time; an episode ends when the slowest device is no faster than without offloading
+  (FedAdapt's rule; `stop_at_baseline=False` runs every episode to its length). Bandwidths can change during an
+  episode, so the agent can learn to react to a drop it observes through the iteration times.
 - Policies: `train_ppo` (stable-baselines3 PPO, FedAdapt's 64-32 tanh networks, gamma 0.9, clip 0.2, lr 3e-4, std
-  starting at 0.5), `oracle` (every combination of group splits, fastest round), `fixed`.
+  starting at FedAdapt's 0.5), `oracle` (every combination of group splits, fastest round), `fixed`.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class CostModel:
 
 
 def measure(model: nn.Module, input_shape: Sequence[int], batch: int = 100, repeats: int = 10) -> CostModel:
-    """Time each layer's forward and backward on a batch (median of `repeats`), count its FLOPs and each split's
-    bytes on the wire (the activation and int64 labels up, the gradient down)."""
+    """Time each layer's forward and backward on a batch (median of `repeats`, process CPU time), count its FLOPs and
+    each split's bytes on the wire (the activation and int64 labels up, the gradient down)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     layers = sp.halves(model, sp.valid_splits(model)[-1])[0]
@@ -88,12 +89,14 @@ def measure(model: nn.Module, input_shape: Sequence[int], batch: int = 100, repe
         x = x.detach().requires_grad_()
         with FlopCounterMode(display=False) as fc:
             y = layer(x)
-        flops.append(float(fc.get_total_flops()))  # the forward's: pooling and ReLU count 0
+        # the forward's; the counter sees only matmuls and convolutions, so a pool counts one operation per input
+        # element (as FedAdapt's FLOP table counts pooling): a split after a pool then differs from one before it
+        flops.append(float(fc.get_total_flops()) or float(x.numel()))
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time, as split.RoundStats: the work, not the wait for a shared core
             layer(x).sum().backward()
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         layer_s.append(float(np.median(times)))
         sizes.append(y.numel() * y.element_size())
         x = y
@@ -106,12 +109,16 @@ class FedAdaptEnv(gym.Env):
 
     def __init__(self, cost: CostModel, factors: Sequence[float], groups: Sequence[int],
                  bandwidth: Callable[[int, np.random.Generator], Sequence[float]], rtt_ms: float = 0.0,
-                 steps: int = 100, noise: float = 0.0):
+                 steps: int = 100, noise: float = 0.0, stop_at_baseline: bool = True, see_links: bool = False):
         self.cost, self.factors, self.groups = cost, list(factors), list(groups)
         self.g = max(groups) + 1
         self.bandwidth, self.rtt_ms, self.steps, self.noise = bandwidth, rtt_ms, steps, noise
-        self.observation_space = gym.spaces.Box(0.0, np.inf, (2 * self.g,), np.float32)
-        self.action_space = gym.spaces.Box(0.0, 1.0, (self.g,), np.float32)
+        self.stop_at_baseline, self.see_links = stop_at_baseline, see_links
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, ((3 if see_links else 2) * self.g,), np.float32)
+        # FedAdapt's action is a share in [0, 1]; the agent acts in [-1, 1] (share = (a + 1) / 2) so that a fresh
+        # Gaussian policy, centred on 0, starts in the middle of the shares as FedAdapt's sigmoid actor does, not
+        # at the edge where every layer but the first is offloaded
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.g,), np.float32)
         self.rng = np.random.default_rng(0)
         self._t = 0
         self._mbps: Sequence[float] = []
@@ -122,13 +129,13 @@ class FedAdaptEnv(gym.Env):
             self.rng = np.random.default_rng(seed)
         self._t = 0
         splits = [self.cost.n] * self.g
-        return self.observe(splits, self._times(splits)), {}
+        return self.observe(splits, self._times(splits), self._mbps), {}
 
     def splits_of(self, action: Sequence[float]) -> list[int]:
-        """Each group's target FLOP share -> the option whose share is closest."""
+        """Each group's action in [-1, 1], a target FLOP share (a + 1) / 2 -> the option whose share is closest."""
         opts = self.cost.options()
         shares = np.array([self.cost.share(k) for k in opts])
-        return [opts[int(np.argmin(np.abs(shares - float(a))))] for a in np.clip(action, 0, 1)]
+        return [opts[int(np.argmin(np.abs(shares - (float(a) + 1) / 2)))] for a in np.clip(action, -1, 1)]
 
     def times(self, group_splits: Sequence[int], mbps: Sequence[float]) -> list[float]:
         """Each device's modelled iteration time with these group splits, at these bandwidths."""
@@ -142,16 +149,20 @@ class FedAdaptEnv(gym.Env):
             times = [t * float(self.rng.lognormal(0, self.noise)) for t in times]
         return times
 
-    def observe(self, group_splits: Sequence[int], times: Sequence[float],
+    def observe(self, group_splits: Sequence[int], times: Sequence[float], mbps: Sequence[float],
                 baseline: Sequence[float] | None = None) -> np.ndarray:
         """FedAdapt's state: per group, its slowest device's time over that device's baseline (by default the
-        cost model's no-offloading time), and the FLOP share the group's split runs on the device."""
+        cost model's no-offloading time), and the FLOP share the group's split runs on the device; with
+        `see_links`, also that device's link (log10 Mbit/s / 2). Without it, a group that does not offload sees
+        the same state at any bandwidth, so it cannot tell when offloading would pay again."""
         baseline = self.baseline if baseline is None else baseline
         obs = []
         for g in range(self.g):
             members = [d for d, gd in enumerate(self.groups) if gd == g]
             slowest = max(members, key=lambda d: times[d])
             obs += [times[slowest] / baseline[slowest], self.cost.share(group_splits[g])]
+            if self.see_links:
+                obs.append(float(np.log10(mbps[slowest])) / 2)
         return np.asarray(obs, dtype=np.float32)
 
     def step(self, action):
@@ -159,9 +170,11 @@ class FedAdaptEnv(gym.Env):
         times = self._times(group_splits)
         self._t += 1
         reward = sum((b - t) / b if t < b else -(t - b) / t for t, b in zip(times, self.baseline, strict=True))
-        done = max(times) >= max(self.baseline)  # FedAdapt: the slowest device is no faster than without offloading
+        # FedAdapt ends an episode when the slowest device is no faster than without offloading; with links that
+        # drop mid-episode that ends it at the drop, before the agent can learn to react (stop_at_baseline=False)
+        done = self.stop_at_baseline and max(times) >= max(self.baseline)
         info = {"splits": group_splits, "times": times, "round_s": max(times), "mbps": list(self._mbps)}
-        return self.observe(group_splits, times), float(reward), bool(done), self._t >= self.steps, info
+        return self.observe(group_splits, times, self._mbps), float(reward), bool(done), self._t >= self.steps, info
 
 
 def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
@@ -175,13 +188,14 @@ def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
 
 
 def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0):
-    """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`."""
+    """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`; its initial std, 1 in
+    the agent's [-1, 1], is FedAdapt's 0.5 in shares (SB3 then learns it, where FedAdapt keeps it fixed)."""
     from stable_baselines3 import PPO
 
     return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=100, batch_size=50, n_epochs=10, gamma=0.9,
                clip_range=0.2, seed=seed, device="cpu", verbose=0,
                policy_kwargs={"net_arch": {"pi": [64, 32], "vf": [64, 32]}, "activation_fn": nn.Tanh,
-                              "log_std_init": float(np.log(0.5))}).learn(timesteps)
+                              "log_std_init": 0.0}).learn(timesteps)
 
 
 def measured_iteration_s(stats: dict, factor: float, mbps: float, rtt_ms: float = 0.0) -> float:
@@ -210,6 +224,6 @@ class AgentPolicy:
         if self.baseline is None:
             self.baseline = times
         group_splits = [record["splits"][self.env.groups.index(g)] for g in range(self.env.g)]
-        action, _ = self.agent.predict(self.env.observe(group_splits, times, self.baseline), deterministic=True)
+        action, _ = self.agent.predict(self.env.observe(group_splits, times, mbps, self.baseline), deterministic=True)
         chosen = self.env.splits_of(action)
         return [chosen[g] for g in self.env.groups]

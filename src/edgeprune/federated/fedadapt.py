@@ -6,14 +6,15 @@
   than this machine, over a link of `mbps` and `rtt_ms`, takes factor x device layers + edge layers + transfer per
   iteration. It is a model: every result built on it says `clock: modelled`.
 - `FedAdaptEnv`: FedAdapt's environment (gymnasium). State, per group, of its slowest device: the iteration time
-  normalised by its no-offloading time, and its offloading state (the FLOP share run on the device). Action, per
-  group, a target FLOP share in [0, 1], mapped to the split whose share is closest; FedAdapt's last two layers (the
-  FC block) form one option, no offloading. Reward: sum over devices of (b-t)/b if t < b else -(t-b)/t, b being the
-  device's no-offloading time; an episode ends when the slowest device is no faster than without offloading
-  (FedAdapt's rule; `stop_at_baseline=False` runs every episode to its length). Bandwidths can change during an
-  episode, so the agent can learn to react to a drop it observes through the iteration times.
+  normalised by its no-offloading time, and its offloading state (the FLOP share run on the device); with
+  `see_links`, also its link. Action, per group, a target FLOP share in [0, 1] (the agent acts in [-1, 1]), mapped
+  to the split whose share is closest; FedAdapt's last two layers (the FC block) form one option, no offloading.
+  Reward: sum over devices of (b-t)/b if t < b else -(t-b)/t, b being the device's no-offloading time. An episode
+  ends when the slowest device is no faster than without offloading (FedAdapt's rule; `stop_at_baseline=False`
+  runs every episode to its length). Bandwidths may change during an episode.
 - Policies: `train_ppo` (stable-baselines3 PPO, FedAdapt's 64-32 tanh networks, gamma 0.9, clip 0.2, lr 3e-4, std
-  starting at FedAdapt's 0.5), `oracle` (every combination of group splits, fastest round), `fixed`.
+  starting at FedAdapt's 0.5), `oracle` (every combination of group splits, fastest round); a fixed split is a
+  constant list. `AgentPolicy` runs an agent in a Flower run (flower.Policy).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def run_cmd(
 ) -> None:
     """Run federated rounds whose devices train their first layers and offload the rest to edge servers.
 
-    Example: [bold]edgeprune fl run benchmarks/specs/fl_smoke.yaml --out fl.json[/]
+    Example: [bold]edgeprune fl run benchmarks/fl_smoke.yaml --out fl.json[/]
     """
     import yaml
     from rich.table import Table

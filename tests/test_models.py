@@ -136,3 +136,10 @@ def test_spec_rebuilds_the_architecture(factories, name, kwargs):
     rebuilt = create(**saved)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}
+
+
+def test_vgg5_is_fedadapts_seven_layer_chain():
+    model = create("vgg5", num_classes=10, in_channels=3)
+    assert len(model) == 7
+    assert model[5][2].in_features == 4096  # FedAdapt's FC 4096 -> 128 at CIFAR's 32 px
+    assert create("vgg5", in_channels=1, image_size=28)[5][2].in_features == 64 * 7 * 7

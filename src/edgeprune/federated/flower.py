@@ -1,0 +1,237 @@
+"""Federated rounds on Flower: a ServerApp running FedAvg over the reassembled model, a ClientApp per device that
+trains its split with an edge server (federated.split), and `simulate` on Flower's Simulation Engine.
+
+Flower carries the rounds (global model out, local models back); the per-batch traffic of split training goes over
+the edge's own gRPC service, as in FedAdapt. Each round's splits come from a policy called after every round with
+what the devices measured (FedAdapt's agent is one; a fixed split another), so a policy can re-split mid-run.
+
+Reproducible on a seed: every device's batches are a function of (seed, round, device), and replies are averaged in
+device order, not arrival order (float sums depend on their order).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from torch.utils.data import DataLoader, Subset
+
+from ..errors import ConfigError, EdgePruneError
+from ..models import create
+from . import split as sp
+
+#: a policy: (round just finished, that round's record) -> the splits of the next round, one per device
+Policy = Callable[[int, dict], list[int]]
+
+
+@dataclass
+class Move:
+    """FedFly: in round `round`, device `device` moves to the edge at `to` after `iteration` local iterations."""
+
+    round: int
+    device: int
+    iteration: int
+    to: str
+
+
+@dataclass
+class Job:
+    """One federated run. `model`: create's keyword arguments; `data`: data.loaders' (name, subset, batch_size,
+    seed, ...); `edges[k]`: device k's edge server (None where its split offloads nothing)."""
+
+    model: dict
+    data: dict
+    devices: int
+    rounds: int
+    splits: list[int]
+    edges: list[str | None]
+    optim: sp.Optim = field(default_factory=sp.Optim)
+    moves: list[Move] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.rounds < 1:
+            raise ConfigError(f"devices and rounds must be >= 1, got {self.devices} and {self.rounds}")
+        for name, values in (("splits", self.splits), ("edges", self.edges)):
+            if len(values) != self.devices:
+                raise ConfigError(f"{name} has {len(values)} entries for {self.devices} devices; give one per device")
+        model = create(**self.model)
+        for s in self.splits:
+            sp.check_split(model, s)
+        for m in self.moves:
+            if not 0 <= m.device < self.devices:
+                raise ConfigError(f"move of unknown device {m.device}: the job has devices 0-{self.devices - 1}")
+            if not 1 <= m.round <= self.rounds:
+                raise ConfigError(f"move in round {m.round}: the job has rounds 1-{self.rounds}")
+
+
+@functools.lru_cache(maxsize=4)
+def _train_set(data: str) -> torch.utils.data.Dataset:
+    from ..data import loaders
+
+    return loaders(**json.loads(data), augment=False).train.dataset
+
+
+def device_batches(data: dict, device: int, devices: int, round_: int) -> DataLoader:
+    """Device `device`'s share of the training set (every `devices`-th sample: IID), shuffled by (seed, round)."""
+    dataset = _train_set(json.dumps(data, sort_keys=True))
+    share = Subset(dataset, range(device, len(dataset), devices))
+    gen = torch.Generator().manual_seed(data.get("seed", 0) * 1_000_003 + round_ * 1009 + device)
+    return DataLoader(share, batch_size=data.get("batch_size", 100), shuffle=True, generator=gen)
+
+
+def client_app(job: Job) -> ClientApp:
+    """The ClientApp every device runs: load the global model, train its split for one pass over its data."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        k = int(context.node_config["partition-id"])
+        cfg = msg.content["config"]
+        model = create(**job.model)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        split, address = cfg["splits"][k], cfg["edges"][k]
+        move = None
+        if cfg["move-device"] == k:
+            move = (cfg["move-iteration"], cfg["move-to"])
+        edge = sp.EdgeClient(address) if address else None
+        try:
+            stats = sp.train_round(model, split, device_batches(job.data, k, job.devices, cfg["server-round"]),
+                                   job.optim, device=f"device{k}", edge=edge, move=move)
+        except EdgePruneError as e:  # the round goes on without this device; the server records why
+            return Message(Error(code=1, reason=f"device {k}: {type(e).__name__}: {e}"), reply_to=msg)
+        finally:
+            if edge is not None:
+                edge.close()
+        metrics = {k_: v for k_, v in stats.to_dict().items() if isinstance(v, int | float)}
+        metrics.update({"partition-id": k, "num-examples": stats.samples, "split": split,
+                        "moved": int(stats.moved_to is not None), "move-failed": int(stats.move_failed is not None)})
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}),
+                       reply_to=msg)
+
+    return app
+
+
+class SplitFedAvg(FedAvg):
+    """FedAvg over every device, with per-device splits and edges in each round's config, replies averaged in
+    device order, and a record of every round (per-device metrics, devices that dropped out and why)."""
+
+    def __init__(self, job: Job, policy: Policy | None = None):
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=job.devices,
+                         min_available_nodes=job.devices)
+        self.job, self.policy = job, policy
+        self.splits = list(job.splits)
+        self.history: list[dict] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["splits"] = list(self.splits)
+        config["edges"] = [e or "" for e in self.job.edges]
+        move = next((m for m in self.job.moves if m.round == server_round), None)
+        config["move-device"] = move.device if move else -1
+        config["move-iteration"] = move.iteration if move else -1
+        config["move-to"] = move.to if move else ""
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        ok = sorted((r for r in replies if not r.has_error()),
+                    key=lambda r: r.content["metrics"]["partition-id"])
+        devices = {int(r.content["metrics"]["partition-id"]): dict(r.content["metrics"]) for r in ok}
+        record = {"round": server_round, "splits": list(self.splits), "devices": devices,
+                  "dropped": [r.error.reason for r in replies if r.has_error()]}
+        self.history.append(record)
+        if self.policy is not None:
+            self.splits = list(self.policy(server_round, record))
+        return super().aggregate_train(server_round, ok)
+
+
+def simulate(job: Job, policy: Policy | None = None,
+             evaluate: Callable[[torch.nn.Module], dict] | None = None) -> dict:
+    """Run `job` on Flower's Simulation Engine (Ray); returns the global model's state_dict and the round history
+    (with `evaluate(model)` of the global model after each round, if given)."""
+    from flwr.simulation import run_simulation
+
+    torch.manual_seed(job.seed)  # the initial global model
+    model = create(**job.model)
+    strategy = SplitFedAvg(job, policy)
+    out: dict = {}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if evaluate is None or server_round == 0:
+            return None
+        model.load_state_dict(arrays.to_torch_state_dict())
+        metrics = evaluate(model)
+        strategy.history[-1]["global"] = metrics
+        return MetricRecord({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=job.rounds,
+                                evaluate_fn=evaluate_fn)
+        out["state_dict"] = result.arrays.to_torch_state_dict()
+
+    run_simulation(server, client_app(job), num_supernodes=job.devices,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    if "state_dict" not in out:
+        raise EdgePruneError("the Flower simulation ended without a global model; see its log above")
+    return {"state_dict": out["state_dict"], "history": strategy.history, "job": _describe(job)}
+
+
+def _describe(job: Job) -> dict:
+    d = asdict(job)
+    d["engine"] = "flower simulation (ray)"
+    return d
+
+
+SPEC_KEYS = {"model", "data", "rounds", "devices", "edges", "optim", "moves", "seed", "test_subset"}
+
+
+def run_spec(spec: dict) -> dict:
+    """Run a federated job described by a spec (`edgeprune fl run SPEC.yaml`; see the README): starts its edge
+    servers here, one process each, runs the rounds on the Simulation Engine, stops the edges, and returns the
+    round history and the global model's test accuracy after each round."""
+    from ..data import loaders
+    from ..train import evaluate
+
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in the FL spec; allowed: {sorted(SPEC_KEYS)}")
+    for key in ("model", "data", "rounds", "devices"):
+        if key not in spec:
+            raise ConfigError(f"the FL spec lacks {key!r}; see the README's federated-learning section")
+    names = list(spec.get("edges", []))
+    devices = spec["devices"]
+    for k, d in enumerate(devices):
+        if d.get("edge") is not None and d["edge"] not in names:
+            raise ConfigError(f"device {k}'s edge {d['edge']!r} is not among the spec's edges {names}; add it there")
+    for m in spec.get("moves", []):
+        if m.get("to") not in names:
+            raise ConfigError(f"move to edge {m.get('to')!r}: not among the spec's edges {names}; add it there")
+    started = []
+    try:
+        for name in names:
+            started.append(sp.start_edge(name))
+        address = {name: a for name, (_, a) in zip(names, started, strict=True)}
+        job = Job(model=spec["model"], data=spec["data"], devices=len(devices), rounds=int(spec["rounds"]),
+                  splits=[int(d["split"]) for d in devices], edges=[address.get(d.get("edge")) for d in devices],
+                  optim=sp.Optim(**spec.get("optim", {})), seed=int(spec.get("seed", 0)),
+                  moves=[Move(m["round"], m["device"], m["iteration"], address[m["to"]])
+                         for m in spec.get("moves", [])])
+        test = loaders(**{**spec["data"], "batch_size": 500}, test_subset=spec.get("test_subset"), augment=False).test
+        result = simulate(job, evaluate=lambda model: evaluate(model, test))
+    finally:
+        for proc, _ in started:
+            sp.stop_edge(proc)
+    result["job"]["edges"] = [d.get("edge") for d in devices]  # names: addresses were for this run only
+    return result

@@ -3,8 +3,9 @@
 A model is cut with torch.fx: its graph, with every module that is not an `nn.Sequential` kept whole (a residual
 block stays one step), must be a chain, each step feeding only the next. Steps are grouped into *layers*: a new
 layer starts at each step that holds a convolution; parameter-free steps and norms join the layer before them.
-Everything after the last convolution (pooling, flatten, the linear classifier) is the model's own *classifier*,
-the head of the last layer. Each layer is an fx `GraphModule` that shares its parameters with the model.
+Everything after the last convolution and its norm and activation (pooling, flatten, the linear classifier) is the
+model's own *classifier*, the head of the last layer. Each layer is an fx `GraphModule` sharing the model's
+parameters.
 
 The auxiliary head of a layer (reconstructed: NeuroFlux's method section was not readable) follows InfoPro's
 `AuxClassifier` and decoupled greedy learning: a 1×1 convolution to `width` filters, BN, ReLU, adaptive average
@@ -46,6 +47,19 @@ def _has_conv(gm_root: nn.Module, node: fx.Node) -> bool:
     return any(isinstance(x, nn.modules.conv._ConvNd) for x in m.modules())
 
 
+_ACTIVATIONS = (torch.relu, nn.functional.relu, torch.sigmoid, torch.tanh, nn.functional.gelu, nn.functional.silu)
+
+
+def _is_norm_or_activation(root: nn.Module, node: fx.Node) -> bool:
+    """Whether a step after the last convolution still belongs to it (its norm, its activation), not to the
+    classifier (which starts at pooling, flattening or a linear layer)."""
+    if node.op == "call_module":
+        m = root.get_submodule(node.target)
+        return isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm) or type(m).__module__ == \
+            "torch.nn.modules.activation"
+    return node.op == "call_function" and node.target in _ACTIVATIONS
+
+
 def cut(model: nn.Module, name: str = "model") -> Chain:
     """`model` as a chain of layers and its classifier, sharing its parameters. Raises UnsupportedModelError for
     a model whose graph branches outside a module (naming the module), or which has no convolution."""
@@ -72,10 +86,13 @@ def cut(model: nn.Module, name: str = "model") -> Chain:
     convs = [i for i, n in enumerate(steps) if _has_conv(model, n)]
     if not convs:
         raise UnsupportedModelError(f"{name} has no convolution; NeuroFlux trains convolutional networks")
-    starts = convs + [convs[-1] + 1]
+    end = convs[-1] + 1
+    while end < len(steps) and _is_norm_or_activation(model, steps[end]):
+        end += 1
+    starts = convs + [end]
     # steps before the first convolution (rare: a normalisation) run with the first layer
     groups = [steps[0 if k == 0 else a:b] for k, (a, b) in enumerate(zip(starts, starts[1:], strict=False))]
-    head = steps[starts[-1]:]
+    head = steps[end:]
     if not head:
         raise UnsupportedModelError(f"{name} ends with a convolution; NeuroFlux needs the model's own classifier "
                                     "after its last convolution")

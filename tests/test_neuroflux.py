@@ -239,3 +239,21 @@ def test_cli_cache_that_does_not_fit_on_disk_names_both_sizes(tmp_path, monkeypa
     assert r.exit_code == 2, r.output
     text = " ".join(r.output.split())
     assert "the block-output cache needs 1.4 MiB on disk but" in text and "has 0.0 MiB free" in text, text
+
+
+def test_sweep_cells_run_neuroflux_with_its_options():
+    from edgeprune import sweep
+
+    spec = sweep.SweepSpec.from_dict({
+        "name": "nf", "data": {"name": "fashion-mnist", "subset": 256}, "models": ["lenet5"], "dense": True,
+        "methods": [{"name": "neuroflux", "memory_budget": ["24MiB", "48MiB"], "exit_tolerance": 0.5}]})
+    cells = {c.name: c.cfg for c in sweep.cells(spec)}
+    assert sorted(c.command for c in cells.values()) == ["neuroflux", "neuroflux", "train"]
+    budgets = sorted(c.method["memory_budget"] for c in cells.values() if c.command == "neuroflux")
+    assert budgets == ["24MiB", "48MiB"]
+    with pytest.raises(ConfigError, match=r"methods\[0\] \(neuroflux\): --memory-budget 'lots' is not a positive"):
+        sweep.SweepSpec.from_dict({"name": "nf", "data": {"name": "fashion-mnist"}, "models": ["lenet5"],
+                                   "methods": [{"name": "neuroflux", "memory_budget": "lots"}]})
+    with pytest.raises(ConfigError, match="neuroflux.* option"):
+        sweep.SweepSpec.from_dict({"name": "nf", "data": {"name": "fashion-mnist"}, "models": ["lenet5"],
+                                   "methods": [{"name": "neuroflux", "sparsity": 0.9}]})

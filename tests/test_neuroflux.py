@@ -217,6 +217,11 @@ def test_cli_writes_an_ordinary_run_of_the_exit(tmp_path):
     sess = export.ort_session(str(run / "model.onnx"))
     onnx_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.allclose(onnx_out, model(x).detach().numpy(), atol=1e-4)
+    # reports set it beside backpropagation of its base model, named by its budget
+    from edgeprune.report import collect
+
+    row, = collect([run])
+    assert (row.model, row.method, row.variant) == ("lenet5", "neuroflux", "budget 24MiB, val_size 64")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec
 from ..progress import Reporter, reporter
 from ..runs import CHECKPOINT, torch_load, torch_save, write_json
-from ..train import TrainConfig, TrainingDiverged, _lr_lambda
+from ..train import TrainConfig, TrainingDiverged, _lr_lambda, resolve_device
 from . import plan as planner
 from .layers import EXIT_MODEL, AuxHead, Chain, ExitModel, cut
 
@@ -111,7 +111,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
     spec = getattr(model, "edgeprune_spec", None)
     if spec is None:
         raise ConfigError("NeuroFlux needs a model made by edgeprune.models.create (its exit is saved by name)")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     chain = cut(model, spec.name)
     plan = planner.make(chain, image_shape, num_classes, settings.budget, cfg.lr, base_batch, settings)
     heads = [chain.classifier if h is None else AuxHead(num_classes=num_classes, **h) for h in plan.heads]

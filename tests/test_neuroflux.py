@@ -108,8 +108,8 @@ def test_plan_fits_the_budget_with_the_largest_batch_per_block():
     assert all(a.stop == b.first for a, b in zip(p.blocks, p.blocks[1:], strict=False))
     for b in p.blocks:
         costs = p.costs[b.first:b.stop]
-        assert memory.block_bytes(costs, b.batch) <= budget
-        assert b.batch == opts.max_batch or memory.block_bytes(costs, b.batch + 8) > budget
+        assert memory.block_bytes(costs, b.batch) <= 0.9 * budget  # 10 % headroom for the accountant's error
+        assert b.batch == opts.max_batch or memory.block_bytes(costs, b.batch + 8) > 0.9 * budget
         assert b.lr == pytest.approx(0.1 * (b.batch / 128) ** 0.5)
     # heads: narrower where the maps are larger, the last layer exits through the model's own classifier
     widths = [h["width"] for h in p.heads[:-1]]
@@ -119,7 +119,7 @@ def test_plan_fits_the_budget_with_the_largest_batch_per_block():
 def test_a_budget_below_the_largest_layer_names_it_and_the_minimum():
     chain = cut(models.create("vgg11", 10, 1), "vgg11")
     with pytest.raises(plan.BudgetTooSmall, match=r"below what layer 5 \('features.8.0'\) needs to train at the "
-                                                  r"smallest batch \(8\): .* at least \d+MiB"):
+                                                  r"smallest batch \(8\) with 10% headroom: .* at least \d+MiB"):
         plan.make(chain, (1, 28, 28), 10, 20 * 2**20, 0.1, 128, plan.Options())
 
 
@@ -134,7 +134,7 @@ def _two_blocks_budget() -> int:
     1: a layer joins a block only where the block's batch stays as it was)."""
     chain = cut(models.create("lenet5", 10, 1), "lenet5")
     costs = plan.make(chain, (1, 28, 28), 10, 2**30, 0.1, 32, plan.Options()).costs
-    return int(memory.block_bytes(costs[:1], 40)) + 1
+    return int(memory.block_bytes(costs[:1], 40) / 0.9) + 1
 
 
 def _run(tmp_path, fmnist, resume=False):

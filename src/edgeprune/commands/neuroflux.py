@@ -33,6 +33,8 @@ def neuroflux(
                                                "stays at least this fraction of what it was.")] = 0.5,
     lr_scaling: Annotated[str, typer.Option(help="How a block's learning rate follows its batch (from --lr at "
                                             "--batch-size): sqrt, linear or none.")] = "sqrt",
+    headroom: Annotated[float, typer.Option(help="Share of the budget kept free for the accountant's error (it "
+                                            "predicts within about ±15 % on CPU).")] = 0.1,
     cache_dtype: Annotated[str, typer.Option(help="float32 or float16 (half the disk) for the cached block "
                                              "outputs.")] = "float32",
     **args,
@@ -50,5 +52,5 @@ def neuroflux(
     settings = Settings(memory_budget=memory_budget, exit_tolerance=exit_tolerance, val_size=val_size,
                         min_batch=min_batch, max_batch=max_batch, aux_min_width=aux_min_width,
                         aux_max_width=aux_max_width, aux_pool=aux_pool, aux_hidden=aux_hidden,
-                        homogeneity=homogeneity, lr_scaling=lr_scaling, cache_dtype=cache_dtype)
+                        homogeneity=homogeneity, lr_scaling=lr_scaling, headroom=headroom, cache_dtype=cache_dtype)
     _start("neuroflux", args, {"name": "neuroflux", **settings.to_dict()})

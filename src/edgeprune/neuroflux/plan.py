@@ -6,7 +6,8 @@ Reconstructed choices (NeuroFlux's method section was not readable; each is an o
 - blocks: greedy over the layer sequence; a layer joins the block before it while the block's largest batch stays
   at least `homogeneity` × what it was without it ("memory-homogeneous": layers of like memory per sample train
   together), and at least `min_batch`;
-- batch: the largest that fits the budget (memory.block_bytes), a multiple of 8 from 8 up, at most `max_batch`;
+- batch: the largest that fits the budget less `headroom` (memory.block_bytes), a multiple of 8 from 8 up, at most
+  `max_batch`;
 - learning rate: the base rate (chosen for the run's --batch-size) scaled by (batch / base_batch) ** 0.5 (`lr_scaling`
   "sqrt", Krizhevsky 2014), or linearly (Goyal et al. 2017), or not at all.
 """
@@ -54,6 +55,7 @@ class Options:
     aux_hidden: int = 128
     homogeneity: float = 0.5
     lr_scaling: str = "sqrt"
+    headroom: float = 0.1  # the budget's share kept free for the accountant's error (about ±15 % per block)
 
     def __post_init__(self) -> None:
         for name in ("min_batch", "max_batch", "aux_min_width", "aux_max_width", "aux_pool",
@@ -69,6 +71,8 @@ class Options:
             raise ConfigError(f"aux-max-width {self.aux_max_width} is below aux-min-width {self.aux_min_width}")
         if not 0 < self.homogeneity <= 1:
             raise ConfigError(f"homogeneity must be in (0, 1], got {self.homogeneity}")
+        if not 0 <= self.headroom < 1:
+            raise ConfigError(f"headroom must be in [0, 1) (a share of the budget kept free), got {self.headroom}")
         if self.lr_scaling not in LR_SCALINGS:
             raise ConfigError(f"lr-scaling {self.lr_scaling!r}: choose from {', '.join(LR_SCALINGS)}")
 
@@ -130,18 +134,19 @@ def make(chain: Chain, image_shape: tuple[int, ...], num_classes: int, budget: i
         head = chain.classifier if heads[k] is None else AuxHead(num_classes=num_classes, **heads[k])
         costs.append(cost(chain.names[k], [layer, head], shapes[k], num_classes))
     plan = Plan(budget, shapes, heads, costs)
-    need = [c.at(opts.min_batch) for c in costs]
+    usable = budget * (1 - opts.headroom)
+    need = [c.at(opts.min_batch) / (1 - opts.headroom) for c in costs]
     worst = max(range(len(costs)), key=need.__getitem__)
     if need[worst] > budget:
         raise BudgetTooSmall(
             f"--memory-budget {mib(budget)} is below what layer {worst} ({chain.names[worst]!r}) needs to train "
-            f"at the smallest batch ({opts.min_batch}): {mib(need[worst])}; raise --memory-budget to at least "
-            f"{math.ceil(need[worst] / 2**20)}MiB (or lower --min-batch)")
+            f"at the smallest batch ({opts.min_batch}) with {opts.headroom:.0%} headroom: {mib(need[worst])}; "
+            f"raise --memory-budget to at least {math.ceil(need[worst] / 2**20)}MiB (or lower --min-batch)")
     first = 0
     while first < len(costs):
-        stop, batch = first + 1, largest_batch(costs[first:first + 1], budget, opts)
+        stop, batch = first + 1, largest_batch(costs[first:first + 1], usable, opts)
         while stop < len(costs):
-            wider = largest_batch(costs[first:stop + 1], budget, opts)
+            wider = largest_batch(costs[first:stop + 1], usable, opts)
             if wider < max(opts.min_batch, opts.homogeneity * batch):
                 break
             stop, batch = stop + 1, wider
@@ -152,7 +157,7 @@ def make(chain: Chain, image_shape: tuple[int, ...], num_classes: int, budget: i
     return plan
 
 
-def largest_batch(costs: list[Cost], budget: int, opts: Options) -> int:
+def largest_batch(costs: list[Cost], budget: float, opts: Options) -> int:
     """The largest batch at which the block `costs` fits `budget` (a multiple of 8 from 8 up, at most max_batch);
     0 where not even min_batch fits."""
     lo, hi = 0, opts.max_batch

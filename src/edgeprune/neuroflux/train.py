@@ -129,6 +129,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
     cache.mkdir(parents=True, exist_ok=True)
     labels = _labels(train_set, cache / "train_labels.npy"), _labels(val_set, cache / "val_labels.npy")
     t_start = time.perf_counter() - (done[-1]["seconds"] if done else 0.0)
+    cpu_start = time.process_time() - (done[-1]["cpu_seconds"] if done else 0.0)
     for b, block in enumerate(plan.blocks):
         if b < len(done):
             continue
@@ -147,7 +148,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
             m.to("cpu")
         done.append({"block": b, "first": block.first, "stop": block.stop, "batch": block.batch, "lr": block.lr,
                      "val_accuracy": {str(block.first + k): a for k, a in enumerate(exits)}, **stats,
-                     "seconds": time.perf_counter() - t_start})
+                     "seconds": time.perf_counter() - t_start, "cpu_seconds": time.process_time() - cpu_start})
         write_json(work / STATE, {"plan": _fingerprint(plan), "blocks": done})
         if b > 0:  # the previous block's outputs have been read for the last time
             for split in ("train", "val"):

@@ -140,13 +140,15 @@ EXIT_MODEL = "neuroflux_exit"
 
 
 @register(EXIT_MODEL)
-def exit_model(num_classes: int, in_channels: int, base: dict, exit: int, head: dict | None = None) -> ExitModel:
-    """The exit model of `base` (a model spec dict) at layer `exit`: `head` is the AuxHead's keyword arguments
-    (width, pool, hidden), or None where the exit is the last layer (the model's own classifier). Registered, so
-    an exit run's model.pt is rebuilt from plain JSON like any other."""
-    spec = ModelSpec.from_dict(base)
+def exit_model(num_classes: int, in_channels: int, base: dict | None = None, exit: int | None = None,
+               head: dict | None = None) -> ExitModel:
+    """The exit model of `base` (a model spec dict; default VGG-11) at layer `exit` (default the last): `head` is
+    the AuxHead's keyword arguments (in_channels, width, pool, hidden), or None where the exit is the last layer
+    (the model's own classifier). Registered, so an exit run's model.pt is rebuilt from plain JSON."""
+    spec = ModelSpec.from_dict(base or {"name": "vgg11", "num_classes": num_classes, "in_channels": in_channels})
     full = create(spec.name, num_classes, in_channels, **spec.kwargs)
     chain = cut(full, spec.name)
+    exit = len(chain.layers) - 1 if exit is None else exit
     if not 0 <= exit < len(chain.layers):
         raise UnsupportedModelError(f"exit {exit} is outside the {len(chain.layers)} layers of {spec.name}")
     if head is None:

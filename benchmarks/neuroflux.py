@@ -15,9 +15,9 @@ For each model (VGG-11 and ResNet-20, 1×28×28):
 
 Short budget, stated in the results: a training subset, `--epochs` epochs, validation and test subsets.
 
-    PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/neuroflux.py [--subset 5000 --epochs 2]
+    PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/neuroflux.py --lr 0.01   # also --lr 0.05
 
-Results: benchmarks/results/neuroflux.{md,json}.
+Results: benchmarks/results/neuroflux.{md,json} (--lr 0.01) and neuroflux_lr0.05.{md,json} (renamed by hand).
 """
 
 from __future__ import annotations

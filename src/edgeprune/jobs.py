@@ -513,7 +513,16 @@ def first_images(loader: Iterable, n: int) -> Iterator:
         n -= len(x)
 
 
-JOBS: dict[str, Callable[..., RunReport]] = {"train": train, "prune": prune, "shrink": shrink, "quantize": quantize}
+def neuroflux(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+              progress: Reporter | None = None) -> RunReport:
+    """Train under a memory budget with NeuroFlux's block-wise local learning; the run's model is its best exit."""
+    from .neuroflux.job import run
+
+    return run(cfg, run_dir, overwrite=overwrite, resume=resume, progress=progress)
+
+
+JOBS: dict[str, Callable[..., RunReport]] = {"train": train, "prune": prune, "shrink": shrink, "quantize": quantize,
+                                             "neuroflux": neuroflux}
 
 
 def rerun(source: str | Path, run_dir: str | Path, *, overwrite: bool = False,

@@ -19,6 +19,7 @@ on a local Ray instance or on a cluster (`address`) whose nodes all see `out` (s
     methods:
       - {name: magnitude, sparsities: [0.9, 0.95]}
       - {name: reconvene, criterion: [magnitude, synflow], conversion: [width, dead], sparsities: [0.9]}
+      - {name: neuroflux, memory_budget: [64MiB, 96MiB]}   # training under a memory budget (no sparsity)
     resources: {cpus: 1, gpus: 0}   # what each cell asks Ray for
     quantize: {mode: static, calibration: 256, per_channel: true}   # or `quantize: int8` (static, defaults)
 
@@ -64,9 +65,16 @@ QUANTIZE_KEYS = ("mode", "calibration", "per_channel")
 _BARE = ("criterion", "conversion")  # option values that name themselves in a cell name; sparsity comes last
 
 
+NEUROFLUX = "neuroflux"  # not a pruning method: training under a memory budget, a command of its own
+
+
 def list_methods() -> list[str]:
-    """Method names a sweep accepts: every registered method (methods.registry)."""
-    return registry.list_methods()
+    """Method names a sweep accepts: every registered method (methods.registry), and neuroflux."""
+    return sorted([*registry.list_methods(), NEUROFLUX])
+
+
+def _kind(name: str) -> str | None:
+    return None if name == NEUROFLUX else registry.get(name).kind
 
 
 @dataclass
@@ -176,19 +184,19 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
     variants = [("dense", {})] if spec.dense else []
     for i, entry in enumerate(spec.methods):
         variants += _expand(entry, f"methods[{i}]")
-        if registry.get(entry["name"]).kind == "trained" and not spec.dense:
+        if _kind(entry["name"]) == "trained" and not spec.dense:
             raise ConfigError(f"methods[{i}] ({entry['name']}) starts from a trained run: set dense: true, so that "
                               "every model and seed has the dense cell it starts from")
     folder = Path(folder or spec.folder)
 
     def source(model: str, seed: int, method: dict) -> dict:
-        if method and registry.get(method["name"]).kind == "trained":
+        if method and _kind(method["name"]) == "trained":
             return {**method, "source": str(folder / _folder_name(f"{model}-dense-seed{seed}"))}
         return dict(method)
 
     out = [
         Cell(_folder_name(f"{model}-{label}-seed{seed}"), jobs.RunConfig(
-            command="prune" if method else "train", model=model, data=data, train=TrainConfig(**train, seed=seed),
+            command=_command(method), model=model, data=data, train=TrainConfig(**train, seed=seed),
             measure=dataclasses.replace(measure), method=source(model, seed, method), device=spec.device))
         for model, data, train in _models(spec) for seed in spec.seeds for label, method in variants
     ]
@@ -196,7 +204,7 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
         q = {} if spec.quantize == "int8" else spec.quantize
         _check_keys(q, QUANTIZE_KEYS, "quantize")
         out += [Cell(f"{c.name}-int8", jobs.quantize_config(folder / c.name, **q, base=c.cfg)) for c in out
-                if not (c.cfg.method and registry.get(c.cfg.method["name"]).kind == "levels")]
+                if not (c.cfg.method and _kind(c.cfg.method["name"]) == "levels")]
     twice = [name for name, n in Counter(c.name for c in out).items() if n > 1]
     if twice:
         raise ConfigError(f"cells {', '.join(twice)} appear more than once; remove the repeated method entries")
@@ -210,6 +218,12 @@ def _stages(todo: list[Cell]) -> dict[str, int]:
         source = c.cfg.method.get("source")
         stages[c.name] = 0 if source is None else stages.get(Path(source).name, -1) + 1
     return stages
+
+
+def _command(method: dict) -> str:
+    if not method:
+        return "train"
+    return NEUROFLUX if method["name"] == NEUROFLUX else "prune"
 
 
 def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
@@ -242,7 +256,15 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
     name = entry["name"]
     if name not in list_methods():
         raise ConfigError(f"{where}: unknown method {name!r}; allowed: {', '.join(list_methods())}")
-    fields = registry.get(name).option_fields()
+    if name == NEUROFLUX:
+        from .neuroflux.train import Settings
+
+        fields = {f.name: f for f in dataclasses.fields(Settings)}
+
+        def check(method: dict) -> None:
+            Settings(**{k: v for k, v in method.items() if k != "name"})
+    else:
+        fields, check = registry.get(name).option_fields(), registry.options_of
     opts = {k: v for k, v in entry.items() if k != "name"}
     _check_keys(opts, [*fields, *(["sparsities"] if "sparsity" in fields else [])], f"{where} ({name}) option")
     if "sparsities" in opts:
@@ -261,7 +283,7 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
     for values in itertools.product(*axes):
         method = {"name": name, **dict(zip(order, values, strict=True))}
         try:
-            registry.options_of(method)
+            check(method)
         except ConfigError as e:
             raise type(e)(f"{where} ({name}): {e}") from None
         parts = [_text(v) if k in _BARE or k == "sparsity" else f"{k}={_text(v)}"

@@ -5,3 +5,6 @@ from edgeprune.models import cifar_mobilenet, cifar_resnet, cifar_vgg, lenet, vg
 from edgeprune.models.registry import ModelSpec, create, list_models, register
 
 __all__ = ["ModelSpec", "create", "list_models", "register"]
+
+# The early-exit model of a NeuroFlux run, rebuilt by name from its base model's spec like any registered model.
+from edgeprune.neuroflux import layers as _neuroflux_layers  # noqa: E402, F401

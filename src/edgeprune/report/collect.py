@@ -162,7 +162,9 @@ def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> Run
     plain = json.loads(json.dumps(config.to_dict(), default=str)) if config else {}
     return RunRow(
         name=name, path=d, data=report.data or profile.accuracy_data or "unknown",
-        synthetic=report.synthetic_data, model=profile.model, method=label.method,
+        # a NeuroFlux run's model is an exit of its base model: it stands beside backpropagation of that model
+        synthetic=report.synthetic_data, model=config.model if config and config.command == "neuroflux" else
+        profile.model, method=label.method,
         variant=label.variant, options=label.options, options_full=report.options,
         sparsity_requested=label.sparsity_requested, profile=profile,
         prune_seconds=report.prune_seconds if report.prune_seconds is not None else details.get("shrink_seconds"),

@@ -3,6 +3,7 @@ its options in a few words and the sparsity it asked for."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +26,13 @@ def describe(method: str | None, options: dict, *, level: int | None = None, den
         return Label("dense", "", "", 0.0)
     if method == "dnnshifter":
         return Label("dnnshifter", "", f"from {Path(source or '?').name}", None)
+    if method == "neuroflux":  # not a pruning method: its budget names it, then the options set otherwise
+        from ..neuroflux.train import Settings
+
+        defaults = dataclasses.asdict(Settings(memory_budget="1MiB"))
+        words = [f"budget {options.get('memory_budget')}"] + [
+            f"{k} {v}" for k, v in sorted(options.items()) if k != "memory_budget" and defaults.get(k, v) != v]
+        return Label("neuroflux", ", ".join(words), ", ".join(words), None)
     name, words = registry.describe(method, options)
     variant = ", ".join(words)
     if density is not None and level is not None or method in registry.list_methods("levels"):

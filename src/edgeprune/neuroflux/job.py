@@ -1,0 +1,37 @@
+"""A NeuroFlux run, as `edgeprune neuroflux` and sweeps start it: a RunConfig in (command "neuroflux", its
+options in `method`), a run folder out whose model is the chosen early exit (model.pt, model.onnx, report.json),
+so that quantize, serve and partition take it like any other run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data, jobs
+from ..progress import Reporter
+from ..record import RunConfig, RunReport, write_report
+from ..runs import REPORT
+from .train import Settings, train
+
+
+def settings_of(cfg: RunConfig) -> Settings:
+    return Settings(**{k: v for k, v in cfg.method.items() if k != "name"})
+
+
+def run(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+        progress: Reporter | None = None) -> RunReport:
+    """Train cfg.model block-wise under the memory budget of cfg.method, save the chosen exit as the run's model."""
+    settings = settings_of(cfg)
+    # caching a block's outputs fixes its inputs: the later blocks see the images un-augmented, so all do
+    bundle = data.loaders(**{**cfg.data, "augment": False, "val_size": settings.val_size})
+    model = jobs.fresh_model(cfg, bundle)
+    with jobs._threads(cfg, run_dir, resume) as cfg, jobs._open(cfg, run_dir, overwrite, resume) as rf:
+        result = train(model, bundle.train.dataset, bundle.val.dataset, bundle.num_classes, bundle.input_shape,
+                       cfg.train, cfg.data.get("batch_size", 128), settings, rf.path, resume=rf.mode == "resume",
+                       device=cfg.device, progress=progress)
+        report = jobs.finish(result.model, bundle, cfg, rf.path, {
+            "method": "neuroflux", "options": settings.to_dict(),
+            "train": {"epochs": [e for b in result.info["blocks"] for e in b["epochs"]],
+                      "seconds": result.info["seconds"]}}, rf.name)
+        report.details["neuroflux"] = result.info
+        write_report(rf.path / REPORT, report)
+    return report

@@ -34,18 +34,18 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def train(
     out: Annotated[Path, typer.Option(help="The family folder to write (model.pt, one ONNX per size).")],
-    frames: Annotated[int, typer.Option(help="Training frames (from the Fashion-MNIST training split).")] = 4000,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the frames.")] = 2,
+    frames: Annotated[int, typer.Option(help="Training frames (from the Fashion-MNIST training split).")] = 6000,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the frames.")] = 3,
     sizes: Annotated[str, typer.Option(help="Input sizes of the family, multiples of 16.")] = "64,80,96,128",
     width: Annotated[int, typer.Option(help="TinyDet's base width (channels of its first stage).")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one cycle).")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one cycle).")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed of the training stream and the initialisation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing family folder.")] = False,
 ) -> None:
     """Train one TinyDet on frames of a synthetic stream (segments of every kind, 20 frames each) at every input
     size, and export it at each size (checked in ONNX Runtime).
 
-    Example: [bold]edgeprune detect train --out runs/tinydet --frames 4000 -e 2[/]
+    Example: [bold]edgeprune detect train --out runs/tinydet --frames 6000 -e 3[/]
     """
     from ..detection import stream as st
     from ..detection.detector import TrainConfig, save_family

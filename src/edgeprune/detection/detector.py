@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, EdgePruneError
-from ..models.tinydet import BOX_CHANNELS, STRIDE
 from .metrics import Detections
 from .stream import CANVAS, Stream
 
+# TinyDet's output (models/tinydet.py), defined here so that decoding needs no torch (a server decodes)
+STRIDE = 4
+BOX_CHANNELS = 4  # log w, log h (output cells), offset x, offset y (fraction of a cell)
 FAMILY = "family.json"
 FORMAT = "edgeprune.detector-family/1"
 SCORE_FLOOR = 0.05  # detections below this score are not kept (COCO evaluations keep low scores: recall)
@@ -98,9 +100,9 @@ def frames_tensor(frames: np.ndarray):
 @dataclass
 class TrainConfig:
     sizes: tuple[int, ...] = (64, 80, 96, 128)
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     width: int = 16
     seed: int = 0
 

@@ -12,12 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.detection.detector import BOX_CHANNELS
 from edgeprune.errors import ConfigError
 from edgeprune.models.layers import conv_bn, init_weights
 from edgeprune.models.registry import register
-
-STRIDE = 4
-BOX_CHANNELS = 4  # log w, log h (output cells), offset x, offset y (fraction of a cell)
 
 
 @register("tinydet", task="detect")

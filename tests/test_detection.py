@@ -273,3 +273,37 @@ def test_tod_follows_the_median_size_through_its_thresholds():
     assert [tod.observe(obs("d64", i, 20, 1.0)) for i in range(2)] == ["d64", "d96"]
     with pytest.raises(ConfigError, match="increasing thresholds"):
         roma.Tod(["d128", "d64"], [10.0, 20.0])
+
+
+def test_the_serving_layer_roma_policy_decides_from_the_requests_outputs(tmp_path):
+    from edgeprune.portfolio import Manifest, Variant
+    from edgeprune.serve import policy
+
+    def variant(vid, p50):
+        return Variant(id=vid, source=vid, method="tinydet", onnx=f"{vid}.onnx", sha256="", model_file=f"{vid}.pt",
+                       model_sha256="", accuracy=0.0, params=1, nonzero_params=1, macs=1, bytes=1, p50_ms=p50,
+                       p90_ms=p50)
+
+    manifest = Manifest(data="synthetic-stream", input_name="input", input_shape=[1, 128, 128], datatype="FP32",
+                        classes=32, batch_size=1, threads=1, variants=[variant("d64", 1.0), variant("d128", 4.0)])
+    path = tmp_path / "roma.json"
+    profile.save(synthetic_profile(), path)
+    p = policy.make(manifest, "roma", profile=str(path), fps=500, patience=1)
+    assert p.params() == {"profile": str(path), "fps": 500.0, "margin": 0.02, "patience": 1}
+
+    def output(shift):  # what d128 (32x32 cells) answers for three 40 px objects moved by `shift` px
+        boxes = np.array([[10 + shift + 42 * i, 30, 50 + shift + 42 * i, 70] for i in range(2)], np.float32)
+        heat, box, _ = detector.targets([boxes], [np.array([1, 2])], 128, 10)
+        h = np.clip(heat[0], 1e-6, 1 - 1e-6)
+        return np.concatenate([np.log(h / (1 - h)), box[0]])[None]
+
+    # 4 ms per request at 500 fps: 2 frames apart, objects 12 px further each time: fast, d128 drops frames
+    d = p.decide(policy.Window("d128", [4.0] * 5, 0.02, [output(12 * i) for i in range(5)]))
+    assert (d.active, d.want) == ("d128", "d64")
+    assert d.inputs["speed"] == pytest.approx(6.0, abs=0.1) and d.inputs["requests"] == 5
+    assert p.decide(policy.Window("d64", [1.0], 0.01, [])).reason == "no output in the window: keep the detector"
+    with pytest.raises(ConfigError, match="needs profile=PATH"):
+        policy.make(manifest, "roma")
+    other = Manifest(**{**manifest.__dict__, "variants": [variant("d96", 2.0)]})
+    with pytest.raises(ConfigError, match="the portfolio holds"):
+        policy.make(other, "roma", profile=str(path))

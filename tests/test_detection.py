@@ -307,3 +307,37 @@ def test_the_serving_layer_roma_policy_decides_from_the_requests_outputs(tmp_pat
     other = Manifest(**{**manifest.__dict__, "variants": [variant("d96", 2.0)]})
     with pytest.raises(ConfigError, match="the portfolio holds"):
         policy.make(other, "roma", profile=str(path))
+
+
+@pytest.mark.slow
+def test_detect_commands_train_profile_and_compare_choosers(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    from edgeprune.errors import DataNotFoundError
+
+    try:
+        st.items("val")
+    except DataNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(app, ["-q", "detect", *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return result
+
+    fam, prof_path, out = tmp_path / "fam", tmp_path / "roma.json", tmp_path / "run.json"
+    invoke("train", "--out", fam, "--frames", 40, "-e", 1, "--sizes", "64,80", "--width", 4)
+    assert sorted(p.name for p in fam.iterdir()) == ["d64.onnx", "d80.onnx", "family.json", "model.pt"]
+    invoke("profile", fam, "--out", prof_path, "--frames-per-segment", 10)
+    assert sorted(json.loads(prof_path.read_text())["detectors"]) == ["d64", "d80"]
+    invoke("run", prof_path, "--family", fam, "--fps", 500, "--frames-per-segment", 20, "--load-processes", 0,
+           "--window", 5, "--json", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(rows) == ["fixed d64", "fixed d80", "oracle", "roma", "tod"]
+    for seg, ap in rows["oracle"]["segments"].items():  # the oracle takes the best fixed detector of each segment
+        assert ap == max(rows[f"fixed {d}"]["segments"][seg] for d in ("d64", "d80"))
+    bad = runner.invoke(app, ["detect", "run", str(prof_path), "--family", str(fam), "--fps", "0"])
+    assert bad.exit_code == 2 and "--fps must be a positive number" in bad.output
+    assert runner.invoke(app, ["detect", "train", "--help"]).output.count("Example") == 1

@@ -205,23 +205,23 @@ def obs(detector, frame, side, ms, speed=0.0, n=3):
 
 
 def test_roma_prefers_the_large_input_for_small_slow_objects_and_the_fast_one_for_large_fast_objects():
-    r = roma.Roma(synthetic_profile(), fps=500, window=4, patience=2, alpha=1.0)
+    r = roma.Roma(synthetic_profile(), fps=500, window=7, patience=2, alpha=1.0)
     assert r.start() == "d128"
-    # large (40 px) fast (6 px/frame) objects at d128's profiled latency (2 frames per call): d64 wins,
-    # but only after two windows (hysteresis)
+    # large (40 px) fast (6 px/frame) objects at d128's profiled latency (2 frames per call, so 4 calls in a
+    # window of 7 frames): d64 wins, but only after two windows (hysteresis)
     wants = [r.observe(obs("d128", 2 * i, 40, 4.0, speed=6.0)) for i in range(8)]
     assert wants == ["d128"] * 7 + ["d64"]
     assert r.decisions[0]["rap"]["d64"] > r.decisions[0]["rap"]["d128"]
-    # small (10 px) slow objects: back to d128, again after two windows
-    wants = [r.observe(obs("d64", 100 + i, 10, 1.0)) for i in range(8)]
-    assert wants == ["d64"] * 7 + ["d128"]
+    # small (10 px) slow objects, seen by d64 in every frame: back to d128, again after two windows
+    wants = [r.observe(obs("d64", 100 + i, 10, 1.0)) for i in range(14)]
+    assert wants == ["d64"] * 13 + ["d128"]
 
 
 def test_roma_keeps_the_detector_on_an_empty_window_and_tracks_the_slowdown():
     r = roma.Roma(synthetic_profile(), fps=500, window=3, alpha=1.0)
     r.start()
-    empty = realtime.Observation("d128", 0, Detections.empty(), 4.0)
-    assert [r.observe(empty) for _ in range(3)] == ["d128"] * 3
+    empty = [realtime.Observation("d128", i, Detections.empty(), 4.0) for i in range(3)]
+    assert [r.observe(e) for e in empty] == ["d128"] * 3
     assert "no confident detection" in r.decisions[-1]["reason"]
     for i in range(3):
         r.observe(obs("d128", i, 10, 8.0))

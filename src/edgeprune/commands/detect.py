@@ -103,7 +103,7 @@ def run(
     frames_per_segment: PerSegment = 300,
     seed: Seed = 2,
     load_processes: Annotated[int, typer.Option(help="Busy processes during load-step segments.")] = 2,
-    window: Annotated[int, typer.Option(help="Detections per ROMA/TOD decision.")] = 30,
+    window: Annotated[int, typer.Option(help="Frames of the stream per ROMA/TOD decision.")] = 30,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the comparison here.")] = None,
 ) -> None:
     """Replay a synthetic stream (Fashion-MNIST test items, second half) at --fps with each fixed detector, TOD

@@ -2,8 +2,8 @@
 papers.md §7, reconstructed: its equations were not read) and its predecessor TOD as a baseline.
 
 Both are `realtime.Chooser`s: after each detection they are told only which detector ran, on which frame,
-what it returned and how long it took (`realtime.Observation`), and they decide once per window of
-`window` detections.
+what it returned and how long it took (`realtime.Observation`), and they decide once per window: the
+detections made over `window` frames of the stream (fewer detections for a slower detector).
 
 ROMA, per window, from the active detector's outputs and timings only:
 - h_b: the share of its confident detections (score >= `min_score`) in each object-size bin;
@@ -40,6 +40,11 @@ from .stream import Stream
 
 MIN_SCORE = 0.3
 SPEED_PAIRS = 8  # consecutive detections compared per window for the speed estimate (the cost is per pair)
+
+
+def window_full(seen: Sequence[Observation], frames: int) -> bool:
+    """Whether the detections `seen` span `frames` frames of the stream."""
+    return seen[-1].frame - seen[0].frame + 1 >= frames
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,7 +84,7 @@ def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
 class Roma:
     profile: Profile
     fps: float
-    window: int = 30  # detections per decision
+    window: int = 30  # frames of the stream per decision
     margin: float = 0.02
     patience: int = 2
     alpha: float = 0.3  # EWMA weight of the newest latency ratio
@@ -110,7 +115,7 @@ class Roma:
 
     def observe(self, obs: Observation) -> str:
         self._seen.append(obs)  # the per-detection cost stays one append: the work is once per window
-        if len(self._seen) >= self.window:
+        if window_full(self._seen, self.window):
             self._active = self.decide(self._seen)
             self._seen = []
         return self._active
@@ -183,7 +188,7 @@ class Tod:
 
     def observe(self, obs: Observation) -> str:
         self._seen.append(obs)
-        if len(self._seen) >= self.window:
+        if window_full(self._seen, self.window):
             found = np.concatenate([o.detections.boxes[o.detections.scores >= self.min_score] for o in self._seen])
             if len(found):
                 median = float(np.median(sides(found)))

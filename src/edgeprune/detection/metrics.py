@@ -35,8 +35,8 @@ class Detections:
 
 
 def sides(boxes: np.ndarray) -> np.ndarray:
-    """sqrt(w·h) of xyxy boxes: the size ROMA's bins are on."""
-    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    """sqrt(w·h) of xyxy boxes (x1 >= x0, y1 >= y0): the size ROMA's bins are on."""
+    return np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +40,8 @@ from .realtime import Observation, Trace, replay, score
 from .stream import Stream
 
 MIN_SCORE = 0.3
-SPEED_PAIRS = 8  # consecutive detections compared per window for the speed estimate (the cost is per pair)
+SPEED_PAIRS = 2  # consecutive detections compared per window for the speed estimate (the cost is per pair)
+SIZE_SAMPLES = 6  # detections per window whose boxes make the size histogram
 
 
 def window_full(seen: Sequence[Observation], frames: int) -> bool:
@@ -54,30 +56,31 @@ def staleness(frames_per_call: float, beta: float) -> float:
     return expected_realtime_accuracy(1.0, frames_per_call, 1000.0, beta, 0.0, calls=100)  # 1 ms = 1 frame
 
 
+def spread(window: Sequence, count: int) -> Sequence:
+    """At most `count` items of `window`, evenly spread (the selector's cost is per item looked at)."""
+    return window[::max(1, -(-len(window) // count))]
+
+
 def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
                    pairs: int = SPEED_PAIRS) -> float | None:
     """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
     pairs, evenly spread), matching each confident box to the nearest confident box of its class in the
     earlier detection, within one box side per frame apart; None when nothing matched."""
-    if len(window) < 2:
-        return None
-    starts = np.unique(np.linspace(0, len(window) - 2, min(pairs, len(window) - 1)).astype(int))
     speeds = []
-    for i in starts:
-        a, b = window[i], window[i + 1]
-        gap = b.frame - a.frame
-        ka, kb = a.detections.scores >= min_score, b.detections.scores >= min_score
+    for i in spread(range(len(window) - 1), pairs):
+        a, b = window[i].detections, window[i + 1].detections
+        gap = window[i + 1].frame - window[i].frame
+        ka, kb = a.scores >= min_score, b.scores >= min_score
         if gap <= 0 or not ka.any() or not kb.any():
             continue
-        ba, bb = a.detections.boxes[ka], b.detections.boxes[kb]
-        ca, cb = a.detections.classes[ka], b.detections.classes[kb]
-        centre_a, centre_b = (ba[:, :2] + ba[:, 2:]) / 2, (bb[:, :2] + bb[:, 2:]) / 2
-        dist = np.linalg.norm(centre_b[:, None] - centre_a[None], axis=2)
-        dist[cb[:, None] != ca[None]] = np.inf
+        ba, bb = a.boxes[ka], b.boxes[kb]
+        diff = (bb[:, None, :2] + bb[:, None, 2:] - ba[None, :, :2] - ba[None, :, 2:]) / 2  # centre to centre
+        dist = np.sqrt((diff ** 2).sum(axis=2))
+        dist[b.classes[kb][:, None] != a.classes[ka][None]] = np.inf
         nearest = dist.min(axis=1)
         ok = nearest <= sides(bb) * gap
-        speeds.extend(nearest[ok] / gap)
-    return float(np.median(speeds)) if speeds else None
+        speeds.extend((nearest[ok] / gap).tolist())
+    return statistics.median(speeds) if speeds else None
 
 
 @dataclass
@@ -107,7 +110,8 @@ class Roma:
         if self.initial is not None and self.initial not in self.profile.detectors:
             raise ConfigError(f"initial detector {self.initial!r} is not in the profile "
                               f"({', '.join(self.profile.detectors)})")
-        self._ap = {n: np.nan_to_num(np.asarray(p.ap_size, float)) for n, p in self.profile.detectors.items()}
+        # (size bins, detectors): one product gives every detector's fresh AP on the window's size histogram
+        self._ap = np.nan_to_num(np.array([p.ap_size for p in self.profile.detectors.values()], float).T)
 
     def start(self) -> str:
         self._active = self.initial or max(self.profile.detectors, key=lambda n: self.profile.detectors[n].ap50)
@@ -123,8 +127,8 @@ class Roma:
     def estimate(self, window: Sequence[Observation]) -> dict | None:
         """RAP per detector from one window, with what it was computed from; None for a window with no
         confident detection."""
-        confident = [o.detections.boxes[o.detections.scores >= self.min_score] for o in window]
-        found = np.concatenate(confident) if confident else np.zeros((0, 4))
+        confident = [o.detections.boxes[o.detections.scores >= self.min_score] for o in spread(window, SIZE_SAMPLES)]
+        found = np.concatenate(confident)
         if len(found) == 0:
             return None
         h = np.bincount(self.profile.size_bin(sides(found)), minlength=len(self.profile.size_bins) - 1) / len(found)
@@ -133,12 +137,13 @@ class Roma:
             self._speed = speed
         beta = self.profile.beta[self.profile.speed_bin(self._speed or 0.0)]
         active = self.profile.detectors[window[-1].detector]
-        ratio = float(np.median([o.latency_ms for o in window])) / active.p50_ms
+        ratio = statistics.median([o.latency_ms for o in window]) / active.p50_ms
         self._slowdown = (1 - self.alpha) * self._slowdown + self.alpha * ratio
         rap = {}
-        for n, p in self.profile.detectors.items():
-            frames = round(p.p50_ms * self._slowdown * self.fps / 1000, 2)
-            rap[n] = float(h @ self._ap[n]) * staleness(frames, round(beta, 3))
+        for (n, p), ap in zip(self.profile.detectors.items(), h @ self._ap, strict=True):
+            # frames per call to 0.05 and β to 0.01: the staleness cache then holds every value met
+            frames = round(p.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
+            rap[n] = float(ap) * staleness(frames, round(beta, 2))
         return {"rap": rap, "sizes": h.tolist(), "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
 
     def decide(self, window: Sequence[Observation]) -> str:

@@ -89,8 +89,10 @@ def main() -> None:
         check = {"ours": score(stream, fixed_replay.detections(main_trace)),
                  "torchmetrics": torchmetrics_ap50(stream, fixed_replay.detections(main_trace))}
         rows.append({"frames_per_call": fpc, "check": check, **result})
-    latency = {n: {"p50_ms": float(np.median(main_trace.latency_ms[n][stream.segment != len(stream.segments) - 1])),
-                   "p50_ms_load_step": float(np.median(main_trace.latency_ms[n][stream.frames_of("load-step")]))}
+    loaded = stream.frames_of("load-step")
+    unloaded = np.setdiff1d(np.arange(len(stream)), loaded)
+    latency = {n: {"p50_ms": float(np.median(main_trace.latency_ms[n][unloaded])),
+                   "p50_ms_load_step": float(np.median(main_trace.latency_ms[n][loaded]))}
                for n in main_trace.detectors}
     payload = {"environment": environment(), "synthetic": True, "training": training,
                "profile": profile.to_dict(), "stream": stream.describe(), "calibration": calib.describe(),

@@ -46,6 +46,13 @@ def test_stream_is_deterministic_by_seed_and_its_truth_fits_the_segments(item_se
     assert np.median(np.abs(moved - a.speeds[0])) < 1.0
 
 
+def test_the_mixed_scenario_runs_every_kind_of_segment_and_ends_with_the_load_step():
+    assert [s.name for s in st.scenario("mixed", 10)] == ["small-slow", "small-fast", "large-slow", "large-fast",
+                                                         "mixed-sizes", "load-step"]
+    assert [s.load for s in st.scenario("mixed", 10)] == [False] * 5 + [True]
+    assert not any(s.load for s in st.scenario("calibration"))
+
+
 def test_bad_segments_and_scenarios_are_refused(item_set):
     with pytest.raises(ConfigError, match="sizes"):
         st.make([st.Segment("x", 5, (20, 10), (0, 1))], item_set=item_set)
@@ -264,6 +271,17 @@ def test_fit_beta_recovers_the_degradation_factor():
     assert profile.fit_beta([[0.9 ** k for k in range(1, 7)], [0.9 ** k for k in range(1, 4)]]) == \
         pytest.approx(0.1)
     assert profile.fit_beta([[0.0, -1.0]]) == 0.0
+
+
+# latencies whose deliveries never fall exactly on a frame's deadline: there the loop's float clock decides
+# either way
+@pytest.mark.parametrize("frames_per_call", [0.5, 1.37, 2.718, 4.123])
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5])
+def test_staleness_is_the_realtime_timeline_for_a_constant_latency(frames_per_call, beta):
+    from edgeprune.serve.policy import expected_realtime_accuracy
+
+    want = expected_realtime_accuracy(1.0, frames_per_call * 10, 100.0, beta, 0.0, calls=100)  # 10 ms periods
+    assert roma.staleness(frames_per_call, beta) == pytest.approx(want, abs=2e-3)  # the last frame may differ
 
 
 def test_tod_follows_the_median_size_through_its_thresholds():

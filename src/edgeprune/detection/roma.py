@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from ..serve.policy import expected_realtime_accuracy
 from .metrics import sides
 from .profile import Profile
 from .realtime import Observation, Trace, replay, score
@@ -41,7 +41,7 @@ from .stream import Stream
 
 MIN_SCORE = 0.3
 SPEED_PAIRS = 2  # consecutive detections compared per window for the speed estimate (the cost is per pair)
-SIZE_SAMPLES = 6  # detections per window whose boxes make the size histogram
+SIZE_SAMPLES = 4  # detections per window whose boxes make the size histogram
 
 
 def window_full(seen: Sequence[Observation], frames: int) -> bool:
@@ -50,10 +50,19 @@ def window_full(seen: Sequence[Observation], frames: int) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def staleness(frames_per_call: float, beta: float) -> float:
+def staleness(frames_per_call: float, beta: float, calls: int = 100) -> float:
     """Mean (1 − β)^age over the frames of a stream answered by a detector whose every call takes
-    `frames_per_call` frame periods (rounded by the caller, so that this cache serves the selector)."""
-    return expected_realtime_accuracy(1.0, frames_per_call, 1000.0, beta, 0.0, calls=100)  # 1 ms = 1 frame
+    `frames_per_call` frame periods, over `calls` calls: `serve.policy.expected_realtime_accuracy(1, ...)` for
+    a constant latency, in closed form (a selector cannot afford its loop). Under one period a detector answers
+    every frame itself; otherwise call n starts at n·ℓ on frame ⌊n·ℓ⌋ and is delivered at (n + 1)·ℓ, so frame
+    i gets call ⌊(i + 1)/ℓ⌋ − 1. The caller rounds its arguments, so that this cache serves the selector."""
+    if frames_per_call <= 1:
+        return 1.0
+    frames = np.arange(math.floor(calls * frames_per_call + 1e-9))
+    call = np.floor((frames + 1) / frames_per_call + 1e-9) - 1
+    answered = call >= 0
+    age = frames[answered] - np.floor(call[answered] * frames_per_call + 1e-9)
+    return float(np.mean((1 - beta) ** age))
 
 
 def spread(window: Sequence, count: int) -> Sequence:

@@ -40,13 +40,13 @@ KINDS = {
     "small-fast": dict(sizes=(8, 16), speeds=(1.5, 3.0)),
     "large-slow": dict(sizes=(28, 48), speeds=(0.0, 0.5)),
     "large-fast": dict(sizes=(28, 48), speeds=(4.0, 8.0)),
-    "mixed": dict(sizes=(8, 48), speeds=(0.0, 4.0)),
+    "mixed-sizes": dict(sizes=(8, 48), speeds=(0.0, 4.0)),
     "load-step": dict(sizes=(8, 48), speeds=(0.0, 4.0), load=True),
 }
 SCENARIOS = {
-    "mixed": ("small-slow", "small-fast", "large-slow", "large-fast", "mixed", "load-step"),
-    "calibration": ("small-slow", "small-fast", "large-slow", "large-fast", "mixed"),  # no load: TOD's tuning
     **{kind: (kind,) for kind in KINDS},
+    "mixed": ("small-slow", "small-fast", "large-slow", "large-fast", "mixed-sizes", "load-step"),
+    "calibration": ("small-slow", "small-fast", "large-slow", "large-fast", "mixed-sizes"),  # no load: TOD's tuning
 }
 POOLS = ("train", "val", "test")  # Fashion-MNIST items: training split; test split's first / second half
 

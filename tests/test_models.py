@@ -9,7 +9,7 @@ from torch import nn
 from edgeprune.errors import ConfigError, UnsupportedModelError
 from edgeprune.models import ModelSpec, create, list_models
 
-IN_HOUSE = [name for name in list_models() if not name.startswith("tv:")]
+IN_HOUSE = [name for name in list_models(task="classify") if not name.startswith("tv:")]
 
 
 def n_params(model: nn.Module) -> int:

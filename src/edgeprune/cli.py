@@ -593,7 +593,8 @@ def rerun(
 # ...) live in `edgeprune.commands.<name>`,
 # each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
 # uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
-COMMAND_MODULES: tuple[str, ...] = ("saved", "quantize", "portfolio", "serve", "partition", "fl", "neuroflux")
+COMMAND_MODULES: tuple[str, ...] = ("saved", "quantize", "portfolio", "serve", "partition", "detect", "fl",
+                                     "neuroflux")
 # Run as `python -m edgeprune.cli`, this file is `__main__` and the command modules' `from ..cli import ...` load it
 # a second time as `edgeprune.cli`: only that copy registers them (registering from both would import a command
 # module while it is still being imported), and `__main__` hands over to it below.

@@ -26,6 +26,8 @@ TORCHVISION_PREFIX = "tv:"
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}  # what a registered model's output means: "classify" (logits) or "detect"
+TASKS = ("classify", "detect")
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,27 @@ class ModelSpec:
             raise ConfigError(f"model spec {dict(values)!r} lacks {e}; write specs with ModelSpec.to_dict()") from None
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-    """Decorator that adds `factory(num_classes, in_channels, **kwargs) -> nn.Module` under `name`."""
-    if ":" in name or name in _FACTORIES:
-        raise ValueError(f"cannot register model {name!r}: names must be unique and contain no ':'")
+def register(name: str, task: str = "classify") -> Callable[[Factory], Factory]:
+    """Decorator that adds `factory(num_classes, in_channels, **kwargs) -> nn.Module` under `name`; `task`
+    says what its output is (classifiers give (N, num_classes) logits; detectors their own maps)."""
+    if ":" in name or name in _FACTORIES or task not in TASKS:
+        raise ValueError(f"cannot register model {name!r} for task {task!r}: names must be unique and contain no "
+                         f"':', tasks are {', '.join(TASKS)}")
 
     def add(factory: Factory) -> Factory:
         _FACTORIES[name] = factory
+        _TASKS[name] = task
         return factory
 
     return add
 
 
-def list_models() -> list[str]:
-    """In-house model names, then every torchvision classifier as `tv:<name>`."""
-    return sorted(_FACTORIES) + _torchvision_models()
+def list_models(task: str | None = None) -> list[str]:
+    """In-house model names, then every torchvision classifier as `tv:<name>`; only those of `task` if given."""
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown model task {task!r}; choose from {', '.join(TASKS)}")
+    in_house = sorted(n for n in _FACTORIES if task is None or _TASKS[n] == task)
+    return in_house + (_torchvision_models() if task in (None, "classify") else [])
 
 
 def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:

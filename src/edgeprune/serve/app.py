@@ -87,6 +87,7 @@ class Server:
         self.decisions: collections.deque = collections.deque(maxlen=200)
         self.switches: collections.deque = collections.deque(maxlen=200)
         self._window: list[float] = []
+        self._outputs: list[np.ndarray] = []  # kept only for a policy that reads them (policy.reads_outputs)
         self._window_start = time.perf_counter()
         self._window_lock = threading.Lock()
         self._recent: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=500))
@@ -118,19 +119,21 @@ class Server:
         self.m_latency.labels(vid).observe(ms / 1e3)
         self._recent[vid].append(ms)
         if model == ROUTED:
-            self._observe(vid, ms)
+            self._observe(vid, ms, y)
         return vid, y
 
-    def _observe(self, vid: str, ms: float) -> None:
+    def _observe(self, vid: str, ms: float, y: np.ndarray) -> None:
         with self._window_lock:
             if vid != self.sessions.active:
                 return  # a request begun before a switch says nothing about the new variant
             self._window.append(ms)
+            if self.policy.reads_outputs:
+                self._outputs.append(y)
             seconds = time.perf_counter() - self._window_start
             if len(self._window) < self.window_requests and seconds < self.window_s:
                 return
-            window = policy_mod.Window(vid, self._window, seconds)
-            self._window, self._window_start = [], time.perf_counter()
+            window = policy_mod.Window(vid, self._window, seconds, self._outputs)
+            self._window, self._outputs, self._window_start = [], [], time.perf_counter()
             decision = self.policy.decide(window)
             self._log(decision)
         if decision.want != decision.active:  # outside the lock: a switch starts a new window under it
@@ -150,7 +153,7 @@ class Server:
             self.m_switches.labels(self.sessions.mode).inc()
             self.m_switch_s.labels(self.sessions.mode).observe(seconds)
             with self._window_lock:
-                self._window, self._window_start = [], time.perf_counter()
+                self._window, self._outputs, self._window_start = [], [], time.perf_counter()
             self._show_active()
         return seconds
 

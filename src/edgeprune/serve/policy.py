@@ -17,6 +17,10 @@ it decided on, so every decision can be logged and checked.
   scene changes), and right by chance (1/classes) otherwise. Its expected real-time accuracy
   (`expected_realtime_accuracy`) is taken over the latencies the variant was measured at while active (an
   unmeasured one: the active one's, scaled by their profiled ratio); it switches for a gain above a margin.
+- `roma` (papers.md §7; edgeprune.detection.roma): for a portfolio of detectors profiled by `edgeprune detect
+  profile`: each window's outputs of the routed requests are decoded and handed, with their latencies, to
+  ROMA, which estimates every detector's real-time AP from them (never from labels) and switches with
+  hysteresis. The requests are taken as the frames of a stream at `fps` that the active detector kept up with.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ import collections
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..portfolio import Manifest
 
-POLICIES = ("fixed", "accuracy-floor", "latency", "realtime")
+POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Window:
     variant: str
     latencies_ms: list[float]  # inference time of each request (not queueing, not HTTP)
     seconds: float
+    outputs: list[np.ndarray] = field(default_factory=list)  # each request's output, for policies that read them
 
     @property
     def p90_ms(self) -> float:
@@ -69,6 +75,7 @@ class Policy:
 
     manifest: Manifest
     name: str = "fixed"
+    reads_outputs: ClassVar[bool] = False  # whether the server must keep each request's output in the window
 
     def params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("manifest", "name") and not k.startswith("_")}
@@ -238,7 +245,55 @@ def expected_realtime_accuracy(accuracy: float, latency_ms: float | Sequence[flo
     return float(np.mean(same * accuracy + (1 - same) * chance)) if answered.any() else 0.0
 
 
-_BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency, "realtime": Realtime}
+@dataclass
+class Roma(Policy):
+    profile: str = ""  # a ROMA profile of the portfolio's detectors (`edgeprune detect profile`)
+    fps: float = 30.0
+    margin: float = 0.02
+    patience: int = 2
+    name: str = "roma"
+    reads_outputs: ClassVar[bool] = True
+    _roma: object = field(default=None, repr=False)
+    _sizes: dict = field(default_factory=dict, repr=False)
+    _frame: int = 0
+
+    def __post_init__(self) -> None:
+        from ..detection import profile as prof
+        from ..detection import roma
+
+        if not self.profile:
+            raise ConfigError("the roma policy needs profile=PATH, a profile of the portfolio's detectors "
+                              "(`edgeprune detect profile FAMILY --out PATH`)")
+        p = prof.load(self.profile)
+        if sorted(p.detectors) != sorted(self.manifest.ids):
+            raise ConfigError(f"profile {self.profile} is of detectors {sorted(p.detectors)}, the portfolio holds "
+                              f"{sorted(self.manifest.ids)}; profile the portfolio's detectors")
+        self._roma = roma.Roma(p, self.fps, margin=self.margin, patience=self.patience)
+        self._sizes = {n: d.input_size for n, d in p.detectors.items()}
+
+    def decide(self, window: Window) -> Decision:
+        from ..detection.detector import decode
+        from ..detection.realtime import Observation
+
+        seen = []
+        # a policy set in mid-window has the outputs of the window's last requests only
+        latencies = window.latencies_ms[len(window.latencies_ms) - len(window.outputs):]
+        for y, ms in zip(window.outputs, latencies, strict=True):
+            for out in y:  # one frame per sample of the batch
+                # frames a stream at fps delivered while this one was processed: the next one is that far on
+                self._frame += max(1, math.ceil(ms * self.fps / 1000))
+                seen.append(Observation(window.variant, self._frame, decode(out, self._sizes[window.variant]), ms))
+        if not seen:
+            return Decision(self.name, window.variant, window.variant, True, {"requests": 0},
+                            "no output in the window: keep the detector")
+        want = self._roma.decide(seen)
+        last = self._roma.decisions[-1]
+        inputs = {k: v for k, v in last.items() if k not in ("active", "want", "reason")}
+        return Decision(self.name, window.variant, want, True, {**inputs, "requests": len(seen)}, last["reason"])
+
+
+_BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency, "realtime": Realtime,
+            "roma": Roma}
 
 
 def make(manifest: Manifest, name: str, **params) -> Policy:
@@ -246,13 +301,14 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
     if name not in _BY_NAME:
         raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     cls = _BY_NAME[name]
-    allowed = sorted(k for k in cls.__dataclass_fields__ if k not in ("manifest", "name") and not k.startswith("_"))
+    declared = {f.name: f for f in fields(cls)}  # dataclasses.fields leaves out ClassVars (reads_outputs)
+    allowed = sorted(k for k in declared if k not in ("manifest", "name") and not k.startswith("_"))
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
     typed = {}
     for k, v in params.items():
-        kind = {"float": float, "int": int}.get(cls.__dataclass_fields__[k].type)
+        kind = {"float": float, "int": int}.get(declared[k].type)
         if kind is None or v is None:
             typed[k] = v
             continue

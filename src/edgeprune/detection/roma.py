@@ -1,0 +1,251 @@
+"""Choosing a detector at run time without labels: ROMA (Lee, Varghese, Vandierendonck, WACV 2023;
+papers.md §7, reconstructed: its equations were not read) and its predecessor TOD as a baseline.
+
+Both are `realtime.Chooser`s: after each detection they are told only which detector ran, on which frame,
+what it returned and how long it took (`realtime.Observation`), and they decide once per window: the
+detections made over `window` frames of the stream (fewer detections for a slower detector).
+
+ROMA, per window, from the active detector's outputs and timings only:
+- h_b: the share of its confident detections (score >= `min_score`) in each object-size bin;
+- v̂: the objects' apparent speed, px/frame: confident detections of one class matched to the nearest
+  centre in the previous detection of the window, displacement / frames between them, the median;
+- r: how much slower than profiled the machine runs now, an EWMA of the active detector's window-median
+  latency over its profiled p50; every detector's latency is taken as its profiled p50 × r;
+- for each detector d, with its profiled AP table AP_d(b) and the β of v̂'s speed bin:
+  RAP_d = Σ_b h_b · AP_d(b) · s_d, where s_d is the mean of (1 − β)^k over the frames of a stream at `fps`
+  answered by results k frames old when every call takes L_d (the timeline of
+  `serve.policy.expected_realtime_accuracy`: dropped frames are those arriving while the detector is busy).
+It switches to the argmax only when it beats the active detector by more than `margin` (relative) in
+`patience` consecutive windows (hysteresis). A window with no confident detection keeps the detector.
+
+TOD: the median side of the window's confident detections against size thresholds tuned offline
+(`tune_tod`, on an unloaded calibration stream): below the first threshold the first (largest) detector, ...
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from .metrics import sides
+from .profile import Profile
+from .realtime import Observation, Trace, replay, score
+from .stream import Stream
+
+MIN_SCORE = 0.3
+SPEED_PAIRS = 2  # consecutive detections compared per window for the speed estimate (the cost is per pair)
+SIZE_SAMPLES = 4  # detections per window whose boxes make the size histogram
+
+
+def window_full(seen: Sequence[Observation], frames: int) -> bool:
+    """Whether the detections `seen` span `frames` frames of the stream."""
+    return seen[-1].frame - seen[0].frame + 1 >= frames
+
+
+@functools.lru_cache(maxsize=4096)
+def staleness(frames_per_call: float, beta: float, calls: int = 100) -> float:
+    """Mean (1 − β)^age over the frames of a stream answered by a detector whose every call takes
+    `frames_per_call` frame periods, over `calls` calls: `serve.policy.expected_realtime_accuracy(1, ...)` for
+    a constant latency, in closed form (a selector cannot afford its loop). Under one period a detector answers
+    every frame itself; otherwise call n starts at n·ℓ on frame ⌊n·ℓ⌋ and is delivered at (n + 1)·ℓ, so frame
+    i gets call ⌊(i + 1)/ℓ⌋ − 1. The caller rounds its arguments, so that this cache serves the selector."""
+    if frames_per_call <= 1:
+        return 1.0
+    frames = np.arange(math.floor(calls * frames_per_call + 1e-9))
+    call = np.floor((frames + 1) / frames_per_call + 1e-9) - 1
+    answered = call >= 0
+    age = frames[answered] - np.floor(call[answered] * frames_per_call + 1e-9)
+    return float(np.mean((1 - beta) ** age))
+
+
+def spread(window: Sequence, count: int) -> Sequence:
+    """At most `count` items of `window`, evenly spread (the selector's cost is per item looked at)."""
+    return window[::max(1, -(-len(window) // count))]
+
+
+def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
+                   pairs: int = SPEED_PAIRS) -> float | None:
+    """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
+    pairs, evenly spread), matching each confident box to the nearest confident box of its class in the
+    earlier detection, within one box side per frame apart; None when nothing matched."""
+    speeds = []
+    for i in spread(range(len(window) - 1), pairs):
+        a, b = window[i].detections, window[i + 1].detections
+        gap = window[i + 1].frame - window[i].frame
+        ka, kb = a.scores >= min_score, b.scores >= min_score
+        if gap <= 0 or not ka.any() or not kb.any():
+            continue
+        ba, bb = a.boxes[ka], b.boxes[kb]
+        diff = (bb[:, None, :2] + bb[:, None, 2:] - ba[None, :, :2] - ba[None, :, 2:]) / 2  # centre to centre
+        dist = np.sqrt((diff ** 2).sum(axis=2))
+        dist[b.classes[kb][:, None] != a.classes[ka][None]] = np.inf
+        nearest = dist.min(axis=1)
+        ok = nearest <= sides(bb) * gap
+        speeds.extend((nearest[ok] / gap).tolist())
+    return statistics.median(speeds) if speeds else None
+
+
+@dataclass
+class Roma:
+    profile: Profile
+    fps: float
+    window: int = 30  # frames of the stream per decision
+    margin: float = 0.02
+    patience: int = 2
+    alpha: float = 0.3  # EWMA weight of the newest latency ratio
+    min_score: float = MIN_SCORE
+    initial: str | None = None  # default: the detector with the highest offline AP
+    name: str = "roma"
+    decisions: list[dict] = field(default_factory=list, repr=False)
+    _seen: list[Observation] = field(default_factory=list, repr=False)
+    _active: str = ""
+    _slowdown: float = 1.0
+    _speed: float | None = None
+    _ahead: tuple[str, int] = ("", 0)
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"fps must be a positive number of frames per second, got {self.fps}")
+        if self.window < 1 or self.patience < 1 or self.margin < 0 or not 0 < self.alpha <= 1:
+            raise ConfigError(f"roma needs window >= 1, patience >= 1, margin >= 0 and 0 < alpha <= 1; got "
+                              f"{self.window}, {self.patience}, {self.margin}, {self.alpha}")
+        if self.initial is not None and self.initial not in self.profile.detectors:
+            raise ConfigError(f"initial detector {self.initial!r} is not in the profile "
+                              f"({', '.join(self.profile.detectors)})")
+        # (size bins, detectors): one product gives every detector's fresh AP on the window's size histogram
+        self._ap = np.nan_to_num(np.array([p.ap_size for p in self.profile.detectors.values()], float).T)
+
+    def start(self) -> str:
+        self._active = self.initial or max(self.profile.detectors, key=lambda n: self.profile.detectors[n].ap50)
+        return self._active
+
+    def observe(self, obs: Observation) -> str:
+        self._seen.append(obs)  # the per-detection cost stays one append: the work is once per window
+        if window_full(self._seen, self.window):
+            self._active = self.decide(self._seen)
+            self._seen = []
+        return self._active
+
+    def estimate(self, window: Sequence[Observation]) -> dict | None:
+        """RAP per detector from one window, with what it was computed from; None for a window with no
+        confident detection."""
+        confident = [o.detections.boxes[o.detections.scores >= self.min_score] for o in spread(window, SIZE_SAMPLES)]
+        found = np.concatenate(confident)
+        if len(found) == 0:
+            return None
+        h = np.bincount(self.profile.size_bin(sides(found)), minlength=len(self.profile.size_bins) - 1) / len(found)
+        speed = speed_estimate(window, self.min_score)
+        if speed is not None:
+            self._speed = speed
+        beta = self.profile.beta[self.profile.speed_bin(self._speed or 0.0)]
+        active = self.profile.detectors[window[-1].detector]
+        ratio = statistics.median([o.latency_ms for o in window]) / active.p50_ms
+        self._slowdown = (1 - self.alpha) * self._slowdown + self.alpha * ratio
+        rap = {}
+        for (n, p), ap in zip(self.profile.detectors.items(), h @ self._ap, strict=True):
+            # frames per call to 0.05 and β to 0.01: the staleness cache then holds every value met
+            frames = round(p.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
+            rap[n] = float(ap) * staleness(frames, round(beta, 2))
+        return {"rap": rap, "sizes": h.tolist(), "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
+
+    def decide(self, window: Sequence[Observation]) -> str:
+        active = window[-1].detector
+        est = self.estimate(window)
+        if est is None:
+            self.decisions.append({"frame": window[-1].frame, "active": active, "want": active,
+                                   "reason": "no confident detection in the window: keep the detector"})
+            return active
+        rap = est["rap"]
+        best = max(rap, key=rap.get)
+        want, reason = active, "the active detector has the highest estimate"
+        if best != active and rap[best] > rap[active] * (1 + self.margin):
+            count = self._ahead[1] + 1 if self._ahead[0] == best else 1
+            self._ahead = (best, count)
+            if count >= self.patience:
+                want, reason, self._ahead = best, f"{best} ahead for {count} windows", ("", 0)
+            else:
+                reason = f"{best} ahead {count}/{self.patience} windows"
+        else:
+            self._ahead = ("", 0)
+        self.decisions.append({"frame": window[-1].frame, "active": active, "want": want, "reason": reason, **est})
+        return want
+
+
+@dataclass
+class Tod:
+    """TOD: detectors by input size, largest first, and `thresholds[i]`: the median side (canvas px) below
+    which detector i is chosen (the last detector above every threshold)."""
+
+    detectors: list[str]
+    thresholds: list[float]
+    window: int = 30
+    min_score: float = MIN_SCORE
+    name: str = "tod"
+    _seen: list[Observation] = field(default_factory=list, repr=False)
+    _active: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.thresholds) != len(self.detectors) - 1 or list(self.thresholds) != sorted(self.thresholds):
+            raise ConfigError(f"TOD needs {len(self.detectors) - 1} increasing thresholds for "
+                              f"{len(self.detectors)} detectors, got {self.thresholds}")
+
+    def start(self) -> str:
+        self._active = self.detectors[0]
+        return self._active
+
+    def observe(self, obs: Observation) -> str:
+        self._seen.append(obs)
+        if window_full(self._seen, self.window):
+            found = np.concatenate([o.detections.boxes[o.detections.scores >= self.min_score] for o in self._seen])
+            if len(found):
+                median = float(np.median(sides(found)))
+                self._active = self.detectors[int(np.searchsorted(self.thresholds, median, side="right"))]
+            self._seen = []
+        return self._active
+
+
+def tune_tod(stream: Stream, trace: Trace, fps: float, detectors: Sequence[str],
+             candidates: Sequence[float] = (10, 14, 18, 22, 26, 30, 36, 44), window: int = 30) -> Tod:
+    """TOD with the thresholds (from `candidates`, in increasing order) that give the highest real-time AP on
+    the labelled `stream` and its `trace` at `fps`: TOD's per-device tuning, done once on a calibration
+    stream. `detectors` largest input first."""
+    best, best_ap = None, -1.0
+    for cut in itertools.combinations(sorted(candidates), len(detectors) - 1):
+        tod = Tod(list(detectors), list(cut), window)
+        ap = score(stream, replay(trace, fps, tod).detections(trace))
+        if ap > best_ap:
+            best, best_ap = tod, ap
+    return Tod(list(detectors), list(best.thresholds), window)
+
+
+def compare(stream: Stream, trace: Trace, profile: Profile, fps: float, tod: Tod, window: int = 30) -> dict:
+    """Real-time AP@0.5 of each fixed detector, TOD, ROMA and the per-segment oracle on `stream` (traced in
+    `trace`) at `fps`: per segment, their mean (`ap50`) and over all frames pooled, with switches and the
+    choosers' own time per detection."""
+    from .realtime import Fixed, oracle
+
+    choosers = [Fixed(n) for n in trace.detectors] + [tod, Roma(profile, fps, window)]
+    replays = {c.name: replay(trace, fps, c) for c in choosers}
+    answers = {n: r.detections(trace) for n, r in replays.items()}
+    answers["oracle"], oracle_choice = oracle(stream, trace, {n: replays[f"fixed {n}"] for n in trace.detectors})
+    segments = {f"{k}:{s.name}": np.flatnonzero(stream.segment == k) for k, s in enumerate(stream.segments)}
+    rows = {}
+    for name, dets in answers.items():
+        r = replays.get(name)
+        per_segment = {k: score(stream, dets, f) for k, f in segments.items()}
+        # the mean over segments, as MOT benchmarks average over sequences: pooling the frames of several
+        # detectors into one ranking by score penalises any mix of differently calibrated detectors, which put
+        # the per-segment oracle below a fixed detector (kept as pooled_ap50)
+        rows[name] = {"ap50": float(np.mean(list(per_segment.values()))), "pooled_ap50": score(stream, dets),
+                      "segments": per_segment, "switches": r.switches if r else None,
+                      "calls": len(r.calls) if r else None,
+                      "selector_us_per_call": 1e6 * r.selector_s / len(r.calls) if r else None}
+    return {"fps": fps, "rows": rows, "oracle_choice": oracle_choice, "tod_thresholds": tod.thresholds,
+            "roma_decisions": choosers[-1].decisions}

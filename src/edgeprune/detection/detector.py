@@ -178,18 +178,25 @@ def save_family(model, sizes: Sequence[int], folder: str | Path, extra: dict) ->
     return record
 
 
-def load_family(folder: str | Path) -> dict:
-    """The family record of `folder`, each member's ONNX file checked to be there."""
-    path = Path(folder) / FAMILY
+def read_record(path: Path, fmt: str, error: type[EdgePruneError], what: str, missing: str, make: str) -> dict:
+    """The JSON record at `path` of format `fmt`; `error` says, in one line, that it is missing (`missing`; `make`
+    says how to make one), not JSON, or not `what`."""
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FamilyError(f"{folder} holds no {FAMILY}; train a family with `edgeprune detect train --out "
-                          f"{folder}`") from None
+        raise error(f"{missing}; {make}") from None
     except json.JSONDecodeError as e:
-        raise FamilyError(f"{path} is not valid JSON ({e}); train the family again") from None
-    if record.get("format") != FORMAT:
-        raise FamilyError(f"{path} is not a detector family record (format {FORMAT}); train the family again")
+        raise error(f"{path} is not valid JSON ({e}); {make}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{path} is not {what} (format {fmt}); {make}")
+    return record
+
+
+def load_family(folder: str | Path) -> dict:
+    """The family record of `folder`, each member's ONNX file checked to be there."""
+    path = Path(folder) / FAMILY
+    record = read_record(path, FORMAT, FamilyError, "a detector family record", f"{folder} holds no {FAMILY}",
+                         f"train a family with `edgeprune detect train --out {folder}`")
     for name, m in record["members"].items():
         if not (Path(folder) / m["onnx"]).is_file():
             raise FamilyError(f"member {name}: {Path(folder) / m['onnx']} is missing; train the family again")

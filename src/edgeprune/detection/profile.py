@@ -144,17 +144,11 @@ def load(path: str | Path, detectors: Sequence | None = None, calls: int = 30,
     set; and if it was measured on another machine, `warn(message)` (default: warnings.warn) is called and its
     latencies are multiplied by the median ratio of their latency now (`calls` calls each on a blank frame,
     round-robin) to the recorded one, which `rescaled` records."""
+    from .detector import read_record
+
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"no profile at {path}; measure one with `edgeprune detect profile FAMILY --out "
-                           f"{path}`") from None
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{path} is not valid JSON ({e}); measure the profile again") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ProfileError(f"{path} is not a ROMA profile (format {FORMAT}); measure one with "
-                           "`edgeprune detect profile`")
+    d = read_record(path, FORMAT, ProfileError, "a ROMA profile", f"no profile at {path}",
+                    f"measure one with `edgeprune detect profile FAMILY --out {path}`")
     try:
         profile = Profile(**{**d, "detectors": {k: DetectorProfile(**v) for k, v in d["detectors"].items()}})
     except (KeyError, TypeError) as e:

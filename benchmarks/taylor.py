@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--subset", type=int, default=20000, help="dense training samples (first of a seeded shuffle)")
     ap.add_argument("--epochs", type=int, default=2, help="dense training epochs")
+    ap.add_argument("--lr", type=float, default=0.1, help="dense training learning rate (VGG-16 needs about 0.02: "
+                    "at 0.1 one epoch on 8,000 images left it at 18 %%)")
     ap.add_argument("--step-fraction", type=float, default=0.05)
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--max-drop", type=float, default=1.0)
@@ -58,7 +60,7 @@ def main() -> None:
     work = a.work / a.model
     dense_cfg = RunConfig(command="train", model=a.model,
                           data={"name": "fashion-mnist", "subset": a.subset, "batch_size": 128, "seed": 0},
-                          train=TrainConfig(epochs=a.epochs), measure=MeasureOptions(runs=30, memory=False),
+                          train=TrainConfig(epochs=a.epochs, lr=a.lr), measure=MeasureOptions(runs=30, memory=False),
                           threads="auto")
     dense_dir = work / "dense"
     if not runs.is_finished(dense_dir):

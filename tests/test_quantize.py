@@ -13,7 +13,7 @@ from conftest import small_vgg
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from edgeprune import export, jobs, measure, models
+from edgeprune import export, measure, models, saved
 from edgeprune.cli import app
 from edgeprune.train import evaluate
 
@@ -46,7 +46,7 @@ def _accuracy(run: Path, runtime: str) -> float:
     result = _invoke("-q", "eval", run, "--runtime", runtime)
     assert result.exit_code == 0, result.output
     assert f"1000 test samples, {runtime}" in result.output
-    return jobs.evaluate_saved(run, runtime=runtime)["accuracy"]
+    return saved.accuracy(run, runtime=runtime)["accuracy"]
 
 
 @needs_fashion

@@ -569,30 +569,10 @@ def _batch_threads(text: str) -> tuple[int, int]:
     return int(b), int(t)
 
 
-@app.command()
-@_handled
-def rerun(
-    run: Annotated[Path, typer.Argument(help="A run folder (or its config.json) to repeat.")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new run.")],
-    runs_dir: RunsDir = Path("runs"),
-    overwrite: Overwrite = False,
-) -> None:
-    """Repeat a run from its saved config.json into a new run folder.
-
-    Example: [bold]edgeprune rerun runs/demo --name demo-again[/]
-    """
-    from . import jobs, runs
-
-    run_dir = runs.run_path(runs_dir, name)
-    with _progress() as progress:
-        report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=progress)
-    _print_report(report, run_dir)
-
-
-# Commands on a saved model (eval, measure, export) and of the deployment half (quantize, portfolio, serve, partition,
-# ...) live in `edgeprune.commands.<name>`,
-# each a module with `register(app)` that imports only typer at module level (so `--help` stays torch-free) and
-# uses this module's helpers (`_handled`, `_progress`, `console`, `RunsDir`, ...). Add a module's name here.
+# Commands on a saved run (eval, measure, export, rerun) and of the deployment half (quantize, portfolio, serve,
+# partition, ...) live in `edgeprune.commands.<name>`, each a module with `register(app)` that imports only typer at
+# module level (so `--help` stays torch-free) and uses this module's helpers (`_handled`, `_progress`, `console`,
+# `RunsDir`, ...). Add a module's name here.
 COMMAND_MODULES: tuple[str, ...] = ("saved", "quantize", "portfolio", "serve", "partition", "detect", "fl",
                                      "neuroflux")
 # Run as `python -m edgeprune.cli`, this file is `__main__` and the command modules' `from ..cli import ...` load it

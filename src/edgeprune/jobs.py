@@ -34,7 +34,7 @@ from .record import (
     read_report,
     write_report,
 )
-from .train import Callback, evaluate, fit
+from .train import Callback, fit
 
 __all__ = ["JOBS", "MeasureOptions", "RunConfig", "RunReport", "prune", "rerun", "shrink", "train"]
 
@@ -541,61 +541,6 @@ def load(path: str | Path) -> tuple[nn.Module, dict]:
     """A saved model (a run folder or a model.pt) and the metadata saved with it."""
     path = Path(path)
     return export.load(path / runs.MODEL if path.is_dir() else path)
-
-
-def measure_saved(path: str | Path, *, batch_sizes: Iterable[int] = (1,), threads: Iterable[int] = (1,),
-                  timed_runs: int = 30, warmup: int = 5, runtimes: Iterable[str] | None = None) -> measure.Profile:
-    """Profile a saved model (a run folder or a model.pt) now. A run with only an ONNX model (INT8) is measured
-    in ONNX Runtime from its model.onnx, over the counts its report recorded."""
-    path = Path(path)
-    if path.is_dir() and not (path / runs.MODEL).is_file() and (path / runs.ONNX).is_file():
-        if runtimes is not None and set(runtimes) != {"onnxruntime"}:
-            raise ConfigError(f"{path} holds only an ONNX model (an INT8 run has no PyTorch model); measure it "
-                              "with --runtime onnxruntime")
-        if not (path / runs.REPORT).is_file():
-            raise ConfigError(f"{path} has a model.onnx but no report.json (unfinished?); finish or rerun it")
-        return measure.profile_onnx(read_report(path / runs.REPORT).last_profile, path / runs.ONNX,
-                                    batch_sizes=batch_sizes, threads=threads, runs=timed_runs, warmup=warmup)
-    model, extra = load(path)
-    shape = tuple(extra.get("input_shape") or ())
-    if not shape:
-        raise ConfigError(f"{path} records no input shape; save it with edgeprune (train/prune) first")
-    return measure.profile(model, shape, batch_sizes=batch_sizes, threads=threads, runs=timed_runs, warmup=warmup,
-                           runtimes=runtimes or measure.RUNTIMES)
-
-
-def evaluate_saved(path: str | Path, data_options: dict | None = None, device: str = "cpu",
-                   progress: Reporter | None = None, runtime: str = "torch") -> dict:
-    """Top-1 accuracy on the test split of the run's data set (or `data_options`) of a saved model: the PyTorch
-    model rebuilt from model.pt (`runtime` "torch"), or the run's model.onnx run in ONNX Runtime
-    ("onnxruntime": the artifact that ships, INT8 runs included). The result names the runtime."""
-    path = Path(path)
-    if runtime not in measure.RUNTIMES:
-        raise ConfigError(f"--runtime {runtime!r} is not a runtime; use {' or '.join(measure.RUNTIMES)}")
-    if runtime == "onnxruntime":
-        run = path.parent if path.is_file() else path
-        onnx = path if path.is_file() and path.suffix == ".onnx" else run / runs.ONNX
-        if not onnx.is_file():
-            raise ConfigError(f"{path} has no {runs.ONNX} to run in ONNX Runtime; pass a finished run folder")
-        saved = source_config(run).data
-    else:
-        if path.is_dir() and not (path / runs.MODEL).is_file() and (path / runs.ONNX).is_file():
-            raise ConfigError(f"{path} holds only an ONNX model (an INT8 run has no PyTorch model); evaluate it "
-                              "with --runtime onnxruntime")
-        model, extra = load(path)
-        saved = extra.get("data", {})
-    opts = {**saved, **(data_options or {})}
-    if not opts:
-        raise ConfigError(f"{path} records no data set; pass --dataset")
-    bundle = data.loaders(**opts)
-    if bundle.synthetic:
-        raise ConfigError("synthetic data gives no meaningful accuracy; pass a real --dataset")
-    t0 = time.perf_counter()
-    if runtime == "onnxruntime":
-        result = measure.evaluate_onnx(onnx, bundle.test, threads.resolve("auto"), progress=progress)
-    else:
-        result = evaluate(model, bundle.test, device=device, progress=progress)
-    return {**result, "data": bundle.name, "runtime": runtime, "seconds": time.perf_counter() - t0}
 
 
 def load_profile(run_dir: str | Path) -> measure.Profile:

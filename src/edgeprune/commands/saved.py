@@ -1,4 +1,5 @@
-"""`edgeprune eval|measure|export`: what a saved model (a run folder or a model.pt) scores, costs and ships as."""
+"""`edgeprune eval|measure|export|rerun`: what a saved model (a run folder or a model.pt) scores, costs and ships
+as, and a run repeated from its saved config."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import DataRoot, Device, TestSubset, _handled, _progress, console
+from ..cli import DataRoot, Device, Overwrite, RunsDir, TestSubset, _handled, _print_report, _progress, console
 from ..errors import ConfigError
 
 
@@ -15,6 +16,7 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(_handled(eval_cmd))
     app.command("measure")(_handled(measure_cmd))
     app.command("export")(_handled(export_cmd))
+    app.command()(_handled(rerun))
 
 
 def eval_cmd(
@@ -31,12 +33,12 @@ def eval_cmd(
 
     Example: [bold]edgeprune eval runs/demo --runtime onnxruntime[/]
     """
-    from .. import jobs
+    from .. import saved
 
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
     with _progress() as progress:
-        result = jobs.evaluate_saved(path, override, device=device, progress=progress, runtime=runtime)
+        result = saved.accuracy(path, override, device=device, progress=progress, runtime=runtime)
     console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples, {result['runtime']}): "
                   f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
 
@@ -56,11 +58,11 @@ def measure_cmd(
 
     Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
     """
-    from .. import jobs
+    from .. import saved
     from ..report import profile_table
     from ..runs import write_json
 
-    prof = jobs.measure_saved(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
+    prof = saved.profile(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
                               warmup=warmup, runtimes=runtime)
     console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {tuple(prof.input_shape)}"))
     if json_out:
@@ -85,3 +87,21 @@ def export_cmd(
     model, extra = jobs.load(path)
     to_onnx(model, onnx, tuple(extra["input_shape"]), opset=opset, exporter=exporter)
     console.print(f"wrote {onnx} (checked against ONNX Runtime)")
+
+
+def rerun(
+    run: Annotated[Path, typer.Argument(help="A run folder (or its config.json) to repeat.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new run.")],
+    runs_dir: RunsDir = Path("runs"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Repeat a run from its saved config.json into a new run folder.
+
+    Example: [bold]edgeprune rerun runs/demo --name demo-again[/]
+    """
+    from .. import jobs, runs
+
+    run_dir = runs.run_path(runs_dir, name)
+    with _progress() as progress:
+        report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=progress)
+    _print_report(report, run_dir)

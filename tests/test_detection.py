@@ -132,6 +132,27 @@ def test_tinydet_family_member_takes_the_frame_and_exports_to_onnx():
         create("tinydet", num_classes=10, in_channels=1, input_size=70)
 
 
+def test_classification_commands_refuse_a_detector_naming_its_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeprune import sweep
+    from edgeprune.cli import app
+
+    res = CliRunner().invoke(app, ["train", "-m", "tinydet", "--epochs", "1", "--subset", "64",
+                                   "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "model 'tinydet' is a 'detect' model and `edgeprune train` takes 'classify' models only; use " \
+           "`edgeprune detect train` for it" in " ".join(res.output.split())
+    assert not any(tmp_path.iterdir())  # nothing half-written
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndata: {name: fashion-mnist}\nmodels: [tinydet]\n"
+                    "methods: [{name: snip, sparsities: [0.5]}]\n")
+    with pytest.raises(ConfigError, match=r"model 'tinydet' is a 'detect' model and a sweep \(models\[0\]\) takes"):
+        sweep.load_spec(spec)
+    listed = CliRunner().invoke(app, ["models", "tinydet"]).output
+    assert "tinydet  (detect: `edgeprune detect train`)" in listed
+
+
 def test_training_fits_a_few_frames(item_set):
     stream = st.make([st.Segment("a", 16, (24, 40), (0.0, 1.0), objects=(2, 3))], seed=0, item_set=item_set)
     cfg = detector.TrainConfig(sizes=(64,), epochs=30, batch_size=8, lr=5e-3, width=4)

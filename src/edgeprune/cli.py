@@ -249,7 +249,9 @@ def models_cmd(
     from . import models
 
     names = [n for n in models.list_models() if filter is None or filter in n]
-    console.print("\n".join(names), highlight=False)
+    # a model of another task is named with it: the classification commands refuse it
+    console.print("\n".join(n if models.task_of(n) == "classify" else f"{n}  ({models.task_of(n)}: "
+                            f"`{models.registry.TASK_COMMANDS[models.task_of(n)]}`)" for n in names), highlight=False)
     console.print(
         "\nAlso: any `package.module:function` returning an nn.Module (called with num_classes, in_channels).",
         style="dim",

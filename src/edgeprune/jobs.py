@@ -56,6 +56,7 @@ def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
 
 def fresh_model(cfg: RunConfig, bundle: data.DataBundle) -> nn.Module:
     """The run's model as initialised from its seed: the same weights every time."""
+    models.require_task(cfg.model, "classify", f"`edgeprune {cfg.command}`")
     torch.manual_seed(cfg.train.seed)
     return models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                          **cfg.model_kwargs)

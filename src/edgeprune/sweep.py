@@ -239,6 +239,7 @@ def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
                               f"got {entry!r}")
         if ":" not in name and name not in known:  # a package.module:function factory is imported when run
             raise unknown_name("model", name, known, f"in {where}")
+        models.require_task(name, "classify", f"a sweep ({where})")
         data, train = ({**base, **_mapping(entry.get(k, {}), f"{where}.{k}")}
                        for k, base in (("data", spec.data), ("train", spec.train)))
         if "seed" in train:

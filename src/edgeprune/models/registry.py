@@ -68,6 +68,23 @@ def register(name: str, task: str = "classify") -> Callable[[Factory], Factory]:
     return add
 
 
+# where a model of another task is trained instead (classification commands refuse it, naming this)
+TASK_COMMANDS = {"detect": "edgeprune detect train"}
+
+
+def task_of(name: str) -> str:
+    """What model `name`'s output is; torchvision and `package.module:function` models are classifiers."""
+    return _TASKS.get(name, "classify")
+
+
+def require_task(name: str, task: str, what: str) -> None:
+    """Refuse model `name` unless it is a `task` model; `what` names the command that needs one."""
+    if (actual := task_of(name)) != task:
+        where = f"; use `{TASK_COMMANDS[actual]}` for it" if actual in TASK_COMMANDS else ""
+        raise ConfigError(f"model {name!r} is a {actual!r} model and {what} takes {task!r} models only{where}; "
+                          f"`edgeprune models` marks the models of other tasks")
+
+
 def list_models(task: str | None = None) -> list[str]:
     """In-house model names, then every torchvision classifier as `tv:<name>`; only those of `task` if given."""
     if task is not None and task not in TASKS:

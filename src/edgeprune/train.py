@@ -100,7 +100,8 @@ def steps_per_epoch(loader, cfg: TrainConfig) -> int:
     return min(n, cfg.steps_per_epoch) if cfg.steps_per_epoch else n
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at step t (from 0) is cfg.lr × factor(t)."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     bounds = [m * cfg.epochs * steps_per_epoch for m in cfg.milestones]
 
@@ -138,7 +139,7 @@ def fit(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, start = History(), 0
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None

@@ -60,3 +60,22 @@ def test_bad_options_are_one_line_errors_before_anything_is_written(tmp_path, ba
     with pytest.raises(ConfigError, match=message):
         jobs.prune(_cfg(**bad), tmp_path / "t", progress=False)
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_gsm_default_decay_shrinks_a_weight_outside_the_top_q_1000x_over_the_run(schedule):
+    # the decay alone, through the run's own optimiser and schedule: what a weight never in the top Q meets
+    from edgeprune.methods.target_rate import RESIDUAL, auto_decay
+    from edgeprune.train import lr_factor
+
+    cfg = TrainConfig(epochs=3, lr=0.1, schedule=schedule)
+    decay = auto_decay(cfg, 50)
+    w = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([w], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, 50))
+    for _ in range(150):
+        w.grad = decay * w.detach().clone()
+        opt.step()
+        sched.step()
+    assert abs(float(w)) <= RESIDUAL
+    assert 1e-3 < decay < 1  # not the grid's end: the run's schedule decides it

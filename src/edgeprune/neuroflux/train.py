@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec
 from ..progress import Reporter, reporter
 from ..runs import CHECKPOINT, torch_load, torch_save, write_json
-from ..train import TrainConfig, TrainingDiverged, _lr_lambda, resolve_device
+from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
 from .layers import EXIT_MODEL, AuxHead, Chain, ExitModel, cut
 
@@ -261,7 +261,7 @@ def _train_block(b: int, n_blocks: int, layers, heads, block: planner.Block, sou
     opts = [torch.optim.SGD([*layer.parameters(), *head.parameters()], lr=block.lr, momentum=cfg.momentum,
                             weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
             for layer, head in zip(layers, heads, strict=True)]
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, steps)) for o in opts]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(cfg, steps)) for o in opts]
     for m in (*layers, *heads):
         m.train()
     gen = torch.Generator()

@@ -158,6 +158,7 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
             callbacks = _pruner(cfg, method, opts, model, bundle, rf, progress)
             hist = fit(model, bundle.train, cfg.train, run_dir=rf.path, resume=(rf.path / runs.CHECKPOINT).exists(),
                        device=cfg.device, progress=progress, callbacks=callbacks)
+            model = callbacks[0].finalize(model) if hasattr(callbacks[0], "finalize") else model
             report = finish(model, bundle, cfg, rf.path,
                             {**callbacks[0].info, "train": {"epochs": hist.epochs, "seconds": hist.seconds}}, rf.name)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -371,22 +372,32 @@ def global_keep(
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
     groups = _scored_groups(model, example_inputs, importance)
+    taken = take_lowest(groups, count, round_to)
+    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, k / g.scores.numel()))
+                              for g, k in zip(groups, taken, strict=True) if k])
+
+
+def take_lowest(groups: Sequence[_Scored], budget: float, round_to: int = 1,
+                costs: Sequence[float] | None = None) -> list[int]:
+    """How many channels each group loses when the lowest-scored channels of the whole model go, one at a time,
+    until their `costs` (per channel of each group; default 1: a count) add up to `budget`; floors and `round_to`
+    quanta as in `global_keep`, whose loop this is."""
     flat = torch.cat([g.scores for g in groups]) if groups else torch.zeros(0)
     owner = torch.cat([torch.full((g.scores.numel(),), i) for i, g in enumerate(groups)]) if groups else flat.long()
+    costs = [1.0] * len(groups) if costs is None else costs
     taken, pending = [0] * len(groups), [0] * len(groups)
     rounded = [round_to > 1 and g.size == g.scores.numel() for g in groups]
     room = [max(g.scores.numel() - round_to, 0) if r
             else g.scores.numel() // g.size * (g.size - 1) for g, r in zip(groups, rounded, strict=True)]
     for i in owner[torch.sort(flat, stable=True).indices].tolist():  # ties: the model's earlier channels first
-        if count <= 0:
+        if budget <= 0:
             break
         if taken[i] + pending[i] >= room[i]:
             continue
         pending[i] += 1
         if not rounded[i] or (groups[i].scores.numel() - taken[i] - pending[i]) % round_to == 0:
-            taken[i], count, pending[i] = taken[i] + pending[i], count - pending[i], 0
-    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, k / g.scores.numel()))
-                              for g, k in zip(groups, taken, strict=True) if k])
+            taken[i], budget, pending[i] = taken[i] + pending[i], budget - pending[i] * costs[i], 0
+    return taken
 
 
 def removable_channels(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -401,6 +412,7 @@ class _Scored:
     scores: torch.Tensor  # one per root channel, float64, on the CPU
     size: int  # channels per section (see _sections)
     same_positions: bool
+    group: object = None  # torch-pruning's whole group: scored again where the weights change (channels.py)
 
 
 def _scored_groups(model: nn.Module, example_inputs: torch.Tensor,
@@ -422,7 +434,7 @@ def _scored_groups(model: nn.Module, example_inputs: torch.Tensor,
         with torch.no_grad():
             scores = importance(group)
         if scores is not None:
-            out.append(_Scored(members, scores.double().cpu(), *_sections(group, n)))
+            out.append(_Scored(members, scores.double().cpu(), *_sections(group, n), group))
     return out
 
 

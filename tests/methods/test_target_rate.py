@@ -79,3 +79,43 @@ def test_gsm_default_decay_shrinks_a_weight_outside_the_top_q_1000x_over_the_run
         sched.step()
     assert abs(float(w)) <= RESIDUAL
     assert 1e-3 < decay < 1  # not the grid's end: the run's schedule decides it
+
+
+def _structured(scheme, tmp_path, **extra):
+    import dataclasses
+    import json
+
+    cfg = _cfg(structured=True, scheme=scheme, target_compression=4.0, **extra)
+    cfg = dataclasses.replace(cfg, model="resnet20", data={**cfg.data, "shape": (1, 16, 16)})
+    jobs.prune(cfg, tmp_path / scheme, progress=False)
+    return json.loads((tmp_path / scheme / runs.REPORT).read_text()), tmp_path / scheme
+
+
+@pytest.mark.parametrize("scheme", ["gsm", "agp"])
+def test_structured_lands_on_the_target_with_a_physically_smaller_model_equal_to_the_masked_one(scheme, tmp_path):
+    from edgeprune import export, models
+
+    report, run = _structured(scheme, tmp_path)
+    landed = report["structured"]
+    dense = sum(m.weight.numel() for m in models.create("resnet20", 3, 1).modules()
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    model, _ = export.load(run / "model.pt")
+    kept = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert landed["cost"] == kept and landed["dense"] == dense
+    assert abs(dense / kept / 4.0 - 1) <= 0.02  # channels go in quanta of round_to (4): within 2 % here
+    assert landed["counted"] == landed["cost"]  # the count the budget was bisected on is the model's
+    assert landed["max_abs_error"] < 1e-4  # the removal changed nothing: cut channels output exactly 0
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 4 == 0 for w in widths) and sum(widths) < 16 * 7 + 32 * 6 + 64 * 6
+
+
+def test_target_macs_needs_structured_and_lands_on_macs(tmp_path):
+    from edgeprune import export, measure
+
+    with pytest.raises(ConfigError, match="target_macs needs structured"):
+        jobs.prune(_cfg(target_macs=3.0), tmp_path / "t", progress=False)
+    assert not (tmp_path / "t").exists()
+    report, run = _structured("agp", tmp_path, target_macs=3.0)
+    model, _ = export.load(run / "model.pt")
+    assert report["structured"]["cost"] == measure.count_macs(model, (1, 16, 16))[0]
+    assert abs(report["structured"]["ratio"] / 3.0 - 1) <= 0.02

@@ -14,7 +14,8 @@ Kinds:
             entry `run(model, train_loader, train_cfg, opts, run_dir, finish, device, progress) -> [RunReport]`.
   "in_training": prunes during one training run (DRIVE, target rate); entry `make(opts, train_cfg, batches,
             input_shape, saved, progress)` -> a `train.Callback` that prunes during training (its epoch 0 ends
-            before training starts), calls `saved(model, info)` once done, and keeps `info`.
+            before training starts), calls `saved(model, info)` once done, and keeps `info`; it may have
+            `finalize(model) -> model`, called after training (a physically smaller model, say).
   "trained": starts from the model of a finished dense run (`--from RUN`), in its data and training setup;
             entry `prune(model, bundle, train_cfg, opts, target, measure_runs, device, progress, run_dir)
             -> (model, info dict)`, `target` a `budget.Target` or None; `run_dir` is the run folder, for a

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import masks, scores
+from .. import channels, masks, scores, structure
 from ..errors import ConfigError
 from ..progress import Reporter
 from ..train import Callback, TrainConfig, lr_factor, steps_per_epoch
@@ -47,8 +47,24 @@ class TargetRateOptions:
     min_layer_density: float = option(masks.MIN_LAYER_DENSITY, "Every layer keeps at least this fraction.")
     include: list[str] | None = option(None, "Only these weights are pruned (fnmatch pattern; repeatable).")
     exclude: list[str] = option(help="Weights not to prune (fnmatch pattern; repeatable).", factory=list)
+    structured: bool = option(False, "Target rate: choose whole channels and end physically smaller (the target on "
+                                     "the smaller model's conv/linear weights, or its MACs with --target-macs).")
+    target_macs: float | None = option(None, "Target rate, structured: land on dense MACs / this instead.")
+    channel_importance: str = option("bn_scale", "Target rate, structured: bn_scale (|BN gamma|) or magnitude "
+                                                 "(L2 over coupled layers), torch-pruning's group importance.")
+    round_to: int = option(4, "Target rate, structured: every layer keeps a multiple of this many channels.")
 
     def __post_init__(self) -> None:
+        if self.target_macs is not None and not self.structured:
+            raise ConfigError("target_macs needs structured: masks remove no MACs a CPU runtime skips; add "
+                              "--structured")
+        if self.target_macs is not None and not self.target_macs > 1:
+            raise ConfigError(f"target_macs must be > 1 (dense MACs / kept MACs, e.g. 4), got {self.target_macs}")
+        if self.structured and self.channel_importance not in channels.IMPORTANCES:
+            raise ConfigError(f"channel_importance must be one of {', '.join(channels.IMPORTANCES)}, got "
+                              f"{self.channel_importance!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
         if not self.target_compression > 1:
             raise ConfigError(f"target_compression must be > 1 (dense weights / kept weights, e.g. 17), "
                               f"got {self.target_compression}")
@@ -64,6 +80,11 @@ class TargetRateOptions:
     @property
     def sparsity(self) -> float:
         return 1 - 1 / self.target_compression
+
+    @property
+    def target(self) -> tuple[str, float]:
+        """What the structured variant lands on: ("params" or "macs", dense / kept)."""
+        return ("macs", self.target_macs) if self.target_macs is not None else ("params", self.target_compression)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +104,20 @@ class Trainer(Callback):
         self.info: dict | None = None
         self.seconds = 0.0  # spent choosing and masking, beyond plain training
         self.updates = 0
+        self.input_shape = tuple(input_shape)
+        self.channels: channels.Channels | None = None  # structured: the channel groups, traced once
+        self.budget = 0.0  # structured gsm: the budget of the top choice, landing on the target on the dense model
+        self.removed: list[set[int]] | None = None  # structured agp: the channels cut so far
+
+    def _channels(self, model: nn.Module) -> channels.Channels:
+        if self.channels is None:
+            kind, target = self.opts.target
+            self.channels = channels.Channels(model, self.input_shape, self.opts.channel_importance, kind,
+                                              self.opts.round_to)
+            self.budget = self.channels.budget_for(target)
+            if next(masks.masked_modules(model), None) is not None:  # resumed: the cut so far is in the masks
+                self.removed = self.channels.removed_by_masks()
+        return self.channels
 
     def _names(self, model: nn.Module) -> list[str]:
         return list(masks.prunable(model, self.opts.include, self.opts.exclude))
@@ -91,6 +126,10 @@ class Trainer(Callback):
         if self.opts.scheme != "gsm":
             return
         t0 = time.perf_counter()
+        if self.opts.structured:
+            self._passive_channels(model)
+            self.seconds += time.perf_counter() - t0
+            return
         names = self._names(model)
         with torch.no_grad(), warnings.catch_warnings():
             # A layer outside the top Q this step is not cut (the cut comes at the end): no "pruned completely".
@@ -108,22 +147,62 @@ class Trainer(Callback):
             return
         t0 = time.perf_counter()
         ramp = max(1, round(self.opts.ramp * self.steps))
-        target = self.opts.sparsity * (1 - (1 - min(step, ramp) / ramp) ** 3)
-        self._cut(model, target)
+        progress = 1 - (1 - min(step, ramp) / ramp) ** 3
+        if self.opts.structured:
+            ch = self._channels(model)
+            ch.rescore(self.removed)  # the channels cut so far rank first: they stay cut
+            target = self.opts.target[1]
+            self.removed = ch.choose(ch.budget_for(1 / (1 - progress * (1 - 1 / target))))
+            ch.cut(model, self.removed)
+            self.updates += 1
+        else:
+            self._cut(model, self.opts.sparsity * progress)
         self.seconds += time.perf_counter() - t0
 
     def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> None:
+        if self.opts.structured and epoch == 0:
+            t0 = time.perf_counter()
+            self._channels(model)  # traced and calibrated on the dense model, before training
+            self.seconds += time.perf_counter() - t0
         if epoch < self.epochs:
             return
         t0 = time.perf_counter()
-        self._cut(model, self.opts.sparsity)  # gsm: the exact cut; agp: already there, re-checked
+        landing = None
+        if self.opts.structured:  # the final cut, settled on the model: see finalize
+            ch = self._channels(model)
+            choice, _, landing = ch.land(self.opts.target[1], self.removed)
+            ch.cut(model, choice)
+            landing["channels_removed"] = sum(len(c) for c in choice)
+        else:
+            self._cut(model, self.opts.sparsity)  # gsm: the exact cut; agp: already there, re-checked
         self.seconds += time.perf_counter() - t0
         names = self._names(model)
         self.info = {"method": "target_rate", "options": self.opts.to_dict(), "prune_seconds": self.seconds,
                      **({"decay": self.decay} if self.opts.scheme == "gsm" else {}),
-                     "mask_updates": self.updates, "density": 1 - self.opts.sparsity,
-                     "layers": masks.table(model, names)}
+                     **({"structured": landing} if landing else {"density": 1 - self.opts.sparsity}),
+                     "mask_updates": self.updates, "layers": masks.table(model, names)}
         self.saved(model, self.info)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """After training: the structured variant's model, physically smaller (its cut channels removed by
+        `structure.remove_dead`, their constant outputs folded: the same function as the masked model); else
+        `model` itself."""
+        if not self.opts.structured:
+            return model
+        small, report = structure.remove_dead(model, torch.zeros(1, *self.input_shape))
+        self.info["structured"]["max_abs_error"] = report.max_abs_error
+        return small
+
+    def _passive_channels(self, model: nn.Module) -> None:
+        """GSM on channels: the channels outside the top choice get no loss gradient, only the decay, in every
+        coupled layer (conv/linear rows, BN scale and shift)."""
+        ch = self._channels(model)
+        ch.rescore()
+        with torch.no_grad():
+            for module, rows in ch.rows(ch.choose(self.budget)).items():
+                for p in (module.weight, module.bias):
+                    if p is not None and p.grad is not None:
+                        p.grad[rows] = self.decay * p.detach()[rows]
 
     def _cut(self, model: nn.Module, sparsity: float) -> None:
         """Magnitude masks at `sparsity`, combined with those in force (pruned weights stay pruned)."""
@@ -158,6 +237,9 @@ def auto_decay(cfg: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def _label(o: dict) -> tuple[str, list[str]]:
+    if o.get("structured"):
+        what = f"{o['target_macs']}x MACs" if o.get("target_macs") else f"{o.get('target_compression', '?')}x"
+        return f"target-rate {o.get('scheme', 'gsm')} structured", [what, f"{o.get('channel_importance')}"]
     return f"target-rate {o.get('scheme', 'gsm')}", [f"{o.get('target_compression', '?')}x"]
 
 

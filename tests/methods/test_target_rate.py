@@ -109,13 +109,13 @@ def test_structured_lands_on_the_target_with_a_physically_smaller_model_equal_to
     assert all(w % 4 == 0 for w in widths) and sum(widths) < 16 * 7 + 32 * 6 + 64 * 6
 
 
-def test_target_macs_needs_structured_and_lands_on_macs(tmp_path):
+def test_macs_compression_needs_structured_and_lands_on_macs(tmp_path):
     from edgeprune import export, measure
 
-    with pytest.raises(ConfigError, match="target_macs needs structured"):
-        jobs.prune(_cfg(target_macs=3.0), tmp_path / "t", progress=False)
+    with pytest.raises(ConfigError, match="macs_compression needs structured"):
+        jobs.prune(_cfg(macs_compression=3.0), tmp_path / "t", progress=False)
     assert not (tmp_path / "t").exists()
-    report, run = _structured("agp", tmp_path, target_macs=3.0)
+    report, run = _structured("agp", tmp_path, macs_compression=3.0)
     model, _ = export.load(run / "model.pt")
     assert report["structured"]["cost"] == measure.count_macs(model, (1, 16, 16))[0]
     assert abs(report["structured"]["ratio"] / 3.0 - 1) <= 0.02

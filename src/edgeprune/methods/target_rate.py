@@ -48,18 +48,19 @@ class TargetRateOptions:
     include: list[str] | None = option(None, "Only these weights are pruned (fnmatch pattern; repeatable).")
     exclude: list[str] = option(help="Weights not to prune (fnmatch pattern; repeatable).", factory=list)
     structured: bool = option(False, "Target rate: choose whole channels and end physically smaller (the target on "
-                                     "the smaller model's conv/linear weights, or its MACs with --target-macs).")
-    target_macs: float | None = option(None, "Target rate, structured: land on dense MACs / this instead.")
+                                     "the smaller model's conv/linear weights, or its MACs with --macs-compression).")
+    macs_compression: float | None = option(None, "Target rate, structured: land on dense MACs / this instead.")
     channel_importance: str = option("bn_scale", "Target rate, structured: bn_scale (|BN gamma|) or magnitude "
                                                  "(L2 over coupled layers), torch-pruning's group importance.")
     round_to: int = option(4, "Target rate, structured: every layer keeps a multiple of this many channels.")
 
     def __post_init__(self) -> None:
-        if self.target_macs is not None and not self.structured:
-            raise ConfigError("target_macs needs structured: masks remove no MACs a CPU runtime skips; add "
+        if self.macs_compression is not None and not self.structured:
+            raise ConfigError("macs_compression needs structured: masks remove no MACs a CPU runtime skips; add "
                               "--structured")
-        if self.target_macs is not None and not self.target_macs > 1:
-            raise ConfigError(f"target_macs must be > 1 (dense MACs / kept MACs, e.g. 4), got {self.target_macs}")
+        if self.macs_compression is not None and not self.macs_compression > 1:
+            raise ConfigError(f"macs_compression must be > 1 (dense MACs / kept MACs, e.g. 4), got "
+                              f"{self.macs_compression}")
         if self.structured and self.channel_importance not in channels.IMPORTANCES:
             raise ConfigError(f"channel_importance must be one of {', '.join(channels.IMPORTANCES)}, got "
                               f"{self.channel_importance!r}")
@@ -84,7 +85,9 @@ class TargetRateOptions:
     @property
     def target(self) -> tuple[str, float]:
         """What the structured variant lands on: ("params" or "macs", dense / kept)."""
-        return ("macs", self.target_macs) if self.target_macs is not None else ("params", self.target_compression)
+        if self.macs_compression is not None:
+            return "macs", self.macs_compression
+        return "params", self.target_compression
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,10 +241,12 @@ def auto_decay(cfg: TrainConfig, steps_per_epoch: int) -> float:
 
 def _label(o: dict) -> tuple[str, list[str]]:
     if o.get("structured"):
-        what = f"{o['target_macs']}x MACs" if o.get("target_macs") else f"{o.get('target_compression', '?')}x"
+        what = (f"{o['macs_compression']}x MACs" if o.get("macs_compression")
+                else f"{o.get('target_compression', '?')}x")
         return f"target-rate {o.get('scheme', 'gsm')} structured", [what, f"{o.get('channel_importance')}"]
     return f"target-rate {o.get('scheme', 'gsm')}", [f"{o.get('target_compression', '?')}x"]
 
 
 register("target_rate", kind="in_training", options=TargetRateOptions, label=_label,
-         summary="train once and land on --target-compression (GSM, or AGP's cubic magnitude schedule)")(Trainer)
+         summary="train once and land on --target-compression (GSM, or AGP's cubic magnitude schedule); "
+                 "--structured: whole channels (physically smaller)")(Trainer)

@@ -24,15 +24,17 @@ from torch import nn
 from . import masks, measure, structure
 from .errors import ConfigError
 
-IMPORTANCES = ("bn_scale", "magnitude")
+IMPORTANCES = ("taylor", "bn_scale", "magnitude")
 COSTS = ("params", "macs")
 
 
 def importance(kind: str) -> tp.importance.Importance:
-    """torch-pruning's group importance: BN scale (|γ|, network slimming) or the L2 norm over coupled layers."""
+    """torch-pruning's group importance: first-order Taylor (|θ·∂L/∂θ| over the coupled layers: needs the loss
+    gradient in the weights), BN scale (|γ|, network slimming) or the L2 norm over coupled layers."""
     if kind not in IMPORTANCES:
         raise ConfigError(f"channel importance must be one of {', '.join(IMPORTANCES)}, got {kind!r}")
-    return tp.importance.BNScaleImportance() if kind == "bn_scale" else tp.importance.GroupMagnitudeImportance(p=2)
+    return {"taylor": tp.importance.GroupTaylorImportance, "bn_scale": tp.importance.BNScaleImportance,
+            "magnitude": tp.importance.GroupMagnitudeImportance}[kind]()
 
 
 def cost_of(model: nn.Module, input_shape: tuple[int, ...], kind: str) -> float:
@@ -50,9 +52,10 @@ class Channels:
         if cost not in COSTS:
             raise ConfigError(f"channel cost must be one of {', '.join(COSTS)}, got {cost!r}")
         self.model, self.input_shape, self.cost, self.round_to = model, tuple(input_shape), cost, round_to
-        self.importance = importance(kind)
+        self.kind, self.importance = kind, importance(kind)
         self.x = torch.zeros(1, *input_shape)
-        self.groups = structure._scored_groups(model, self.x, self.importance)
+        # traced with the L2 norm (no gradients needed); `rescore` scores with the chosen importance
+        self.groups = structure._scored_groups(model, self.x, importance("magnitude"))
         if not self.groups:
             raise ConfigError("this model has no channel group that may lose channels: use the unstructured scheme")
         self.dense = cost_of(model, self.input_shape, cost)
@@ -83,14 +86,21 @@ class Channels:
             total += per_index * len(it.idxs) / g.scores.numel() * positions.get(module, 1.0)
         return max(total, 1e-9)
 
-    def rescore(self, removed: Sequence[set[int]] | None = None) -> None:
-        """Score every group again on the weights as they are now; channels in `removed` (root indices per group)
-        rank first, so a choice keeps them removed."""
+    def rescore(self, removed: Sequence[set[int]] | None = None, smoothing: float = 0.0) -> None:
+        """Score every group again on the weights as they are now, the new scores weighted 1 - `smoothing` against
+        the last ones (an exponential average: one batch's Taylor scores are noisy); channels in `removed` (root
+        indices per group) rank first, so a choice keeps them removed. Without loss gradients in the weights
+        (before training) the Taylor importance falls back to the L2 norm."""
         with torch.no_grad():
+            grads = all(p.grad is not None for p in self.model.parameters() if p.requires_grad)
+            scorer = self.importance if grads or self.kind != "taylor" else importance("magnitude")
             for i, g in enumerate(self.groups):
-                scores = self.importance(g.group)
+                scores = scorer(g.group)
                 if scores is not None:
-                    g.scores = scores.double().cpu()
+                    new = scores.double().cpu()
+                    finite = torch.isfinite(g.scores)
+                    g.scores = torch.where(finite, smoothing * g.scores + (1 - smoothing) * new, new) if (
+                        smoothing and g.scores.shape == new.shape) else new
                 if removed is not None and removed[i]:
                     g.scores[list(removed[i])] = -float("inf")
 

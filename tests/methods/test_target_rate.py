@@ -55,6 +55,8 @@ def test_gsm_keeps_the_loss_gradient_of_the_top_q_only_and_decays_the_rest():
     ({"target_compression": 1.0}, "target_compression must be > 1"),
     ({"scheme": "cubic"}, "scheme must be one of gsm, agp, got 'cubic'"),
     ({"ramp": 0}, "ramp must be in \\(0, 1\\]"),
+    ({"structured": True, "scheme": "agp", "channel_importance": "taylor"}, "channel_importance taylor needs the gsm"),
+    ({"structured": True, "channel_importance": "gamma"}, "channel_importance must be one of taylor, bn_scale"),
 ])
 def test_bad_options_are_one_line_errors_before_anything_is_written(tmp_path, bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -115,7 +117,7 @@ def test_macs_compression_needs_structured_and_lands_on_macs(tmp_path):
     with pytest.raises(ConfigError, match="macs_compression needs structured"):
         jobs.prune(_cfg(macs_compression=3.0), tmp_path / "t", progress=False)
     assert not (tmp_path / "t").exists()
-    report, run = _structured("agp", tmp_path, macs_compression=3.0)
+    report, run = _structured("agp", tmp_path, macs_compression=3.0, round_to=1)  # single channels: lands closer
     model, _ = export.load(run / "model.pt")
     assert report["structured"]["cost"] == measure.count_macs(model, (1, 16, 16))[0]
-    assert abs(report["structured"]["ratio"] / 3.0 - 1) <= 0.02
+    assert abs(report["structured"]["ratio"] / 3.0 - 1) <= 0.01

@@ -33,6 +33,7 @@ from ..train import Callback, TrainConfig, lr_factor, steps_per_epoch
 from .registry import option, register
 
 SCHEMES = ("gsm", "agp")
+SMOOTHING = 0.9  # structured gsm: scores are an exponential average over steps (one batch's Taylor scores are noisy)
 RESIDUAL = 1e-3  # gsm's default decay: what is left of a weight outside the top Q at every step, by the last step
 
 
@@ -50,8 +51,9 @@ class TargetRateOptions:
     structured: bool = option(False, "Target rate: choose whole channels and end physically smaller (the target on "
                                      "the smaller model's conv/linear weights, or its MACs with --macs-compression).")
     macs_compression: float | None = option(None, "Target rate, structured: land on dense MACs / this instead.")
-    channel_importance: str = option("bn_scale", "Target rate, structured: bn_scale (|BN gamma|) or magnitude "
-                                                 "(L2 over coupled layers), torch-pruning's group importance.")
+    channel_importance: str | None = option(None, "Target rate, structured: taylor (|w*grad|, gsm's default), "
+                                                  "bn_scale (|BN gamma|) or magnitude (L2, agp's default), over "
+                                                  "coupled layers (torch-pruning's).")
     round_to: int = option(4, "Target rate, structured: every layer keeps a multiple of this many channels.")
 
     def __post_init__(self) -> None:
@@ -61,9 +63,12 @@ class TargetRateOptions:
         if self.macs_compression is not None and not self.macs_compression > 1:
             raise ConfigError(f"macs_compression must be > 1 (dense MACs / kept MACs, e.g. 4), got "
                               f"{self.macs_compression}")
-        if self.structured and self.channel_importance not in channels.IMPORTANCES:
+        if self.structured and self.importance not in channels.IMPORTANCES:
             raise ConfigError(f"channel_importance must be one of {', '.join(channels.IMPORTANCES)}, got "
                               f"{self.channel_importance!r}")
+        if self.structured and self.scheme == "agp" and self.importance == "taylor":
+            raise ConfigError("channel_importance taylor needs the gsm scheme: agp's masks leave the masked weights "
+                              "no gradient; use magnitude or bn_scale")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
         if not self.target_compression > 1:
@@ -81,6 +86,11 @@ class TargetRateOptions:
     @property
     def sparsity(self) -> float:
         return 1 - 1 / self.target_compression
+
+    @property
+    def importance(self) -> str:
+        """The structured variant's channel importance: the one given, else the scheme's own."""
+        return self.channel_importance or ("taylor" if self.scheme == "gsm" else "magnitude")
 
     @property
     def target(self) -> tuple[str, float]:
@@ -115,7 +125,7 @@ class Trainer(Callback):
     def _channels(self, model: nn.Module) -> channels.Channels:
         if self.channels is None:
             kind, target = self.opts.target
-            self.channels = channels.Channels(model, self.input_shape, self.opts.channel_importance, kind,
+            self.channels = channels.Channels(model, self.input_shape, self.opts.importance, kind,
                                               self.opts.round_to)
             self.budget = self.channels.budget_for(target)
             if next(masks.masked_modules(model), None) is not None:  # resumed: the cut so far is in the masks
@@ -200,7 +210,7 @@ class Trainer(Callback):
         """GSM on channels: the channels outside the top choice get no loss gradient, only the decay, in every
         coupled layer (conv/linear rows, BN scale and shift)."""
         ch = self._channels(model)
-        ch.rescore()
+        ch.rescore(smoothing=SMOOTHING)
         with torch.no_grad():
             for module, rows in ch.rows(ch.choose(self.budget)).items():
                 for p in (module.weight, module.bias):
@@ -243,7 +253,9 @@ def _label(o: dict) -> tuple[str, list[str]]:
     if o.get("structured"):
         what = (f"{o['macs_compression']}x MACs" if o.get("macs_compression")
                 else f"{o.get('target_compression', '?')}x")
-        return f"target-rate {o.get('scheme', 'gsm')} structured", [what, f"{o.get('channel_importance')}"]
+        scheme = o.get("scheme", "gsm")
+        chosen = o.get("channel_importance") or ("taylor" if scheme == "gsm" else "magnitude")
+        return f"target-rate {scheme} structured", [what, chosen]
     return f"target-rate {o.get('scheme', 'gsm')}", [f"{o.get('target_compression', '?')}x"]
 
 

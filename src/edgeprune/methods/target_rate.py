@@ -8,6 +8,15 @@ last step the Q largest-magnitude weights are kept, exactly. `--scheme agp` (Zhu
 baseline): magnitude masks every `--interval` steps along the cubic schedule s_t = s (1 − (1 − t/T)^3) over the
 first `--ramp` of the steps, reaching exactly 1 − 1/C. Either way the result is a masked (unstructured) model.
 
+`--structured` (the issue's variant; channels.py): the same two schemes on whole output channels, every coupled
+layer deciding together (torch-pruning's groups). GSM: each step the channels outside the top choice (by
+torch-pruning's group Taylor importance, averaged over steps) get no loss gradient in any coupled layer, only the
+decay; AGP: channel masks along the cubic schedule (by the L2 norm). The target is on the physically smaller
+model: its conv/linear weights (`--target-compression`) or its MACs (`--macs-compression`), landed by bisecting the
+choice's budget on an exact count of what it keeps; widths stay multiples of `--round-to`, so the landing is as
+close as those quanta allow. The cut zeroes the chosen channels (weights masked, norm scale and shift 0) and
+`structure.remove_dead` removes them after training: the smaller model computes what the masked one did.
+
 GSM's decay must fit the run's length: the paper trains hundreds of epochs with a small decay, and a weight left
 outside the top Q shrinks by about exp(−decay · Σ_t lr_t / (1 − momentum)) over the run. A fixed 1e-3 over 2 epochs
 (158 steps) left those weights at 90 % of their size, and cutting them took ResNet-20 to chance (10 %). By default

@@ -222,6 +222,14 @@ def test_cli_writes_an_ordinary_run_of_the_exit(tmp_path):
 
     row, = collect([run])
     assert (row.model, row.method, row.variant) == ("lenet5", "neuroflux", "budget 24MiB, val_size 64")
+    # and Taylor filter pruning starts from it as from a dense run (issue 18: "so prune ... works on it")
+    r = CliRunner().invoke(app, ["-q", "prune", "--method", "taylor", "--from", str(run), "--runs-dir", str(tmp_path),
+                                 "--name", "nf-taylor", "--step-fraction", "0.5", "--finetune-steps", "2",
+                                 "--val-size", "64", "--max-drop", "0", "--measure-runs", "2"])
+    assert r.exit_code == 0, r.output
+    pruned = json.loads((tmp_path / "nf-taylor" / "report.json").read_text())
+    assert pruned["source"] == str(run) and len(pruned["steps"]) >= 2
+    assert pruned["steps"][1]["params"] < pruned["steps"][0]["params"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

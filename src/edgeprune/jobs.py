@@ -171,6 +171,9 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
     return report
 
 
+TRAINED_COMMANDS = ("train", "neuroflux")
+
+
 def trained_source(path: str | Path | None, method: str) -> Path:
     """`path`, checked to be a finished dense run (made by `edgeprune train`) that method `method` can start from."""
     source = Path(path) if path is not None else None
@@ -180,9 +183,9 @@ def trained_source(path: str | Path | None, method: str) -> Path:
         raise ConfigError(f"--from {source} is not a run folder (no {runs.CONFIG}); pass a run made by "
                           "`edgeprune train`")
     command = read_config(source / runs.CONFIG).command
-    if command != "train":
-        raise ConfigError(f"--from {source} is a {command} run; {method} starts from a dense run made by "
-                          "`edgeprune train`")
+    if command not in TRAINED_COMMANDS:  # a model trained whole: a dense run, or NeuroFlux's exit model
+        raise ConfigError(f"--from {source} is a {command} run; {method} starts from a trained model: a run made by "
+                          "`edgeprune train` or `edgeprune neuroflux`")
     if not runs.is_finished(source):
         raise ConfigError(f"--from {source} is not trained yet (no {runs.REPORT}); finish it first "
                           "(`edgeprune train ... --resume`)")

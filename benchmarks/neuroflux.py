@@ -23,6 +23,7 @@ Results: benchmarks/results/neuroflux.{md,json} (--lr 0.01) and neuroflux_lr0.05
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -169,7 +170,9 @@ def main() -> None:
     from edgeprune import measure
 
     torch.set_num_threads(args.threads)
+    load = [os.getloadavg()[0]]
     results = [bench(m, args, args.threads) for m in args.models]
+    load.append(os.getloadavg()[0])
     env = measure.environment()
     mib = 2**20
     lines = [
@@ -198,7 +201,8 @@ def main() -> None:
     lines += [
         "",
         "Times are CPU seconds of the training process (one torch thread), wall seconds in brackets: the machine "
-        "was shared with other sessions (load average about 7 on 2 cores), so the CPU seconds are the comparison.",
+        f"was shared with other sessions (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, "
+        "on 2 cores), so the CPU seconds are the comparison.",
         "",
         "| model | backprop: val (final) / test | time to val ≥ target: backprop / NeuroFlux | speed-up CPU (wall) | "
         "total training s: backprop / NeuroFlux | exit (layer) | exit test | exit − backprop (pts) | "

@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--val-size", type=int, default=5000)
-    ap.add_argument("--importance", default="activation")
+    ap.add_argument("--importance", default="activation", help="activation or weight; results of weight get a "
+                    "_weight suffix")
     ap.add_argument("--cost", default="none", help="none or macs (score per MAC); results get a _macs suffix")
     ap.add_argument("--round-to", type=int, default=4, help="widths kept at multiples of this (ours and "
                     "torch-pruning's alike); results of 1 get a _any suffix")
@@ -68,7 +69,8 @@ def main() -> None:
     method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
               "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
               "val_size": a.val_size, "cost": a.cost, "round_to": a.round_to}
-    tag = ("" if a.cost == "none" else f"_{a.cost}") + ("_any" if a.round_to == 1 else "")
+    tag = (("" if a.importance == "activation" else f"_{a.importance}") + ("" if a.cost == "none" else f"_{a.cost}")
+           + ("_any" if a.round_to == 1 else ""))
     ours_dir = work / f"taylor-{a.importance}{tag}"
     ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
     if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:

@@ -245,6 +245,18 @@ def test_roma_prefers_the_large_input_for_small_slow_objects_and_the_fast_one_fo
     assert wants == ["d64"] * 13 + ["d128"]
 
 
+def test_roma_size_histogram_bins_confident_sides_with_the_profiles_edges():
+    # sides 6, 12 (an edge: the bin above), 17.9, 40 and 1000 (past the last edge: the last bin); a 0.2 score
+    # is not confident and not counted
+    sides_, scores = [6.0, 12.0, 17.9, 40.0, 1000.0, 20.0], [0.9, 0.9, 0.9, 0.9, 0.9, 0.2]
+    boxes = np.array([[0, 0, s, s] for s in sides_], np.float32)
+    window = [realtime.Observation("d128", 0, Detections(boxes, np.array(scores, np.float32),
+                                                         np.zeros(6, np.int64)), 4.0)]
+    est = roma.Roma(synthetic_profile(), fps=500).estimate(window)
+    assert est["sizes"] == [0.2, 0.4, 0.0, 0.0, 0.4]
+    assert est["rap"]["d64"] == pytest.approx(0.2 * 0.0 + 0.4 * 0.1 + 0.4 * 0.8)  # no speed seen: β 0
+
+
 def test_roma_keeps_the_detector_on_an_empty_window_and_tracks_the_slowdown():
     r = roma.Roma(synthetic_profile(), fps=500, window=3, alpha=1.0)
     r.start()

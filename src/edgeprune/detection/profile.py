@@ -13,6 +13,7 @@ are rescaled by the ratio of this machine's latency to the recorded one, measure
 
 from __future__ import annotations
 
+import bisect
 import json
 import platform
 import warnings
@@ -65,11 +66,9 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def size_bin(self, sides: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.size_bins, sides, side="right") - 1, 0, len(self.size_bins) - 2)
-
     def speed_bin(self, speed: float) -> int:
-        return int(np.clip(np.searchsorted(self.speed_bins, speed, side="right") - 1, 0, len(self.speed_bins) - 2))
+        """The speed bin of `speed` px/frame (one above the last edge in the last bin)."""
+        return min(max(bisect.bisect_right(self.speed_bins, speed) - 1, 0), len(self.speed_bins) - 2)
 
 
 def machine() -> dict:

@@ -24,11 +24,11 @@ TOD: the median side of the window's confident detections against size threshold
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
-import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,26 +70,50 @@ def spread(window: Sequence, count: int) -> Sequence:
     return window[::max(1, -(-len(window) // count))]
 
 
-def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
-                   pairs: int = SPEED_PAIRS) -> float | None:
+# The selector runs between detections on the detector's CPU, on a handful of boxes per window: plain Python on
+# lists beats numpy there (each numpy call on a small array costs a microsecond or more of dispatch).
+
+
+def confident(obs: Observation, min_score: float) -> list[tuple[float, float, float, int]]:
+    """(centre x, centre y, side sqrt(w·h), class) of each detection of `obs` scoring at least `min_score`."""
+    d = obs.detections
+    keep = [i for i, s in enumerate(d.scores.tolist()) if s >= min_score]
+    if not keep:
+        return []
+    boxes, classes = d.boxes.tolist(), d.classes.tolist()
+    out = []
+    for i in keep:
+        x0, y0, x1, y1 = boxes[i]
+        out.append(((x0 + x1) / 2, (y0 + y1) / 2, math.sqrt((x1 - x0) * (y1 - y0)), classes[i]))
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE, pairs: int = SPEED_PAIRS,
+                   boxes: Callable[[int], list] | None = None) -> float | None:
     """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
     pairs, evenly spread), matching each confident box to the nearest confident box of its class in the
-    earlier detection, within one box side per frame apart; None when nothing matched."""
+    earlier detection, within one box side per frame apart; None when nothing matched. `boxes(i)`: the
+    confident boxes of window[i] (default: `confident`; a caller that needs them too passes its cache)."""
+    boxes = boxes or (lambda i: confident(window[i], min_score))
     speeds = []
     for i in spread(range(len(window) - 1), pairs):
-        a, b = window[i].detections, window[i + 1].detections
         gap = window[i + 1].frame - window[i].frame
-        ka, kb = a.scores >= min_score, b.scores >= min_score
-        if gap <= 0 or not ka.any() or not kb.any():
+        if gap <= 0:
             continue
-        ba, bb = a.boxes[ka], b.boxes[kb]
-        diff = (bb[:, None, :2] + bb[:, None, 2:] - ba[None, :, :2] - ba[None, :, 2:]) / 2  # centre to centre
-        dist = np.sqrt((diff ** 2).sum(axis=2))
-        dist[b.classes[kb][:, None] != a.classes[ka][None]] = np.inf
-        nearest = dist.min(axis=1)
-        ok = nearest <= sides(bb) * gap
-        speeds.extend((nearest[ok] / gap).tolist())
-    return statistics.median(speeds) if speeds else None
+        before = boxes(i)
+        if not before:
+            continue
+        for x, y, side, c in boxes(i + 1):
+            nearest = min((math.hypot(x - xa, y - ya) for xa, ya, _, ca in before if ca == c), default=math.inf)
+            if nearest <= side * gap:
+                speeds.append(nearest / gap)
+    return median(speeds) if speeds else None
 
 
 @dataclass
@@ -119,41 +143,53 @@ class Roma:
         if self.initial is not None and self.initial not in self.profile.detectors:
             raise ConfigError(f"initial detector {self.initial!r} is not in the profile "
                               f"({', '.join(self.profile.detectors)})")
-        # (size bins, detectors): one product gives every detector's fresh AP on the window's size histogram
-        self._ap = np.nan_to_num(np.array([p.ap_size for p in self.profile.detectors.values()], float).T)
+        # per detector, its fresh AP per size bin (none where the profiling stream had no such object)
+        self._ap = {n: [0.0 if math.isnan(a) else a for a in p.ap_size] for n, p in self.profile.detectors.items()}
 
     def start(self) -> str:
         self._active = self.initial or max(self.profile.detectors, key=lambda n: self.profile.detectors[n].ap50)
         return self._active
 
     def observe(self, obs: Observation) -> str:
-        self._seen.append(obs)  # the per-detection cost stays one append: the work is once per window
-        if window_full(self._seen, self.window):
-            self._active = self.decide(self._seen)
+        seen = self._seen
+        seen.append(obs)  # the per-detection cost stays one append: the work is once per window
+        if obs.frame - seen[0].frame + 1 >= self.window:  # window_full, inlined: this runs after every detection
+            self._active = self.decide(seen)
             self._seen = []
         return self._active
 
     def estimate(self, window: Sequence[Observation]) -> dict | None:
         """RAP per detector from one window, with what it was computed from; None for a window with no
         confident detection."""
-        confident = [o.detections.boxes[o.detections.scores >= self.min_score] for o in spread(window, SIZE_SAMPLES)]
-        found = np.concatenate(confident)
-        if len(found) == 0:
+        p = self.profile
+        cache: dict[int, list] = {}  # the size histogram and the speed estimate may look at one detection both
+
+        def boxes(i: int) -> list:
+            if i not in cache:
+                cache[i] = confident(window[i], self.min_score)
+            return cache[i]
+
+        counts = [0] * (len(p.size_bins) - 1)
+        inner = p.size_bins[1:-1]  # bisect on the inner edges gives the bin, the outer bins open-ended
+        for i in spread(range(len(window)), SIZE_SAMPLES):
+            for box in boxes(i):
+                counts[bisect.bisect_right(inner, box[2])] += 1
+        found = sum(counts)
+        if found == 0:
             return None
-        h = np.bincount(self.profile.size_bin(sides(found)), minlength=len(self.profile.size_bins) - 1) / len(found)
-        speed = speed_estimate(window, self.min_score)
+        h = [k / found for k in counts]
+        speed = speed_estimate(window, self.min_score, boxes=boxes)
         if speed is not None:
             self._speed = speed
-        beta = self.profile.beta[self.profile.speed_bin(self._speed or 0.0)]
-        active = self.profile.detectors[window[-1].detector]
-        ratio = statistics.median([o.latency_ms for o in window]) / active.p50_ms
+        beta = p.beta[p.speed_bin(self._speed or 0.0)]
+        ratio = median([o.latency_ms for o in window]) / p.detectors[window[-1].detector].p50_ms
         self._slowdown = (1 - self.alpha) * self._slowdown + self.alpha * ratio
         rap = {}
-        for (n, p), ap in zip(self.profile.detectors.items(), h @ self._ap, strict=True):
+        for n, d in p.detectors.items():
             # frames per call to 0.05 and β to 0.01: the staleness cache then holds every value met
-            frames = round(p.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
-            rap[n] = float(ap) * staleness(frames, round(beta, 2))
-        return {"rap": rap, "sizes": h.tolist(), "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
+            frames = round(d.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
+            rap[n] = sum(a * b for a, b in zip(h, self._ap[n], strict=True)) * staleness(frames, round(beta, 2))
+        return {"rap": rap, "sizes": h, "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
 
     def decide(self, window: Sequence[Observation]) -> str:
         active = window[-1].detector
@@ -205,8 +241,8 @@ class Tod:
         if window_full(self._seen, self.window):
             found = np.concatenate([o.detections.boxes[o.detections.scores >= self.min_score] for o in self._seen])
             if len(found):
-                median = float(np.median(sides(found)))
-                self._active = self.detectors[int(np.searchsorted(self.thresholds, median, side="right"))]
+                middle = float(np.median(sides(found)))
+                self._active = self.detectors[int(np.searchsorted(self.thresholds, middle, side="right"))]
             self._seen = []
         return self._active
 

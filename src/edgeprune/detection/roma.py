@@ -28,13 +28,14 @@ import bisect
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ConfigError
-from .metrics import sides
+from .metrics import Detections, sides
 from .profile import Profile
 from .realtime import Observation, Trace, replay, score
 from .stream import Stream
@@ -70,22 +71,27 @@ def spread(window: Sequence, count: int) -> Sequence:
     return window[::max(1, -(-len(window) // count))]
 
 
-# The selector runs between detections on the detector's CPU, on a handful of boxes per window: plain Python on
-# lists beats numpy there (each numpy call on a small array costs a microsecond or more of dispatch).
+# The selector runs between detections on the detector's CPU and looks at a few detections per window, each a
+# handful of confident boxes among up to decode's top_k: per box, plain Python beats a dozen small numpy calls
+# (each costs a microsecond or more of dispatch); the size histogram, over several detections at once, stays numpy.
+
+
+def confident_rows(d: Detections, min_score: float) -> slice | list[int]:
+    """The rows of `d` scoring at least `min_score`: a slice of the first k in decode's order (by falling score),
+    found by bisection, else their indices."""
+    scores = d.scores.tolist()
+    rising = scores[::-1]
+    if rising == sorted(rising):
+        return slice(len(scores) - bisect.bisect_left(rising, min_score))
+    return [i for i, s in enumerate(scores) if s >= min_score]
 
 
 def confident(obs: Observation, min_score: float) -> list[tuple[float, float, float, int]]:
     """(centre x, centre y, side sqrt(w·h), class) of each detection of `obs` scoring at least `min_score`."""
     d = obs.detections
-    keep = [i for i, s in enumerate(d.scores.tolist()) if s >= min_score]
-    if not keep:
-        return []
-    boxes, classes = d.boxes.tolist(), d.classes.tolist()
-    out = []
-    for i in keep:
-        x0, y0, x1, y1 = boxes[i]
-        out.append(((x0 + x1) / 2, (y0 + y1) / 2, math.sqrt((x1 - x0) * (y1 - y0)), classes[i]))
-    return out
+    rows = confident_rows(d, min_score)
+    return [((x0 + x1) / 2, (y0 + y1) / 2, math.sqrt((x1 - x0) * (y1 - y0)), c)
+            for (x0, y0, x1, y1), c in zip(d.boxes[rows].tolist(), d.classes[rows].tolist(), strict=True)]
 
 
 def median(values: Sequence[float]) -> float:
@@ -94,23 +100,30 @@ def median(values: Sequence[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE, pairs: int = SPEED_PAIRS,
-                   boxes: Callable[[int], list] | None = None) -> float | None:
+def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
+                   pairs: int = SPEED_PAIRS) -> float | None:
     """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
     pairs, evenly spread), matching each confident box to the nearest confident box of its class in the
-    earlier detection, within one box side per frame apart; None when nothing matched. `boxes(i)`: the
-    confident boxes of window[i] (default: `confident`; a caller that needs them too passes its cache)."""
-    boxes = boxes or (lambda i: confident(window[i], min_score))
+    earlier detection, within one box side per frame apart; None when nothing matched."""
     speeds = []
     for i in spread(range(len(window) - 1), pairs):
         gap = window[i + 1].frame - window[i].frame
         if gap <= 0:
             continue
-        before = boxes(i)
+        before: dict[int, list[tuple[float, float]]] = {}  # centres by class: a box is matched within its class
+        for xa, ya, _, ca in confident(window[i], min_score):
+            before.setdefault(ca, []).append((xa, ya))
         if not before:
             continue
-        for x, y, side, c in boxes(i + 1):
-            nearest = min((math.hypot(x - xa, y - ya) for xa, ya, _, ca in before if ca == c), default=math.inf)
+        for x, y, side, c in confident(window[i + 1], min_score):
+            if c not in before:
+                continue
+            nearest = math.inf  # squared, as a loop: a generator per box would cost more than the arithmetic
+            for xa, ya in before[c]:
+                d2 = (x - xa) ** 2 + (y - ya) ** 2
+                if d2 < nearest:
+                    nearest = d2
+            nearest = math.sqrt(nearest)
             if nearest <= side * gap:
                 speeds.append(nearest / gap)
     return median(speeds) if speeds else None
@@ -143,6 +156,7 @@ class Roma:
         if self.initial is not None and self.initial not in self.profile.detectors:
             raise ConfigError(f"initial detector {self.initial!r} is not in the profile "
                               f"({', '.join(self.profile.detectors)})")
+        self._inner_edges = np.array(self.profile.size_bins[1:-1])
         # per detector, its fresh AP per size bin (none where the profiling stream had no such object)
         self._ap = {n: [0.0 if math.isnan(a) else a for a in p.ap_size] for n, p in self.profile.detectors.items()}
 
@@ -162,23 +176,15 @@ class Roma:
         """RAP per detector from one window, with what it was computed from; None for a window with no
         confident detection."""
         p = self.profile
-        cache: dict[int, list] = {}  # the size histogram and the speed estimate may look at one detection both
-
-        def boxes(i: int) -> list:
-            if i not in cache:
-                cache[i] = confident(window[i], self.min_score)
-            return cache[i]
-
-        counts = [0] * (len(p.size_bins) - 1)
-        inner = p.size_bins[1:-1]  # bisect on the inner edges gives the bin, the outer bins open-ended
-        for i in spread(range(len(window)), SIZE_SAMPLES):
-            for box in boxes(i):
-                counts[bisect.bisect_right(inner, box[2])] += 1
-        found = sum(counts)
-        if found == 0:
+        found = np.concatenate([o.detections.boxes[confident_rows(o.detections, self.min_score)]
+                                for o in spread(window, SIZE_SAMPLES)])
+        if len(found) == 0:
             return None
-        h = [k / found for k in counts]
-        speed = speed_estimate(window, self.min_score, boxes=boxes)
+        # the inner edges: a side below the first or past the last falls in the first or last bin
+        counts = np.bincount(np.searchsorted(self._inner_edges, sides(found), side="right"),
+                             minlength=len(p.size_bins) - 1)
+        h = (counts / len(found)).tolist()
+        speed = speed_estimate(window, self.min_score)
         if speed is not None:
             self._speed = speed
         beta = p.beta[p.speed_bin(self._speed or 0.0)]
@@ -188,7 +194,7 @@ class Roma:
         for n, d in p.detectors.items():
             # frames per call to 0.05 and β to 0.01: the staleness cache then holds every value met
             frames = round(d.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
-            rap[n] = sum(a * b for a, b in zip(h, self._ap[n], strict=True)) * staleness(frames, round(beta, 2))
+            rap[n] = sum(map(operator.mul, h, self._ap[n])) * staleness(frames, round(beta, 2))
         return {"rap": rap, "sizes": h, "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
 
     def decide(self, window: Sequence[Observation]) -> str:

@@ -245,6 +245,18 @@ def test_roma_prefers_the_large_input_for_small_slow_objects_and_the_fast_one_fo
     assert wants == ["d64"] * 13 + ["d128"]
 
 
+def test_roma_size_histogram_bins_confident_sides_with_the_profiles_edges():
+    # sides 6, 12 (an edge: the bin above), 17.9, 40 and 1000 (past the last edge: the last bin); a 0.2 score
+    # is not confident and not counted
+    sides_, scores = [6.0, 12.0, 17.9, 40.0, 1000.0, 20.0], [0.9, 0.9, 0.9, 0.9, 0.9, 0.2]
+    boxes = np.array([[0, 0, s, s] for s in sides_], np.float32)
+    window = [realtime.Observation("d128", 0, Detections(boxes, np.array(scores, np.float32),
+                                                         np.zeros(6, np.int64)), 4.0)]
+    est = roma.Roma(synthetic_profile(), fps=500).estimate(window)
+    assert est["sizes"] == [0.2, 0.4, 0.0, 0.0, 0.4]
+    assert est["rap"]["d64"] == pytest.approx(0.2 * 0.0 + 0.4 * 0.1 + 0.4 * 0.8)  # no speed seen: β 0
+
+
 def test_roma_keeps_the_detector_on_an_empty_window_and_tracks_the_slowdown():
     r = roma.Roma(synthetic_profile(), fps=500, window=3, alpha=1.0)
     r.start()
@@ -324,25 +336,26 @@ def test_the_serving_layer_roma_policy_decides_from_the_requests_outputs(tmp_pat
                        p90_ms=p50)
 
     manifest = Manifest(data="synthetic-stream", input_name="input", input_shape=[1, 128, 128], datatype="FP32",
-                        classes=32, batch_size=1, threads=1, variants=[variant("d64", 1.0), variant("d128", 4.0)])
+                        classes=10, batch_size=1, threads=1, variants=[variant("d64", 1.0), variant("d128", 4.0)],
+                        task="detect")
     path = tmp_path / "roma.json"
     profile.save(synthetic_profile(), path)
     p = policy.make(manifest, "roma", profile=str(path), fps=500, patience=1)
     assert p.params() == {"profile": str(path), "fps": 500.0, "margin": 0.02, "patience": 1}
 
-    def output(shift):  # what d128 (32x32 cells) answers for three 40 px objects moved by `shift` px
+    def output(shift):  # what d128 (32x32 cells) answers, decoded, for two 40 px objects moved by `shift` px
         boxes = np.array([[10 + shift + 42 * i, 30, 50 + shift + 42 * i, 70] for i in range(2)], np.float32)
         heat, box, _ = detector.targets([boxes], [np.array([1, 2])], 128, 10)
         h = np.clip(heat[0], 1e-6, 1 - 1e-6)
-        return np.concatenate([np.log(h / (1 - h)), box[0]])[None]
+        return [detector.decode(np.concatenate([np.log(h / (1 - h)), box[0]]), 128)]
 
     # 4 ms per request at 500 fps: 2 frames apart, objects 12 px further each time: fast, d128 drops frames
     d = p.decide(policy.Window("d128", [4.0] * 5, 0.02, [output(12 * i) for i in range(5)]))
     assert (d.active, d.want) == ("d128", "d64")
     assert d.inputs["speed"] == pytest.approx(6.0, abs=0.1) and d.inputs["requests"] == 5
     assert p.decide(policy.Window("d64", [1.0], 0.01, [])).reason == "no output in the window: keep the detector"
-    with pytest.raises(ConfigError, match="needs profile=PATH"):
-        policy.make(manifest, "roma")
+    with pytest.raises(ConfigError, match="this portfolio holds classifiers"):
+        policy.make(dataclasses.replace(manifest, task="classify"), "roma", profile=str(path))
     other = Manifest(**{**manifest.__dict__, "variants": [variant("d96", 2.0)]})
     with pytest.raises(ConfigError, match="the portfolio holds"):
         policy.make(other, "roma", profile=str(path))

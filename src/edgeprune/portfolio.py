@@ -9,6 +9,11 @@ each variant's model.onnx (what is served) and model.pt (what the `masks` switch
 held in both precisions: an INT8 run (`edgeprune quantize`) joins as a variant of its own, ONNX only (it has no
 PyTorch model, so the `masks` mode cannot serve it), chosen by the accuracy measured on its INT8 artifact.
 
+A portfolio of detectors (ROMA, papers.md §7) is built from detector families (`edgeprune detect train`) and
+their ROMA profile (`edgeprune detect profile`): every member of the families is a variant (none is dropped:
+ROMA may choose any), with the profile's AP@0.5 as its accuracy and its p50/p90 (graph + decoding, as the
+server times a detector); the profile itself is recorded in the manifest, for the `roma` policy.
+
 `load` reads a portfolio back and verifies it before anything is served: every file present, its sha256 as
 recorded, every ONNX model taking the recorded input shape and giving the recorded classes. This module
 imports neither torch nor the measurement code at module level: a server that loads a portfolio needs
@@ -71,6 +76,8 @@ class Manifest:
     dropped: list[dict] = field(default_factory=list)  # {"id", "source", "accuracy", "p50_ms", "why"}
     timing: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    task: str = "classify"  # or "detect": variants are detectors, answered with decoded detections
+    detection: dict | None = None  # detect: {"canvas", "class_ids", "input_sizes": {id: px}, "profile"}
     format: str = FORMAT
 
     def variant(self, vid: str) -> Variant:
@@ -111,9 +118,10 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def onnx_signature(path: str | Path) -> tuple[str, list[int], str, int]:
-    """(input name, one sample's input shape, KServe datatype, classes) of an ONNX classifier, read by ONNX
-    Runtime; a file it cannot read is a PortfolioError naming the file."""
+def onnx_signature(path: str | Path, detector: bool = False) -> tuple[str, list[int], str, int]:
+    """(input name, one sample's input shape, KServe datatype, classes) of an ONNX classifier (a detector: its
+    output channels less the box channels), read by ONNX Runtime; a file it cannot read is a PortfolioError
+    naming the file."""
     from .ort import ort_session
 
     try:
@@ -123,7 +131,12 @@ def onnx_signature(path: str | Path) -> tuple[str, list[int], str, int]:
                              "export it again (`edgeprune export RUN --onnx FILE`)") from None
     (inp,), out = sess.get_inputs(), sess.get_outputs()[0]
     shape = [int(s) if isinstance(s, int) else -1 for s in inp.shape[1:]]
-    classes = out.shape[-1] if isinstance(out.shape[-1], int) else -1
+    if detector:
+        from .detection.detector import BOX_CHANNELS
+
+        classes = out.shape[1] - BOX_CHANNELS if len(out.shape) == 4 and isinstance(out.shape[1], int) else -1
+    else:
+        classes = out.shape[-1] if isinstance(out.shape[-1], int) else -1
     return inp.name, shape, ORT_TO_V2.get(inp.type, inp.type), classes
 
 
@@ -135,10 +148,13 @@ def variant_id(run_name: str) -> str:
 
 def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = False, batch_size: int = 1,
           threads: int = 1, rounds: int = 6, runs: int = 10, overwrite: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> Manifest:
+          progress: Callable[[int, int], None] | None = None, profile: str | Path | None = None,
+          warn: Callable[[str], None] | None = None) -> Manifest:
     """Gather the finished runs under `paths` into the portfolio folder `out` (see the module docstring).
-    `rounds`×`runs` timed calls per variant; `progress(done, total)` after each round."""
+    `rounds`×`runs` timed calls per variant; `progress(done, total)` after each round. Detector families
+    instead of runs: see `build_detectors` (`profile` and `warn` are its arguments)."""
     from . import runs as runs_mod
+    from .detection.detector import FAMILY
     from .measure import environment, latency_onnx_interleaved
     from .report.collect import find
     from .report.plots import pareto_front
@@ -146,6 +162,16 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    families = [Path(p) for p in paths if (Path(p) / FAMILY).is_file()]
+    if families:
+        others = [str(p) for p in paths if not (Path(p) / FAMILY).is_file()]
+        if others:
+            raise PortfolioError(f"{families[0]} is a detector family but {others[0]} is not: a portfolio serves "
+                                 "detectors or classifiers, not both; build one portfolio of each")
+        return build_detectors(families, profile, out, warn=warn)
+    if profile is not None:
+        raise ConfigError(f"--profile {profile} is a ROMA profile of detectors, but {paths[0]} is not a detector "
+                          "family (no family.json); leave --profile out for classifier runs")
     rows, _ = find(paths)
     if len(rows) < 1:
         raise PortfolioError(f"no finished runs in {', '.join(map(str, paths))}")
@@ -210,6 +236,53 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
     return manifest
 
 
+def build_detectors(families: Sequence[Path], profile: str | Path | None, out: Path,
+                    warn: Callable[[str], None] | None = None) -> Manifest:
+    """The portfolio in `out` (checked to be free by the caller) of every member of the detector `families`
+    (one class set, members named apart), with the ROMA `profile` measured on exactly those detectors (from
+    another machine: rescaled by a ratio measured now, `warn` told; see detection.profile.load)."""
+    from . import runs as runs_mod
+    from .detection import profile as prof
+    from .detection.detector import runners
+    from .detection.stream import CANVAS
+    from .export import load_model
+    from .measure import count_macs, count_params, environment
+
+    if profile is None:
+        raise PortfolioError(f"a portfolio of detectors needs their ROMA profile: pass --profile PATH, measured with "
+                             f"`edgeprune detect profile {' '.join(map(str, families))} --out PATH`")
+    detectors = runners(families)
+    p = prof.load(profile, detectors, warn=warn)
+    models = {f: load_model(f / runs_mod.MODEL) for f in families}  # one network per family, at every size
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    variants = []
+    for d in detectors:
+        onnx = out / f"{d.name}.onnx"
+        shutil.copyfile(d.onnx, onnx)
+        model = models[d.onnx.parent]
+        model.input_size = d.input_size
+        params, nonzero = count_params(model)
+        dp = p.detectors[d.name]
+        variants.append(Variant(
+            id=d.name, source=str(d.onnx.parent), method=model.edgeprune_spec.name, onnx=onnx.name,
+            sha256=sha256(onnx), model_file=None, model_sha256=None, accuracy=dp.ap50, params=params,
+            nonzero_params=nonzero, macs=count_macs(model, (1, CANVAS, CANVAS))[0], bytes=onnx.stat().st_size,
+            p50_ms=dp.p50_ms, p90_ms=dp.p90_ms))
+    name, shape, dtype, classes = onnx_signature(out / variants[0].onnx, detector=True)
+    manifest = Manifest(
+        data="synthetic detection stream", input_name=name, input_shape=shape, datatype=dtype, classes=classes,
+        batch_size=1, threads=1, variants=sorted(variants, key=lambda v: v.p50_ms),
+        timing={"source": str(profile), "what": "ROMA profile: ONNX Runtime graph + decoding, 1 thread, per frame "
+                "of its labelled stream", "rescaled": p.rescaled},
+        environment=environment(), task="detect",
+        detection={"canvas": CANVAS, "class_ids": p.classes, "input_sizes": {d.name: d.input_size for d in detectors},
+                   "profile": p.to_dict()})
+    runs_mod.write_json(out / MANIFEST, manifest.to_dict())
+    return manifest
+
+
 def load(folder: str | Path) -> Manifest:
     """The manifest of the portfolio in `folder`, verified: every file present with its recorded sha256, and
     every ONNX model taking the recorded input and giving the recorded classes. The first file that fails
@@ -235,7 +308,7 @@ def load(folder: str | Path) -> Manifest:
             if sha256(f) != digest:
                 raise PortfolioError(f"variant {v.id}: {f} does not match its sha256 in {MANIFEST} (corrupt or "
                                      "replaced); build the portfolio again")
-        name, shape, dtype, classes = onnx_signature(folder / v.onnx)
+        name, shape, dtype, classes = onnx_signature(folder / v.onnx, detector=manifest.task == "detect")
         expected = (manifest.input_name, manifest.input_shape, manifest.datatype, manifest.classes)
         if (name, shape, dtype, classes) != expected:
             raise PortfolioError(f"variant {v.id}: {folder / v.onnx} takes input {name!r} {dtype} {shape} with "

@@ -65,7 +65,8 @@ def train(
 
 
 def profile(
-    family: Annotated[Path, typer.Argument(help="A family folder (`edgeprune detect train`).")],
+    family: Annotated[list[Path], typer.Argument(help="Family folders (`edgeprune detect train`) of one class set, "
+                                                 "members named apart.")],
     out: Annotated[Path, typer.Option(help="The profile JSON to write.")],
     frames_per_segment: PerSegment = 200,
     seed: Seed = 1,

@@ -22,7 +22,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     switch_mode: Annotated[str, typer.Option(help="preloaded (every variant in memory), reload (new session at "
                                              "switch time) or masks (one dense-shaped PyTorch model).")] = "preloaded",
-    policy: Annotated[str, typer.Option(help="fixed, accuracy-floor, latency or realtime.")] = "fixed",
+    policy: Annotated[str, typer.Option(help="fixed, accuracy-floor, latency, realtime, roma (detectors).")] = "fixed",
     policy_params: Annotated[str, typer.Option(help='The policy\'s parameters as JSON, e.g. \'{"budget_ms": 5}\'.')]
     = "{}",
     active: Annotated[str | None, typer.Option(help="Variant served first (default: the most accurate).")] = None,

@@ -210,8 +210,8 @@ class Runner:
     def __init__(self, name: str, onnx: str | Path, input_size: int, classes: Sequence[int], threads: int = 1):
         from ..ort import ort_session
 
-        self.name, self.input_size, self.classes = name, input_size, tuple(classes)
-        self.session = ort_session(Path(onnx), threads)
+        self.name, self.onnx, self.input_size, self.classes = name, Path(onnx), input_size, tuple(classes)
+        self.session = ort_session(self.onnx, threads)
         self.input = self.session.get_inputs()[0].name
 
     def detect(self, frame: np.ndarray) -> tuple[Detections, float]:
@@ -222,11 +222,20 @@ class Runner:
         return dets, (time.perf_counter() - t0) * 1e3
 
 
-def runners(folder: str | Path, threads: int = 1) -> list[Runner]:
-    """The family's members as runners, largest input first."""
-    record = load_family(folder)
-    out = [Runner(name, Path(folder) / m["onnx"], m["input_size"], record["classes"], threads)
-           for name, m in record["members"].items()]
+def runners(folders: str | Path | Sequence[str | Path], threads: int = 1) -> list[Runner]:
+    """The members of one family folder, or of several, as runners, largest input first. Several families must
+    share one class set and name their members apart (a member's name is its id in a profile and a portfolio)."""
+    folders = [folders] if isinstance(folders, str | Path) else list(folders)
+    out, where = [], {}
+    for folder in folders:
+        record = load_family(folder)
+        for name, m in record["members"].items():
+            if name in where:
+                raise FamilyError(f"detector {name} is in both {where[name]} and {folder}; pass families whose "
+                                  "members are named apart (trained at other --sizes)")
+            where[name] = folder
+            out.append(Runner(name, Path(folder) / m["onnx"], m["input_size"], record["classes"], threads))
+    check_classes(out)
     return sorted(out, key=lambda r: -r.input_size)
 
 

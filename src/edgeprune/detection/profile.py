@@ -13,6 +13,7 @@ are rescaled by the ratio of this machine's latency to the recorded one, measure
 
 from __future__ import annotations
 
+import bisect
 import json
 import platform
 import warnings
@@ -65,11 +66,9 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def size_bin(self, sides: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.size_bins, sides, side="right") - 1, 0, len(self.size_bins) - 2)
-
     def speed_bin(self, speed: float) -> int:
-        return int(np.clip(np.searchsorted(self.speed_bins, speed, side="right") - 1, 0, len(self.speed_bins) - 2))
+        """The speed bin of `speed` px/frame (one above the last edge in the last bin)."""
+        return min(max(bisect.bisect_right(self.speed_bins, speed) - 1, 0), len(self.speed_bins) - 2)
 
 
 def machine() -> dict:
@@ -138,6 +137,14 @@ def save(profile: Profile, path: str | Path) -> None:
     write_json(Path(path), json.loads(json.dumps(profile.to_dict(), allow_nan=True)))
 
 
+def from_dict(d: dict, where: str) -> Profile:
+    """The profile recorded as `d` (Profile.to_dict), read from `where`."""
+    try:
+        return Profile(**{**d, "detectors": {k: DetectorProfile(**v) for k, v in d["detectors"].items()}})
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ProfileError(f"{where} is incomplete ({e}); measure the profile again") from None
+
+
 def load(path: str | Path, detectors: Sequence | None = None, calls: int = 30,
          warn: Callable[[str], None] | None = None) -> Profile:
     """The profile at `path`. With `detectors` (`detector.Runner`s), it must name exactly them, with one class
@@ -147,12 +154,8 @@ def load(path: str | Path, detectors: Sequence | None = None, calls: int = 30,
     from .detector import read_record
 
     path = Path(path)
-    d = read_record(path, FORMAT, ProfileError, "a ROMA profile", f"no profile at {path}",
-                    f"measure one with `edgeprune detect profile FAMILY --out {path}`")
-    try:
-        profile = Profile(**{**d, "detectors": {k: DetectorProfile(**v) for k, v in d["detectors"].items()}})
-    except (KeyError, TypeError) as e:
-        raise ProfileError(f"{path} is incomplete ({e}); measure the profile again") from None
+    profile = from_dict(read_record(path, FORMAT, ProfileError, "a ROMA profile", f"no profile at {path}",
+                                    f"measure one with `edgeprune detect profile FAMILY --out {path}`"), str(path))
     if detectors is None:
         return profile
     from .detector import check_classes

@@ -24,17 +24,18 @@ TOD: the median side of the window's confident detections against size threshold
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
-import statistics
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ConfigError
-from .metrics import sides
+from .metrics import Detections, sides
 from .profile import Profile
 from .realtime import Observation, Trace, replay, score
 from .stream import Stream
@@ -70,6 +71,35 @@ def spread(window: Sequence, count: int) -> Sequence:
     return window[::max(1, -(-len(window) // count))]
 
 
+# The selector runs between detections on the detector's CPU and looks at a few detections per window, each a
+# handful of confident boxes among up to decode's top_k: per box, plain Python beats a dozen small numpy calls
+# (each costs a microsecond or more of dispatch); the size histogram, over several detections at once, stays numpy.
+
+
+def confident_rows(d: Detections, min_score: float) -> slice | list[int]:
+    """The rows of `d` scoring at least `min_score`: a slice of the first k in decode's order (by falling score),
+    found by bisection, else their indices."""
+    scores = d.scores.tolist()
+    rising = scores[::-1]
+    if rising == sorted(rising):
+        return slice(len(scores) - bisect.bisect_left(rising, min_score))
+    return [i for i, s in enumerate(scores) if s >= min_score]
+
+
+def confident(obs: Observation, min_score: float) -> list[tuple[float, float, float, int]]:
+    """(centre x, centre y, side sqrt(w·h), class) of each detection of `obs` scoring at least `min_score`."""
+    d = obs.detections
+    rows = confident_rows(d, min_score)
+    return [((x0 + x1) / 2, (y0 + y1) / 2, math.sqrt((x1 - x0) * (y1 - y0)), c)
+            for (x0, y0, x1, y1), c in zip(d.boxes[rows].tolist(), d.classes[rows].tolist(), strict=True)]
+
+
+def median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
 def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
                    pairs: int = SPEED_PAIRS) -> float | None:
     """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
@@ -77,19 +107,26 @@ def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
     earlier detection, within one box side per frame apart; None when nothing matched."""
     speeds = []
     for i in spread(range(len(window) - 1), pairs):
-        a, b = window[i].detections, window[i + 1].detections
         gap = window[i + 1].frame - window[i].frame
-        ka, kb = a.scores >= min_score, b.scores >= min_score
-        if gap <= 0 or not ka.any() or not kb.any():
+        if gap <= 0:
             continue
-        ba, bb = a.boxes[ka], b.boxes[kb]
-        diff = (bb[:, None, :2] + bb[:, None, 2:] - ba[None, :, :2] - ba[None, :, 2:]) / 2  # centre to centre
-        dist = np.sqrt((diff ** 2).sum(axis=2))
-        dist[b.classes[kb][:, None] != a.classes[ka][None]] = np.inf
-        nearest = dist.min(axis=1)
-        ok = nearest <= sides(bb) * gap
-        speeds.extend((nearest[ok] / gap).tolist())
-    return statistics.median(speeds) if speeds else None
+        before: dict[int, list[tuple[float, float]]] = {}  # centres by class: a box is matched within its class
+        for xa, ya, _, ca in confident(window[i], min_score):
+            before.setdefault(ca, []).append((xa, ya))
+        if not before:
+            continue
+        for x, y, side, c in confident(window[i + 1], min_score):
+            if c not in before:
+                continue
+            nearest = math.inf  # squared, as a loop: a generator per box would cost more than the arithmetic
+            for xa, ya in before[c]:
+                d2 = (x - xa) ** 2 + (y - ya) ** 2
+                if d2 < nearest:
+                    nearest = d2
+            nearest = math.sqrt(nearest)
+            if nearest <= side * gap:
+                speeds.append(nearest / gap)
+    return median(speeds) if speeds else None
 
 
 @dataclass
@@ -119,41 +156,46 @@ class Roma:
         if self.initial is not None and self.initial not in self.profile.detectors:
             raise ConfigError(f"initial detector {self.initial!r} is not in the profile "
                               f"({', '.join(self.profile.detectors)})")
-        # (size bins, detectors): one product gives every detector's fresh AP on the window's size histogram
-        self._ap = np.nan_to_num(np.array([p.ap_size for p in self.profile.detectors.values()], float).T)
+        self._inner_edges = np.array(self.profile.size_bins[1:-1])
+        # per detector, its fresh AP per size bin (none where the profiling stream had no such object)
+        self._ap = {n: [0.0 if math.isnan(a) else a for a in p.ap_size] for n, p in self.profile.detectors.items()}
 
     def start(self) -> str:
         self._active = self.initial or max(self.profile.detectors, key=lambda n: self.profile.detectors[n].ap50)
         return self._active
 
     def observe(self, obs: Observation) -> str:
-        self._seen.append(obs)  # the per-detection cost stays one append: the work is once per window
-        if window_full(self._seen, self.window):
-            self._active = self.decide(self._seen)
+        seen = self._seen
+        seen.append(obs)  # the per-detection cost stays one append: the work is once per window
+        if obs.frame - seen[0].frame + 1 >= self.window:  # window_full, inlined: this runs after every detection
+            self._active = self.decide(seen)
             self._seen = []
         return self._active
 
     def estimate(self, window: Sequence[Observation]) -> dict | None:
         """RAP per detector from one window, with what it was computed from; None for a window with no
         confident detection."""
-        confident = [o.detections.boxes[o.detections.scores >= self.min_score] for o in spread(window, SIZE_SAMPLES)]
-        found = np.concatenate(confident)
+        p = self.profile
+        found = np.concatenate([o.detections.boxes[confident_rows(o.detections, self.min_score)]
+                                for o in spread(window, SIZE_SAMPLES)])
         if len(found) == 0:
             return None
-        h = np.bincount(self.profile.size_bin(sides(found)), minlength=len(self.profile.size_bins) - 1) / len(found)
+        # the inner edges: a side below the first or past the last falls in the first or last bin
+        counts = np.bincount(np.searchsorted(self._inner_edges, sides(found), side="right"),
+                             minlength=len(p.size_bins) - 1)
+        h = (counts / len(found)).tolist()
         speed = speed_estimate(window, self.min_score)
         if speed is not None:
             self._speed = speed
-        beta = self.profile.beta[self.profile.speed_bin(self._speed or 0.0)]
-        active = self.profile.detectors[window[-1].detector]
-        ratio = statistics.median([o.latency_ms for o in window]) / active.p50_ms
+        beta = p.beta[p.speed_bin(self._speed or 0.0)]
+        ratio = median([o.latency_ms for o in window]) / p.detectors[window[-1].detector].p50_ms
         self._slowdown = (1 - self.alpha) * self._slowdown + self.alpha * ratio
         rap = {}
-        for (n, p), ap in zip(self.profile.detectors.items(), h @ self._ap, strict=True):
+        for n, d in p.detectors.items():
             # frames per call to 0.05 and β to 0.01: the staleness cache then holds every value met
-            frames = round(p.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
-            rap[n] = float(ap) * staleness(frames, round(beta, 2))
-        return {"rap": rap, "sizes": h.tolist(), "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
+            frames = round(d.p50_ms * self._slowdown * self.fps / 1000 * 20) / 20
+            rap[n] = sum(map(operator.mul, h, self._ap[n])) * staleness(frames, round(beta, 2))
+        return {"rap": rap, "sizes": h, "speed": self._speed, "beta": beta, "slowdown": self._slowdown}
 
     def decide(self, window: Sequence[Observation]) -> str:
         active = window[-1].detector
@@ -205,8 +247,8 @@ class Tod:
         if window_full(self._seen, self.window):
             found = np.concatenate([o.detections.boxes[o.detections.scores >= self.min_score] for o in self._seen])
             if len(found):
-                median = float(np.median(sides(found)))
-                self._active = self.detectors[int(np.searchsorted(self.thresholds, median, side="right"))]
+                middle = float(np.median(sides(found)))
+                self._active = self.detectors[int(np.searchsorted(self.thresholds, middle, side="right"))]
             self._seen = []
         return self._active
 

@@ -11,6 +11,10 @@ endpoints, a switching policy and Prometheus metrics.
   a policy (`{"name": "fixed", "variant": "..."}` switches at once)
 - `GET /metrics`: Prometheus text format; `GET /`: a status page (serve/status.py).
 
+A portfolio of detectors (`task` "detect") takes frames the same way and answers with the decoded detections
+of every sample, as four outputs of one length: `boxes` (n, 4; xyxy, canvas px), `scores`, `classes` and
+`batch_index` (the sample each belongs to). Decoding runs in the inference thread and is timed with the graph.
+
 Inference runs in a thread pool (ONNX Runtime releases the GIL); bad requests are answered 4xx with one
 line naming what was expected, and the server keeps serving.
 """
@@ -101,6 +105,8 @@ class Server:
                               ["variant"], registry=self.registry)
         self.m_switches = Counter("edgeprune_switches", "Switches of the active variant", ["mode"],
                                   registry=self.registry)
+        self.m_detections = Counter("edgeprune_detections", "Detections answered (detector portfolios)",
+                                    ["variant"], registry=self.registry)
         self.m_switch_s = Histogram("edgeprune_switch_seconds", "Time a switch took in the server", ["mode"],
                                     registry=self.registry, buckets=(1e-5, 1e-4, .001, .01, .05, .1, .5, 1, 5))
         self._show_active()
@@ -110,11 +116,17 @@ class Server:
             self.m_active.labels(v.id).set(1 if v.id == self.sessions.active else 0)
 
     # inference --------------------------------------------------------------------------------------------
-    def run(self, model: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+    def run(self, model: str, x: np.ndarray) -> tuple[str, Any]:
         """Run `x` on `model` (a variant id, or the routed model) in this thread; record the timing and let
-        the policy decide when a window is full. A variant without a session now is a NotLoaded (409)."""
+        the policy decide when a window is full. A variant without a session now is a NotLoaded (409).
+        Returns the variant and its output: an array, or a detector's Detections per sample."""
         t0 = time.perf_counter()
         vid, y = self.sessions.infer(x, None if model == ROUTED else model)
+        if self.manifest.task == "detect":  # a caller waits for the decoding too, and the profile timed both
+            from ..detection.detector import decode
+
+            size = self.manifest.detection["input_sizes"][vid]
+            y = [decode(out, size) for out in y]
         ms = (time.perf_counter() - t0) * 1e3
         self.m_latency.labels(vid).observe(ms / 1e3)
         self._recent[vid].append(ms)
@@ -122,7 +134,7 @@ class Server:
             self._observe(vid, ms, y)
         return vid, y
 
-    def _observe(self, vid: str, ms: float, y: np.ndarray) -> None:
+    def _observe(self, vid: str, ms: float, y: Any) -> None:
         with self._window_lock:
             if vid != self.sessions.active:
                 return  # a request begun before a switch says nothing about the new variant
@@ -174,6 +186,26 @@ class Server:
     def live_latency(self) -> dict:
         return {vid: {"p50_ms": float(np.percentile(d, 50)), "p99_ms": float(np.percentile(d, 99)), "n": len(d)}
                 for vid, d in list(self._recent.items()) if d}
+
+    # responses --------------------------------------------------------------------------------------------
+    def output_specs(self) -> list[dict]:
+        if self.manifest.task != "detect":
+            return [{"name": "output", "datatype": "FP32", "shape": [-1, self.manifest.classes]}]
+        return [{"name": "boxes", "datatype": "FP32", "shape": [-1, 4]}, {"name": "scores", "datatype": "FP32",
+                "shape": [-1]}, {"name": "classes", "datatype": "INT64", "shape": [-1]},
+                {"name": "batch_index", "datatype": "INT64", "shape": [-1]}]
+
+    def outputs(self, vid: str, y: Any) -> list[dict]:
+        """The KServe v2 outputs of `y`, what `run` returned for variant `vid`."""
+        if self.manifest.task != "detect":
+            return [{"name": "output", "shape": list(y.shape), "datatype": "FP32", "data": y.ravel().tolist()}]
+        # ragged per-sample detections flattened, each tagged with its sample (as torchvision's batched NMS does)
+        index = np.repeat(np.arange(len(y)), [len(d) for d in y])
+        boxes = np.concatenate([d.boxes for d in y]).reshape(-1, 4)
+        self.m_detections.labels(vid).inc(len(index))
+        columns = (("boxes", boxes, "FP32"), ("scores", np.concatenate([d.scores for d in y]), "FP32"),
+                   ("classes", np.concatenate([d.classes for d in y]), "INT64"), ("batch_index", index, "INT64"))
+        return [{"name": n, "shape": list(a.shape), "datatype": t, "data": a.ravel().tolist()} for n, a, t in columns]
 
     # request parsing --------------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -313,7 +345,7 @@ def create_app(server: Server) -> FastAPI:
                                                                         "precision")}
         return {"name": model, "versions": ["1"], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": m.input_name, "datatype": m.datatype, "shape": [-1, *m.input_shape]}],
-                "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, m.classes]}], "parameters": params}
+                "outputs": server.output_specs(), "parameters": params}
 
     @app.get("/v2/models/{model}/ready")
     def model_ready(model: str) -> Response:
@@ -337,9 +369,8 @@ def create_app(server: Server) -> FastAPI:
             server.m_requests.labels(model, "", "409").inc()
             raise
         server.m_requests.labels(model, vid, "200").inc()
-        out = {"model_name": model, "model_version": "1", "outputs": [
-            {"name": "output", "shape": list(y.shape), "datatype": "FP32", "data": y.ravel().tolist()}],
-            "parameters": {"variant": vid}}
+        out = {"model_name": model, "model_version": "1", "outputs": server.outputs(vid, y),
+               "parameters": {"variant": vid}}
         if rid is not None:
             out["id"] = rid
         return JSONResponse(out, headers={"Edgeprune-Variant": vid})

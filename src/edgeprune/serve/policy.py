@@ -17,10 +17,11 @@ it decided on, so every decision can be logged and checked.
   scene changes), and right by chance (1/classes) otherwise. Its expected real-time accuracy
   (`expected_realtime_accuracy`) is taken over the latencies the variant was measured at while active (an
   unmeasured one: the active one's, scaled by their profiled ratio); it switches for a gain above a margin.
-- `roma` (papers.md §7; edgeprune.detection.roma): for a portfolio of detectors profiled by `edgeprune detect
-  profile`: each window's outputs of the routed requests are decoded and handed, with their latencies, to
-  ROMA, which estimates every detector's real-time AP from them (never from labels) and switches with
-  hysteresis. The requests are taken as the frames of a stream at `fps` that the active detector kept up with.
+- `roma` (papers.md §7; edgeprune.detection.roma): for a portfolio of detectors (`edgeprune portfolio build
+  FAMILY --profile PATH`): each window's decoded detections of the routed requests are handed, with their
+  latencies (graph + decoding), to ROMA, which estimates every detector's real-time AP from them (never from
+  labels) and switches with hysteresis. The requests are taken as the frames of a stream at `fps` that the
+  active detector kept up with. Its tables are the profile recorded in the portfolio (or `profile=PATH`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Window:
     variant: str
     latencies_ms: list[float]  # inference time of each request (not queueing, not HTTP)
     seconds: float
-    outputs: list[np.ndarray] = field(default_factory=list)  # each request's output, for policies that read them
+    # each request's output, for policies that read them: an array, or a detector's Detections per sample
+    outputs: list = field(default_factory=list)
 
     @property
     def p90_ms(self) -> float:
@@ -187,6 +189,9 @@ class Realtime(Policy):
     _seen: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.manifest.task == "detect":
+            raise ConfigError("the realtime policy scores classifiers (right or wrong per frame); this portfolio "
+                              "holds detectors: use the roma policy")
         if self.fps <= 0 or not 0 <= self.beta <= 1 or self.margin < 0 or self.history < 1:
             raise ConfigError(f"realtime policy needs fps > 0, 0 <= beta <= 1, margin >= 0 and history >= 1; got "
                               f"{self.fps}, {self.beta}, {self.margin}, {self.history}")
@@ -247,42 +252,40 @@ def expected_realtime_accuracy(accuracy: float, latency_ms: float | Sequence[flo
 
 @dataclass
 class Roma(Policy):
-    profile: str = ""  # a ROMA profile of the portfolio's detectors (`edgeprune detect profile`)
+    profile: str = ""  # a ROMA profile of the portfolio's detectors; default: the one the portfolio records
     fps: float = 30.0
     margin: float = 0.02
     patience: int = 2
     name: str = "roma"
     reads_outputs: ClassVar[bool] = True
     _roma: object = field(default=None, repr=False)
-    _sizes: dict = field(default_factory=dict, repr=False)
     _frame: int = 0
 
     def __post_init__(self) -> None:
         from ..detection import profile as prof
         from ..detection import roma
 
-        if not self.profile:
-            raise ConfigError("the roma policy needs profile=PATH, a profile of the portfolio's detectors "
-                              "(`edgeprune detect profile FAMILY --out PATH`)")
-        p = prof.load(self.profile)
+        if self.manifest.task != "detect":
+            raise ConfigError("the roma policy chooses among detectors; this portfolio holds classifiers: build "
+                              "one from a detector family (`edgeprune portfolio build FAMILY --profile PATH`)")
+        p = prof.load(self.profile) if self.profile else prof.from_dict(self.manifest.detection["profile"],
+                                                                        "the portfolio's manifest")
         if sorted(p.detectors) != sorted(self.manifest.ids):
             raise ConfigError(f"profile {self.profile} is of detectors {sorted(p.detectors)}, the portfolio holds "
                               f"{sorted(self.manifest.ids)}; profile the portfolio's detectors")
         self._roma = roma.Roma(p, self.fps, margin=self.margin, patience=self.patience)
-        self._sizes = {n: d.input_size for n, d in p.detectors.items()}
 
     def decide(self, window: Window) -> Decision:
-        from ..detection.detector import decode
         from ..detection.realtime import Observation
 
         seen = []
         # a policy set in mid-window has the outputs of the window's last requests only
         latencies = window.latencies_ms[len(window.latencies_ms) - len(window.outputs):]
-        for y, ms in zip(window.outputs, latencies, strict=True):
-            for out in y:  # one frame per sample of the batch
+        for dets, ms in zip(window.outputs, latencies, strict=True):
+            for d in dets:  # one frame per sample of the batch
                 # frames a stream at fps delivered while this one was processed: the next one is that far on
                 self._frame += max(1, math.ceil(ms * self.fps / 1000))
-                seen.append(Observation(window.variant, self._frame, decode(out, self._sizes[window.variant]), ms))
+                seen.append(Observation(window.variant, self._frame, d, ms))
         if not seen:
             return Decision(self.name, window.variant, window.variant, True, {"requests": 0},
                             "no output in the window: keep the detector")

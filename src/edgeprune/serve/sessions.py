@@ -124,6 +124,9 @@ class Sessions:
                  active: str | None = None, warmup: int = 5):
         if mode not in SWITCH_MODES:
             raise ConfigError(f"unknown switch mode {mode!r}; choose from {', '.join(SWITCH_MODES)}")
+        if mode == "masks" and manifest.task == "detect":
+            raise ConfigError("the masks mode switches the PyTorch weights of one classifier; a detector portfolio's "
+                              "members are one network at several input sizes: use --switch preloaded or reload")
         self.folder, self.manifest, self.mode, self.threads, self.warmup = Path(folder), manifest, mode, threads, warmup
         first = manifest.variant(active).id if active else max(manifest.variants, key=lambda v: v.accuracy).id
         self._lock = threading.Lock()  # one switch or load at a time; requests never take it

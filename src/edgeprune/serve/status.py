@@ -45,6 +45,7 @@ def page(manifest: Manifest, mode: str) -> str:
         f"<td>{100 * v.accuracy:.2f} %</td><td>{v.params:,}</td><td>{v.p50_ms:.3f}</td><td>{v.p90_ms:.3f}</td>"
         '<td class="p50">-</td><td class="p99">-</td><td class="n">0</td></tr>'
         for v in manifest.variants)
+    quality = "profiled AP@0.5" if manifest.task == "detect" else "accuracy"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgeprune serve</title>
 <style>
@@ -58,7 +59,7 @@ tr.active {{ background: #dfd; font-weight: bold; }}
 <p>{escape(manifest.data)}, input {escape(manifest.datatype)} {manifest.input_shape}, switch mode {escape(mode)}.
 Active: <b id="active">-</b>; policy <span id="policy">-</span>; budget <span id="budget">-</span>;
 updated <span id="updated">never</span>.</p>
-<table><thead><tr><th>variant</th><th>method</th><th>precision</th><th>accuracy</th><th>params</th>
+<table><thead><tr><th>variant</th><th>method</th><th>precision</th><th>{quality}</th><th>params</th>
 <th>profiled p50 ms</th><th>profiled p90 ms</th><th>live p50 ms</th><th>live p99 ms</th><th>requests</th></tr></thead>
 <tbody>
 {rows}

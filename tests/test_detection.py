@@ -268,6 +268,17 @@ def test_roma_keeps_the_detector_on_an_empty_window_and_tracks_the_slowdown():
     assert r.decisions[-1]["slowdown"] == pytest.approx(2.0)  # observed 8 ms against a profiled 4 ms
 
 
+def test_roma_keeps_only_the_newest_decisions_when_asked():
+    # a server decides for as long as it runs: its decision log is bounded, the choices the same
+    full, bounded = (roma.Roma(synthetic_profile(), fps=500, window=3, alpha=1.0, keep=keep) for keep in (None, 2))
+    wants = []
+    for r in (full, bounded):
+        r.start()
+        wants.append([r.observe(obs("d128", i, 40, 4.0, speed=6.0)) for i in range(15)])
+    assert len(full.decisions) == 5 and list(bounded.decisions) == list(full.decisions)[-2:]
+    assert wants[0] == wants[1] and "d64" in wants[0]
+
+
 @pytest.mark.parametrize("kwargs, message", [({"fps": 0}, "fps must be a positive"),
                                              ({"fps": -30}, "fps must be a positive"),
                                              ({"fps": 30, "window": 0}, "window >= 1"),

@@ -25,6 +25,7 @@ TOD: the median side of the window's confident detections against size threshold
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import itertools
 import math
@@ -140,7 +141,8 @@ class Roma:
     min_score: float = MIN_SCORE
     initial: str | None = None  # default: the detector with the highest offline AP
     name: str = "roma"
-    decisions: list[dict] = field(default_factory=list, repr=False)
+    keep: int | None = None  # decisions kept in `decisions` (the newest); None: all (a server keeps a bounded log)
+    decisions: list[dict] | collections.deque = field(default_factory=list, repr=False)
     _seen: list[Observation] = field(default_factory=list, repr=False)
     _active: str = ""
     _slowdown: float = 1.0
@@ -148,6 +150,8 @@ class Roma:
     _ahead: tuple[str, int] = ("", 0)
 
     def __post_init__(self) -> None:
+        if self.keep is not None:
+            self.decisions = collections.deque(self.decisions, maxlen=self.keep)
         if not self.fps > 0:
             raise ConfigError(f"fps must be a positive number of frames per second, got {self.fps}")
         if self.window < 1 or self.patience < 1 or self.margin < 0 or not 0 < self.alpha <= 1:
@@ -290,4 +294,4 @@ def compare(stream: Stream, trace: Trace, profile: Profile, fps: float, tod: Tod
                       "calls": len(r.calls) if r else None,
                       "selector_us_per_call": 1e6 * r.selector_s / len(r.calls) if r else None}
     return {"fps": fps, "rows": rows, "oracle_choice": oracle_choice, "tod_thresholds": tod.thresholds,
-            "roma_decisions": choosers[-1].decisions}
+            "roma_decisions": list(choosers[-1].decisions)}

@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..portfolio import Manifest
 
+DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
 POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
 
 
@@ -273,7 +274,8 @@ class Roma(Policy):
         if sorted(p.detectors) != sorted(self.manifest.ids):
             raise ConfigError(f"profile {self.profile} is of detectors {sorted(p.detectors)}, the portfolio holds "
                               f"{sorted(self.manifest.ids)}; profile the portfolio's detectors")
-        self._roma = roma.Roma(p, self.fps, margin=self.margin, patience=self.patience)
+        # a server decides for as long as it runs: keep the newest decisions only (the switch log has the rest)
+        self._roma = roma.Roma(p, self.fps, margin=self.margin, patience=self.patience, keep=DECISIONS_KEPT)
 
     def decide(self, window: Window) -> Decision:
         from ..detection.realtime import Observation

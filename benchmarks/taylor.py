@@ -69,9 +69,9 @@ def main() -> None:
     method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
               "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
               "val_size": a.val_size, "cost": a.cost, "round_to": a.round_to}
-    tag = (("" if a.importance == "activation" else f"_{a.importance}") + ("" if a.cost == "none" else f"_{a.cost}")
-           + ("_any" if a.round_to == 1 else ""))
-    ours_dir = work / f"taylor-{a.importance}{tag}"
+    suffix = ("" if a.cost == "none" else f"_{a.cost}") + ("_any" if a.round_to == 1 else "")
+    tag = ("" if a.importance == "activation" else f"_{a.importance}") + suffix
+    ours_dir = work / f"taylor-{a.importance}{suffix}"
     ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
     if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
         ours = read_report(ours_dir)

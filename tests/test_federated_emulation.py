@@ -109,23 +109,14 @@ def test_a_bad_engine_or_emulation_and_emulated_moves_are_refused():
         run_spec({**spec, "devices": [{"split": 3, "speed": 2}]})
 
 
-def emulation_unavailable() -> str | None:
-    why = emulate.namespaces_unavailable()
-    if why is None:
-        try:
-            emulate.cpu_controller()
-        except emulate.EmulationError as e:
-            why = str(e)
-    return why
-
-
 def test_an_emulated_device_trains_under_its_quota_over_its_shaped_link_and_is_torn_down():
-    why = emulation_unavailable()
-    if why:
-        pytest.skip(f"devices cannot be emulated here: {why}")
     emulation = devices.Emulation([devices.DeviceSpec(factor=4.0, mbps=8.0)], MODEL, batch=8, input_shape=(1, 28, 28),
                                   rtt_ms=20.0, data=DATA, probe_s=0.2)
-    with emulation:
+    try:
+        emulation.__enter__()
+    except emulate.EmulationError as e:  # not root, no `ip netns`, no writable cgroup cpu controller (CI)
+        pytest.skip(f"devices cannot be emulated here: {e}")
+    try:
         (measured,) = emulation.measured
         assert measured["slowdown"] > 1.5 and 0 < measured["cpu_quota"] < 1  # measured, not assumed
         namespaces = list(emulation._chains[0].namespaces)
@@ -143,6 +134,8 @@ def test_an_emulated_device_trains_under_its_quota_over_its_shaped_link_and_is_t
         fast = round_(1)
         emulation.set_bandwidth(0, 2.0)
         slow = round_(1)
+    finally:
+        emulation.close()
     reference = create(**MODEL)
     reference.load_state_dict(state)
     sp.train_round(reference, 7, device_batches(DATA, 0, 1, 1), OPTIM)

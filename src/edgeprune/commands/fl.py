@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, console
+from ..cli import _handled, _state, console
 from ..errors import ConfigError
 from ..progress import Reporter
 
@@ -56,7 +56,7 @@ def run_cmd(
         raise ConfigError(f"cannot read FL spec {spec}: {e}; give a YAML file") from None
     if not isinstance(job, dict):
         raise ConfigError(f"FL spec {spec} is not a mapping of keys to values; see the README's example")
-    result = run_spec(job, engine, emulation, progress=_Notes())
+    result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
     if result["emulation"]:
         devices = Table(title="emulated devices")
         for col in ("device", "speed factor", "cpu quota", "measured slowdown", "link (Mbit/s)", "rtt (ms)"):

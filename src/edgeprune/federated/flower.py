@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -196,9 +197,9 @@ def serve_rounds(job: Job, grid: Grid, policy: Policy | None = None,
 
 
 def simulate(job: Job, policy: Policy | None = None,
-             evaluate: Callable[[torch.nn.Module], dict] | None = None) -> dict:
+             evaluate: Callable[[torch.nn.Module], dict] | None = None, quiet: bool = False) -> dict:
     """Run `job` on Flower's Simulation Engine (Ray), the ServerApp in this process; returns serve_rounds' result and
-    the job."""
+    the job. `quiet`: Flower logs warnings and errors only, and Ray does not relay its workers' output."""
     from flwr.simulation import run_simulation
 
     out: dict = {}
@@ -209,10 +210,19 @@ def simulate(job: Job, policy: Policy | None = None,
         out.update(serve_rounds(job, grid, policy, evaluate))
 
     # with device processes the ClientApps only relay: all devices run at once, whatever the cores Ray counts
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    backend: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {}}
     if job.workers:
-        backend["init_args"] = {"num_cpus": job.devices}
-    run_simulation(server, client_app(job), num_supernodes=job.devices, backend_config=backend)
+        backend["init_args"]["num_cpus"] = job.devices
+    if quiet:
+        backend["init_args"]["log_to_driver"] = False
+    flower_log = logging.getLogger("flwr")  # Flower's own logger (flwr.common.logger), INFO by default
+    level = flower_log.level
+    if quiet:
+        flower_log.setLevel(logging.WARNING)
+    try:
+        run_simulation(server, client_app(job), num_supernodes=job.devices, backend_config=backend)
+    finally:
+        flower_log.setLevel(level)
     if "state_dict" not in out:
         raise EdgePruneError("the Flower simulation ended without a global model; see its log above")
     return {**out, "job": describe(job, "flower simulation (ray)")}
@@ -231,7 +241,7 @@ EMULATIONS = ("auto", "real", "modelled")
 
 
 def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
-             progress: Reporter | Callable[..., None] | None = None) -> dict:
+             progress: Reporter | Callable[..., None] | None = None, quiet: bool = False) -> dict:
     """Run a federated job described by a spec (`edgeprune fl run SPEC.yaml`; see the README) on Flower's Simulation
     or Deployment Engine, and return the round history (with each round's time and the global model's test accuracy)
     and the job.
@@ -239,7 +249,8 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
     Devices with a speed `factor` and a link (`mbps`, the spec's `rtt_ms`) are emulated where this machine allows
     (`emulation` "auto"; "real" insists, "modelled" never tries; federated.devices): each a process under a CPU quota
     with its own edge server behind a shaped link, and rounds are timed on the wall clock. Otherwise the edge servers
-    are processes here on loopback and round times are modelled; `clock` in the result says which."""
+    are processes here on loopback and round times are modelled; `clock` in the result says which. `quiet`: as
+    simulate's (the Deployment Engine's processes log to files of their own)."""
     from ..data import loaders
     from ..emulate import EmulationError
     from ..train import evaluate
@@ -306,7 +317,7 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
         else:
             loader = loaders(**{**test["data"], "batch_size": 500}, test_subset=test["test_subset"],
                              augment=False).test
-            result = simulate(job, evaluate=lambda model: evaluate(model, loader))
+            result = simulate(job, evaluate=lambda model: evaluate(model, loader), quiet=quiet)
     finally:
         if emulated is not None:
             emulated.close()

@@ -348,7 +348,7 @@ def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, d
         raise ConfigError(f"split {split} offloads layers {split}.. to an edge, and no edge address was given")
     else:
         setup("Configure", {"device": device, "spec": model.edgeprune_spec.to_dict(), "split": split,
-                                "state": there.state_dict(), "optim": asdict(optim)})
+                            "state": there.state_dict(), "optim": asdict(optim)})
     for i, (x, y) in enumerate(batches):
         t0 = time.thread_time()
         a = here(x)

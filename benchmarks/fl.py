@@ -60,9 +60,9 @@ def steady(round_: int) -> list[float]:
     return [MBPS] * len(FACTORS)
 
 
-def dropping(round_: int) -> list[float]:
-    """Devices 3 and 4's links drop from round DROP on."""
-    return [MBPS] * 3 + [DROPPED_MBPS if round_ >= DROP else MBPS] * 2
+def dropping(round_: int, drop: int = DROP) -> list[float]:
+    """Devices 3 and 4's links drop from round `drop` on."""
+    return [MBPS] * 3 + [DROPPED_MBPS if round_ >= drop else MBPS] * 2
 
 
 def training_bandwidth(step: int, rng: np.random.Generator) -> list[float]:
@@ -89,10 +89,12 @@ def env_schedule(env, policy, bandwidth) -> list[dict]:
     return out
 
 
-def rounds_to_resplit(splits_per_round: list[list[int]]) -> int | None:
-    """Rounds after the drop until the splits differ from those in force before it (None: never)."""
-    before = splits_per_round[DROP - 2]
-    return next((r - DROP for r in range(DROP, ROUNDS + 1) if splits_per_round[r - 1] != before), None)
+def rounds_to_resplit(splits_per_round: list[list[int]], drop: int = DROP) -> int | None:
+    """Rounds after the drop (at round `drop`) until the splits differ from those in force before it (None:
+    never)."""
+    before = splits_per_round[drop - 2]
+    return next((r - drop for r in range(drop, len(splits_per_round) + 1) if splits_per_round[r - 1] != before),
+                None)
 
 
 def real_run(job: dict, policy, evaluate, bandwidth) -> dict:
@@ -109,7 +111,9 @@ def real_run(job: dict, policy, evaluate, bandwidth) -> dict:
     return {"rounds": rounds, "total_s": sum(r["round_s"] for r in rounds), "accuracy": rounds[-1]["accuracy"]}
 
 
-def fedadapt_part(lines: list[str], payload: dict) -> None:
+def make_agent() -> tuple:
+    """The cost model measured here, FedAdapt's groups, its environment and a PPO agent trained on it (and the
+    seconds that took): what this benchmark and fl_emulated.py share."""
     torch.manual_seed(0)
     cost = fedadapt.measure(create(**MODEL), (1, 28, 28), batch=DATA["batch_size"], repeats=20)
     base = [cost.iteration_s(cost.n, f, MBPS) for f in FACTORS]
@@ -118,7 +122,11 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
                                see_links=SEE_LINKS)
     t0 = time.perf_counter()
     agent = fedadapt.train_ppo(env, timesteps=PPO_STEPS, seed=0)
-    ppo_s = time.perf_counter() - t0
+    return cost, groups, env, agent, time.perf_counter() - t0
+
+
+def fedadapt_part(lines: list[str], payload: dict) -> None:
+    cost, groups, env, agent, ppo_s = make_agent()
 
     def ppo(obs, mbps):
         return env.splits_of(agent.predict(obs, deterministic=True)[0])

@@ -138,9 +138,9 @@ def measure_slowdown(call: Callable[[], object], quota: CpuQuota, rounds: int = 
     held: list[float] = []
     for _ in range(rounds):
         quota.leave()
-        free += _timed(call, min_s)
+        free += timed(call, min_s)
         quota.enter()
-        held += _timed(call, min_s)
+        held += timed(call, min_s)
     free_ms, held_ms = float(np.mean(free)), float(np.mean(held))
     return {"free_ms": free_ms, "quota_ms": held_ms, "slowdown": held_ms / free_ms, "samples": [len(free), len(held)]}
 
@@ -159,7 +159,8 @@ def quota_for_slowdown(call: Callable[[], object], slowdown: float, min_s: float
     return {"target_slowdown": slowdown, "cpu_share_free": share, "cpu_quota": max(share / slowdown, 0.01)}
 
 
-def _timed(call: Callable[[], object], min_s: float) -> list[float]:
+def timed(call: Callable[[], object], min_s: float) -> list[float]:
+    """Wall times (ms) of `call` after one warm-up, at least two and at least `min_s` seconds in all."""
     call()
     out: list[float] = []
     while len(out) < 2 or sum(out) < min_s * 1e3:
@@ -206,10 +207,13 @@ def netem_available(namespace: str, device: str) -> bool:
 @dataclass
 class Chain:
     """Namespaces node0 - node1 - ... joined by veth pairs; `address[i]` is node i's address on the link towards
-    node i-1 (where node i-1 reaches it). Use as a context manager: everything is removed on exit."""
+    node i-1 (where node i-1 reaches it). `routed`: every node reaches every other, through the nodes between
+    (their forwarding on), each hop shaped as its link; otherwise only neighbours reach each other. Use as a context
+    manager: everything is removed on exit."""
 
     tiers: Sequence[str]
     links: Sequence[LinkSpec]
+    routed: bool = False
     namespaces: list[str] = field(default_factory=list)
     address: list[str] = field(default_factory=list)
     netem: bool = False
@@ -236,11 +240,29 @@ class Chain:
                     self.exec(ns, ["ip", "link", "set", dev, "up"])
                     self.exec(ns, ["tc", "qdisc", "add", "dev", dev, "root", *tbf_args(link.bandwidth_mbps)])
                 self.address.append(f"10.213.{i}.2")
+            if self.routed:
+                self._route()
             self.netem = netem_available(self.namespaces[0], self._veths[0][0]) if self.links else False
         except BaseException:
             self.close()
             raise
         return self
+
+    def _route(self) -> None:
+        for i, ns in enumerate(self.namespaces):
+            for j in range(len(self.links)):  # subnet 10.213.j.0/24 joins node j (.1) and node j + 1 (.2)
+                if j > i:
+                    self.exec(ns, ["ip", "route", "add", f"10.213.{j}.0/24", "via", f"10.213.{i}.2"])
+                elif j < i - 1:
+                    self.exec(ns, ["ip", "route", "add", f"10.213.{j}.0/24", "via", f"10.213.{i - 1}.1"])
+            if 0 < i < len(self.namespaces) - 1:
+                self.exec(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    def shape(self, hop: int, bandwidth_mbps: float) -> None:
+        """Change link `hop`'s bandwidth (both ends) while the chain is up: a link that drops mid-run."""
+        for end, dev in enumerate(self._veths[hop]):
+            self.exec(self.namespaces[hop + end], ["tc", "qdisc", "change", "dev", dev, "root",
+                                                   *tbf_args(bandwidth_mbps)])
 
     def exec(self, namespace: str, cmd: Sequence[str]) -> subprocess.CompletedProcess:
         return _sh(["ip", "netns", "exec", namespace, *cmd])

@@ -1,5 +1,5 @@
 """`edgeprune fl run SPEC.yaml`: federated learning with split training (FedAdapt's offloading, FedFly's moves) on
-Flower's Simulation Engine, with edge servers started here."""
+Flower's Simulation or Deployment Engine, with edge servers (and, where possible, emulated devices) started here."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, console
+from ..cli import _handled, _state, console
 from ..errors import ConfigError
+from ..progress import Reporter
 
 fl = typer.Typer(help="Federated learning at the edge: split training with edge servers, on Flower.",
                  no_args_is_help=True, rich_markup_mode="rich")
+
+
+class _Notes(Reporter):
+    """Prints the library's notes (a fallback to the modelled clock) and nothing else."""
+
+    def note(self, text: str) -> None:
+        console.print(f"[yellow]{text}[/]")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,10 +33,16 @@ def run_cmd(
     spec: Annotated[Path, typer.Argument(help="A YAML job: model, data, rounds, devices (split, edge), edges, "
                                               "optim, moves, seed, test_subset.")],
     out: Annotated[Path | None, typer.Option(help="Write the round history and job to this JSON file.")] = None,
+    engine: Annotated[str, typer.Option(help="simulation: Flower's Simulation Engine (Ray) in this process; "
+                                             "deployment: a SuperLink and one SuperNode per device, as processes "
+                                             "here.")] = "simulation",
+    emulation: Annotated[str, typer.Option(help="auto: emulate the devices (CPU quota, shaped links; needs root and "
+                                                "`ip netns`) where possible, else model their time; real: emulate "
+                                                "or fail; modelled: never emulate.")] = "auto",
 ) -> None:
     """Run federated rounds whose devices train their first layers and offload the rest to edge servers.
 
-    Example: [bold]edgeprune fl run benchmarks/fl_smoke.yaml --out fl.json[/]
+    Example: [bold]edgeprune fl run benchmarks/fl_smoke.yaml --engine deployment --out fl.json[/]
     """
     import yaml
     from rich.table import Table
@@ -42,16 +56,26 @@ def run_cmd(
         raise ConfigError(f"cannot read FL spec {spec}: {e}; give a YAML file") from None
     if not isinstance(job, dict):
         raise ConfigError(f"FL spec {spec} is not a mapping of keys to values; see the README's example")
-    result = run_spec(job)
-    table = Table(title=f"{spec.name}: {len(result['history'])} rounds")
-    for col in ("round", "splits", "devices", "dropped", "moved", "test accuracy"):
+    result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
+    if result["emulation"]:
+        devices = Table(title="emulated devices")
+        for col in ("device", "speed factor", "cpu quota", "measured slowdown", "link (Mbit/s)", "rtt (ms)"):
+            devices.add_column(col)
+        for d in result["emulation"]:
+            quota = f"{d['cpu_quota']:.3f}" if "cpu_quota" in d else "-"
+            slowdown = f"{d['slowdown']:.1f}x" if "slowdown" in d else "-"
+            devices.add_row(str(d["device"]), f"{d['factor']:g}", quota, slowdown, f"{d['mbps']:g}", f"{d['rtt_ms']:g}")
+        console.print(devices)
+    table = Table(title=f"{spec.name}: {len(result['history'])} rounds, {result['job']['engine']}",
+                  caption=f"round time: {result['clock']}")
+    for col in ("round", "splits", "devices", "dropped", "moved", "round (s)", "test accuracy"):
         table.add_column(col)
     for r in result["history"]:
         moved = [str(k) for k, d in r["devices"].items() if d.get("moved")]
         table.add_row(str(r["round"]), " ".join(map(str, r["splits"])), str(len(r["devices"])),
-                      "; ".join(r["dropped"]) or "-", ", ".join(moved) or "-",
+                      "; ".join(r["dropped"]) or "-", ", ".join(moved) or "-", f"{r['round_s']:.2f}",
                       f"{100 * r['global']['accuracy']:.2f} %")
     console.print(table)
     if out is not None:
-        write_json(out, {"history": result["history"], "job": result["job"]})
+        write_json(out, {k: result[k] for k in ("history", "job", "clock", "emulation")})
         console.print(f"wrote {out}")

@@ -211,17 +211,21 @@ def measured_iteration_s(stats: dict, factor: float, mbps: float, rtt_ms: float 
 class AgentPolicy:
     """FedAdapt in a Flower run (flower.Policy): the first round runs without offloading and gives each device's
     baseline; after every round the agent sees, per group, its slowest device's time over its baseline and the
-    group's offloading state, and sets the next round's splits. Times are measured, on the modelled clock
-    (`measured_iteration_s` at `bandwidth(round)` Mbit/s per device)."""
+    group's offloading state, and sets the next round's splits. Times are measured: on the wall clock with emulated
+    devices (`wall`), else on the modelled clock (`measured_iteration_s` at `bandwidth(round)` Mbit/s per device)."""
 
-    def __init__(self, agent, env: FedAdaptEnv, bandwidth: Callable[[int], Sequence[float]]):
-        self.agent, self.env, self.bandwidth = agent, env, bandwidth
+    def __init__(self, agent, env: FedAdaptEnv, bandwidth: Callable[[int], Sequence[float]], wall: bool = False):
+        self.agent, self.env, self.bandwidth, self.wall = agent, env, bandwidth, wall
         self.baseline: list[float] | None = None
 
     def __call__(self, round_: int, record: dict) -> list[int]:
         mbps = self.bandwidth(round_)
-        times = [measured_iteration_s(record["devices"][d], f, mbps[d], self.env.rtt_ms)
-                 for d, f in enumerate(self.env.factors)]
+        devices = record["devices"]
+        if self.wall:
+            times = [devices[d]["wall_s"] / devices[d]["iterations"] for d in range(len(self.env.factors))]
+        else:
+            times = [measured_iteration_s(devices[d], f, mbps[d], self.env.rtt_ms)
+                     for d, f in enumerate(self.env.factors)]
         if self.baseline is None:
             self.baseline = times
         group_splits = [record["splits"][self.env.groups.index(g)] for g in range(self.env.g)]

@@ -37,30 +37,32 @@ def move_point(iterations: Sequence[int], fraction: float) -> tuple[int, int]:
 
 def train(make_model: Callable[[], nn.Module], split: int, batches: Callable[[int], list], rounds: int,
           optim: sp.Optim, source: str, destination: str, move_at: float | None, restart: bool = False,
-          device: str = "device") -> dict:
+          device: str = "device", rtt_ms: float = 0.0, lan: dict[str, str] | None = None) -> dict:
     """Train one device for `rounds` rounds (`batches(r)` the r-th round's batches), starting with the edge at
     `source`; at `move_at` of the iterations it moves to `destination`, migrating (FedFly) or, with `restart`,
-    starting over there. Returns the final model, wall seconds, iterations run and the migration's cost."""
+    starting over there. `rtt_ms`: slept before each call to an edge (an emulated link's RTT, see emulate); `lan`: as
+    split.train_round's. Returns
+    the final model, wall seconds, iterations run and the migration's cost."""
     model = make_model()
     sizes = [len(batches(r)) for r in range(rounds)]
     where = move_point(sizes, move_at) if move_at is not None else None
     t0 = time.perf_counter()
-    edge, record = sp.EdgeClient(source), {"iterations": 0, "migration_s": 0.0, "move_failed": None}
+    edge, record = sp.EdgeClient(source, rtt_ms=rtt_ms), {"iterations": 0, "migration_s": 0.0, "move_failed": None}
     r = 0
     while r < rounds:
         move = (where[1], destination) if where is not None and where[0] == r else None
         if move is not None and restart:
             # the round runs up to the move; then the server half is lost and, with it, all training so far
-            stats = sp.train_round(model, split, batches(r)[:move[0]], optim, device=device, edge=edge)
+            stats = sp.train_round(model, split, batches(r)[:move[0]], optim, device=device, edge=edge, lan=lan)
             record["iterations"] += stats.iterations
             edge.close()
-            edge, model, where, r = sp.EdgeClient(destination), make_model(), None, 0
+            edge, model, where, r = sp.EdgeClient(destination, rtt_ms=rtt_ms), make_model(), None, 0
             continue
-        stats = sp.train_round(model, split, batches(r), optim, device=device, edge=edge, move=move)
+        stats = sp.train_round(model, split, batches(r), optim, device=device, edge=edge, move=move, lan=lan)
         record["iterations"] += stats.iterations
         if stats.moved_to:
             edge.close()
-            edge = sp.EdgeClient(stats.moved_to)
+            edge = sp.EdgeClient(stats.moved_to, rtt_ms=rtt_ms)
             record["migration_s"] = stats.migration_s
         record["move_failed"] = record["move_failed"] or stats.move_failed
         r += 1

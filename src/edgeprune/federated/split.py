@@ -21,9 +21,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent import futures
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -212,7 +212,7 @@ class Edge:
         return {"edge": self.name, "devices": sorted(self.sessions)}
 
 
-def _handler(edge: Edge) -> grpc.GenericRpcHandler:
+def _handler(target: object, service: str, methods: Sequence[str]) -> grpc.GenericRpcHandler:
     def wrap(method):
         def call(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
@@ -225,14 +225,18 @@ def _handler(edge: Edge) -> grpc.GenericRpcHandler:
         return grpc.unary_unary_rpc_method_handler(call)
 
     return grpc.method_handlers_generic_handler(
-        SERVICE, {name: wrap(getattr(edge, name.lower())) for name in METHODS})
+        service, {name: wrap(getattr(target, name.lower())) for name in methods})
 
 
-def serve(edge: Edge, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.Server, int]:
-    """Start `edge` on a gRPC server (port 0: any free one); returns the server and its port."""
+def serve(target: object, address: str = "127.0.0.1:0", service: str = SERVICE,
+          methods: Sequence[str] = METHODS, also: Sequence[str] = ()) -> tuple[grpc.Server, int]:
+    """Serve `target`'s methods (an Edge's by default) on a gRPC server at `address` (port 0: any free one; or
+    `unix:PATH`) and the addresses in `also`; returns the server and the port of `address`."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
-    server.add_generic_rpc_handlers((_handler(edge),))
-    port = server.add_insecure_port(f"{host}:{port}")
+    server.add_generic_rpc_handlers((_handler(target, service, methods),))
+    port = server.add_insecure_port(address)
+    for extra in also:
+        server.add_insecure_port(extra)
     server.start()
     return server, port
 
@@ -246,19 +250,23 @@ _OPTIONS = [("grpc.max_send_message_length", 512 << 20), ("grpc.max_receive_mess
 
 @dataclass
 class EdgeClient:
-    """Calls an edge at `address`; retries an unreachable edge `retries` times with doubling backoff."""
+    """Calls an edge at `address`; retries an unreachable edge `retries` times with doubling backoff. `rtt_ms`: a
+    round-trip time slept before each call, for links emulated on a kernel without netem (see emulate)."""
 
     address: str
     retries: int = 3
     backoff_s: float = 0.2
     timeout_s: float = 600.0
+    rtt_ms: float = 0.0
+    service: str = SERVICE
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     def call(self, method: str, message: dict) -> dict:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.address, options=_OPTIONS)
-        rpc = self._channel.unary_unary(f"/{SERVICE}/{method}")
+        rpc = self._channel.unary_unary(f"/{self.service}/{method}")
         delay = self.backoff_s
+        time.sleep(self.rtt_ms / 1e3)
         for attempt in range(self.retries + 1):
             try:
                 return unpack(rpc(pack(message), timeout=self.timeout_s))
@@ -310,12 +318,26 @@ def _nbytes(*tensors: torch.Tensor) -> int:
 
 
 def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, device: str = "device",
-                edge: EdgeClient | None = None, move: tuple[int, str] | None = None) -> RoundStats:
+                edge: EdgeClient | None = None, move: tuple[int, str] | None = None,
+                lan: Mapping[str, str] | None = None) -> RoundStats:
     """One round of local training of `model` (in place) with its first `split` layers here and the rest on `edge`.
 
     The edge is configured from the model's own edge layers at the start and pulled back into them at the end, so
     afterwards `model` is the reassembled model FedAvg averages. `move=(i, address)`: at iteration i the edge
-    migrates this device's state to `address` (FedFly), where the round continues."""
+    migrates this device's state to `address` (FedFly), where the round continues. `lan[address]`: another address
+    of that edge for the set-up and the pull, which in FedAdapt travel between the server and the edge, not over
+    the device's link (an emulated device's edge: a Unix socket beside its shaped link)."""
+    lan = lan or {}
+
+    def setup(method: str, message: dict) -> dict:
+        if edge.address not in lan:
+            return edge.call(method, message)
+        side = replace(edge, address=lan[edge.address], rtt_ms=0.0, _channel=None)
+        try:
+            return side.call(method, message)
+        finally:
+            side.close()
+
     here, there = halves(model, split)
     stats, t_start = RoundStats(), time.perf_counter()
     opt = optim.make(here.parameters())
@@ -325,8 +347,8 @@ def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, d
     elif edge is None:
         raise ConfigError(f"split {split} offloads layers {split}.. to an edge, and no edge address was given")
     else:
-        edge.call("Configure", {"device": device, "spec": model.edgeprune_spec.to_dict(), "split": split,
-                                "state": there.state_dict(), "optim": asdict(optim)})
+        setup("Configure", {"device": device, "spec": model.edgeprune_spec.to_dict(), "split": split,
+                            "state": there.state_dict(), "optim": asdict(optim)})
     for i, (x, y) in enumerate(batches):
         t0 = time.thread_time()
         a = here(x)
@@ -346,7 +368,7 @@ def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, d
             if "moved_to" in reply:
                 stats.migration_s, stats.moved_to = reply["migration_s"], reply["moved_to"]
                 edge.close()
-                edge = EdgeClient(reply["moved_to"], edge.retries, edge.backoff_s, edge.timeout_s)
+                edge = replace(edge, address=reply["moved_to"], _channel=None)
                 reply = edge.call("Resume", {"device": device})
                 if reply.get("iteration") != i or "grad" not in reply:
                     raise CheckpointError(f"device {device!r} moved at iteration {i} but the destination resumed "
@@ -363,7 +385,7 @@ def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, d
         stats.loss_sum += reply["loss"] * len(y)
         stats.correct += reply["correct"]
     if len(there):
-        there.load_state_dict(edge.call("Pull", {"device": device})["state"])
+        there.load_state_dict(setup("Pull", {"device": device})["state"])
     stats.wall_s = time.perf_counter() - t_start
     return stats
 
@@ -371,13 +393,14 @@ def train_round(model: nn.Module, split: int, batches: Iterable, optim: Optim, d
 # ------------------------------------------------------------------------------------------------- processes
 
 
-def start_edge(name: str = "edge", threads: int = 1, prefix: Sequence[str] = (),
-               host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
-    """An edge server in a process of its own (behind `prefix`, e.g. `ip netns exec ns`); returns it and the
-    address it listens on. Stop it with `stop_edge`."""
+def start_edge(name: str = "edge", threads: int = 1, prefix: Sequence[str] = (), host: str = "127.0.0.1",
+               unix: str | None = None) -> tuple[subprocess.Popen, str]:
+    """An edge server in a process of its own (behind `prefix`, e.g. `ip netns exec ns`), also at the Unix socket
+    `unix` if given; returns it and the TCP address it listens on. Stop it with `stop_edge`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]),
                                                        os.environ.get("PYTHONPATH", "")]))
-    cmd = [*prefix, sys.executable, "-m", __name__, "serve", "--name", name, "--threads", str(threads), "--host", host]
+    cmd = [*prefix, sys.executable, "-m", __name__, "serve", "--name", name, "--threads", str(threads), "--host", host,
+           *(["--unix", unix] if unix else [])]
     log = tempfile.TemporaryFile("w+")  # not a pipe: a long-lived server that logs would fill it and stall
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
@@ -406,9 +429,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--unix", help="also listen at this Unix socket")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    server, port = serve(Edge(args.name), args.host, args.port)
+    server, port = serve(Edge(args.name), f"{args.host}:{args.port}", also=[f"unix:{args.unix}"] if args.unix else [])
     print(f"port {port}", flush=True)
     server.wait_for_termination()
 

@@ -134,9 +134,6 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
     oracle_resplit = modelled.rounds_to_resplit(oracle_drop, DROP)
     vs_oracle = real["FedAdapt (PPO)", "steady"]["total_s"] / real["oracle (cost model)", "steady"]["total_s"]
 
-    def splits(rows):
-        return " ".join("".join(map(str, r["splits"])) for r in rows)
-
     lines += [
         "## FedAdapt", "",
         f"VGG-5 (Fashion-MNIST, 28 px), {n} emulated devices, each with an edge server of its own behind a "
@@ -155,7 +152,7 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
     ]
     for (name, links), r in real.items():
         lines.append(f"| {name} | {links} | {r['total_s']:.2f} | {r['total_s'] / classic['total_s']:.2f}x | "
-                     f"{100 * r['accuracy']:.2f} % | {splits(r['rounds'])} |")
+                     f"{100 * r['accuracy']:.2f} % | {modelled.splits(r['rounds'])} |")
     targets = [
         ("FedAdapt >= 30 % less total training time than classic FL (steady links)", f"{100 * saving:.1f} % less",
          saving >= 0.30),
@@ -218,24 +215,9 @@ def fedfly_part(lines: list[str], payload: dict) -> None:
               "a second one, reached through the first (routed namespaces; the edges joined by a 1000 Mbit/s "
               "backhaul that carries the migration's checkpoint). Medians of "
               f"{FEDFLY_REPEATS} interleaved repeats. **clock: wall, emulated device.**", "",
-              *emulation_table(device), "",
-              "| run | median time (s) | iterations | migration (s, max) | final accuracy | bit-identical to no move |",
-              "|---|---|---|---|---|---|"]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['median_s']:.2f} | {s['iterations']} | {max(s['migration_s']):.3f} | "
-                     f"{100 * s['accuracy']:.2f} % | {'yes' if s['bit_identical_to_no_move'] else '**no**'} |")
-    targets = []
-    for at, need in ((50, 0.25), (90, 0.38)):
-        saving = 1 - summary[f"migrate at {at} %"]["median_s"] / summary[f"restart at {at} %"]["median_s"]
-        targets.append((f"migration >= {100 * need:.0f} % less time than restart, move at {at} %",
-                        f"{100 * saving:.1f} % less", saving >= need))
-    worst = max(max(summary[f"migrate at {a} %"]["migration_s"]) for a in (50, 90))
-    targets.append(("migration overhead <= 2 s", f"{worst:.3f} s (checkpoint, send over the backhaul, restore)",
-                    worst <= 2))
-    same = all(summary[f"migrate at {a} %"]["bit_identical_to_no_move"] for a in (50, 90))
-    targets.append(("a migrated run's model is bit-identical to the unmoved run's", "yes" if same else "no", same))
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets]
+              *emulation_table(device), ""]
+    table, targets = modelled.fedfly_tables(summary, "checkpoint, send over the backhaul, restore")
+    lines += table
     payload["fedfly"] = {"runs": summary, "rounds": rounds, "clock": CLOCK_EMULATED, "device": device,
                          "split": FEDFLY_SPLIT, "targets": [{"target": t, "measured": m, "met": ok}
                                                             for t, m, ok in targets]}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from common import HERE, measured, write_results
@@ -33,16 +34,16 @@ FAMILY = HERE / "runs" / "roma" / "family"
 PROFILE = HERE / "runs" / "roma" / "profile.json"
 
 
-def family(frames: int, epochs: int) -> dict:
-    """Train the family once (reused while its folder exists); what the training was."""
+def family(frames: int, epochs: int, folder: Path = FAMILY) -> dict:
+    """Train the family into `folder` once (reused while it exists); what the training was."""
     import json
 
-    if not (FAMILY / "family.json").is_file():
+    if not (folder / "family.json").is_file():
         cfg = TrainConfig(epochs=epochs)
         stream = st.make(st.training_segments(frames), seed=0, pool="train")
         model, seconds = train(stream, cfg)
-        save_family(model, cfg.sizes, FAMILY, {"training": {**vars(cfg), "frames": frames, "seconds": seconds}})
-    return json.loads((FAMILY / "family.json").read_text())["training"]
+        save_family(model, cfg.sizes, folder, {"training": {**vars(cfg), "frames": frames, "seconds": seconds}})
+    return json.loads((folder / "family.json").read_text())["training"]
 
 
 def torchmetrics_ap50(stream: st.Stream, dets) -> float:

@@ -28,28 +28,17 @@ from types import ModuleType
 
 import numpy as np
 from common import HERE, measured, write_results
+from roma import family  # benchmarks/roma.py: trains a family once, into a folder
 
 from edgeprune.detection import profile as prof
 from edgeprune.detection import roma
 from edgeprune.detection import stream as st
-from edgeprune.detection.detector import TrainConfig, runners, save_family, train
+from edgeprune.detection.detector import runners
 from edgeprune.detection.realtime import Observation, replay, trace
 from edgeprune.measure import environment, latency_onnx_interleaved
 
 FAMILY = HERE / "runs" / "roma_overhead" / "family"
 BEFORE = "314b5996b20bc4527780c1167cff15444b8e1467"  # the selector as merged with issue 16 (results/roma.md)
-
-
-def family(frames: int, epochs: int) -> dict:
-    """Train the family once (reused while its folder exists); what the training was."""
-    import json
-
-    if not (FAMILY / "family.json").is_file():
-        cfg = TrainConfig(epochs=epochs)
-        stream = st.make(st.training_segments(frames), seed=0, pool="train")
-        model, seconds = train(stream, cfg)
-        save_family(model, cfg.sizes, FAMILY, {"training": {**vars(cfg), "frames": frames, "seconds": seconds}})
-    return json.loads((FAMILY / "family.json").read_text())["training"]
 
 
 def before(name: str) -> ModuleType:
@@ -99,7 +88,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     started = time.time()
-    training = family(args.train_frames, args.epochs)
+    training = family(args.train_frames, args.epochs, FAMILY)
     detectors = runners(FAMILY)
     profile = prof.measure(detectors, st.make(st.scenario("calibration", args.profile_per_segment), seed=1,
                                               pool="val"))

@@ -3,8 +3,9 @@
 The coupled channel groups are traced once (torch-pruning's DependencyGraph, `structure._scored_groups`) and kept:
 the model's modules stay the same objects while it trains, so torch-pruning's group importance can score them
 again at any step. A channel's cost is what one root channel of its group carries, in prunable weights
-(conv/linear) or MACs, read from torch-pruning's items of the group (rows and columns removed); a choice removes the
-lowest-scored channels of the whole model (`structure.take_lowest`) until their costs reach what the target asks.
+(conv/linear) or MACs, counted by `kept_cost` from torch-pruning's items (rows and columns removed); a choice
+removes the lowest-scored channels of the whole model (`structure.take_lowest`) until their costs reach what the
+target asks.
 Those per-channel costs are linear (a layer losing inputs and outputs at once is counted twice), so the budget
 that lands is bisected on the exact count of what a choice keeps (`kept_cost`); the cut itself: masks zero the
 chosen channels' weights and `structure.remove_dead` removes them, their constant outputs folded into the next
@@ -64,27 +65,16 @@ class Channels:
             macs = measure.layer_macs(model, self.input_shape)
             self.positions = {model.get_submodule(n): m / model.get_submodule(n).weight.numel()
                               for n, m in macs.items()}
-        self.costs = [self._one_channel(g, self.positions) for g in self.groups]
+        whole = self.kept_cost([set()] * len(self.groups))
+        self.costs = [self._one_channel(i, whole) for i in range(len(self.groups))]
 
-    def _one_channel(self, g: structure._Scored, positions: dict[nn.Module, float]) -> float:
-        """What one root channel of `g` carries, from torch-pruning's items: the weight rows it removes from
-        coupled layers (output channels) and the columns from the layers reading it (input channels), each weight
-        element costing 1 (params) or the positions it is applied at (MACs)."""
-        total, seen = 0.0, set()
-        for it in g.group:
-            module, fn = it.dep.target.module, getattr(it.dep.handler, "__name__", "")
-            if not isinstance(module, masks.PRUNABLE) or (id(module), fn) in seen:
-                continue
-            seen.add((id(module), fn))
-            w = module.weight
-            if fn == "prune_out_channels":
-                per_index = w[0].numel()
-            elif fn == "prune_in_channels":
-                per_index = w[:, 0].numel() * (getattr(module, "groups", 1) if w.dim() > 2 else 1)
-            else:
-                continue
-            total += per_index * len(it.idxs) / g.scores.numel() * positions.get(module, 1.0)
-        return max(total, 1e-9)
+    def _one_channel(self, i: int, whole: float) -> float:
+        """What one root channel of group `i` carries: the cost `kept_cost` counts without one channel of each
+        of its sections, per channel."""
+        g = self.groups[i]
+        one = [set() for _ in self.groups]
+        one[i] = set(structure._lowest(g.scores, g.size, g.same_positions, 1 / g.size))
+        return max(whole - self.kept_cost(one), 1e-9) / len(one[i])
 
     def rescore(self, removed: Sequence[set[int]] | None = None, smoothing: float = 0.0) -> None:
         """Score every group again on the weights as they are now, the new scores weighted 1 - `smoothing` against
@@ -92,8 +82,9 @@ class Channels:
         indices per group) rank first, so a choice keeps them removed. Without loss gradients in the weights
         (before training) the Taylor importance falls back to the L2 norm."""
         with torch.no_grad():
-            grads = all(p.grad is not None for p in self.model.parameters() if p.requires_grad)
-            scorer = self.importance if grads or self.kind != "taylor" else importance("magnitude")
+            scorer = self.importance
+            if self.kind == "taylor" and any(p.grad is None for p in self.model.parameters() if p.requires_grad):
+                scorer = importance("magnitude")
             for i, g in enumerate(self.groups):
                 scores = scorer(g.group)
                 if scores is not None:

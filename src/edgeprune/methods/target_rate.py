@@ -130,6 +130,7 @@ class Trainer(Callback):
         self.channels: channels.Channels | None = None  # structured: the channel groups, traced once
         self.budget = 0.0  # structured gsm: the budget of the top choice, landing on the target on the dense model
         self.removed: list[set[int]] | None = None  # structured agp: the channels cut so far
+        self.small: nn.Module | None = None  # structured: the smaller model the final cut's landing made
 
     def _channels(self, model: nn.Module) -> channels.Channels:
         if self.channels is None:
@@ -192,7 +193,7 @@ class Trainer(Callback):
         landing = None
         if self.opts.structured:  # the final cut, settled on the model: see finalize
             ch = self._channels(model)
-            choice, _, landing = ch.land(self.opts.target[1], self.removed)
+            choice, self.small, landing = ch.land(self.opts.target[1], self.removed)
             ch.cut(model, choice)
             landing["channels_removed"] = sum(len(c) for c in choice)
         else:
@@ -207,13 +208,14 @@ class Trainer(Callback):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """After training: the structured variant's model, physically smaller (its cut channels removed by
-        `structure.remove_dead`, their constant outputs folded: the same function as the masked model); else
-        `model` itself."""
+        `structure.remove_dead`, their outputs being 0: the same function as the masked model), the one the final
+        cut's landing already made where this run made the cut; else `model` itself."""
         if not self.opts.structured:
             return model
-        small, report = structure.remove_dead(model, torch.zeros(1, *self.input_shape))
-        self.info["structured"]["max_abs_error"] = report.max_abs_error
-        return small
+        if self.small is None:  # resumed after the cut: remove it from the masked model
+            self.small, report = structure.remove_dead(model, torch.zeros(1, *self.input_shape))
+            self.info["structured"]["max_abs_error"] = report.max_abs_error
+        return self.small.to(next(model.parameters()).device)
 
     def _passive_channels(self, model: nn.Module) -> None:
         """GSM on channels: the channels outside the top choice get no loss gradient, only the decay, in every

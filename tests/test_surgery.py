@@ -206,8 +206,23 @@ def test_masks_are_baked_before_surgery():
     assert int((model.features[0].weight == 0).sum()) == zeros
 
 
+def _untraceable() -> nn.Module:
+    """ShuffleNetV2 with a user's own block class: its channel shuffle (view, transpose, view) stays, and
+    torch-pruning cannot trace it (zoo_ops helps torchvision's own block only)."""
+    from torchvision.models.shufflenetv2 import InvertedResidual
+
+    class OwnBlock(InvertedResidual):
+        pass
+
+    model = models.create("tv:shufflenet_v2_x1_0", num_classes=10)
+    for block in model.modules():
+        if type(block) is InvertedResidual:
+            block.__class__ = OwnBlock
+    return model
+
+
 def test_a_model_torch_pruning_cannot_trace_is_refused():
-    model = models.create("tv:shufflenet_v2_x1_0", num_classes=10)  # channel shuffle: view, transpose, view
+    model = _untraceable()
     with pytest.raises(UnsupportedModelError, match="ShuffleNetV2.*reshape"):
         materialize(model, {"conv1.0": [0, 1, 2]}, torch.randn(1, *TV))
 
@@ -275,7 +290,7 @@ def _same_state(model: nn.Module, state: dict) -> bool:
 
 
 def test_a_refusal_leaves_the_model_exactly_as_it_was_masks_included():
-    model = models.create("tv:shufflenet_v2_x1_0", num_classes=10)  # torch-pruning cannot trace its shuffle
+    model = _untraceable()
     prune.l1_unstructured(model.conv1[0], "weight", amount=0.5)
     state = copy.deepcopy(model.state_dict())
     with pytest.raises(UnsupportedModelError) as refusal:
@@ -498,3 +513,65 @@ def test_masks_come_back_narrowed_exactly_as_their_weights(name):
         assert torch.equal(mask.bool(), weight != 0)  # the baked zeros are the mask's (random weights are never 0)
     first = next(n for n in before if n in report.kept)  # the first layer: inputs untouched, rows = kept channels
     assert torch.equal(report.masks[f"{first}.weight"], before[first][report.kept[first]])
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_torchvision_swin_prunes_its_mlps_and_keeps_its_window_attention_whole(v2):
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+
+    torch.manual_seed(0)
+    kind = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if v2 else {}
+    model = swin.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                 window_size=[4, 4], num_classes=3, **kind).eval()
+    x = torch.randn(1, 3, 32, 32)
+    expected = model(x)
+    hidden = "features.1.0.mlp.0"
+    report = materialize(model, _every_other(model), x)
+    assert report.after[hidden] == 32 and model.get_submodule("features.1.0.mlp.3").in_features == 32
+    attention = "ShiftedWindowAttentionV2" if v2 else "ShiftedWindowAttention"
+    assert f"coupled with {attention} features.1.0.attn" in report.skipped["features.0.0"]
+    assert "inside features.1.0.attn" in report.skipped["features.1.0.attn.qkv"]
+    assert report.unreached == [] and model.features[0][0].out_channels == 16
+    assert report.params_after < report.params_before and model(x).shape == expected.shape == (1, 3)
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def _tiny_shufflenet():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 64], num_classes=3).eval()
+    randomize_bn(model)
+    return model, torch.randn(2, 3, 32, 32)
+
+
+def test_a_torchvision_shufflenet_prunes_through_its_channel_shuffles(tmp_path):
+    from edgeprune import zoo_ops
+    from edgeprune.structure import group_keep
+
+    model, x = _tiny_shufflenet()
+    expected = model(x)
+    zoo_ops.prepare(model)
+    assert torch.equal(model(x), expected)  # a shuffle as an index and a split at the branch's width: the same
+    report = materialize(model, group_keep(model, x[:1], 0.5), x[:1])
+    assert report.channels_removed == report.channels_asked > 0 and report.skipped == {}
+    block = model.stage3[1]  # a stride-1 block: half its input passes through, the rest feeds its branch
+    assert block.branch2[0].in_channels < 16 and block.shuffle.index.numel() < 32
+    assert sorted(block.shuffle.index.tolist()) == list(range(block.shuffle.in_channels))  # still a permutation
+    assert report.params_after < 0.6 * report.params_before and model(x).shape == (2, 3)
+    model.train()(x).sum().backward()
+    torch.save(model, tmp_path / "m.pt")  # the prunable block pickles by name
+    again = torch.load(tmp_path / "m.pt", weights_only=False).eval()
+    assert torch.equal(again(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("in_first", [True, False])
+def test_a_shuffle_narrows_the_same_whichever_side_torch_pruning_prunes_first(in_first):
+    from edgeprune.zoo_ops import SHUFFLE, ChannelShuffle
+
+    shuffle = ChannelShuffle(8, 2)  # output j reads input (j % 2) * 4 + j // 2: 0 4 1 5 2 6 3 7
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    gone_in, gone_out = [1, 6], [2, 5]  # input 1 sits at output 2, input 6 at output 5
+    for step in ([(SHUFFLE.prune_in_channels, gone_in), (SHUFFLE.prune_out_channels, gone_out)][:: 1 if in_first else -1]):
+        step[0](shuffle, step[1])
+    kept_inputs = x[:, [0, 2, 3, 4, 5, 7]]
+    assert shuffle(kept_inputs).flatten().tolist() == [0, 4, 5, 2, 3, 7]

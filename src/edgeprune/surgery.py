@@ -37,6 +37,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from . import masks as masks_mod
+from . import zoo_ops
 from .errors import ConfigError, UnsupportedModelError, unknown_name
 from .measure import PRUNABLE
 from .reference import Unchecked, frozen_statistics, mha_fastpath, zero_attention, zero_inputs
@@ -90,6 +91,7 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependency
     cannot trace it.
     """
     error = None
+    zoo_ops.prepare(model)  # ShuffleNetV2's shuffles and splits made prunable; what the model computes is unchanged
     for branches in (True, False):
         try:
             with branch_mode(model, False), torch.enable_grad():  # restores the training flags afterwards
@@ -99,8 +101,10 @@ def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.Dependency
                         return m(x)  # not m(*x), torch-pruning's default, which unbatches a one-sample tensor
 
                 dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, forward_fn=forward, verbose=False
+                    model, example_inputs=example_inputs, forward_fn=forward, verbose=False,
+                    customized_pruners=zoo_ops.customized(),
                 )
+                zoo_ops.couple(dg)
             return dg, error
         except OUT_OF_MEMORY:
             raise
@@ -204,7 +208,8 @@ def materialize(
     report = SurgeryReport(skipped=surgeon.skipped, params_before=params_before, params_after=_parameters(model),
                            channels_asked=sum(widths[n] - len(kept) for n, kept in decisions.items()),
                            channels_removed=sum(widths[n] - len(surgeon.alive[n]) for n in decisions),
-                           unreached=[n for n, m in layers.items() if m not in dg.module2node],
+                           unreached=[n for n, m in layers.items() if m not in dg.module2node
+                                      and zoo_ops.whole_holder(model, n) is None],
                            masks={f"{n}.weight": twin.weight.detach() for n, twin in surgeon.twins.items()})
     if branch_error is not None and report.unreached:
         warnings.warn(
@@ -275,8 +280,10 @@ class _Surgeon:
             return
         if self.layers[root_name] not in self.dg.module2node:
             if len(self.decisions[root_name]) < width(self.layers[root_name]):
-                self._unapplied(root_name, [root_name], "not in torch-pruning's graph: the traced forward never "
-                                "reaches it, or it belongs to a module pruned as a whole (such as "
+                holder = zoo_ops.whole_holder(self.model, root_name)
+                self._unapplied(root_name, [root_name], f"inside {holder}, whose channels stay (see the groups "
+                                "coupled with it)" if holder else "not in torch-pruning's graph: the traced forward "
+                                "never reaches it, or it belongs to a module pruned as a whole (such as "
                                 "MultiheadAttention's out_proj)")
             return
         n = width(self.layers[root_name])
@@ -482,6 +489,10 @@ class _Surgeon:
                 return f"its channels are the model's output (through {self._name(it)}), which never changes"
             if it.dep.target.module in self.ignored:
                 return f"coupled through {_coupling(group)} with ignored layer {self._name(it)}"
+        for it in group:
+            if isinstance(it.dep.target.module, zoo_ops.whole_types()):
+                return (f"coupled with {type(it.dep.target.module).__name__} {self._name(it)}, whose head size is "
+                        "its input width over its number of heads: its embedding channels stay")
         return None
 
     def _units(self, group, n: int):

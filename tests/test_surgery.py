@@ -571,7 +571,8 @@ def test_a_shuffle_narrows_the_same_whichever_side_torch_pruning_prunes_first(in
     shuffle = ChannelShuffle(8, 2)  # output j reads input (j % 2) * 4 + j // 2: 0 4 1 5 2 6 3 7
     x = torch.arange(8.0).view(1, 8, 1, 1)
     gone_in, gone_out = [1, 6], [2, 5]  # input 1 sits at output 2, input 6 at output 5
-    for step in ([(SHUFFLE.prune_in_channels, gone_in), (SHUFFLE.prune_out_channels, gone_out)][:: 1 if in_first else -1]):
-        step[0](shuffle, step[1])
+    steps = [(SHUFFLE.prune_in_channels, gone_in), (SHUFFLE.prune_out_channels, gone_out)]
+    for prune_fn, idxs in steps if in_first else steps[::-1]:
+        prune_fn(shuffle, idxs)
     kept_inputs = x[:, [0, 2, 3, 4, 5, 7]]
     assert shuffle(kept_inputs).flatten().tolist() == [0, 4, 5, 2, 3, 7]

@@ -18,7 +18,8 @@ Recorded per model and task: outcome (pruned: fewer parameters and eval and trai
 refused: the exception's type and first lines; wrong: the returned model fails a forward or gives another
 output shape; timeout / memory / crash), parameters before and after, the fraction of the decided layers'
 channels removed, seconds (materialize alone; group_keep's ranking separately; torch-pruning: pruner
-construction + step), and whether a refused call left the model's state_dict exactly as it was.
+construction + step), the torch-pruning traces the task made (group_keep and remove_dead hand theirs to
+materialize: 1), and whether a refused call left the model's state_dict exactly as it was.
 
     nice -n 5 env PYTHONPATH=src .venv/bin/python benchmarks/zoo_surgery.py            # hours on 2 cores
     PYTHONPATH=src .venv/bin/python benchmarks/zoo_surgery.py --models googlenet,vit_b_16 --tasks group
@@ -57,6 +58,13 @@ def child(name: str, task: str) -> dict:
     from edgeprune import structure, surgery
     from edgeprune.measure import PRUNABLE, count_params
 
+    traces, build = [], tp.DependencyGraph.build_dependency  # torch-pruning traces made by the task, counted
+
+    def counted(self, *args, **kwargs):
+        traces.append(1)
+        return build(self, *args, **kwargs)
+
+    tp.DependencyGraph.build_dependency = counted
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     size = SIZE
@@ -115,6 +123,7 @@ def child(name: str, task: str) -> dict:
             state[k].shape == after[k].shape and torch.equal(state[k], after[k]) for k in state)
         return row
     row["seconds"] = time.perf_counter() - start
+    row["traces"] = len(traces)  # group_keep / remove_dead hand their trace to materialize since commit "surgery: …"
     row["params_after"] = count_params(model)[0]
     row["outcome"] = "pruned" if row["params_after"] < row["params_before"] else "unchanged"
     try:
@@ -174,6 +183,15 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
             ratios[t] = {"models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
                          "total_ratio": sum(ours) / sum(theirs),
                          "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
+    for t in ("group", "dead"):  # models measured since group_keep / remove_dead share their trace with materialize
+        ok = [m for m in done if rows[m][t].get("traces") == 1 and rows[m]["tp"].get("outcome") == "pruned"]
+        if ok:
+            ours = [rows[m][t]["seconds"] + rows[m][t].get("decide_s", 0) for m in ok]
+            theirs = [rows[m]["tp"]["seconds"] for m in ok]
+            ratios[f"{'group+ranking' if t == 'group' else t}, one trace"] = {
+                "models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
+                "total_ratio": sum(ours) / sum(theirs),
+                "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
     kept = {t: statistics.median(rows[m][t]["params_after"] / rows[m][t]["params_before"] for m in both)
             for t in ("per_layer", "group", "tp")} if both else {}
     asked = {t: {k: sum(rows[m][t].get(k, 0) for m in done) for k in ("channels_asked", "channels_removed")}

@@ -114,3 +114,45 @@ def test_group_level_decisions_remove_the_requested_fraction_of_every_group():
     for name, kept in keep.items():  # every coupled layer got the same decision, so each lands in full
         assert report.after[name] == len(kept) == report.before[name] - round(0.3 * report.before[name])
     assert "classifier" not in " ".join(keep)  # the model's output never changes
+
+
+def _counting_traces(monkeypatch) -> list:
+    import torch_pruning as tp
+
+    calls, build = [], tp.DependencyGraph.build_dependency
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counted)
+    return calls
+
+
+def test_group_keep_hands_its_trace_to_materialize_once_and_only_for_the_same_model(monkeypatch):
+    import copy
+
+    x = torch.randn(1, 3, 32, 32)
+    model = _model("resnet20")
+    twin = copy.deepcopy(model)
+    calls = _counting_traces(monkeypatch)
+    keep = structure.group_keep(model, x, 0.3)
+    assert len(calls) == 1 and isinstance(keep, surgery.Decisions)
+    report = surgery.materialize(model, keep, x)
+    assert len(calls) == 1 and keep.traced is None  # reused, and not again: pruning changed torch-pruning's records
+    fresh = surgery.materialize(twin, dict(keep), x)  # the same decisions, traced anew
+    assert len(calls) == 2 and fresh.kept == report.kept and fresh.params_after == report.params_after
+    assert type(copy.deepcopy(keep)) is dict
+
+    other = _model("resnet20")
+    keep = structure.group_keep(other, x, 0.3)
+    other.fc = nn.Linear(other.fc.in_features, 10)  # changed since: a new module
+    surgery.materialize(other, keep, x)
+    assert len(calls) == 4
+
+
+def test_remove_dead_traces_once(monkeypatch):
+    model = _kill(_model("resnet20"), {"features.1.conv1.0": [0, 1, 2]})
+    calls = _counting_traces(monkeypatch)
+    small, report = remove_dead(model, torch.randn(1, 3, 32, 32))
+    assert len(calls) == 1 and report.layers["features.1.conv1.0"].after == 13 and report.max_abs_error < 1e-4

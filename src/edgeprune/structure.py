@@ -24,12 +24,13 @@ from .measure import PRUNABLE, effective_weights
 from .reference import zero_inputs
 from .surgery import (
     CHANNELWISE,
+    Decisions,
     SurgeryReport,
     branch_mode,
     dependency_graph,
     materialize,
     out_channel_group,
-    trace,
+    traced,
     width,
 )
 
@@ -82,10 +83,10 @@ def remove_dead(
     """
     net = masks_mod.baked_copy(model).eval()
     dead = {name: mask for name, mask in dead_channels(net).items() if mask.any()}
-    kept_dead, folded, folded_into, approximate = {}, {}, {}, []
+    kept_dead, folded, folded_into, approximate, done = {}, {}, {}, [], None
     keep = {name: ~mask for name, mask in dead.items()}
     if fold_constants and dead:
-        stay, folded, folded_into, approximate = _fold_constants(net, dead, example_inputs)
+        stay, folded, folded_into, approximate, done = _fold_constants(net, dead, example_inputs)
         for name, reasons in stay.items():
             keep[name][list(reasons)] = True
             by_reason = defaultdict(list)
@@ -93,7 +94,7 @@ def remove_dead(
                 by_reason[reason].append(channel)
             kept_dead[name] = "; ".join(f"{len(chs)} dead channel(s) {chs[:8]} kept: {r}"
                                         for r, chs in by_reason.items())
-    keep = {name: mask for name, mask in keep.items() if not mask.all()}
+    keep = Decisions({name: mask for name, mask in keep.items() if not mask.all()}, traced=done)
     held = {name: m.weight_mask.detach() for name, m, attr in masks_mod.masked_modules(model) if attr == "weight"}
     surgery = materialize(net, keep, example_inputs, round_to=round_to, masks=held)
     layers, order = {}, [n for n, _ in net.named_modules()]
@@ -113,10 +114,10 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
     """Fold the constants dead channels feed their consumers into the consumers' biases, in place.
 
     Returns (channels that must stay: layer -> {channel: reason}, folded channels per layer,
-    where each consumer's constants went, consumers folded only approximately).
+    where each consumer's constants went, consumers folded only approximately, the trace made here).
     """
-    dg, branch_error = trace(net, example_inputs)
-    branches = branch_error is None
+    done = traced(net, example_inputs)  # folding changes values only: materialize reuses it
+    dg, branches = done.dg, done.branch_error is None
     names = {m: n for n, m in net.named_modules()}
     dead = {name: mask for name, mask in dead.items() if net.get_submodule(name) in dg.module2node}  # see materialize
     reads: dict[tuple[str, int], list[tuple[nn.Module, int]]] = defaultdict(list)
@@ -169,7 +170,7 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
             folded_into[names[module]] = _add_to_bias(dg, module, delta, names)
             if _zero_padded(module):
                 approximate.add(names[module])  # zero padding reads 0, not the constant, at the borders
-    return {n: s for n, s in stay.items() if s}, dict(folded), folded_into, sorted(approximate)
+    return {n: s for n, s in stay.items() if s}, dict(folded), folded_into, sorted(approximate), done
 
 
 def _constant(inputs: torch.Tensor, module: nn.Module, col: int) -> tuple[float | None, bool]:
@@ -351,8 +352,10 @@ def group_keep(
     """
     if not 0 <= ratio < 1:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}: the fraction of each group's channels to remove")
-    groups = _scored_groups(model, example_inputs, importance or tp.importance.GroupMagnitudeImportance(p=2))
-    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, ratio)) for g in groups])
+    done = traced(model, example_inputs)
+    groups = _scored_groups(model, example_inputs, importance or tp.importance.GroupMagnitudeImportance(p=2), done.dg)
+    return Decisions(_decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, ratio)) for g in groups]),
+                     traced=done)
 
 
 def global_keep(
@@ -371,10 +374,11 @@ def global_keep(
     (benchmarks/results/odd_widths.md)."""
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
-    groups = _scored_groups(model, example_inputs, importance)
+    done = traced(model, example_inputs)
+    groups = _scored_groups(model, example_inputs, importance, done.dg)
     taken = take_lowest(groups, count, round_to)
-    return _decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, k / g.scores.numel()))
-                              for g, k in zip(groups, taken, strict=True) if k])
+    return Decisions(_decisions(model, [(g, _lowest(g.scores, g.size, g.same_positions, k / g.scores.numel()))
+                                        for g, k in zip(groups, taken, strict=True) if k]), traced=done)
 
 
 def take_lowest(groups: Sequence[_Scored], budget: float, round_to: int = 1,
@@ -415,11 +419,11 @@ class _Scored:
     group: object = None  # torch-pruning's whole group: scored again where the weights change (channels.py)
 
 
-def _scored_groups(model: nn.Module, example_inputs: torch.Tensor,
-                   importance: tp.importance.Importance) -> list[_Scored]:
+def _scored_groups(model: nn.Module, example_inputs: torch.Tensor, importance: tp.importance.Importance,
+                   dg: tp.DependencyGraph | None = None) -> list[_Scored]:
     """Every coupled group that may lose channels, once, scored by `importance` (torch-pruning's group
     importance); not the groups holding the model's outputs, nor layers the traced forward never reaches."""
-    dg = dependency_graph(model, example_inputs)
+    dg = dg or dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     out, covered = [], set()
     for name, layer in model.named_modules():

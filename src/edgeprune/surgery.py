@@ -78,6 +78,47 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Depen
     return trace(model, example_inputs)[0]
 
 
+@dataclass(eq=False)
+class Traced:
+    """A trace (`trace`) with what the model and input were when it was made (`_signature`)."""
+
+    dg: tp.DependencyGraph
+    branch_error: Exception | None
+    signature: tuple
+
+
+class Decisions(dict):
+    """Keep decisions, layer -> kept channel indices, with the trace they were made on (`structure.group_keep`,
+    `global_keep`, `remove_dead`): `materialize` reuses it, once, where the model is the same modules and
+    tensors of the same shapes since, instead of tracing again. A copy is a plain dict."""
+
+    def __init__(self, *args, traced: Traced | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traced = traced
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def traced(model: nn.Module, example_inputs: torch.Tensor) -> Traced:
+    """`trace`, kept with the model's signature for `Decisions`."""
+    dg, branch_error = trace(model, example_inputs)
+    return Traced(dg, branch_error, _signature(model, example_inputs))
+
+
+def _signature(model: nn.Module, x: torch.Tensor) -> tuple:
+    """What a trace depends on: the model's modules and tensors (identity, type, shape; not values) and the
+    input's shape. torch-pruning replaces every tensor it narrows, so a pruned model never matches. (A trace
+    holds its modules, so their ids stay unique while it lives.)"""
+    return (tuple((id(m), type(m)) for m in model.modules()),
+            tuple((id(t), tuple(t.shape)) for m in model.modules()
+                  for t in (*m._parameters.values(), *m._buffers.values()) if t is not None),
+            tuple(x.shape), x.dtype, str(x.device))
+
+
 def trace(model: nn.Module, example_inputs: torch.Tensor) -> tuple[tp.DependencyGraph, Exception | None]:
     """(torch-pruning's DependencyGraph of `model`, why branch mode failed or None where it was used).
 
@@ -195,7 +236,13 @@ def materialize(
     try:
         masks_mod.bake(model)  # torch-pruning replaces weights, which would orphan a prune reparametrisation
         params_before = _parameters(model)
-        dg, branch_error = trace(model, example_inputs)
+        reuse = None
+        if isinstance(keep, Decisions):  # used once: pruning changes torch-pruning's own records
+            reuse, keep.traced = keep.traced, None
+        if reuse is not None and reuse.signature == _signature(model, example_inputs):
+            dg, branch_error = reuse.dg, reuse.branch_error
+        else:
+            dg, branch_error = trace(model, example_inputs)
         surgeon = Surgeon(model, dg, branch_error is None, layers, decisions, ignored, example_inputs, strict, held)
         for name in [n for n in layers if n in decisions]:  # model order, so reports read top-down
             surgeon.plan(name, round_to)

@@ -564,6 +564,23 @@ def test_a_torchvision_shufflenet_prunes_through_its_channel_shuffles(tmp_path):
     assert torch.equal(again(x), model.eval()(x))
 
 
+def test_a_narrowed_shufflenet_saves_loads_and_exports(tmp_path):
+    from edgeprune.structure import group_keep
+
+    torch.manual_seed(0)
+    model = models.create("tv:shufflenet_v2_x0_5", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    materialize(model, group_keep(model, x[:1], 0.3), x[:1])
+    export.save_model(model, tmp_path / "m.pt")  # state_dict + spec, no pickled code
+    again = export.load_model(tmp_path / "m.pt").eval()
+    assert torch.equal(again(x), model(x)) and again.stage2[1].shuffle.in_channels < 48
+    ort = pytest.importorskip("onnxruntime")
+    export.to_onnx(again, tmp_path / "m.onnx", (3, 32, 32))  # checked in ONNX Runtime on export
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), model(x[:1]), atol=1e-4)
+
+
 @pytest.mark.parametrize("in_first", [True, False])
 def test_a_shuffle_narrows_the_same_whichever_side_torch_pruning_prunes_first(in_first):
     from edgeprune.zoo_ops import SHUFFLE, ChannelShuffle

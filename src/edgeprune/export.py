@@ -42,6 +42,8 @@ _WIDTH_ATTRS: dict[type, tuple[str, ...]] = {
 
 
 def _width_attrs(module: nn.Module) -> dict:
+    if own := getattr(type(module), "WIDTH_ATTRS", None):  # edgeprune's own layers (zoo_ops.ChannelShuffle)
+        return {a: getattr(module, a) for a in own}
     for kind, attrs in _WIDTH_ATTRS.items():
         if isinstance(module, kind):
             return {a: getattr(module, a) for a in attrs}
@@ -82,6 +84,10 @@ def load(path: str | Path) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} is not an edgeprune model file (expected format {FORMAT})")
     spec = ModelSpec.from_dict(payload["spec"])
     model = create(spec.name, spec.num_classes, spec.in_channels, **spec.kwargs)
+    if any(k.endswith(".shuffle.index") for k in payload["state_dict"]):  # a ShuffleNetV2 surgery narrowed
+        from . import zoo_ops
+
+        zoo_ops.prepare(model)
     modules = dict(model.named_modules())
     for name, attrs in payload["widths"].items():
         if name not in modules:

@@ -30,6 +30,8 @@ class ChannelShuffle(nn.Module):
     """Output channel j is input channel `index[j]`: torchvision's `channel_shuffle(x, groups)` as a
     permutation that pruning can narrow (`ShufflePruner`)."""
 
+    WIDTH_ATTRS = ("in_channels",)  # what export.save_model records, as for a conv's widths
+
     def __init__(self, channels: int, groups: int):
         super().__init__()
         j = torch.arange(channels)

@@ -518,6 +518,7 @@ def test_masks_come_back_narrowed_exactly_as_their_weights(name):
 @pytest.mark.parametrize("v2", [False, True])
 def test_a_torchvision_swin_prunes_its_mlps_and_keeps_its_window_attention_whole(v2):
     swin = pytest.importorskip("torchvision.models.swin_transformer")
+    from edgeprune.structure import group_keep
 
     torch.manual_seed(0)
     kind = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if v2 else {}
@@ -534,6 +535,11 @@ def test_a_torchvision_swin_prunes_its_mlps_and_keeps_its_window_attention_whole
     assert report.unreached == [] and model.features[0][0].out_channels == 16
     assert report.params_after < report.params_before and model(x).shape == expected.shape == (1, 3)
     model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    model.eval()
+    keep = group_keep(model, x, 0.5)  # only the MLPs' hidden channels: the rest would be refused
+    assert set(keep) == {f"features.{s}.{b}.mlp.0" for s in (1, 3) for b in (0, 1)}
+    report = materialize(model, keep, x)
+    assert report.channels_removed == report.channels_asked == 16 + 16 + 32 + 32 and report.skipped == {}
 
 
 def _tiny_shufflenet():

@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import masks as masks_mod
+from . import zoo_ops
 from .errors import ConfigError
 from .measure import PRUNABLE, effective_weights
 from .reference import zero_inputs
@@ -422,7 +423,8 @@ class _Scored:
 def _scored_groups(model: nn.Module, example_inputs: torch.Tensor, importance: tp.importance.Importance,
                    dg: tp.DependencyGraph | None = None) -> list[_Scored]:
     """Every coupled group that may lose channels, once, scored by `importance` (torch-pruning's group
-    importance); not the groups holding the model's outputs, nor layers the traced forward never reaches."""
+    importance); not the groups holding the model's outputs or passing through a module whose channels stay
+    (`zoo_ops.whole_types`: Swin's window attention), nor layers the traced forward never reaches."""
     dg = dg or dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     out, covered = [], set()
@@ -435,6 +437,8 @@ def _scored_groups(model: nn.Module, example_inputs: torch.Tensor, importance: t
         covered |= {names[it.dep.target.module] for it in members if isinstance(it.dep.target.module, PRUNABLE)}
         if any(not it.dep.target.outputs for it in members):
             continue  # the model's outputs never change
+        if any(isinstance(it.dep.target.module, zoo_ops.whole_types()) for it in group):
+            continue  # through a module whose channels stay (Swin's window attention): surgery would refuse it
         with torch.no_grad():
             scores = importance(group)
         if scores is not None:

@@ -599,3 +599,23 @@ def test_a_shuffle_narrows_the_same_whichever_side_torch_pruning_prunes_first(in
         prune_fn(shuffle, idxs)
     kept_inputs = x[:, [0, 2, 3, 4, 5, 7]]
     assert shuffle(kept_inputs).flatten().tolist() == [0, 4, 5, 2, 3, 7]
+
+
+def test_a_torchvision_maxvit_prunes_its_convolutions_and_mlps_around_whole_attention():
+    maxvit = pytest.importorskip("torchvision.models.maxvit")
+    from edgeprune.structure import group_keep
+
+    torch.manual_seed(0)
+    model = maxvit.MaxVit(input_size=(64, 64), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                          block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    report = materialize(model, group_keep(model, x, 0.5), x)
+    assert report.channels_removed == report.channels_asked > 0 and report.skipped == {}
+    layer = model.blocks[0].layers[0]
+    assert layer.layers.window_attention.mlp_layer[1].out_features == 32  # 4 x 16, halved
+    assert layer.layers.MBconv.layers.conv_b[0].out_channels < 64  # the inverted bottleneck's inner width
+    assert model(x).shape == (1, 3)
+    model.train()(torch.randn(2, 3, 64, 64)).sum().backward()
+    report = materialize(model, _every_other(model), x)  # the residual stream: refused, and said why
+    stream = "blocks.0.layers.0.layers.MBconv.proj.1"  # the block's residual stream, through its attention
+    assert "an attention whose heads are cut from its input width" in report.skipped[stream]

@@ -86,9 +86,9 @@ class Surgeon:
         self.covered |= {m for m, it in members.items() if len(set(it.idxs)) == width(self.layers[m])}
         if outside := _few(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
             decided = [m for m in members if m in self.decisions and len(self.decisions[m]) < width(self.layers[m])]
-            if decided:  # seen after a concatenation followed by a split
-                self._unapplied(root_name, decided, f"torch-pruning maps its channels past the last channel of "
-                                f"{outside}")
+            if decided:  # seen after a concatenation followed by a split, and around an attention traced whole
+                self._unapplied(root_name, decided, self._whole(full) or f"torch-pruning maps its channels past the "
+                                f"last channel of {outside}")
             return
         # Everything below works on root indices: channel r of the root and whatever is tied to it.
         wishes = {m: self._removals(m, it) for m, it in members.items() if m in self.decisions}
@@ -279,10 +279,14 @@ class Surgeon:
                 return f"its channels are the model's output (through {self._name(it)}), which never changes"
             if it.dep.target.module in self.ignored:
                 return f"coupled through {_coupling(group)} with ignored layer {self._name(it)}"
+        return self._whole(group)
+
+    def _whole(self, group) -> str | None:
+        """Why no channel of `group` may go, if it passes through an attention traced whole (zoo_ops)."""
         for it in group:
             if isinstance(it.dep.target.module, zoo_ops.whole_types()):
-                return (f"coupled with {type(it.dep.target.module).__name__} {self._name(it)}, whose head size is "
-                        "its input width over its number of heads: its embedding channels stay")
+                return (f"coupled with {type(it.dep.target.module).__name__} {self._name(it)}, an attention whose "
+                        "heads are cut from its input width: its embedding channels stay")
         return None
 
     def _units(self, group, n: int):

@@ -7,9 +7,11 @@
   given a handler for `ChannelShuffle` and, per shuffle, the two dependencies that tie an input channel to
   the output position it moves to (`couple`), so a channel is followed through every shuffle and removed
   wherever it goes.
-- **Swin.** Its window attention is traced as one node whose channels stay (`WholePruner`, refused in
-  `surgery`): its window partition reads to torch-pruning as flattens whose index maps grow past 10 GB, and
-  its head size is its input width over its number of heads.
+- **Swin and MaxViT.** Their window attention is traced as one node whose channels stay (`WholePruner`,
+  refused in `surgery`): its window partition reads to torch-pruning as flattens whose index maps grow past
+  10 GB, and its heads are cut from its input width. MaxViT's partition and axis-swap modules, which move
+  axes and keep channels, are traced as nodes that pass a channel through (`PassPruner`). Their MLPs and
+  convolutions' inner channels prune as usual.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class ShufflePruner(tp.pruner.function.BasePruningFunc):
 
 
 class WholePruner(tp.pruner.function.BasePruningFunc):
-    """torch-pruning's handler for a module traced as one node whose channels stay (Swin's window attention):
+    """torch-pruning's handler for a module traced as one node whose channels stay (an attention of `whole_types`):
     `surgery` refuses the groups through it before pruning, so the prune functions are never called."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
@@ -80,24 +82,52 @@ class WholePruner(tp.pruner.function.BasePruningFunc):
         raise UnsupportedModelError(f"the input channels of {type(layer).__name__} cannot be removed")
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.proj.out_features
+        return getattr(layer, _PROJECTIONS[type(layer).__name__][1]).out_features
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.qkv.in_features
+        return getattr(layer, _PROJECTIONS[type(layer).__name__][0]).in_features
 
 
-SHUFFLE, WHOLE = ShufflePruner(), WholePruner()
+class PassPruner(tp.pruner.function.BasePruningFunc):
+    """torch-pruning's handler for a module that moves a tensor's axes and keeps its channels as they are
+    (MaxViT's window partition and axis swaps): a channel in is the same channel out; nothing to narrow."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        return layer
+
+    prune_in_channels = prune_out_channels  # torch-pruning's sign that input and output channels are one
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    def get_in_channels(self, layer: nn.Module) -> None:
+        return None
+
+
+# An attention traced whole: (its input projection, its output projection).
+_PROJECTIONS = {"ShiftedWindowAttention": ("qkv", "proj"), "ShiftedWindowAttentionV2": ("qkv", "proj"),
+                "RelativePositionalMultiHeadAttention": ("to_qkv", "merge")}
+
+
+SHUFFLE, WHOLE, PASS = ShufflePruner(), WholePruner(), PassPruner()
 
 
 def whole_types() -> tuple[type, ...]:
-    """The module types traced as one node whose channels stay: torchvision's Swin window attention."""
+    """The module types traced as one node whose channels stay: torchvision's Swin and MaxViT attention."""
     swin = sys.modules.get("torchvision.models.swin_transformer")  # imported wherever such a model exists
-    return () if swin is None else (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)
+    maxvit = sys.modules.get("torchvision.models.maxvit")
+    return ((() if swin is None else (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2))
+            + (() if maxvit is None else (maxvit.RelativePositionalMultiHeadAttention,)))
+
+
+def _pass_types() -> tuple[type, ...]:
+    maxvit = sys.modules.get("torchvision.models.maxvit")
+    return () if maxvit is None else (maxvit.WindowPartition, maxvit.WindowDepartition, maxvit.SwapAxes)
 
 
 def customized() -> dict:
     """torch-pruning's `customized_pruners` for `build_dependency`."""
-    return {ChannelShuffle: SHUFFLE, **dict.fromkeys(whole_types(), WHOLE)}
+    return {ChannelShuffle: SHUFFLE, **dict.fromkeys(whole_types(), WHOLE), **dict.fromkeys(_pass_types(), PASS)}
 
 
 def whole_holder(model: nn.Module, name: str) -> str | None:

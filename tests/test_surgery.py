@@ -619,3 +619,28 @@ def test_a_torchvision_maxvit_prunes_its_convolutions_and_mlps_around_whole_atte
     report = materialize(model, _every_other(model), x)  # the residual stream: refused, and said why
     stream = "blocks.0.layers.0.layers.MBconv.proj.1"  # the block's residual stream, through its attention
     assert "an attention whose heads are cut from its input width" in report.skipped[stream]
+
+
+def test_groups_planned_with_index_maps_computed_once_are_the_same_and_other_graphs_are_mapped(monkeypatch):
+    import torch_pruning as tp
+
+    from edgeprune.surgery import mapped_once
+
+    model, x, _ = _tiny(_CatSplit, (3, 8, 8))
+    other, _, _ = _tiny(_CatSplit, (3, 8, 8))
+    dg, dg_other = dependency_graph(model, x), dependency_graph(other, x)
+
+    def items(graph, m):
+        return [(it.dep.target.name, str(it.dep.handler), list(it.idxs))
+                for it in out_channel_group(graph, m.b, [1, 3, 5], "b")]
+
+    expected = items(dg, model)
+    maps, calls = tp.dependency.index_mapping, []
+    original = maps.update_index_mapping
+    monkeypatch.setattr(maps, "update_index_mapping", lambda graph: calls.append(graph) or original(graph))
+    with mapped_once(dg):
+        assert items(dg, model) == expected  # a concatenation and a split: the maps build_dependency made
+        items(dg_other, other)
+    assert calls == [dg_other]
+    items(dg, model)
+    assert calls == [dg_other, dg]  # mapped as usual again after the block

@@ -29,6 +29,7 @@ from .surgery import (
     SurgeryReport,
     branch_mode,
     dependency_graph,
+    mapped_once,
     materialize,
     out_channel_group,
     traced,
@@ -123,19 +124,20 @@ def _fold_constants(net: nn.Module, dead: dict[str, torch.Tensor], example_input
     dead = {name: mask for name, mask in dead.items() if net.get_submodule(name) in dg.module2node}  # see materialize
     reads: dict[tuple[str, int], list[tuple[nn.Module, int]]] = defaultdict(list)
     stay: dict[str, dict[int, str]] = defaultdict(dict)
-    for name, mask in dead.items():
-        layer = net.get_submodule(name)
-        for it in out_channel_group(dg, layer, mask.nonzero().flatten().tolist(), name):
-            node, module = it.dep.target, it.dep.target.module
-            if isinstance(module, PRUNABLE) and not dg.is_out_channel_pruning_fn(it.dep.handler):
-                for col, channel in zip(it.idxs, it.root_idxs, strict=True):
-                    reads[name, channel].append((module, col))
-            elif not node.outputs or node.type not in CHANNELWISE:
-                what = names.get(module, "an operation")
-                reason = (f"it is part of the model's output (through {what})" if not node.outputs else
-                          f"it reaches {what}, which mixes channels, so its constant cannot be folded")
-                for channel in it.root_idxs:
-                    stay[name][channel] = reason
+    with mapped_once(dg):  # planning: nothing is pruned
+        for name, mask in dead.items():
+            layer = net.get_submodule(name)
+            for it in out_channel_group(dg, layer, mask.nonzero().flatten().tolist(), name):
+                node, module = it.dep.target, it.dep.target.module
+                if isinstance(module, PRUNABLE) and not dg.is_out_channel_pruning_fn(it.dep.handler):
+                    for col, channel in zip(it.idxs, it.root_idxs, strict=True):
+                        reads[name, channel].append((module, col))
+                elif not node.outputs or node.type not in CHANNELWISE:
+                    what = names.get(module, "an operation")
+                    reason = (f"it is part of the model's output (through {what})" if not node.outputs else
+                              f"it reaches {what}, which mixes channels, so its constant cannot be folded")
+                    for channel in it.root_idxs:
+                        stay[name][channel] = reason
 
     # Observe what every consumer reads on random inputs: a dead channel reads the same for every input.
     seen = _consumer_inputs(net, {m for pairs in reads.values() for m, _ in pairs}, example_inputs, branches)
@@ -258,15 +260,16 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[list[
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     groups, seen = [], set()
-    for name, layer in model.named_modules():
-        if not isinstance(layer, PRUNABLE) or name in seen:
-            continue
-        group = out_channel_group(dg, layer, range(width(layer)), name)
-        members = {names[it.dep.target.module] for it in group
-                   if dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)}
-        members = sorted(members | {name}, key=order.__getitem__)
-        seen |= set(members)
-        groups.append(members)
+    with mapped_once(dg):
+        for name, layer in model.named_modules():
+            if not isinstance(layer, PRUNABLE) or name in seen:
+                continue
+            group = out_channel_group(dg, layer, range(width(layer)), name)
+            members = {names[it.dep.target.module] for it in group
+                       if dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)}
+            members = sorted(members | {name}, key=order.__getitem__)
+            seen |= set(members)
+            groups.append(members)
     return groups
 
 
@@ -428,21 +431,22 @@ def _scored_groups(model: nn.Module, example_inputs: torch.Tensor, importance: t
     dg = dg or dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     out, covered = [], set()
-    for name, layer in model.named_modules():
-        if not isinstance(layer, PRUNABLE) or name in covered or layer not in dg.module2node:
-            continue
-        n = width(layer)
-        group = out_channel_group(dg, layer, range(n), name)
-        members = [it for it in group if dg.is_out_channel_pruning_fn(it.dep.handler)]
-        covered |= {names[it.dep.target.module] for it in members if isinstance(it.dep.target.module, PRUNABLE)}
-        if any(not it.dep.target.outputs for it in members):
-            continue  # the model's outputs never change
-        if any(isinstance(it.dep.target.module, zoo_ops.whole_types()) for it in group):
-            continue  # through a module whose channels stay (Swin's window attention): surgery would refuse it
-        with torch.no_grad():
-            scores = importance(group)
-        if scores is not None:
-            out.append(_Scored(members, scores.double().cpu(), *_sections(group, n), group))
+    with mapped_once(dg):
+        for name, layer in model.named_modules():
+            if not isinstance(layer, PRUNABLE) or name in covered or layer not in dg.module2node:
+                continue
+            n = width(layer)
+            group = out_channel_group(dg, layer, range(n), name)
+            members = [it for it in group if dg.is_out_channel_pruning_fn(it.dep.handler)]
+            covered |= {names[it.dep.target.module] for it in members if isinstance(it.dep.target.module, PRUNABLE)}
+            if any(not it.dep.target.outputs for it in members):
+                continue  # the model's outputs never change
+            if any(isinstance(it.dep.target.module, zoo_ops.whole_types()) for it in group):
+                continue  # through a module whose channels stay (Swin's window attention): surgery would refuse it
+            with torch.no_grad():
+                scores = importance(group)
+            if scores is not None:
+                out.append(_Scored(members, scores.double().cpu(), *_sections(group, n), group))
     return out
 
 

@@ -183,12 +183,12 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
             ratios[t] = {"models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
                          "total_ratio": sum(ours) / sum(theirs),
                          "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
-    for t in ("group", "dead"):  # models measured since group_keep / remove_dead share their trace with materialize
+    for t in ("dead",):  # rows measured since remove_dead shares its trace with materialize
         ok = [m for m in done if rows[m][t].get("traces") == 1 and rows[m]["tp"].get("outcome") == "pruned"]
         if ok:
             ours = [rows[m][t]["seconds"] + rows[m][t].get("decide_s", 0) for m in ok]
             theirs = [rows[m]["tp"]["seconds"] for m in ok]
-            ratios[f"{'group+ranking' if t == 'group' else t}, one trace"] = {
+            ratios[f"{t}, one trace"] = {
                 "models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
                 "total_ratio": sum(ours) / sum(theirs),
                 "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}

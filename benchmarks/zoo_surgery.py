@@ -174,24 +174,16 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
     both = [m for m in done if rows[m]["tp"].get("outcome") == "pruned"
             and all(rows[m][t].get("outcome") == "pruned" for t in ("per_layer", "group"))]
     ratios = {}
-    for t in ("per_layer", "group", "group+ranking", "dead"):
+    for t in ("per_layer", "group", "group+ranking", "dead"):  # times compared only within one run of this script
         task = t.split("+")[0]
-        ok = [m for m in done if rows[m][task].get("outcome") == "pruned" and rows[m]["tp"].get("outcome") == "pruned"]
+        ok = [m for m in done if rows[m][task].get("outcome") == "pruned" and rows[m]["tp"].get("outcome") == "pruned"
+              and rows[m][task].get("run") is not None and rows[m][task].get("run") == rows[m]["tp"].get("run")]
         if ok:
             ours = [rows[m][task]["seconds"] + (rows[m][task].get("decide_s", 0) if "+" in t else 0) for m in ok]
             theirs = [rows[m]["tp"]["seconds"] for m in ok]
             ratios[t] = {"models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
                          "total_ratio": sum(ours) / sum(theirs),
                          "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
-    for t in ("dead",):  # rows measured since remove_dead shares its trace with materialize
-        ok = [m for m in done if rows[m][t].get("traces") == 1 and rows[m]["tp"].get("outcome") == "pruned"]
-        if ok:
-            ours = [rows[m][t]["seconds"] + rows[m][t].get("decide_s", 0) for m in ok]
-            theirs = [rows[m]["tp"]["seconds"] for m in ok]
-            ratios[f"{t}, one trace"] = {
-                "models": len(ok), "ours_s": sum(ours), "torch_pruning_s": sum(theirs),
-                "total_ratio": sum(ours) / sum(theirs),
-                "median_ratio": statistics.median(a / b for a, b in zip(ours, theirs, strict=True))}
     kept = {t: statistics.median(rows[m][t]["params_after"] / rows[m][t]["params_before"] for m in both)
             for t in ("per_layer", "group", "tp")} if both else {}
     asked = {t: {k: sum(rows[m][t].get(k, 0) for m in done) for k in ("channels_asked", "channels_removed")}
@@ -213,7 +205,7 @@ def summary(rows: dict, all_models: list[str]) -> tuple[list[str], dict]:
     lines += [f"| {t} | " + " | ".join(str(counts[t][o]) for o in outcomes) + " |" for t in TASKS]
     lines.append("")
     for t, r in ratios.items():
-        lines.append(f"- `{t}` time over torch-pruning's, on the {r['models']} models both pruned: total "
+        lines.append(f"- `{t}` time over torch-pruning's, on the {r['models']} models both pruned in one run: total "
                      f"{r['ours_s']:.0f} s / {r['torch_pruning_s']:.0f} s = **{r['total_ratio']:.2f}×**, "
                      f"median {r['median_ratio']:.2f}×")
     if kept:
@@ -292,9 +284,10 @@ def main() -> None:
     names = names[:args.limit] if args.limit else names
     path = RESULTS / f"{STEM}.json"
     rows = json.loads(path.read_text())["models"] if path.exists() else {}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")  # rows measured by this run: times are compared within a run
     for name in names:
         for task in args.tasks.split(","):
-            rows.setdefault(name, {})[task] = run(name, task, args.timeout, args.memory_gb)
+            rows.setdefault(name, {})[task] = run(name, task, args.timeout, args.memory_gb) | {"run": started}
             print(name, task, rows[name][task].get("outcome"), f"{rows[name][task].get('seconds', math.nan):.1f}s",
                   flush=True)
         lines, stats = summary(rows, all_models)

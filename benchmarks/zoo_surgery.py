@@ -262,6 +262,36 @@ def table(rows: dict, all_models: list[str]) -> list[str]:
     return out
 
 
+def caps(rows: dict) -> str:
+    """The address-space caps the rows ran under, in words (rows from before the cap was kept: the default)."""
+    by_cap: dict[float, list[str]] = {}
+    for m, r in rows.items():
+        for cap in {row.get("memory_gb", 10) for row in r.values()}:
+            by_cap.setdefault(cap, []).append(m)
+    common = max(by_cap, key=lambda c: len(by_cap[c]))
+    others = "".join(f"; {c:.0f} GB: {', '.join(sorted(set(ms)))}" for c, ms in by_cap.items() if c != common)
+    return f"{common:.0f} GB{f' ({others[2:]})' if others else ''}"
+
+
+def write(rows: dict, all_models: list[str], timeout: float) -> None:
+    import torchvision
+
+    from edgeprune import measure
+
+    lines, stats = summary(rows, all_models)
+    env = measure.environment()
+    head = [f"# Channel surgery over the torchvision zoo ({RATIO:.0%} of output channels, {SIZE} px)", "",
+            f"{measured('zoo_surgery.py', env, 'torch')}, torch-pruning "
+            f"{__import__('torch_pruning').__version__}, torchvision {torchvision.__version__}; one model and "
+            f"task at a time, {timeout:.0f} s and {caps(rows)} per subprocess. Each cell: outcome, "
+            "parameters kept (fraction), seconds. 'wrong' = the returned model fails an eval or training-mode "
+            "forward or changes the output shape. Input 224 px, or the model's own resolution where its "
+            "training-mode forward cannot run at 224 (inception_v3: 299). Whether the kept weights compute what "
+            "they did is surgery's own check (see src/edgeprune/surgery.py), not repeated here.", ""]
+    write_results(STEM, head + lines + ["", *table(rows, all_models)],
+                  {"ratio": RATIO, "size": SIZE, "env": env, "summary": stats, "models": rows})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names (default: every torchvision classifier)")
@@ -269,6 +299,7 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--timeout", type=float, default=600, help="seconds per model and task")
     p.add_argument("--memory-gb", type=float, default=10, help="address-space cap per subprocess")
+    p.add_argument("--rewrite", action="store_true", help="only re-write the results from the stored rows")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -277,31 +308,21 @@ def main() -> None:
 
     import torchvision
 
-    from edgeprune import measure
-
     all_models = torchvision.models.list_models(module=torchvision.models)
     names = args.models.split(",") if args.models else all_models
     names = names[:args.limit] if args.limit else names
     path = RESULTS / f"{STEM}.json"
     rows = json.loads(path.read_text())["models"] if path.exists() else {}
     started = time.strftime("%Y-%m-%dT%H:%M:%S")  # rows measured by this run: times are compared within a run
-    for name in names:
+    for name in [] if args.rewrite else names:
         for task in args.tasks.split(","):
-            rows.setdefault(name, {})[task] = run(name, task, args.timeout, args.memory_gb) | {"run": started}
+            rows.setdefault(name, {})[task] = run(name, task, args.timeout, args.memory_gb) | {
+                "run": started, "memory_gb": args.memory_gb}
             print(name, task, rows[name][task].get("outcome"), f"{rows[name][task].get('seconds', math.nan):.1f}s",
                   flush=True)
-        lines, stats = summary(rows, all_models)
-        env = measure.environment()
-        head = [f"# Channel surgery over the torchvision zoo ({RATIO:.0%} of output channels, {SIZE} px)", "",
-                f"{measured('zoo_surgery.py', env, 'torch')}, torch-pruning "
-                f"{__import__('torch_pruning').__version__}, torchvision {torchvision.__version__}; one model and "
-                f"task at a time, {args.timeout:.0f} s and {args.memory_gb:.0f} GB per subprocess. Each cell: outcome, "
-                "parameters kept (fraction), seconds. 'wrong' = the returned model fails an eval or training-mode "
-                "forward or changes the output shape. Input 224 px, or the model's own resolution where its "
-                "training-mode forward cannot run at 224 (inception_v3: 299). Whether the kept weights compute what "
-                "they did is surgery's own check (see src/edgeprune/surgery.py), not repeated here.", ""]
-        write_results(STEM, head + lines + ["", *table(rows, all_models)],
-                      {"ratio": RATIO, "size": SIZE, "env": env, "summary": stats, "models": rows})
+        write(rows, all_models, args.timeout)
+    if args.rewrite:
+        write(rows, all_models, args.timeout)
 
 
 if __name__ == "__main__":

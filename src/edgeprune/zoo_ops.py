@@ -1,4 +1,4 @@
-"""torch-pruning helped through two torchvision families it cannot trace alone (issue 11); used by `surgery.trace`.
+"""torch-pruning helped through torchvision families it cannot trace alone (issue 11); used by `surgery.trace`.
 
 - **ShuffleNetV2.** Its channel shuffle is a view/transpose/view, which torch-pruning reads as a flatten (and
   divides by zero on); its blocks split their input with `chunk(2)`, which after pruning would split in the
@@ -58,7 +58,7 @@ class ShufflePruner(tp.pruner.function.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: ChannelShuffle, idxs: Sequence[int]) -> nn.Module:
-        gone = torch.as_tensor(sorted(set(idxs)), dtype=torch.long)
+        gone = torch.as_tensor(sorted(set(idxs)), dtype=torch.long, device=layer.index.device)
         moved = layer.index - torch.searchsorted(gone, layer.index)  # each kept input moves down past the gone
         layer.index = torch.where(torch.isin(layer.index, gone), -1, moved)  # -1: a position prune_out removes
         layer.in_channels -= len(gone)

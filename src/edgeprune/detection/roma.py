@@ -30,6 +30,7 @@ import functools
 import itertools
 import math
 import operator
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -95,12 +96,6 @@ def confident(obs: Observation, min_score: float) -> list[tuple[float, float, fl
             for (x0, y0, x1, y1), c in zip(d.boxes[rows].tolist(), d.classes[rows].tolist(), strict=True)]
 
 
-def median(values: Sequence[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
                    pairs: int = SPEED_PAIRS) -> float | None:
     """Median apparent speed (px/frame) of objects across consecutive detections of `window` (at most `pairs`
@@ -127,7 +122,7 @@ def speed_estimate(window: Sequence[Observation], min_score: float = MIN_SCORE,
             nearest = math.sqrt(nearest)
             if nearest <= side * gap:
                 speeds.append(nearest / gap)
-    return median(speeds) if speeds else None
+    return statistics.median(speeds) if speeds else None
 
 
 @dataclass
@@ -171,7 +166,7 @@ class Roma:
     def observe(self, obs: Observation) -> str:
         seen = self._seen
         seen.append(obs)  # the per-detection cost stays one append: the work is once per window
-        if obs.frame - seen[0].frame + 1 >= self.window:  # window_full, inlined: this runs after every detection
+        if window_full(seen, self.window):
             self._active = self.decide(seen)
             self._seen = []
         return self._active
@@ -192,7 +187,7 @@ class Roma:
         if speed is not None:
             self._speed = speed
         beta = p.beta[p.speed_bin(self._speed or 0.0)]
-        ratio = median([o.latency_ms for o in window]) / p.detectors[window[-1].detector].p50_ms
+        ratio = statistics.median([o.latency_ms for o in window]) / p.detectors[window[-1].detector].p50_ms
         self._slowdown = (1 - self.alpha) * self._slowdown + self.alpha * ratio
         rap = {}
         for n, d in p.detectors.items():

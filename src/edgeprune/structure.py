@@ -441,7 +441,7 @@ def _scored_groups(model: nn.Module, example_inputs: torch.Tensor, importance: t
             covered |= {names[it.dep.target.module] for it in members if isinstance(it.dep.target.module, PRUNABLE)}
             if any(not it.dep.target.outputs for it in members):
                 continue  # the model's outputs never change
-            if any(isinstance(it.dep.target.module, zoo_ops.whole_types()) for it in group):
+            if zoo_ops.whole_item(group) is not None:
                 continue  # through a module whose channels stay (Swin's window attention): surgery would refuse it
             with torch.no_grad():
                 scores = importance(group)

@@ -283,11 +283,10 @@ class Surgeon:
 
     def _whole(self, group) -> str | None:
         """Why no channel of `group` may go, if it passes through an attention traced whole (zoo_ops)."""
-        for it in group:
-            if isinstance(it.dep.target.module, zoo_ops.whole_types()):
-                return (f"coupled with {type(it.dep.target.module).__name__} {self._name(it)}, an attention whose "
-                        "heads are cut from its input width: its embedding channels stay")
-        return None
+        if (it := zoo_ops.whole_item(group)) is None:
+            return None
+        return (f"coupled with {type(it.dep.target.module).__name__} {self._name(it)}, an attention whose heads are "
+                "cut from its input width: its embedding channels stay")
 
     def _units(self, group, n: int):
         """Root channels that must go together (a grouped conv loses the same positions in every group),

@@ -120,6 +120,12 @@ def whole_types() -> tuple[type, ...]:
             + (() if maxvit is None else (maxvit.RelativePositionalMultiHeadAttention,)))
 
 
+def whole_item(group):
+    """The first item of torch-pruning group `group` whose module is traced whole (`whole_types`), or None."""
+    types = whole_types()
+    return next((it for it in group if isinstance(it.dep.target.module, types)), None)
+
+
 def _pass_types() -> tuple[type, ...]:
     maxvit = sys.modules.get("torchvision.models.maxvit")
     return () if maxvit is None else (maxvit.WindowPartition, maxvit.WindowDepartition, maxvit.SwapAxes)

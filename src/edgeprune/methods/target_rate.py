@@ -46,6 +46,12 @@ SMOOTHING = 0.9  # structured gsm: scores are an exponential average over steps 
 RESIDUAL = 1e-3  # gsm's default decay: what is left of a weight outside the top Q at every step, by the last step
 
 
+def default_importance(scheme: str) -> str:
+    """The structured variant's channel importance where none is given: Taylor for gsm (its passive channels
+    keep their gradients), the L2 norm for agp (masked weights have none)."""
+    return "taylor" if scheme == "gsm" else "magnitude"
+
+
 @dataclass
 class TargetRateOptions:
     target_compression: float = option(10.0, "Target rate: dense weights / weights kept at the end (10 keeps 1/10).")
@@ -99,7 +105,7 @@ class TargetRateOptions:
     @property
     def importance(self) -> str:
         """The structured variant's channel importance: the one given, else the scheme's own."""
-        return self.channel_importance or ("taylor" if self.scheme == "gsm" else "magnitude")
+        return self.channel_importance or default_importance(self.scheme)
 
     @property
     def target(self) -> tuple[str, float]:
@@ -265,7 +271,7 @@ def _label(o: dict) -> tuple[str, list[str]]:
         what = (f"{o['macs_compression']}x MACs" if o.get("macs_compression")
                 else f"{o.get('target_compression', '?')}x")
         scheme = o.get("scheme", "gsm")
-        chosen = o.get("channel_importance") or ("taylor" if scheme == "gsm" else "magnitude")
+        chosen = o.get("channel_importance") or default_importance(scheme)
         return f"target-rate {scheme} structured", [what, chosen]
     return f"target-rate {o.get('scheme', 'gsm')}", [f"{o.get('target_compression', '?')}x"]
 

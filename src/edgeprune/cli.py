@@ -249,9 +249,11 @@ def models_cmd(
     from . import models
 
     names = [n for n in models.list_models() if filter is None or filter in n]
-    # a model of another task is named with it: the classification commands refuse it
-    console.print("\n".join(n if models.task_of(n) == "classify" else f"{n}  ({models.task_of(n)}: "
-                            f"`{models.registry.TASK_COMMANDS[models.task_of(n)]}`)" for n in names), highlight=False)
+    def line(name: str) -> str:  # a model of another task is named with it: the classification commands refuse it
+        task = models.task_of(name)
+        return name if task == "classify" else f"{name}  ({task}: `{models.registry.TASK_COMMANDS[task]}`)"
+
+    console.print("\n".join(map(line, names)), highlight=False)
     console.print(
         "\nAlso: any `package.module:function` returning an nn.Module (called with num_classes, in_channels).",
         style="dim",

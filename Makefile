@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 DEMO_ARGS ?= --test-subset 5000 --epochs 1
 DEMO_TAYLOR ?= --val-size 5000 --step-fraction 0.1 --finetune-steps 50 --max-drop 1
 
-.PHONY: demo test data lint clean
+.PHONY: demo test test-fast data data-cifar10 lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # Debian's dataset-fashion-mnist puts the official idx files in /usr/share/datasets/fashion-mnist,
-# where edgeprune finds them by itself.
-data:
+# where edgeprune finds them by itself. CIFAR-10: the JPEG q75 copy in ../shared/datasets (checksum checked) goes into
+# the cache, where `-d cifar10` finds it when the official files are absent; it is decoded once, on first use.
+CIFAR_JPEG_SRC ?= ../shared/datasets/cifar10-jpg.tar.gz
+CIFAR_JPEG_SHA256 := fdf0b4f6a0ce0e8a5d81bb436b49a9fb87e6911e1442da8db80f1a61ec5517e3
+CACHE ?= $(or $(EDGEPRUNE_DATA),$(HOME)/.cache/edgeprune)
+data: data-cifar10
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
 		echo "Fashion-MNIST: found in /usr/share/datasets/fashion-mnist"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -32,6 +36,19 @@ data:
 	else \
 		echo "note: Fashion-MNIST is not installed and apt is not usable as root here;"; \
 		echo "      run 'sudo apt-get install dataset-fashion-mnist', or pass --data-root DIR / --download"; \
+	fi
+
+data-cifar10:
+	@if [ -f $(CACHE)/cifar10/cifar10-jpg.tar.gz ]; then \
+		echo "CIFAR-10 (JPEG q75 copy): found in $(CACHE)/cifar10"; \
+	elif [ -f $(CIFAR_JPEG_SRC) ]; then \
+		echo "$(CIFAR_JPEG_SHA256)  $(CIFAR_JPEG_SRC)" | sha256sum -c --quiet - \
+		&& mkdir -p $(CACHE)/cifar10 && cp $(CIFAR_JPEG_SRC) $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part \
+		&& mv $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part $(CACHE)/cifar10/cifar10-jpg.tar.gz \
+		&& echo "CIFAR-10 (JPEG q75 copy): copied into $(CACHE)/cifar10 (decoded on first use)"; \
+	else \
+		echo "note: CIFAR-10 not prepared: $(CIFAR_JPEG_SRC) is absent. Put the official cifar-10-batches-py/"; \
+		echo "      (or cifar10-jpg.tar.gz) in $(CACHE)/cifar10, or pass --data-root DIR / --download"; \
 	fi
 
 demo: $(VENV)/.installed data

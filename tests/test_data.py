@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +347,94 @@ def test_cifar_missing_and_corrupt(tmp_path):
     batch.write_bytes(b"not a pickle")
     with pytest.raises(DataNotFoundError, match="cannot read"):
         loaders("cifar10", root=tmp_path)
+
+
+def make_cifar_jpeg(root: Path, per_class: int = 2, archive: bool = False) -> Path:
+    """The JPEG copy's layout, cifar10-jpg/{train,test}/<class>/NNNN.jpg, with a few images per class; as a
+    .tar.gz of that folder (as the shared copy is packed) when `archive`."""
+    from edgeprune.data.cifar_jpeg import CLASSES
+
+    rng = np.random.default_rng(1)
+    top = root / "cifar10-jpg"
+    for split, n in (("train", per_class), ("test", max(1, per_class // 2))):
+        for c in CLASSES:
+            (top / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(top / split / c / f"{i:04d}.jpg", quality=75)
+    if not archive:
+        return top
+    with tarfile.open(root / "cifar10-jpg.tar.gz", "w:gz") as tar:
+        tar.add(top, arcname="cifar10-jpg")
+    shutil.rmtree(top)
+    return root / "cifar10-jpg.tar.gz"
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_cifar10_reads_the_jpeg_copy_and_says_so(tmp_path, archive):
+    from edgeprune.data import cifar_jpeg
+
+    source = make_cifar_jpeg(tmp_path / "d", archive=archive)
+    bundle = loaders("cifar10", root=tmp_path / "d", augment=False)
+    assert bundle.copy == "JPEG q75 copy" and bundle.label == "cifar10 (JPEG q75 copy)"
+    assert bundle.root == str(source) and bundle.sha256 == cifar_jpeg.checksum(source)
+    assert (bundle.num_classes, bundle.input_shape) == (10, (3, 32, 32))
+    train, test = bundle.train.dataset, bundle.test.dataset
+    assert len(train) == 20 and len(test) == 10
+    assert train.labels.tolist() == [c for c in range(10) for _ in range(2)]  # class folders in label order
+    if not archive:  # every image is what PIL decodes from its file
+        expected = np.asarray(Image.open(source / "train" / "dog" / "0001.jpg").convert("RGB")).transpose(2, 0, 1)
+        assert torch.equal(train.images[5 * 2 + 1], torch.from_numpy(expected.copy()))
+    # The same images whether read as a folder or an archive, so the archive's decoding equals the folder's.
+    meta = json.loads(next((tmp_path / "cache" / "cifar10").glob("decoded-*/meta.json")).read_text())
+    assert meta["sha256"] == bundle.sha256 and meta["images"] == {"train": 20, "test": 10}
+
+
+def test_the_jpeg_copy_is_decoded_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from edgeprune.data import cifar_jpeg
+
+    source = make_cifar_jpeg(tmp_path / "d")
+    first = loaders("cifar10", root=tmp_path / "d", augment=False)
+    decode = cifar_jpeg.decode
+    monkeypatch.setattr(cifar_jpeg, "decode", lambda s: pytest.fail("decoded although cached"))
+    again = loaders("cifar10", root=tmp_path / "d", augment=False)
+    assert torch.equal(first.train.dataset.images, again.train.dataset.images)
+    calls = []
+    monkeypatch.setattr(cifar_jpeg, "decode", lambda s: calls.append(s) or decode(s))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(source / "test" / "cat" / "0000.jpg", quality=75)
+    changed = loaders("cifar10", root=tmp_path / "d", augment=False)
+    assert calls == [source] and changed.sha256 != first.sha256
+    assert int(changed.test.dataset.images[3].max()) < 8  # the new all-black cat image
+
+
+def test_cifar10_prefers_the_official_files_and_finds_the_copy_in_the_cache(tmp_path):
+    make_cifar_jpeg(tmp_path / "cache" / "cifar10", archive=True)
+    cached = loaders("cifar10", augment=False)  # no root: the cache is searched, as for the official files
+    assert cached.copy == "JPEG q75 copy" and cached.root == str(tmp_path / "cache" / "cifar10" / "cifar10-jpg.tar.gz")
+    make_cifar(tmp_path / "cache" / "cifar10")
+    official = loaders("cifar10", augment=False)
+    assert official.copy is None and official.label == "cifar10" and len(official.train.dataset) == 100
+
+
+def test_a_broken_jpeg_copy_is_named(tmp_path):
+    source = make_cifar_jpeg(tmp_path / "d")
+    (source / "train" / "cat" / "0000.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataNotFoundError, match=r"cannot decode train/cat/0000.jpg in .*cifar10-jpg"):
+        loaders("cifar10", root=tmp_path / "d")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "cifar10-jpg.tar.gz").write_bytes(b"truncated")
+    with pytest.raises(DataNotFoundError, match="cannot read .*cifar10-jpg.tar.gz"):
+        loaders("cifar10", root=tmp_path / "e")
+    with pytest.raises(DataNotFoundError, match="or put the JPEG q75 copy"):
+        loaders("cifar10", root=tmp_path)
+
+
+def test_a_run_on_the_copy_records_it(tmp_path):
+    from edgeprune.jobs import data_fields
+
+    make_cifar_jpeg(tmp_path / "d")
+    fields = data_fields(loaders("cifar10", root=tmp_path / "d"))
+    assert fields["data"] == "cifar10" and fields["data_copy"] == "JPEG q75 copy" and len(fields["data_sha256"]) == 64
 
 
 # --- image folders -------------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ def _with_notes(e: BaseException, text: str | None = None) -> str:
 
 # Options shared by every command that builds a model and its data.
 Model = Annotated[str, typer.Option("--model", "-m", help="Model name (see `edgeprune models`).")]
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, "
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10 (the official "
+                                      "files, else the JPEG q75 copy that `make data` prepares), cifar100, "
                                       "imagefolder or synthetic.")]
 DataRoot = Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")]
 Subset = Annotated[int | None, typer.Option(help="Train on the first N samples of a fixed shuffle.")]

@@ -76,8 +76,14 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
         model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
         onnx_model=onnx_bytes, device=cfg.device,
     )
-    return RunReport.from_dict({"run": name or run_dir.name, "data": bundle.name, "synthetic_data": bundle.synthetic,
+    return RunReport.from_dict({"run": name or run_dir.name, **data_fields(bundle),
                                 **info, "profile": prof.to_dict()})
+
+
+def data_fields(bundle: data.DataBundle) -> dict:
+    """What a report records of the data a run read: its name, whether it was synthetic, and which copy."""
+    return {"data": bundle.name, "synthetic_data": bundle.synthetic, "data_copy": bundle.copy,
+            "data_sha256": bundle.sha256}
 
 
 def save_masks(model: nn.Module, run_dir: Path) -> None:
@@ -151,7 +157,7 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
             levels = method.entry(model, bundle.train, cfg.train, opts, rf.path,
                                   finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),
                                   device=cfg.device, progress=progress)
-            report = RunReport(run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, method=method.name,
+            report = RunReport(run=rf.name, **data_fields(bundle), method=method.name,
                                options=opts.to_dict(),
                                levels=[Level(r.level, r.density, r.profile) for r in levels])
         elif method.kind == "in_training":
@@ -480,7 +486,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
                              for onnx in (source / runs.ONNX, int8))
             prof.accuracy, prof.accuracy_data, prof.accuracy_runtime = after, bundle.name, "onnxruntime"
             vs.update(accuracy_source_onnxruntime=before, accuracy_delta_pts=100 * (after - before))
-        report = replace(src, run=rf.name, data=bundle.name, synthetic_data=bundle.synthetic, profile=prof,
+        report = replace(src, run=rf.name, **data_fields(bundle), profile=prof,
                          source=str(source), vs_source=vs, details={"quantization": {
                              "mode": q["mode"], "format": "QDQ" if q["mode"] == "static" else "QOperator",
                              "weights": "int8", "activations": "uint8" if q["mode"] == "static" else "uint8, dynamic",

@@ -141,6 +141,8 @@ class RunReport:
     data: str
     profile: Profile | None = None  # None only for a whole IMP run: its levels hold the profiles
     synthetic_data: bool = False
+    data_copy: str | None = None  # the data set was read from a copy, not the official files ("JPEG q75 copy")
+    data_sha256: str | None = None  # of the files the data was decoded from, where the loader checks them
     method: str | None = None  # None: dense training
     options: dict = field(default_factory=dict)
     train: dict | None = None  # {"epochs": [per-epoch records], "seconds": float}

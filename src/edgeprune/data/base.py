@@ -37,6 +37,8 @@ class Splits:
     input_shape: tuple[int, int, int]
     root: str | None
     synthetic: bool = False
+    copy: str | None = None  # a copy that is not the official files (e.g. "JPEG q75 copy"): said wherever it is used
+    sha256: str | None = None  # of what the images were decoded from, where the builder checks it
 
 
 def positive_int(value: object, name: str) -> int:

@@ -1,4 +1,5 @@
-"""CIFAR-10 and CIFAR-100, read from the official python pickle batches."""
+"""CIFAR-10 and CIFAR-100, read from the official python pickle batches; CIFAR-10 also from its JPEG q75 copy
+(`cifar_jpeg`) where the official files are absent."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.data import cifar_jpeg
 from edgeprune.data.base import ImageTensorDataset, Options, Splits, locate
 from edgeprune.errors import DataNotFoundError
 
@@ -62,25 +64,49 @@ def cifar100(options: Options) -> Splits:
 
 
 def load(spec: CifarSet, options: Options) -> Splits:
-    """Both splits, found (or downloaded) and checked; augmentation is crop 32 after padding 4, and flip."""
-    folder = locate(
-        spec.name,
-        spec.title,
-        options,
-        files=spec.train_files + spec.test_files,
-        subdirs=(spec.folder,),
-        torchvision_class=spec.torchvision_class,
-        root_hint=f"with {spec.folder}/ from the official python archive in DIR",
-    )
+    """Both splits, found (or downloaded) and checked; augmentation is crop 32 after padding 4, and flip.
+
+    The official files come first. For CIFAR-10, where they are absent (and not downloaded), the JPEG q75 copy
+    is read instead, from the same places (`cifar_jpeg.candidates`), and the splits say so (`copy`)."""
+    try:
+        folder = locate(
+            spec.name,
+            spec.title,
+            options,
+            files=spec.train_files + spec.test_files,
+            subdirs=(spec.folder,),
+            torchvision_class=spec.torchvision_class,
+            root_hint=f"with {spec.folder}/ from the official python archive in DIR",
+        )
+    except DataNotFoundError as missing:
+        copy = cifar_jpeg.find(options.root) if spec is CIFAR10 else None
+        if copy is None:
+            if spec is not CIFAR10:
+                raise
+            raise DataNotFoundError(
+                f"{missing}\n  - or put the JPEG q75 copy ({cifar_jpeg.NAME}/ or {cifar_jpeg.ARCHIVE}) in one of "
+                "the folders above, or in the --data-root you pass (`make data` does this from ../shared/datasets)"
+            ) from None
+        arrays, digest = cifar_jpeg.load(copy)
+        return _splits(spec, options, arrays, str(copy), copy=cifar_jpeg.COPY_LABEL, sha256=digest)
     train_x, train_y = _read_batches(spec, [folder / f for f in spec.train_files])
     test_x, test_y = _read_batches(spec, [folder / f for f in spec.test_files])
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    return _splits(spec, options, arrays, str(folder))
+
+
+def _splits(spec: CifarSet, options: Options, arrays: dict, root: str, copy: str | None = None,
+            sha256: str | None = None) -> Splits:
+    t = {k: torch.as_tensor(v) for k, v in arrays.items()}
     pad = 4 if options.augment else 0
     return Splits(
-        train=ImageTensorDataset(train_x, train_y, spec.mean, spec.std, pad=pad, flip=options.augment),
-        test=ImageTensorDataset(test_x, test_y, spec.mean, spec.std),
+        train=ImageTensorDataset(t["train_x"], t["train_y"], spec.mean, spec.std, pad=pad, flip=options.augment),
+        test=ImageTensorDataset(t["test_x"], t["test_y"], spec.mean, spec.std),
         num_classes=spec.num_classes,
         input_shape=(3, 32, 32),
-        root=str(folder),
+        root=root,
+        copy=copy,
+        sha256=sha256,
     )
 
 

@@ -41,6 +41,13 @@ class DataBundle:
     # held-out training samples, unaugmented (loaders' val_size): what stopping rules and selection read,
     # never the test split
     val: DataLoader | None = None
+    copy: str | None = None  # "JPEG q75 copy" where the files are not the official ones
+    sha256: str | None = None  # of what the images were decoded from, where known
+
+    @property
+    def label(self) -> str:
+        """The data set as tables name it: "cifar10 (JPEG q75 copy)" where a copy was read."""
+        return f"{self.name} ({self.copy})" if self.copy else self.name
 
 
 def list_datasets() -> list[str]:
@@ -102,6 +109,8 @@ def loaders(
         synthetic=splits.synthetic,
         root=splits.root,
         val=None if val is None else DataLoader(val, batch_size, shuffle=False, num_workers=num_workers),
+        copy=splits.copy,
+        sha256=splits.sha256,
     )
 
 

@@ -161,7 +161,8 @@ def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> Run
                      source=report.source, target=(report.budget or {}).get("target"))
     plain = json.loads(json.dumps(config.to_dict(), default=str)) if config else {}
     return RunRow(
-        name=name, path=d, data=report.data or profile.accuracy_data or "unknown",
+        name=name, path=d, data=(report.data or profile.accuracy_data or "unknown")
+        + (f" ({report.data_copy})" if report.data_copy else ""),
         # a NeuroFlux run's model is an exit of its base model: it stands beside backpropagation of that model
         synthetic=report.synthetic_data, model=config.model if config and config.command == "neuroflux" else
         profile.model, method=label.method,

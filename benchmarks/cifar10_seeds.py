@@ -1,0 +1,184 @@
+"""Issue 27, table 8: one line per seed claim on CIFAR-10, the published figure beside ours, and a verdict.
+
+Reads what the CIFAR-10 programme has produced so far and writes `benchmarks/results/cifar10/seeds.md`:
+- the reports of the finished tables (`edgeprune report ... --out benchmarks/results/cifar10/<table>`: their
+  results.csv and pairs.csv);
+- where a table is not reported yet, its sweep's progress (`benchmarks/runs/<sweep>/sweep.json`, and for a cell in
+  training the epochs its checkpoint holds), so the page says where each claim stands instead of leaving it out.
+
+A verdict is "met", "missed" (with the figure that missed) or "not measured yet" (with what is left); nothing is
+carried over by hand. Re-run it whenever a table lands:
+
+    python benchmarks/cifar10_seeds.py            # writes benchmarks/results/cifar10/seeds.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "cifar10"
+RUNS = ROOT / "runs"
+DATA = "CIFAR-10 (JPEG q75 copy)"
+
+
+@dataclass
+class Claim:
+    system: str
+    claim: str  # the published figure, as the paper or its code states it
+    setting: str  # the paper's setting
+    table: str  # the folder under results/cifar10 whose report measures it
+    sweeps: tuple[str, ...]  # the specs (benchmarks/specs/<name>.yaml) whose runs it needs
+    judge: Callable[[list[dict], list[dict]], tuple[str, str]]  # (results rows, pairs rows) -> (ours, verdict)
+
+
+def _f(row: dict, key: str) -> float | None:
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _dense(model: str, target: float) -> Callable[[list[dict], list[dict]], tuple[str, str]]:
+    def judge(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
+        rows = [r for r in results if r["model"] == model and r["method"] == "dense"]
+        if not rows:
+            return "", ""
+        acc = max(100 * _f(r, "accuracy") for r in rows)
+        verdict = "met" if acc >= target else f"missed: {acc:.2f} % < {target} %"
+        return f"{acc:.2f} % top-1", verdict
+    return judge
+
+
+def _reconvene(results: list[dict], pairs: list[dict]) -> tuple[str, str]:
+    """Reconvene against its unstructured counterpart: the largest size reduction and batch-1 speed-up at which
+    it stays within 1 point of that counterpart's accuracy (VGG-16, the issue's headline)."""
+    rows = [p for p in pairs if p["model"] == "vgg16" and p["method"].startswith("reconvene")
+            and (_f(p, "accuracy_delta_pts") or -99) >= -1]
+    if not rows:
+        return "", ""
+    best = max(rows, key=lambda p: _f(p, "params_x") or 0)
+    size, speed = _f(best, "params_x"), _f(best, "latency_x_b1_t1")
+    ok = size >= 10 and speed >= 2
+    return (f"{size:.1f}x fewer parameters, {speed:.2f}x faster (ORT batch 1), {_f(best, 'accuracy_delta_pts'):+.2f} "
+            f"pts at sparsity {best['sparsity_requested']} ({best['run']})",
+            "met" if ok else "missed: the issue's bar is >= 10x smaller and >= 2x faster within 1 point")
+
+
+def _dnnshifter(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
+    shrunk = [r for r in results if r["model"] == "vgg16" and "shrink" in r["method"]]
+    if not shrunk:
+        return "", ""
+    best = max(shrunk, key=lambda r: _f(r, "size_x_onnx") or 0)
+    size, speed = _f(best, "size_x_onnx"), _f(best, "speedup_x")
+    return (f"{size:.2f}x smaller, {speed:.2f}x faster, {100 * _f(best, 'accuracy'):.2f} % ({best['run']})",
+            "met" if size >= 5.14 else f"missed: {size:.2f}x < 5.14x")
+
+
+def _target_rate(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
+    rows = [r for r in results if r["model"] == "vgg16" and r["method"].startswith("target_rate")]
+    if not rows:
+        return "", ""
+    parts, ok = [], True
+    for r in rows:
+        params_cut = 1 - 1 / (_f(r, "compression_x") or 1)
+        parts.append(f"{r['run']}: parameters -{100 * params_cut:.1f} %, {100 * _f(r, 'accuracy'):.2f} %")
+        ok &= abs(100 * params_cut - 94.1) <= 1 or "macs" in r["run"]
+    return "; ".join(parts), "met" if ok else "missed: not within 1 % of the target"
+
+
+def _pending(_results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
+    return "", ""
+
+
+CLAIMS = [
+    Claim("dense ResNet-20", "about 91.3 % top-1", "160 epochs, step schedule, official files", "dense",
+          ("cifar10_dense",), _dense("resnet20", 91.0)),
+    Claim("dense VGG-16", "about 93.5 % top-1", "open_lth, 160 epochs, official files", "dense",
+          ("cifar10_dense",), _dense("vgg16", 92.5)),
+    Claim("Reconvene", "up to 16.21x smaller and 2x faster than its unstructured counterpart at equal accuracy",
+          "VGG-16 / ResNet, CIFAR-10; sparsities not stated", "pai", ("cifar10_pai",), _reconvene),
+    Claim("SynFlow and the PaI criteria", "SynFlow at or above SNIP/GraSP/magnitude/random at high sparsity",
+          "Synaptic-Flow paper's curves, VGG-16 and ResNet-20", "pai", ("cifar10_pai",), _pending),
+    Claim("DNNShifter", "5.14x smaller and 2.04x faster (CPU) at ratio 256, no loss of accuracy",
+          "VGG-16, IMP with rewinding then removal of zeroed structures", "dnnshifter", ("cifar10_dnnshifter",),
+          _dnnshifter),
+    Claim("Taylor filter pruning", "VGG16 9x faster and 80 % smaller (Jetson TX2, crack images)",
+          "transfer learning, iterative Taylor pruning and fine-tuning", "taylor", ("cifar10_dense",), _pending),
+    Claim("Target compression rate", "VGG: FLOPs -76.2 %, parameters -94.1 %, 'satisfactory accuracy'",
+          "VGG on CIFAR-10, one training run", "target_rate", ("cifar10_target_rate",), _target_rate),
+    Claim("DRIVE", "beats SNIP and SynFlow in accuracy, approaches IMP; 43-869x faster than IMP at pruning",
+          "VGG / ResNet, CIFAR-10", "drive", ("cifar10_drive", "cifar10_pai"), _pending),
+]
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def progress(sweep: str, runs: Path) -> str:
+    """Where a sweep stands: cells done of all, and the epochs a cell in training has checkpointed."""
+    path = runs / sweep / "sweep.json"
+    if not path.is_file():
+        return f"{sweep}: not started"
+    state = json.loads(path.read_text())
+    cells = state.get("cells") or {}
+    done = sum(1 for c in cells.values() if (c or {}).get("status") == "done")
+    text = f"{sweep}: {done} of {len(cells)} cells done"
+    for name, c in cells.items():
+        if (c or {}).get("status") != "done":
+            epochs = _checkpoint_epochs(runs / sweep / name)
+            if epochs:
+                text += f", {name} at epoch {epochs}"
+    return text
+
+
+def _checkpoint_epochs(run: Path) -> int | None:
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    try:
+        import torch
+
+        return len(torch.load(ckpt, map_location="cpu", weights_only=False).get("history") or [])
+    except Exception:  # a checkpoint being written: its epoch shows next time
+        return None
+
+
+def build(results: Path, runs: Path) -> str:
+    lines = [f"# The seeds' claims on {DATA}", "",
+             "One line per claim: the paper's figure and setting, ours, and a verdict. Written by "
+             "`python benchmarks/cifar10_seeds.py` from the reports under `benchmarks/results/cifar10/` and the "
+             "sweeps' progress; every figure of ours is on the JPEG q75 copy (about a point below the official "
+             "files), at the budgets its spec states (shorter than the papers' 160 epochs).", "",
+             "| system | claim (published) | paper's setting | ours | verdict |", "|---|---|---|---|---|"]
+    for c in CLAIMS:
+        ours, verdict = c.judge(read_csv(results / c.table / "results.csv"), read_csv(results / c.table / "pairs.csv"))
+        if not ours:
+            ours = "—"
+            verdict = "not measured yet (" + "; ".join(progress(s, runs) for s in c.sweeps) + ")"
+        lines.append(f"| {c.system} | {c.claim} | {c.setting} | {ours} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--runs", type=Path, default=RUNS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "seeds.md")
+    a = ap.parse_args()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(build(a.results, a.runs))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -58,8 +58,12 @@ demo: $(VENV)/.installed data
 		--overwrite
 	$(BIN)/edgeprune compare runs/demo-dense runs/demo-taylor runs/demo-taylor-int8
 
+# The whole suite (the README's test command, and CI's). test-fast leaves out the tests marked slow (over ~10 s).
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -58,6 +58,7 @@ def test_rerun_repeats_the_run_exactly(run):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_measure_and_export_a_saved_run(run, tmp_path):
     result = _invoke("measure", run, "-b", "1", "-b", "4", "--runs", "3", "--warmup", "1", "--runtime",
                      "onnxruntime", "--json", tmp_path / "p.json")

@@ -58,6 +58,7 @@ def test_valid_splits_and_invalid_split_lists_them():
 
 
 @pytest.mark.parametrize("split", [1, 3, 5, 7])
+@pytest.mark.slow
 def test_split_training_over_grpc_equals_unsplit_training(edges, split):
     torch.set_num_threads(1)
     model, reference = vgg5(), vgg5()
@@ -102,6 +103,7 @@ def flower_runs(edges):
             "unreachable": simulate(job([3, 3], second_edge="127.0.0.1:9"))}
 
 
+@pytest.mark.slow
 def test_flower_rounds_with_a_split_client_equal_classic_fl(flower_runs):
     a, b = flower_runs["classic"]["state_dict"], flower_runs["split"]["state_dict"]
     for k in a:
@@ -112,6 +114,7 @@ def test_flower_rounds_with_a_split_client_equal_classic_fl(flower_runs):
     assert rounds[0]["devices"][0]["iterations"] == 4 and rounds[0]["dropped"] == []
 
 
+@pytest.mark.slow
 def test_fedfly_migration_leaves_the_global_model_bit_identical(flower_runs):
     a, b = flower_runs["split"]["state_dict"], flower_runs["moved"]["state_dict"]
     for k in a:
@@ -120,6 +123,7 @@ def test_fedfly_migration_leaves_the_global_model_bit_identical(flower_runs):
     assert moved["moved"] == 1 and moved["migration_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_device_whose_edge_is_unreachable_is_left_out_of_the_round_and_recorded(flower_runs):
     rounds = flower_runs["unreachable"]["history"]
     assert [sorted(r["devices"]) for r in rounds] == [[0], [0]]

@@ -174,8 +174,10 @@ def _plain_snip(model: nn.Module, names: list[str], batch) -> dict:
 
 
 @pytest.mark.parametrize(("criterion", "model_name", "rounds"), [
-    ("synflow", "resnet20", 100), ("synflow", "mobilenetv2", 20), ("synflow", "vgg16", 4),
-    ("snip", "resnet20", 1), ("snip", "vgg16", 1), ("snip", "mobilenetv2", 1)])
+    pytest.param("synflow", "resnet20", 100, marks=pytest.mark.slow),
+    pytest.param("synflow", "mobilenetv2", 20, marks=pytest.mark.slow),
+    pytest.param("synflow", "vgg16", 4, marks=pytest.mark.slow),
+    ("snip", "resnet20", 1), pytest.param("snip", "vgg16", 1, marks=pytest.mark.slow), ("snip", "mobilenetv2", 1)])
 def test_pruning_keeps_exactly_the_masks_of_a_plain_implementation(criterion, model_name, rounds):
     # The fast path (SynFlow's copy made once, selection on the live weights, in-place updates) must choose
     # bit for bit what scoring a fresh copy and sorting every round chooses. Small inputs, fewer SynFlow

@@ -81,6 +81,7 @@ def _vgg_block_costs(first: int, stop: int, width: int = 16):
 
 
 @pytest.mark.parametrize(("first", "stop", "batch"), [(0, 2, 32), (4, 6, 16)])
+@pytest.mark.slow
 def test_predicted_block_memory_is_within_15_percent_of_a_fresh_process(first, stop, batch):
     spec, heads, costs = _vgg_block_costs(first, stop)
     predicted = memory.block_bytes(costs, batch)

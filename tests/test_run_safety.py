@@ -128,6 +128,7 @@ def test_resume_of_a_finished_run_says_so_and_redoes_nothing(world, monkeypatch)
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_an_interrupted_fresh_run_resumes_exactly(tmp_path, interrupt):
     runs_dir = tmp_path / "runs"
     args = [*PRUNE[:-6], "-e", "2", *PRUNE[-4:], "--runs-dir", runs_dir]
@@ -148,8 +149,9 @@ def test_a_run_interrupted_before_any_epoch_leaves_nothing_behind(tmp_path, inte
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_second_process_writing_the_same_run_fails_at_once(tmp_path):
-    """A real second process holds run `r`; this one must refuse at once, and run once that process is killed."""
+def test_a_second_process_writing_the_same_run_fails_at_once(tmp_path, monkeypatch):
+    """A real second process holds run `r`; this one must refuse before any work (no data read), and run once that
+    process is killed."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom edgeprune import runs\n"
          "with runs.open_run(sys.argv[1], {'command': 'x', 'edgeprune_version': '0'}) as rf:\n"
@@ -158,10 +160,14 @@ def test_a_second_process_writing_the_same_run_fails_at_once(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == str(tmp_path / "r")
-        t0 = time.perf_counter()
-        out = _one_line_error(_invoke(*TRAIN, "--runs-dir", tmp_path, "--name", "r", "--overwrite"))
+        from edgeprune import jobs
+
+        read = []
+        with monkeypatch.context() as m:
+            m.setattr(jobs.data, "loaders", lambda *a, **k: read.append(a) or pytest.fail("data read before refusal"))
+            out = _one_line_error(_invoke(*TRAIN, "--runs-dir", tmp_path, "--name", "r", "--overwrite"))
         assert "being written by another edgeprune process" in out
-        assert time.perf_counter() - t0 < 10  # refused before any work, not after it
+        assert read == []  # refused before any work, not after it
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
@@ -170,6 +176,7 @@ def test_a_second_process_writing_the_same_run_fails_at_once(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_a_killed_overwrite_keeps_the_old_run_and_its_leftovers_are_cleaned(tmp_path):
     """SIGKILL in the middle of an --overwrite (a real process): the old run stays whole; the next start removes
     the partial replacement."""

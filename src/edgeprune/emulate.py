@@ -111,6 +111,19 @@ class CpuQuota:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def stat(self) -> dict[str, int]:
+        """The kernel's accounting of the cgroup's CPU bandwidth control (its cpu.stat): `nr_periods` (periods in
+        which its tasks were runnable), `nr_throttled`, `throttled_usec`, and on cgroup v2 `usage_usec`. What a
+        quota did, read rather than timed."""
+        out: dict[str, int] = {}
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                out[key] = int(value)
+        if "throttled_time" in out:  # v1 counts nanoseconds
+            out["throttled_usec"] = out.pop("throttled_time") // 1000
+        return out
+
     def describe(self) -> dict:
         return {"cpu_quota": self.fraction, "cgroup": self.version, "period_us": self.period_us,
                 "quota_us": self.quota_us}

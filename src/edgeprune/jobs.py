@@ -123,9 +123,9 @@ def _threads(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Iterator[RunC
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           progress: Reporter | None = None) -> RunReport:
-    """Train a dense model and measure it."""
-    model, bundle = build(cfg)
+    """Train a dense model and measure it. The run is opened (locked, checked writable) before any work."""
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
+        model, bundle = build(cfg)
         hist = fit(model, bundle.train, cfg.train, val_loader=None, run_dir=rf.path,
                    resume=(rf.path / runs.CHECKPOINT).exists(), device=cfg.device, progress=progress)
         report = finish(model, bundle, cfg, rf.path, {"train": {"epochs": hist.epochs, "seconds": hist.seconds}},

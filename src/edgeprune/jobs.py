@@ -151,8 +151,8 @@ def prune(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resum
                           f"({', '.join(registry.list_methods('trained'))}), not {method.name}")
     if method.kind == "trained":
         return _from_trained(cfg, method, opts, target, run_dir, overwrite, resume, progress)
-    model, bundle = build(cfg)
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
+        model, bundle = build(cfg)
         if method.kind == "levels":
             levels = method.entry(model, bundle.train, cfg.train, opts, rf.path,
                                   finish=lambda m, out, info: _finish_level(m, bundle, cfg, out, info),

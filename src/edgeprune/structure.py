@@ -23,18 +23,8 @@ from . import zoo_ops
 from .errors import ConfigError
 from .measure import PRUNABLE, effective_weights
 from .reference import zero_inputs
-from .surgery import (
-    CHANNELWISE,
-    Decisions,
-    SurgeryReport,
-    branch_mode,
-    dependency_graph,
-    mapped_once,
-    materialize,
-    out_channel_group,
-    traced,
-    width,
-)
+from .surgery import Decisions, SurgeryReport, materialize
+from .tracing import CHANNELWISE, branch_mode, dependency_graph, mapped_once, out_channel_group, traced, width
 
 
 @dataclass

@@ -21,15 +21,15 @@ from . import zoo_ops
 from .errors import ConfigError, UnsupportedModelError
 from .measure import PRUNABLE
 from .reference import Unchecked, frozen_statistics, mha_fastpath, zero_attention, zero_inputs
-from .surgery import (
+from .tracing import (
     CHANNELWISE,
     OUT_OF_MEMORY,
     TOLERANCE,
     Snapshot,
-    _few,
-    _short,
     branch_mode,
+    few_names,
     out_channel_group,
+    short_message,
     trace,
     width,
 )
@@ -84,7 +84,7 @@ class Surgeon:
             if self.dg.is_out_channel_pruning_fn(it.dep.handler) and isinstance(it.dep.target.module, PRUNABLE)
         }
         self.covered |= {m for m, it in members.items() if len(set(it.idxs)) == width(self.layers[m])}
-        if outside := _few(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
+        if outside := few_names(m for m, it in members.items() if max(it.idxs) >= width(self.layers[m])):
             decided = [m for m in members if m in self.decisions and len(self.decisions[m]) < width(self.layers[m])]
             if decided:  # seen after a concatenation followed by a split, and around an attention traced whole
                 self._unapplied(root_name, decided, self._whole(full) or f"torch-pruning maps its channels past the "
@@ -100,7 +100,7 @@ class Surgeon:
         removable, keepers = self._vote(members)
         for m, wish in wishes.items():
             if lost := wish - removable:
-                others = _few(set().union(*(keepers[r] for r in lost)) - {m})
+                others = few_names(set().union(*(keepers[r] for r in lost)) - {m})
                 self._note({m: wish}, lost, f"kept {len(lost)} of the {len(wish)} channels it would remove: "
                            f"coupled through {_coupling(full)} with {others}, which keep those channels")
         unit, why = self._units(full, n)
@@ -161,7 +161,7 @@ class Surgeon:
         unpruned and reported."""
         if self.strict:
             raise UnsupportedModelError(
-                f"cannot remove channels of the group of layer {root!r} ({_few(decided)}): {reason}. Leave those "
+                f"cannot remove channels of the group of layer {root!r} ({few_names(decided)}): {reason}. Leave those "
                 "layers out of the decisions, or pass strict=False to leave them unpruned and reported")
         for m in decided:
             self._explain(m, f"left unpruned: {reason}")
@@ -196,7 +196,7 @@ class Surgeon:
                 if isinstance(module, nn.MultiheadAttention) or (
                         isinstance(module, PRUNABLE) and not self.dg.is_out_channel_pruning_fn(it.dep.handler)):
                     zero[module] |= set(it.idxs)
-            if outside := _few(self.names[m] for m, cols in zero.items() if max(cols) >= _inputs(m)):
+            if outside := few_names(self.names[m] for m, cols in zero.items() if max(cols) >= _inputs(m)):
                 raise _Mismatch(f"torch-pruning maps its channels past the last input channel of {outside}")
             undo = [(zero_attention if isinstance(m, nn.MultiheadAttention) else zero_inputs)(m, sorted(cols))
                     for m, cols in zero.items()]
@@ -218,11 +218,11 @@ class Surgeon:
             except OUT_OF_MEMORY:
                 raise
             except Exception as e:  # a shape torch-pruning got wrong
-                error, cause = math.inf, f", {type(e).__name__}: {_short(e, 120)}"
+                error, cause = math.inf, f", {type(e).__name__}: {short_message(e, 120)}"
         scale = max(r.abs().max().item() for r in reference)
         if not error <= TOLERANCE * max(scale, 1e-6):
             mixing = {self._name(it) for it in group if it.dep.target.type not in CHANNELWISE}
-            suspects = f"; the group passes through {_few(mixing)}" if mixing else ""
+            suspects = f"; the group passes through {few_names(mixing)}" if mixing else ""
             raise _Mismatch(f"torch-pruning's removal changed what the model computes (max error "
                             f"{error:.3g}{cause}){suspects}")
         for it in group:
@@ -296,7 +296,7 @@ class Surgeon:
         if not grouped:
             return (lambda r: (r,)), ""
         groups = max(it.dep.target.module.groups for it in grouped)
-        names = _few({self._name(it) for it in grouped})
+        names = few_names({self._name(it) for it in grouped})
         if n % groups:
             why = f"coupled with grouped convolution {names}, whose {groups} groups cannot share {n} channels evenly"
             return (lambda r: range(n)), why

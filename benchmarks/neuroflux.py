@@ -75,9 +75,9 @@ def note(text: str) -> None:
 
 def bench(name: str, args, threads: int) -> dict:
     from edgeprune import data, export, measure, models
+    from edgeprune.models.chain import cut
     from edgeprune.neuroflux import memory, plan
     from edgeprune.neuroflux import train as nf
-    from edgeprune.neuroflux.layers import cut
     from edgeprune.train import TrainConfig, evaluate, fit
 
     bundle = data.loaders("fashion-mnist", batch_size=BACKPROP_BATCH, subset=args.subset, val_size=args.val,

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from edgeprune import data, export, models
 from edgeprune.cli import app
 from edgeprune.errors import CheckpointError, ConfigError, UnsupportedModelError
+from edgeprune.models.chain import AuxHead, cut
 from edgeprune.neuroflux import memory, plan
 from edgeprune.neuroflux import train as nf
-from edgeprune.neuroflux.layers import AuxHead, cut
 from edgeprune.train import TrainConfig
 
 

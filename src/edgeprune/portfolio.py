@@ -132,7 +132,7 @@ def onnx_signature(path: str | Path, detector: bool = False) -> tuple[str, list[
     (inp,), out = sess.get_inputs(), sess.get_outputs()[0]
     shape = [int(s) if isinstance(s, int) else -1 for s in inp.shape[1:]]
     if detector:
-        from .detection.detector import BOX_CHANNELS
+        from .formats import BOX_CHANNELS
 
         classes = out.shape[1] - BOX_CHANNELS if len(out.shape) == 4 and isinstance(out.shape[1], int) else -1
     else:

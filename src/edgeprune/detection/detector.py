@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, EdgePruneError
+from ..formats import BOX_CHANNELS, STRIDE  # noqa: F401  TinyDet's output layout; torch-free, as a server decodes
 from .metrics import Detections
 from .stream import CANVAS, Stream
 
-# TinyDet's output (models/tinydet.py), defined here so that decoding needs no torch (a server decodes)
-STRIDE = 4
-BOX_CHANNELS = 4  # log w, log h (output cells), offset x, offset y (fraction of a cell)
 FAMILY = "family.json"
 FORMAT = "edgeprune.detector-family/1"
 SCORE_FLOOR = 0.05  # detections below this score are not kept (COCO evaluations keep low scores: recall)

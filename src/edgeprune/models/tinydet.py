@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.detection.detector import BOX_CHANNELS
 from edgeprune.errors import ConfigError
+from edgeprune.formats import BOX_CHANNELS
 from edgeprune.models.layers import conv_bn, init_weights
 from edgeprune.models.registry import register
 

@@ -204,7 +204,7 @@ def _child(job: dict) -> int:
     """Run in the fresh process: build the block on the meta device (no memory), train it one step to load every
     kernel it runs, free it, then materialise it afresh and train it, measuring only that."""
     from ..models import ModelSpec, create
-    from .layers import AuxHead, cut
+    from ..models.chain import AuxHead, cut
     from .train import local_step
 
     torch.set_num_threads(1)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import ConfigError, EdgePruneError
-from .layers import AuxHead, Chain
+from ..models.chain import AuxHead, Chain
 from .memory import Cost, block_bytes, cost
 
 LR_SCALINGS = ("sqrt", "linear", "none")

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec
+from ..models.chain import EXIT_MODEL, AuxHead, Chain, ExitModel, cut
 from ..progress import Reporter, reporter
 from ..runs import CHECKPOINT, torch_load, torch_save, write_json
 from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
-from .layers import EXIT_MODEL, AuxHead, Chain, ExitModel, cut
 
 STATE = "neuroflux.json"
 CACHE = "cache"

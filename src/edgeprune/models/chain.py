@@ -1,4 +1,5 @@
-"""A CNN as a sequence of layers, the auxiliary head each layer learns from, and the early-exit model.
+"""A CNN as a sequence of layers, the auxiliary head each layer learns from, and the early-exit model (NeuroFlux's,
+registered here with the other models so that `edgeprune.models` needs nothing from the training packages).
 
 A model is cut with torch.fx: its graph, with every module that is not an `nn.Sequential` kept whole (a residual
 block stays one step), must be a chain, each step feeding only the next. Steps are grouped into *layers*: a new
@@ -21,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..models import ModelSpec, create, register
+from .registry import ModelSpec, create, register
 
 
 class _Tracer(fx.Tracer):

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 DEMO_ARGS ?= --test-subset 5000 --epochs 1
 DEMO_TAYLOR ?= --val-size 5000 --step-fraction 0.1 --finetune-steps 50 --max-drop 1
 
-.PHONY: demo test test-fast data data-cifar10 lint clean
+.PHONY: demo test test-fast data data-cifar10 lint imports clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +65,12 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(VENV)/.installed-dev
+lint: imports
 	$(BIN)/ruff check src tests benchmarks
+
+# The layer contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md): CI runs this too.
+imports: $(VENV)/.installed-dev
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache src/*.egg-info

@@ -25,7 +25,7 @@ def _max_recompose_error(seg: segments.Segments, data: bytes) -> float:
     for k in range(1, seg.n_blocks):
         act = ort_session(seg.span(0, k).SerializeToString()).run(None, {seg.input: x})[0]
         assert act.shape[1:] == seg.cuts[k - 1].shape
-        out = ort_session(seg.span(k, seg.n_blocks).SerializeToString()).run(None, {seg.boundary(k): act})[0]
+        out = ort_session(seg.span(k, seg.n_blocks).SerializeToString()).run(None, {seg.boundaries(k)[0]: act})[0]
         worst = max(worst, float(np.abs(out - ref).max()))
     return worst
 
@@ -62,7 +62,7 @@ def test_blocks_run_alone_and_chain_to_the_whole_output():
     a = x
     for i in range(seg.n_blocks):
         sess = ort_session(seg.block(i).SerializeToString())
-        a = sess.run(None, {seg.boundary(i): a})[0]
+        a = sess.run(None, {seg.boundaries(i)[0]: a})[0]
     ref = ort_session(data).run(None, {seg.input: x})[0]
     np.testing.assert_allclose(a, ref, rtol=0, atol=1e-5)
 
@@ -121,3 +121,126 @@ def test_torchvision_classifiers_recompose(name):
     seg = segments.load(data, name)
     assert seg.cuts
     assert _max_recompose_error(seg, data) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ multi-tensor cuts
+
+
+class MiniInception(nn.Module):
+    """A stem, one inception-like module (three branches of different depths, concatenated), and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 5, 1), nn.ReLU())
+        self.c = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 3, 1))
+        self.head = nn.Sequential(nn.Conv2d(14, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.head(torch.cat([self.a(x), self.b(x), self.c(x)], 1))
+
+
+def _run_chain(seg: segments.Segments, x: np.ndarray) -> np.ndarray:
+    """Every block alone, in order, each fed the previous one's outputs by name."""
+    acts = [x]
+    for i in range(seg.n_blocks):
+        acts = ort_session(seg.block(i).SerializeToString()).run(None, dict(zip(seg.boundaries(i), acts, strict=True)))
+    return acts[0]
+
+
+def _multi_recompose_error(seg: segments.Segments, data: bytes, cuts: list[int]) -> float:
+    x = np.random.default_rng(0).standard_normal((1, *seg.input_shape)).astype(np.float32)
+    ref = ort_session(data).run(None, {seg.input: x})[0]
+    worst = 0.0
+    for k in cuts:
+        acts = ort_session(seg.span(0, k).SerializeToString()).run(None, {seg.input: x})
+        assert [a.shape[1:] for a in acts] == list(seg.cuts[k - 1].shapes)
+        tail = ort_session(seg.span(k, seg.n_blocks).SerializeToString())
+        assert [i.name for i in tail.get_inputs()] == list(seg.boundaries(k))
+        out = tail.run(None, dict(zip(seg.boundaries(k), acts, strict=True)))[0]
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def _computing_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that read an activation (not only constants)."""
+    const = {t.name for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if all(i in const for i in node.input if i):
+            const.update(node.output)
+        else:
+            names.append(node.name)
+    return names
+
+
+def test_branchy_model_gets_multi_tensor_cuts_that_recompose_exactly():
+    torch.manual_seed(0)
+    data = _exported(MiniInception(), (3, 8, 8))
+    single = segments.load(data, "mini")
+    seg = segments.load(data, "mini", max_tensors=3)
+    assert all(c.single for c in single.cuts)
+    widths = sorted({len(c.tensors) for c in seg.cuts})
+    assert widths == [1, 2, 3] and len(seg.cuts) > len(single.cuts)
+    # every single-tensor cut is still there; a multi-tensor cut's bytes are its tensors' bytes together
+    assert {c.tensors for c in single.cuts} <= {c.tensors for c in seg.cuts}
+    for c in seg.cuts:
+        assert c.bytes == sum(int(np.prod(s)) * 4 for s in c.shapes)
+    multi = [k for k in range(1, seg.n_blocks) if not seg.cuts[k - 1].single]
+    assert _multi_recompose_error(seg, data, multi) <= 1e-5
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run_chain(seg, x), ort_session(data).run(None, {seg.input: x})[0], rtol=0, atol=1e-5)
+    # the blocks partition the computation: no node is run twice, none is left out
+    names = [n for i in range(seg.n_blocks) for n in _computing_nodes(seg.block(i))]
+    assert sorted(names) == sorted(_computing_nodes(onnx.load_from_string(data)))
+    with pytest.raises(ValueError, match="it has `shapes`, not one shape"):
+        _ = seg.cuts[multi[0] - 1].shape
+    with pytest.raises(ValueError, match="use boundaries"):
+        seg.boundary(multi[0])
+
+
+def test_two_branches_to_the_output_can_be_cut_with_two_tensors():
+    data = _exported(TwoBranches(), (1, 4, 4))
+    seg = segments.load(data, "twobranch", max_tensors=2)
+    assert seg.cuts and all(len(c.tensors) == 2 for c in seg.cuts)
+    assert _multi_recompose_error(seg, data, list(range(1, seg.n_blocks))) <= 1e-5
+    with pytest.raises(ValueError, match="max_tensors must be >= 1"):
+        segments.load(data, "twobranch", max_tensors=0)
+
+
+def _fresh(name: str) -> nn.Module:
+    """A torchvision classifier with weights scaled to keep activations O(1) (Inception-v3's own initialisation
+    lets them grow to ~1e9, where ONNX Runtime and PyTorch differ by more than export's check allows)."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, in_channels=3).eval()
+    if hasattr(model, "aux_logits"):
+        model.aux_logits, model.AuxLogits = False, None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "shape"), [("tv:inception_v3", (3, 96, 96)), ("tv:densenet121", (3, 64, 64))])
+def test_branchy_torchvision_models_get_multi_tensor_cuts_that_recompose(name, shape):
+    """Inception-v3 and DenseNet-121: many more cuts with up to 8 tensors crossing; a spread of the multi-tensor
+    ones recomposes (head then tail) to the whole model within 1e-5, and so does a 3-stage split where a tensor
+    passes through the middle stage."""
+    data = _exported(_fresh(name), shape)
+    single = segments.load(data, name)
+    seg = segments.load(data, name, max_tensors=8)
+    multi = [k for k in range(1, seg.n_blocks) if not seg.cuts[k - 1].single]
+    assert len(multi) >= 50 and len(seg.cuts) >= 3 * len(single.cuts)
+    assert _multi_recompose_error(seg, data, multi[:: max(1, len(multi) // 8)]) <= 1e-5
+    # three stages around two multi-tensor cuts sharing a tensor: the middle stage passes it through
+    a, b = next((i, j) for i in multi for j in multi if i < j and set(seg.boundaries(i)) & set(seg.boundaries(j)))
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    acts = [x]
+    for first, stop in ((0, a), (a, b), (b, seg.n_blocks)):
+        feeds = dict(zip(seg.boundaries(first), acts, strict=True))
+        acts = ort_session(seg.span(first, stop).SerializeToString()).run(None, feeds)
+    assert float(np.abs(acts[0] - ort_session(data).run(None, {seg.input: x})[0]).max()) <= 1e-5

@@ -1,10 +1,14 @@
 """Where an exported model may be cut, and its blocks as ONNX models of their own.
 
-A cut is a position in the graph's topological order where exactly one activation crosses: everything before it
-needs nothing from after it, and everything after it needs nothing from before it but that one tensor. This is
+A cut is a position in the graph's topological order: everything before it needs nothing from after it, and
+everything after it needs nothing from before it but the activations that cross it (made at or before the position,
+used after it). By default (`max_tensors=1`) only positions where exactly one activation crosses are cuts: this is
 Scission's open-branch counter (a residual block's skip keeps two tensors open, so no cut lies inside it), counted
-on tensors rather than on Keras layers. Constants (initializers, and what is computed from them alone) do not
-count: every extracted block carries the ones it uses.
+on tensors rather than on Keras layers. With `max_tensors=k > 1` every topological-prefix boundary where at most k
+activations cross is a cut too (one per distinct set of crossing tensors), so a branchy model (Inception, DenseNet,
+an FPN) gets cut points inside its branches; the tensors crossing are sent together. Constants (initializers, and
+what is computed from them alone) do not count: every extracted block carries the ones it uses. A tensor made
+before cut i and used after cut i+1 crosses both, and block i passes it through (an output that is also an input).
 
 Block i runs from cut i-1 (or the model's input) to cut i (or the model's output); blocks are extracted with
 `onnx.utils.Extractor`, the engine of `onnx.utils.extract_model`, from one loaded copy of the model.
@@ -27,26 +31,56 @@ from .errors import UnsupportedModelError
 
 @dataclass(frozen=True)
 class Cut:
-    """A valid cut: after node `position` (topological order), only `tensor`, made by node `node`, crosses."""
+    """A valid cut: after node `position` (topological order), only `tensors`, made by `nodes`, cross (in the
+    graph's order of their producers). `tensor`, `node`, `op`, `shape` and `itemsize` name the one tensor of a
+    single-tensor cut; for several, the names are joined with '+' and `shape` is refused (use `shapes`)."""
 
     position: int
-    tensor: str
-    node: str
-    op: str
-    shape: tuple[int, ...]  # at batch 1
-    itemsize: int
+    tensors: tuple[str, ...]
+    nodes: tuple[str, ...]
+    ops: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]  # at batch 1
+    itemsizes: tuple[int, ...]
+
+    @property
+    def single(self) -> bool:
+        return len(self.tensors) == 1
+
+    @property
+    def tensor(self) -> str:
+        return "+".join(self.tensors)
+
+    @property
+    def node(self) -> str:
+        return "+".join(self.nodes)
+
+    @property
+    def op(self) -> str:
+        return "+".join(self.ops)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if not self.single:
+            raise ValueError(f"cut {self.tensor!r} sends {len(self.tensors)} tensors; it has `shapes`, not one shape")
+        return self.shapes[0]
+
+    @property
+    def itemsize(self) -> int:
+        return self.itemsizes[0]
 
     @property
     def bytes(self) -> int:
-        """What crossing this cut sends per sample, uncompressed."""
-        return int(np.prod(self.shape)) * self.itemsize
+        """What crossing this cut sends per sample, uncompressed (all its tensors)."""
+        return sum(int(np.prod(s)) * k for s, k in zip(self.shapes, self.itemsizes, strict=True))
 
 
 class Segments:
     """An ONNX classifier with one input and one output, its valid cuts, and its blocks (`len(cuts) + 1`)."""
 
-    def __init__(self, model: onnx.ModelProto, cuts: list[Cut], input_shape: tuple[int, ...], name: str):
+    def __init__(self, model: onnx.ModelProto, cuts: list[Cut], input_shape: tuple[int, ...], name: str,
+                 max_tensors: int = 1):
         self.model, self.cuts, self.input_shape, self.name = model, cuts, input_shape, name
+        self.max_tensors = max_tensors
         self.input = model.graph.input[0].name
         self.output = model.graph.output[0].name
         self._extractor = onnx.utils.Extractor(model)
@@ -55,27 +89,39 @@ class Segments:
     def n_blocks(self) -> int:
         return len(self.cuts) + 1
 
-    def boundary(self, i: int) -> str:
-        """The tensor between block i-1 and block i: the model's input for i = 0, its output for i = n_blocks."""
+    def boundaries(self, i: int) -> tuple[str, ...]:
+        """The tensors between block i-1 and block i: the model's input for i = 0, its output for i = n_blocks."""
         if i == 0:
-            return self.input
-        return self.output if i == self.n_blocks else self.cuts[i - 1].tensor
+            return (self.input,)
+        return (self.output,) if i == self.n_blocks else self.cuts[i - 1].tensors
+
+    def boundary(self, i: int) -> str:
+        """The one tensor between block i-1 and block i (refused at a multi-tensor cut: use `boundaries`)."""
+        names = self.boundaries(i)
+        if len(names) != 1:
+            raise ValueError(f"cut {i} sends {len(names)} tensors ({'+'.join(names)}); use boundaries({i})")
+        return names[0]
 
     def span(self, first: int, stop: int) -> onnx.ModelProto:
-        """Blocks first..stop-1 as one model (its input is `boundary(first)`, its output `boundary(stop)`)."""
+        """Blocks first..stop-1 as one model (its inputs are `boundaries(first)`, its outputs `boundaries(stop)`, in
+        that order; a tensor in both is passed through)."""
         if not 0 <= first < stop <= self.n_blocks:
             raise ValueError(f"block span [{first}, {stop}) outside 0..{self.n_blocks}")
-        return self._extractor.extract_model([self.boundary(first)], [self.boundary(stop)])
+        return self._extractor.extract_model(list(self.boundaries(first)), list(self.boundaries(stop)))
 
     def block(self, i: int) -> onnx.ModelProto:
         return self.span(i, i + 1)
 
 
-def load(onnx_model: str | os.PathLike | bytes | onnx.ModelProto, name: str = "model") -> Segments:
-    """The cuts and blocks of an exported model (a path, bytes or a ModelProto).
+def load(onnx_model: str | os.PathLike | bytes | onnx.ModelProto, name: str = "model",
+         max_tensors: int = 1) -> Segments:
+    """The cuts and blocks of an exported model (a path, bytes or a ModelProto): positions where at most
+    `max_tensors` activations cross (see module docstring).
 
     Raises UnsupportedModelError for a model with several inputs or outputs or with no valid cut (naming the node
     whose output stays open across every position)."""
+    if max_tensors < 1:
+        raise ValueError(f"max_tensors must be >= 1, got {max_tensors}")
     model = _as_proto(onnx_model)
     graph = model.graph
     inits = {t.name for t in graph.initializer}
@@ -88,15 +134,19 @@ def load(onnx_model: str | os.PathLike | bytes | onnx.ModelProto, name: str = "m
     if not shape or any(v <= 0 for v in shape):
         raise UnsupportedModelError(f"{name}'s input {inputs[0].name!r} has no fixed per-sample shape; export it "
                                     "with a fixed input shape (only the batch dimension may vary)")
-    positions = _single_crossings(graph, inits)
+    positions = _crossings(graph, inits, max_tensors)
     if not positions:
-        raise UnsupportedModelError(_no_cut_message(graph, inits, name))
-    probed = _probe(model, [t for _, t in positions], shape)
-    producer = {out: node for node in graph.node for out in node.output}
-    cuts = [Cut(pos, t, producer[t].name or f"#{pos}", producer[t].op_type, probed[t].shape[1:], probed[t].itemsize)
-            for pos, t in positions]
+        raise UnsupportedModelError(_no_cut_message(graph, inits, name, max_tensors))
+    probed = _probe(model, list(dict.fromkeys(t for _, ts in positions for t in ts)), shape)
+    producer = {out: (k, node) for k, node in enumerate(graph.node) for out in node.output}
+    cuts = []
+    for pos, ts in positions:
+        ts = tuple(sorted(ts, key=lambda t: (producer[t][0], t)))
+        cuts.append(Cut(pos, ts, tuple(producer[t][1].name or f"#{producer[t][0]}" for t in ts),
+                        tuple(producer[t][1].op_type for t in ts), tuple(probed[t].shape[1:] for t in ts),
+                        tuple(probed[t].itemsize for t in ts)))
     _declare(model, probed)
-    return Segments(model, cuts, shape, name)
+    return Segments(model, cuts, shape, name, max_tensors)
 
 
 def _as_proto(onnx_model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -137,19 +187,27 @@ def _spans(graph: onnx.GraphProto, inits: set[str]) -> dict[str, tuple[int, int]
     return spans
 
 
-def _single_crossings(graph: onnx.GraphProto, inits: set[str]) -> list[tuple[int, str]]:
-    """(position, tensor) for each position after a node where exactly one activation crosses; one per tensor
-    (nodes that compute only constants can repeat a position), and neither the input nor the output itself."""
+def _crossings(graph: onnx.GraphProto, inits: set[str], max_tensors: int) -> list[tuple[int, frozenset[str]]]:
+    """(position, tensors) for each position after a node where 1..max_tensors activations cross, none of them the
+    model's input or output; one per distinct set (nodes that compute only constants repeat a set). Open tensors
+    are tracked in one pass over the nodes."""
     spans = _spans(graph, inits)
-    found: dict[str, int] = {}
-    for p in range(len(graph.node) - 1):
-        crossing = [t for t, (first, last) in spans.items() if first <= p < last]
-        if len(crossing) == 1 and spans[crossing[0]][0] >= 0 and spans[crossing[0]][1] < len(graph.node):
-            found.setdefault(crossing[0], p)
-    return [(p, t) for t, p in found.items()]
+    n = len(graph.node)
+    opens_at: dict[int, list[str]] = {}
+    for t, (first, last) in spans.items():
+        if first < last:
+            opens_at.setdefault(first, []).append(t)
+    open_: set[str] = set(opens_at.get(-1, ()))
+    found: dict[frozenset[str], int] = {}
+    for p in range(n - 1):
+        open_.update(opens_at.get(p, ()))
+        open_ = {t for t in open_ if spans[t][1] > p}
+        if 1 <= len(open_) <= max_tensors and all(0 <= spans[t][0] and spans[t][1] < n for t in open_):
+            found.setdefault(frozenset(open_), p)
+    return [(p, ts) for ts, p in found.items()]
 
 
-def _no_cut_message(graph: onnx.GraphProto, inits: set[str], name: str) -> str:
+def _no_cut_message(graph: onnx.GraphProto, inits: set[str], name: str, max_tensors: int = 1) -> str:
     n = len(graph.node)
     if n < 2:
         return f"{name} has {n} node(s): there is nothing to cut between; partition a model with several layers"
@@ -158,7 +216,8 @@ def _no_cut_message(graph: onnx.GraphProto, inits: set[str], name: str) -> str:
     # The activation that stays open longest, past the input, is what keeps every position from being a cut.
     t, (first, last) = max(((t, s) for t, s in spans.items() if s[0] >= 0), key=lambda ts: ts[1][1] - ts[1][0])
     closer = nodes[last].name or f"#{last}" if last < n else "the model's output"
-    return (f"{name} has no valid cut: at every position at least two activations cross; '{t}' from node "
+    many = "at least two activations" if max_tensors == 1 else f"more than {max_tensors} activations"
+    return (f"{name} has no valid cut: at every position {many} cross; '{t}' from node "
             f"'{nodes[first].name or first}' ({nodes[first].op_type}) stays open until {closer!r}. "
             "Partition a model whose layers form a chain between branches (e.g. VGG, ResNet, MobileNet)")
 

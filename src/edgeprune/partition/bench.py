@@ -18,7 +18,7 @@ from .. import emulate, measure, segments
 from ..errors import ConfigError, EdgePruneError
 from ..export import ort_session
 from ..progress import Reporter, reporter
-from . import transfer
+from . import hop, transfer
 
 FORMAT = "edgeprune.partition.bench/1"
 
@@ -66,6 +66,7 @@ def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
 def run(
     onnx_model: bytes, name: str, tier: str, threads: int = 1, cpu_quota: float | None = None, runs: int = 30,
     warmup: int = 5, progress: Reporter | None = None, seed: int = 0, slowdown: float | None = None,
+    max_tensors: int = 1,
 ) -> dict:
     """Time every block of `onnx_model` as tier `tier` and return the bench record (see module docstring).
 
@@ -78,37 +79,41 @@ def run(
     threads do not spin between calls (with spinning, each block's idle workers took the cores of the next block, and
     2-thread blocks ran up to 10x slower than in one session). With a quota, its achieved slowdown on the whole model
     is measured and recorded. `slowdown` instead fits the quota to make this machine, as loaded now, that many
-    times slower (emulate.quota_for_slowdown): on a busy machine a fixed quota may bind little or not at all."""
+    times slower (emulate.quota_for_slowdown): on a busy machine a fixed quota may bind little or not at all.
+    `max_tensors` > 1 also cuts where up to that many tensors cross (segments.load); such a block's outputs are
+    all sent, and the transfer layer applies only to single-tensor cuts. Last, the fixed cost of one request on
+    the transport `partition run` uses is measured (hop.measure) and recorded as `request`."""
     if runs < 30:
         raise ConfigError(f"--runs {runs}: a block's median needs at least 30 timed runs")
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     progress = reporter(progress)
-    seg = segments.load(onnx_model, name)
+    seg = segments.load(onnx_model, name, max_tensors)
     sessions = [ort_session(seg.block(i).SerializeToString(), threads, spin=False) for i in range(seg.n_blocks)]
     whole = ort_session(onnx_model, threads, spin=False)
     x = np.random.default_rng(seed).standard_normal((1, *seg.input_shape)).astype(np.float32)
 
-    def chain(times: dict[str, list[float]] | None) -> list[np.ndarray]:
-        outs = [x]
+    def chain(times: dict[str, list[float]] | None) -> list[list[np.ndarray]]:
+        acts, outs = [x], []
         for i, sess in enumerate(sessions):
             t0 = time.perf_counter()
-            outs.append(sess.run(None, {seg.boundary(i): outs[-1]})[0])
+            acts = sess.run(None, dict(zip(seg.boundaries(i), acts, strict=True)))
             if times is not None:
                 times[f"block {i}"].append((time.perf_counter() - t0) * 1e3)
-        return outs[1:]
+            outs.append(acts)
+        return outs
 
     outs = chain(None)
     calls = {"whole": lambda: whole.run(None, {seg.input: x})}
-    tl_cuts = [i for i, a in enumerate(outs[:-1]) if transfer.eligible(a.shape[1:])]
+    tl_cuts = [i for i, a in enumerate(outs[:-1]) if len(a) == 1 and transfer.eligible(a[0].shape[1:])]
     tl_bytes = {}
     for i in tl_cuts:
-        shape = outs[i].shape[1:]
+        shape = outs[i][0].shape[1:]
         down = ort_session(transfer.down_layer(shape, seg.model).SerializeToString(), threads, spin=False)
         up = ort_session(transfer.up_layer(shape, seg.model).SerializeToString(), threads, spin=False)
-        pooled = down.run(None, {transfer.DOWN_IN: outs[i]})[0]
+        pooled = down.run(None, {transfer.DOWN_IN: outs[i][0]})[0]
         tl_bytes[i] = int(pooled.nbytes)
-        calls[f"tl down {i}"] = lambda s=down, a=outs[i]: s.run(None, {transfer.DOWN_IN: a})
+        calls[f"tl down {i}"] = lambda s=down, a=outs[i][0]: s.run(None, {transfer.DOWN_IN: a})
         calls[f"tl up {i}"] = lambda s=up, a=pooled: s.run(None, {transfer.UP_IN: a})
 
     times: dict[str, list[float]] = {f"block {i}": [] for i in range(seg.n_blocks)} | {k: [] for k in calls}
@@ -133,6 +138,8 @@ def run(
                 sample[key].append((time.perf_counter() - t0) * 1e3)
             progress.update(f"bench {tier}", k + 1, warmup + runs)
         progress.end(f"bench {tier}")
+        progress.note(f"{tier}: timing a request's fixed cost on the transport (HTTP over loopback)")
+        request = hop.measure(quota, runs=runs)
     finally:
         if quota is not None:
             quota.close()
@@ -144,8 +151,10 @@ def run(
         out = outs[i]
         blocks.append({
             "index": i, "first_node": nodes[0].name, "last_node": nodes[-1].name, "nodes": len(nodes),
-            "output": seg.boundary(i + 1), "output_op": nodes[-1].op_type, "output_shape": list(out.shape[1:]),
-            "output_bytes": int(out.nbytes), "ms": ms[f"block {i}"],
+            "output": "+".join(seg.boundaries(i + 1)), "output_op": nodes[-1].op_type,
+            "output_shape": list(out[0].shape[1:]) if len(out) == 1 else None,  # None: several tensors cross
+            "output_shapes": [list(a.shape[1:]) for a in out], "output_dtypes": [str(a.dtype) for a in out],
+            "output_bytes": sum(int(a.nbytes) for a in out), "ms": ms[f"block {i}"],
             "median_ms": float(np.median(times[f"block {i}"])),
             "tl": ({"bytes": tl_bytes[i], "down_ms": ms[f"tl down {i}"], "up_ms": ms[f"tl up {i}"]}
                    if i in tl_cuts else None),
@@ -154,10 +163,10 @@ def run(
     return {
         "format": FORMAT, "model": name, "onnx_sha256": hashlib.sha256(onnx_model).hexdigest(),
         "input": seg.input, "input_shape": list(seg.input_shape), "input_bytes": int(x.nbytes),
-        "tier": tier, "threads": threads,
+        "tier": tier, "threads": threads, "max_tensors": max_tensors,
         "device": (quota.describe() | (fitted or {})) if quota is not None else {"cpu_quota": None},
         "slowdown": slowdown, "clock": "wall", "runs": runs, "warmup": warmup,
-        "statistic": "mean",
+        "statistic": "mean", "request": request,
         "blocks": blocks, "whole_ms": ms["whole"], "sum_blocks_ms": total, "blocks_over_whole": total / ms["whole"],
         "environment": measure.environment(),
     }

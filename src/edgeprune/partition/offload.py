@@ -54,13 +54,29 @@ class _Link:
             time.sleep(delay)
 
 
-def _encode(a: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    return np.ascontiguousarray(a, dtype=np.float32).tobytes(), {"x-shape": ",".join(map(str, a.shape))}
+def _encode(arrays: Sequence[np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """The tensors crossing a cut as one body (their float32 bytes one after the other) and their shapes in the
+    `x-shape` header (`1,64,8,8;1,32,8,8`)."""
+    body = b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in arrays)
+    return body, {"x-shape": ";".join(",".join(map(str, a.shape)) for a in arrays)}
 
 
-def _decode(body: bytes, shape_header: str) -> np.ndarray:
-    shape = tuple(int(v) for v in shape_header.split(","))
-    return np.frombuffer(body, dtype=np.float32).reshape(shape)
+def _decode(body: bytes, shape_header: str) -> list[np.ndarray]:
+    shapes = [tuple(int(v) for v in part.split(",")) for part in shape_header.split(";")]
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = np.frombuffer(body, dtype=np.float32)
+    if flat.size != sum(sizes):
+        raise ValueError(f"{flat.size} float32 values for shapes of {sum(sizes)} in all")
+    offsets = np.cumsum([0, *sizes])
+    return [flat[o:o + n].reshape(s) for o, n, s in zip(offsets, sizes, shapes, strict=False)]
+
+
+def _feeds(sess, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """A segment's inputs are the cut's tensors in the order they are sent."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(arrays):
+        raise ValueError(f"{len(arrays)} tensor(s) received, the segment takes {len(names)}")
+    return dict(zip(names, arrays, strict=True))
 
 
 def make_app(model: str | None, threads: int, back: _Link, next_url: str | None, forward: _Link):
@@ -84,7 +100,7 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
     def work(body: bytes, shape: str) -> tuple[bytes, dict[str, str]]:
         a = _decode(body, shape)
         if sess is not None:
-            a = sess.run(None, {sess.get_inputs()[0].name: a})[0]
+            a = sess.run(None, _feeds(sess, a))
         if client is not None:
             body, headers = _encode(a)
             forward.before_send(len(body))
@@ -131,15 +147,15 @@ def _device(args: argparse.Namespace) -> None:
         _wait_ready(client, args.url)
 
     def once() -> np.ndarray:
-        a = sess.run(None, {sess.get_inputs()[0].name: x})[0] if sess is not None else x
+        a = sess.run(None, {sess.get_inputs()[0].name: x}) if sess is not None else [x]
         if client is None:
-            return a
+            return a[0]
         body, headers = _encode(a)
         link.before_send(len(body))
         r = client.post(f"{args.url}/segment", content=body, headers=headers)
         if r.status_code != 200:
             raise OffloadError(f"{args.url} answered {r.status_code}: {r.text[:300]}")
-        return _decode(r.content, r.headers["x-shape"])
+        return _decode(r.content, r.headers["x-shape"])[0]
 
     sys.stdin.readline()  # "go": the orchestrator has put this process under its tier's CPU quota
     for _ in range(args.warmup):
@@ -193,10 +209,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 # ------------------------------------------------------------------------------------------------ orchestration
 
 
-def segment_models(onnx_model: bytes, plan: dict, folder: Path) -> list[Path | None]:
+def segment_models(onnx_model: bytes, plan: dict, folder: Path, max_tensors: int = 1) -> list[Path | None]:
     """Write each stage's blocks (with the transfer layer where the plan has one) to `folder`; None for a device
-    that runs no block (it sends the input)."""
-    seg = segments.load(onnx_model, "model")
+    that runs no block (it sends the input). `max_tensors` must be the one the bench files were made with."""
+    seg = segments.load(onnx_model, "model", max_tensors)
     stages = plan["stages"]
     paths: list[Path | None] = []
     for k, st in enumerate(stages):
@@ -254,7 +270,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-partition-") as tmp:
         folder = Path(tmp)
-        models = segment_models(onnx_model, plan, folder)
+        models = segment_models(onnx_model, plan, folder, record.get("max_tensors", 1))
         try:
             if hops and not modelled:
                 chain = emulate.Chain([s["tier"] for s in stages],

@@ -6,6 +6,7 @@ device, edge (or none) and cloud (or none) among the tiers benchmarked. Its pred
 
     sum of its blocks' times on the tiers that run them
     + per hop: round-trip time + bytes sent / bandwidth + result bytes / bandwidth (the answer comes back)
+               + the request's fixed cost on the transport (hop.request_ms, measured by `partition bench`)
 
 (Scission leaves the returning result out; at 1.6 Mbit/s a 1000-class answer takes 20 ms, so it is counted here.)
 With the transfer layer, a plan whose device cut is eligible also comes in a variant that pools there: a quarter of
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, EdgePruneError
+from . import hop
 
 ROLES = ("device", "edge", "cloud")
 FORMAT = "edgeprune.partition.plan/1"
@@ -88,6 +90,11 @@ class Hop:
     rtt_ms: float
     transfer_ms: float  # bytes and the returning result over the bandwidth
     tl_ms: float = 0.0  # transfer layer: pooling on the sender + up-sampling on the receiver
+    request_ms: float = 0.0  # the request's fixed cost on the transport (HTTP client + tier server), hop.request_ms
+
+    @property
+    def ms(self) -> float:
+        return self.rtt_ms + self.transfer_ms + self.tl_ms + self.request_ms
 
 
 @dataclass
@@ -99,7 +106,7 @@ class Plan:
     total_ms: float = field(init=False)
 
     def __post_init__(self):
-        self.total_ms = sum(self.compute_ms) + sum(h.rtt_ms + h.transfer_ms + h.tl_ms for h in self.hops)
+        self.total_ms = sum(self.compute_ms) + sum(h.ms for h in self.hops)
 
     @property
     def label(self) -> str:
@@ -213,7 +220,7 @@ def price(stages: list[Stage], benches: Mapping[str, dict], links: Mapping[froze
             tl_ms = benches[src.tier]["blocks"][cut - 1]["tl"]["down_ms"] + benches[dst.tier]["blocks"][cut - 1]["tl"][
                 "up_ms"]
         hops.append(Hop(src.tier, dst.tier, cut, sent, link.rtt_ms, (link.seconds(sent) + link.seconds(result_bytes))
-                        * 1e3, tl_ms))
+                        * 1e3, tl_ms, hop.request_ms(benches[src.tier], benches[dst.tier])))
     return Plan(stages, tl, compute, hops)
 
 
@@ -318,6 +325,9 @@ def plan_model(recs: Sequence[dict], links: Mapping[frozenset[str], Link], opts:
             if split in (0, n):
                 raise ConfigError(f"--split {split} --tl: a transfer layer sits at a cut between blocks, 1 to {n - 1}")
             last = recs[0]["blocks"][split - 1]
+            if last.get("output_shape") is None:
+                raise ConfigError(f"--split {split} --tl: {len(last['output_shapes'])} tensors cross that cut "
+                                  f"({last['output']}); the transfer layer pools one; choose a single-tensor cut")
             transfer.check(last["output_shape"][:], f"{split} ({last['output']})")
         constraints.append(Constraint(f"--split {split}" + (" --tl" if tl else ""),
                                       lambda p: p.stages[0].stop == split and (p.tl or not tl)))
@@ -387,6 +397,7 @@ def record(top: Sequence[Plan], benches: Mapping[str, dict], roles: Mapping[str,
     return {
         "format": FORMAT, "model": some["model"], "onnx_sha256": some["onnx_sha256"],
         "input_shape": some["input_shape"], "clock": "predicted", "tl": tl,
+        "max_tensors": some.get("max_tensors", 1),
         "tiers": {t: {"role": r, "threads": benches[t]["threads"], "device": benches[t]["device"],
                       "slowdown": benches[t]["slowdown"], "calibration": benches[t].get("calibration")}
                   for t, r in roles.items()},
@@ -410,7 +421,7 @@ def plot(top: Sequence[Plan], path: str | Path, title: str) -> Path:
         for s, ms in zip(p.stages, p.compute_ms, strict=True):
             ax.barh(y, ms, left=left, color=colours[s.role])
             left += ms
-        link = sum(h.rtt_ms + h.transfer_ms + h.tl_ms for h in p.hops)
+        link = sum(h.ms for h in p.hops)
         ax.barh(y, link, left=left, color="tab:gray")
     ax.set_yticks(range(len(top)), [p.label for p in reversed(top)], fontsize=8)
     ax.set_xlabel("predicted end-to-end latency (ms)")

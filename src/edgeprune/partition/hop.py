@@ -1,0 +1,110 @@
+"""The fixed cost of one request between tiers, measured on the transport `partition run` uses.
+
+Each hop of a split run is an HTTP request (httpx client, FastAPI/uvicorn tier server, the activation's bytes as the
+body, offload.make_app): besides the bytes on the link and the link's RTT, it costs the sender's client work and the
+receiver's server work (parsing, the thread hand-off, the answer). At millisecond model scales that cost is most of a
+split's time: leaving it out made the planner 2.3-4.4x too low.
+
+`measure` times a tiny tensor's round trip over loopback to a pass-through tier server (`offload serve` without a
+model), the median of `runs` requests, in three arrangements: this tier as the client (`send_ms`, its server free),
+this tier as the server (`serve_ms`, its client free) and both free (`free_ms`). With a CPU quota, "this tier" runs
+under it and "free" does not. A hop from tier S to tier R then costs (plan.price)
+
+    request_ms = send_ms[S] + serve_ms[R] - (free_ms[S] + free_ms[R]) / 2
+
+that is S's client share plus R's server share (each arrangement's free side counted as half a free round trip).
+Without a quota the three arrangements measure the same thing and a hop costs `free_ms`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgePruneError
+
+TINY_SHAPE = (1, 1)
+
+
+def _server(env: dict) -> tuple[subprocess.Popen, str]:
+    from . import offload
+
+    port = offload._free_port()
+    cmd = [sys.executable, "-m", offload.__name__, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _round_trips(client, url: str, runs: int, warmup: int) -> list[float]:
+    from . import offload
+
+    body, headers = offload._encode([np.zeros(TINY_SHAPE, np.float32)])
+    times = []
+    for k in range(warmup + runs):
+        t0 = time.perf_counter()
+        r = client.post(f"{url}/segment", content=body, headers=headers)
+        r.raise_for_status()
+        offload._decode(r.content, r.headers["x-shape"])
+        if k >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def measure(quota=None, runs: int = 30, warmup: int = 5) -> dict:
+    """The per-request cost record of this tier (see module docstring). `quota` (an emulate.CpuQuota, or None) is
+    the tier's; this process is left inside it if it was inside it on entry. The server process is always stopped."""
+    import httpx
+
+    from . import offload
+
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    if quota is not None:
+        quota.leave()  # the server starts outside the quota (a child inherits its parent's cgroup)
+    proc, url = _server(env)
+    out: dict = {"transport": "http: httpx client -> FastAPI/uvicorn tier server, loopback",
+                 "body_bytes": int(np.prod(TINY_SHAPE)) * 4, "runs": runs, "statistic": "median"}
+    try:
+        with httpx.Client(timeout=60) as client:
+            try:
+                offload._wait_ready(client, url)
+            except Exception:
+                proc.poll()
+                why = offload._last_line(proc.stderr.read()) if proc.returncode is not None else "not ready"
+                raise EdgePruneError(f"the request-cost server did not start: {why}") from None
+            free = _round_trips(client, url, runs, warmup)
+            out["free_ms"] = float(np.median(free))
+            if quota is None:
+                out["send_ms"] = out["serve_ms"] = out["free_ms"]
+            else:
+                quota.enter()
+                out["send_ms"] = float(np.median(_round_trips(client, url, runs, warmup)))
+                quota.leave()
+                quota.add(proc.pid)
+                out["serve_ms"] = float(np.median(_round_trips(client, url, runs, warmup)))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if quota is not None:
+            quota.enter()
+    return out
+
+
+def request_ms(sender: dict, receiver: dict) -> float:
+    """The fixed cost of one request from the tier of bench record `sender` to that of `receiver`; 0 for bench
+    files made before it was measured."""
+    s, r = sender.get("request"), receiver.get("request")
+    if not s or not r:
+        return 0.0
+    return max(0.0, s["send_ms"] + r["serve_ms"] - (s["free_ms"] + r["free_ms"]) / 2)

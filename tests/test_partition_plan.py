@@ -1,0 +1,126 @@
+"""The planner's cost model and multi-tensor cuts end to end: bench, plan, a real split run (issue 30, item 2)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from test_partition import SHAPES, _quota_works, _sha, fake_bench
+from test_segments import MiniInception
+
+from edgeprune import emulate, segments
+from edgeprune.errors import ConfigError
+from edgeprune.export import ort_session, to_onnx_bytes
+from edgeprune.partition import bench, hop, offload, plan
+
+
+@pytest.fixture(scope="module")
+def mini() -> bytes:
+    torch.manual_seed(0)
+    return to_onnx_bytes(MiniInception().eval(), (3, 8, 8))
+
+
+def _request(send: float, serve: float, free: float) -> dict:
+    return {"send_ms": send, "serve_ms": serve, "free_ms": free}
+
+
+def test_every_crossing_pays_the_senders_client_and_the_receivers_server_share():
+    dev = fake_bench("dev", [40, 30, 20, 10], SHAPES) | {"request": _request(9.0, 11.0, 3.0)}
+    edge = fake_bench("edge", [4, 3, 2, 1], SHAPES) | {"request": _request(3.0, 3.0, 3.0)}
+    cloud = fake_bench("cloud", [1, 1, 1, 1], SHAPES) | {"request": _request(2.0, 2.0, 2.0)}
+    links = {frozenset(("dev", "edge")): plan.Link("dev", "edge", 10.0, 8.0),
+             frozenset(("edge", "cloud")): plan.Link("edge", "cloud", 2.0, 80.0),
+             frozenset(("dev", "cloud")): plan.Link("dev", "cloud", 30.0, 8.0)}
+    benches, roles = {"dev": dev, "edge": edge, "cloud": cloud}, {"dev": "device", "edge": "edge", "cloud": "cloud"}
+    plans = {p.label: p for p in plan.enumerate_plans(benches, roles, links)}
+    local = plans["dev[0-3]"]
+    assert local.hops == [] and local.total_ms == 100
+    two = plans["dev[0-1] > edge[2-3]"]
+    # 9 (dev as client) + 3 (edge as server) - (3 + 3) / 2
+    assert two.hops[0].request_ms == pytest.approx(9.0)
+    without = plan.price(two.stages, {t: b | {"request": None} for t, b in benches.items()}, links, False)
+    assert two.total_ms == pytest.approx(without.total_ms + 9.0)
+    three = plans["dev[0] > edge[1-2] > cloud[3]"]
+    assert [h.request_ms for h in three.hops] == pytest.approx([9.0, 3.0 + 2.0 - 2.5])
+    assert three.total_ms == pytest.approx(sum(three.compute_ms) + sum(h.rtt_ms + h.transfer_ms for h in three.hops)
+                                           + 9.0 + 2.5)
+    assert plan.record([two], benches, roles, links, [], False)["plans"][0]["hops"][0]["request_ms"] == 9.0
+
+
+def test_request_cost_is_measured_on_the_real_transport_and_the_server_is_stopped(monkeypatch):
+    started = []
+    real = hop._server
+    monkeypatch.setattr(hop, "_server", lambda env: started.append(real(env)) or started[-1])
+    got = hop.measure(None, runs=5, warmup=1)
+    assert got["free_ms"] > 0 and got["send_ms"] == got["serve_ms"] == got["free_ms"]
+    assert got["body_bytes"] == 4 and "FastAPI" in got["transport"]
+    (proc, _), = started
+    assert proc.poll() is not None  # stopped
+    # a tier with no quota costs a free round trip per request
+    assert hop.request_ms({"request": got}, {"request": got}) == pytest.approx(got["free_ms"])
+    assert hop.request_ms({}, {"request": got}) == 0.0  # bench files made before it was measured
+
+
+def test_bench_of_a_branchy_model_with_multi_tensor_cuts(mini):
+    single = bench.run(mini, "mini", "edge", runs=30, warmup=1)
+    rec = bench.run(mini, "mini", "edge", runs=30, warmup=1, max_tensors=3)
+    seg = segments.load(mini, "mini", 3)
+    assert rec["max_tensors"] == 3 and len(rec["blocks"]) == seg.n_blocks > len(single["blocks"])
+    assert [b["output_bytes"] for b in rec["blocks"][:-1]] == [c.bytes for c in seg.cuts]
+    for b, c in zip(rec["blocks"], seg.cuts, strict=False):
+        assert b["output_shapes"] == [list(s) for s in c.shapes]
+        assert (b["output_shape"] is None) == (not c.single)
+        if not c.single:
+            assert b["tl"] is None  # the transfer layer pools one tensor
+    assert rec["request"]["free_ms"] > 0 and rec["request"]["send_ms"] == rec["request"]["free_ms"]
+    multi = next(i + 1 for i, c in enumerate(seg.cuts) if not c.single)
+    with pytest.raises(ConfigError, match="tensors cross that cut"):
+        plan.plan_model([rec], {}, plan.Options(split=multi, tl=True))
+
+
+def test_encode_decode_several_tensors():
+    arrays = [np.arange(6, dtype=np.float32).reshape(1, 2, 3), np.ones((1, 4), np.float32)]
+    body, headers = offload._encode(arrays)
+    assert headers["x-shape"] == "1,2,3;1,4" and len(body) == 40
+    back = offload._decode(body, headers["x-shape"])
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, back, strict=True))
+    with pytest.raises(ValueError, match="10 float32 values for shapes of 11"):
+        offload._decode(body, "1,2,3;1,5")
+
+
+@pytest.mark.slow
+def test_split_at_a_multi_tensor_cut_runs_across_processes_and_gives_the_whole_answer(mini):
+    seg = segments.load(mini, "mini", 3)
+    k = max(i + 1 for i, c in enumerate(seg.cuts) if len(c.tensors) == 3)
+    shapes = [c.shapes[0] for c in seg.cuts] + [(10,)]
+    benches = {t: fake_bench(t, [1.0] * seg.n_blocks, shapes, 256) | {"onnx_sha256": _sha(mini), "max_tensors": 3}
+               for t in ("dev", "edge")}
+    roles = {"dev": "device", "edge": "edge"}
+    links = {frozenset(roles): plan.Link("dev", "edge", 0.0, 1000.0)}
+    split = [plan.Constraint(f"--split {k}", lambda p: p.stages[0].stop == k and len(p.stages) == 2)]
+    ranked = plan.best(plan.enumerate_plans(benches, roles, links), split, 1)
+    rec = plan.record(ranked, benches, roles, links, split, False) | {"input_shape": [3, 8, 8]}
+    assert rec["max_tensors"] == 3
+    got = offload.execute(mini, rec, rank=1, runs=3, warmup=1, allow_namespaces=False)
+    assert got["max_abs_error"] <= 1e-5
+    # and the reference it is compared with is the whole model's answer on the device's input
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert np.isfinite(ort_session(mini).run(None, {seg.input: x})[0]).all()
+
+
+@pytest.mark.skipif(not _quota_works(), reason="needs root and a writable cgroup cpu controller")
+def test_request_cost_under_a_quota_times_this_tier_as_client_and_as_server(monkeypatch):
+    q = emulate.CpuQuota(0.5)
+    added = []
+    real_add = q.add
+    monkeypatch.setattr(q, "add", lambda pid: added.append(pid) or real_add(pid))
+    try:
+        q.enter()
+        got = hop.measure(q, runs=5, warmup=1)
+        # this process went in (as the client), then the server did (this tier as the server), then this came back
+        me = os.getpid()
+        assert added[1:] == [me, added[2], me] and added[2] != me
+        assert str(os.getpid()) in (q.path / "cgroup.procs").read_text().split()
+        assert all(got[k] > 0 for k in ("send_ms", "serve_ms", "free_ms"))
+    finally:
+        q.close()

@@ -18,7 +18,7 @@ from .. import emulate, measure, segments
 from ..errors import ConfigError, EdgePruneError
 from ..export import ort_session
 from ..progress import Reporter, reporter
-from . import hop, transfer
+from . import hop, transfer, wire
 
 FORMAT = "edgeprune.partition.bench/1"
 
@@ -82,7 +82,8 @@ def run(
     times slower (emulate.quota_for_slowdown): on a busy machine a fixed quota may bind little or not at all.
     `max_tensors` > 1 also cuts where up to that many tensors cross (segments.load); such a block's outputs are
     all sent, and the transfer layer applies only to single-tensor cuts. Last, the fixed cost of one request on
-    the transport `partition run` uses is measured (hop.measure) and recorded as `request`."""
+    the transport `partition run` uses is measured (hop.measure) and recorded as `request`, and the transfer
+    dtypes' encoding and decoding per value (wire.measure) as `wire`."""
     if runs < 30:
         raise ConfigError(f"--runs {runs}: a block's median needs at least 30 timed runs")
     if threads < 1:
@@ -140,6 +141,7 @@ def run(
         progress.end(f"bench {tier}")
         progress.note(f"{tier}: timing a request's fixed cost on the transport (HTTP over loopback)")
         request = hop.measure(quota, runs=runs)
+        codecs = wire.measure(runs=runs)
     finally:
         if quota is not None:
             quota.close()
@@ -166,7 +168,7 @@ def run(
         "tier": tier, "threads": threads, "max_tensors": max_tensors,
         "device": (quota.describe() | (fitted or {})) if quota is not None else {"cpu_quota": None},
         "slowdown": slowdown, "clock": "wall", "runs": runs, "warmup": warmup,
-        "statistic": "mean", "request": request,
+        "statistic": "mean", "request": request, "wire": codecs,
         "blocks": blocks, "whole_ms": ms["whole"], "sum_blocks_ms": total, "blocks_over_whole": total / ms["whole"],
         "environment": measure.environment(),
     }

@@ -29,7 +29,7 @@ import numpy as np
 from .. import emulate, segments
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
-from . import transfer
+from . import transfer, wire
 
 PORT = 8000
 READY_S = 120.0
@@ -54,21 +54,17 @@ class _Link:
             time.sleep(delay)
 
 
-def _encode(arrays: Sequence[np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """The tensors crossing a cut as one body (their float32 bytes one after the other) and their shapes in the
-    `x-shape` header (`1,64,8,8;1,32,8,8`)."""
-    body = b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in arrays)
-    return body, {"x-shape": ";".join(",".join(map(str, a.shape)) for a in arrays)}
+def _encode(arrays: Sequence[np.ndarray], dtype: str = "fp32") -> tuple[bytes, dict[str, str]]:
+    """The tensors crossing a cut as one body, sent as `dtype` (wire.encode: headers x-shape, x-dtype, x-scale)."""
+    return wire.encode(arrays, dtype)
 
 
-def _decode(body: bytes, shape_header: str) -> list[np.ndarray]:
-    shapes = [tuple(int(v) for v in part.split(",")) for part in shape_header.split(";")]
-    sizes = [int(np.prod(s)) for s in shapes]
-    flat = np.frombuffer(body, dtype=np.float32)
-    if flat.size != sum(sizes):
-        raise ValueError(f"{flat.size} float32 values for shapes of {sum(sizes)} in all")
-    offsets = np.cumsum([0, *sizes])
-    return [flat[o:o + n].reshape(s) for o, n, s in zip(offsets, sizes, shapes, strict=False)]
+def _decode(body: bytes, shape_header: str, dtype: str = "fp32", scale_header: str = "") -> list[np.ndarray]:
+    return wire.decode(body, shape_header, dtype, scale_header)
+
+
+def _decode_response(r) -> list[np.ndarray]:
+    return _decode(r.content, r.headers["x-shape"], r.headers.get("x-dtype", "fp32"), r.headers.get("x-scale", ""))
 
 
 def _feeds(sess, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,8 +75,10 @@ def _feeds(sess, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, arrays, strict=True))
 
 
-def make_app(model: str | None, threads: int, back: _Link, next_url: str | None, forward: _Link):
-    """The tier's server: runs `model` (None: passes the activation on) and forwards to `next_url` if given."""
+def make_app(model: str | None, threads: int, back: _Link, next_url: str | None, forward: _Link,
+             next_dtype: str = "fp32"):
+    """The tier's server: runs `model` (None: passes the activation on) and forwards to `next_url` if given, sending
+    the activations as `next_dtype` (the answer always comes back as fp32)."""
     import httpx
     from fastapi import FastAPI, HTTPException, Request, Response
     from starlette.concurrency import run_in_threadpool
@@ -97,16 +95,16 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
             client.get(f"{next_url}/health").raise_for_status()
         return {"ready": True}
 
-    def work(body: bytes, shape: str) -> tuple[bytes, dict[str, str]]:
-        a = _decode(body, shape)
+    def work(body: bytes, shape: str, dtype: str, scale: str) -> tuple[bytes, dict[str, str]]:
+        a = _decode(body, shape, dtype, scale)
         if sess is not None:
             a = sess.run(None, _feeds(sess, a))
         if client is not None:
-            body, headers = _encode(a)
+            body, headers = _encode(a, next_dtype)
             forward.before_send(len(body))
             r = client.post(f"{next_url}/segment", content=body, headers=headers)
             r.raise_for_status()
-            a = _decode(r.content, r.headers["x-shape"])
+            a = _decode_response(r)
         body, headers = _encode(a)
         back.before_send(len(body))
         return body, headers
@@ -114,12 +112,13 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
     @app.post("/segment")
     async def segment(request: Request) -> Response:
         body, shape = await request.body(), request.headers.get("x-shape", "")
+        dtype, scale = request.headers.get("x-dtype", "fp32"), request.headers.get("x-scale", "")
         try:
-            _decode(body, shape)
+            _decode(body, shape, dtype, scale)
         except ValueError as e:
             raise HTTPException(422, f"body of {len(body)} bytes does not match x-shape {shape!r}: {e}") from None
         # ONNX Runtime and the sleeps block: off the event loop
-        out, headers = await run_in_threadpool(work, body, shape)
+        out, headers = await run_in_threadpool(work, body, shape, dtype, scale)
         return Response(out, media_type="application/octet-stream", headers=headers)
 
     return app
@@ -129,7 +128,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     app = make_app(args.model, args.threads, _Link(args.rtt_ms, args.modelled_mbps), args.next_url,
-                   _Link(args.next_rtt_ms, args.next_modelled_mbps))
+                   _Link(args.next_rtt_ms, args.next_modelled_mbps), args.next_dtype)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
@@ -150,12 +149,12 @@ def _device(args: argparse.Namespace) -> None:
         a = sess.run(None, {sess.get_inputs()[0].name: x}) if sess is not None else [x]
         if client is None:
             return a[0]
-        body, headers = _encode(a)
+        body, headers = _encode(a, args.dtype)
         link.before_send(len(body))
         r = client.post(f"{args.url}/segment", content=body, headers=headers)
         if r.status_code != 200:
             raise OffloadError(f"{args.url} answered {r.status_code}: {r.text[:300]}")
-        return _decode(r.content, r.headers["x-shape"])[0]
+        return _decode_response(r)[0]
 
     sys.stdin.readline()  # "go": the orchestrator has put this process under its tier's CPU quota
     for _ in range(args.warmup):
@@ -196,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--next-url", default=None)
     serve.add_argument("--next-rtt-ms", type=float, default=0.0)
     serve.add_argument("--next-modelled-mbps", type=float, default=None)
+    serve.add_argument("--next-dtype", default="fp32", choices=wire.WIRES)
+    device.add_argument("--dtype", default="fp32", choices=wire.WIRES)
     device.add_argument("--url", default=None)
     device.add_argument("--input-shape", required=True)
     device.add_argument("--runs", type=int, default=20)
@@ -287,7 +288,8 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 if modelled:
                     cmd += ["--modelled-mbps", str(hop_links[k - 1]["bandwidth_mbps"])]
                 if k + 1 < len(stages):
-                    cmd += ["--next-url", url[k + 1], "--next-rtt-ms", str(hop_links[k]["rtt_ms"])]
+                    cmd += ["--next-url", url[k + 1], "--next-rtt-ms", str(hop_links[k]["rtt_ms"]),
+                            "--next-dtype", hops[k].get("wire", "fp32")]
                     if modelled:
                         cmd += ["--next-modelled-mbps", str(hop_links[k]["bandwidth_mbps"])]
                 start(cmd, k)
@@ -296,7 +298,8 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                    "--input-shape", ",".join(map(str, record["input_shape"])), "--runs", str(runs),
                    "--warmup", str(warmup), "--out", str(out)]
             if hops:
-                cmd += ["--url", url[1], "--rtt-ms", str(hop_links[0]["rtt_ms"])]
+                cmd += ["--url", url[1], "--rtt-ms", str(hop_links[0]["rtt_ms"]), "--dtype",
+                        hops[0].get("wire", "fp32")]
                 if modelled:
                     cmd += ["--modelled-mbps", str(hop_links[0]["bandwidth_mbps"])]
             progress.note(f"running plan {rank}: {plan['label']} ({runs} requests)")
@@ -329,7 +332,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                  else "namespaces+veth, tc tbf"),
         "rtt": ("none" if not hops else "application (half before each send)"
                 + ("" if netem else "; kernel has no netem")),
-        "max_abs_error": float(np.abs(final - ref).max()), "tl": plan["tl"],
+        "max_abs_error": float(np.abs(final - ref).max()), "tl": plan["tl"], "wire": plan.get("wire", "fp32"),
     }
 
 

@@ -10,7 +10,10 @@ device, edge (or none) and cloud (or none) among the tiers benchmarked. Its pred
 
 (Scission leaves the returning result out; at 1.6 Mbit/s a 1000-class answer takes 20 ms, so it is counted here.)
 With the transfer layer, a plan whose device cut is eligible also comes in a variant that pools there: a quarter of
-the bytes, plus the measured pooling time on the device and up-sampling time on the receiver.
+the bytes, plus the measured pooling time on the device and up-sampling time on the receiver. With several transfer
+dtypes (`wires`, see wire.py), every plan that crosses a link also comes in a variant per dtype, so the dtype is
+chosen together with the cut: the bytes of its values at that dtype, plus encoding on the sender and decoding on the
+receiver (values x the ns per value each tier's bench measured).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, EdgePruneError
-from . import hop
+from . import hop, wire
 
 ROLES = ("device", "edge", "cloud")
 FORMAT = "edgeprune.partition.plan/1"
@@ -91,10 +94,12 @@ class Hop:
     transfer_ms: float  # bytes and the returning result over the bandwidth
     tl_ms: float = 0.0  # transfer layer: pooling on the sender + up-sampling on the receiver
     request_ms: float = 0.0  # the request's fixed cost on the transport (HTTP client + tier server), hop.request_ms
+    wire: str = "fp32"  # the dtype the activations travel as
+    codec_ms: float = 0.0  # encoding them on the sender + decoding on the receiver
 
     @property
     def ms(self) -> float:
-        return self.rtt_ms + self.transfer_ms + self.tl_ms + self.request_ms
+        return self.rtt_ms + self.transfer_ms + self.tl_ms + self.request_ms + self.codec_ms
 
 
 @dataclass
@@ -103,6 +108,7 @@ class Plan:
     tl: bool
     compute_ms: list[float]
     hops: list[Hop]
+    wire: str = "fp32"
     total_ms: float = field(init=False)
 
     def __post_init__(self):
@@ -110,7 +116,8 @@ class Plan:
 
     @property
     def label(self) -> str:
-        return " > ".join(str(s) for s in self.stages) + (" +TL" if self.tl else "")
+        return " > ".join(str(s) for s in self.stages) + (" +TL" if self.tl else "") + (
+            f" @{self.wire}" if self.wire != "fp32" else "")
 
     def tier_ms(self, tier_or_role: str) -> float:
         return sum(ms for s, ms in zip(self.stages, self.compute_ms, strict=True) if tier_or_role in (s.tier, s.role))
@@ -125,7 +132,7 @@ class Plan:
         return next(s.role for s in self.stages if s.tier == tier)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "total_ms": self.total_ms, "tl": self.tl,
+        return {"label": self.label, "total_ms": self.total_ms, "tl": self.tl, "wire": self.wire,
                 "stages": [asdict(s) | {"compute_ms": ms} for s, ms in zip(self.stages, self.compute_ms, strict=True)],
                 "hops": [asdict(h) for h in self.hops]}
 
@@ -176,9 +183,13 @@ def calibrated(bench: dict) -> dict:
 
 
 def enumerate_plans(benches: Mapping[str, dict], roles: Mapping[str, str], links: Mapping[frozenset[str], Link],
-                    tl: bool = False) -> list[Plan]:
+                    tl: bool = False, wires: Sequence[str] = ("fp32",)) -> list[Plan]:
     """Every plan over the tiers in `roles` (see module docstring), priced; with `tl`, the transfer-layer variants
-    too."""
+    too; with several `wires`, a variant per transfer dtype of each plan that crosses a link (fp32 only where a
+    crossing tensor is not float32)."""
+    for w in wires:
+        if w not in wire.WIRES:
+            raise ConfigError(f"transfer dtype {w!r}: choose among {', '.join(wire.WIRES)}")
     by_role = {r: [t for t, rr in roles.items() if rr == r] for r in ROLES}
     n = len(next(iter(benches.values()))["blocks"])
     plans, seen = [], set()
@@ -196,13 +207,25 @@ def enumerate_plans(benches: Mapping[str, dict], roles: Mapping[str, str], links
                         if key in seen:
                             continue
                         seen.add(key)
-                        plans.append(price(stages, benches, links, False))
-                        if tl and len(stages) > 1 and a > 0 and benches[d]["blocks"][a - 1]["tl"] is not None:
-                            plans.append(price(stages, benches, links, True))
+                        for w in _wires(stages, benches[d], wires):
+                            plans.append(price(stages, benches, links, False, w))
+                            if tl and len(stages) > 1 and a > 0 and benches[d]["blocks"][a - 1]["tl"] is not None:
+                                plans.append(price(stages, benches, links, True, w))
     return plans
 
 
-def price(stages: list[Stage], benches: Mapping[str, dict], links: Mapping[frozenset[str], Link], tl: bool) -> Plan:
+def _wires(stages: list[Stage], bench: dict, wires: Sequence[str]) -> Sequence[str]:
+    """The dtypes a plan's crossings can travel as: fp32 alone for a plan that crosses no link or sends a tensor
+    that is not float32."""
+    if len(stages) == 1:
+        return ("fp32",)
+    cuts = [s.stop for s in stages[:-1]]
+    floats = all(set(bench["blocks"][c - 1].get("output_dtypes", ["float32"])) == {"float32"} for c in cuts if c > 0)
+    return wires if floats else ("fp32",)
+
+
+def price(stages: list[Stage], benches: Mapping[str, dict], links: Mapping[frozenset[str], Link], tl: bool,
+          dtype: str = "fp32") -> Plan:
     compute = [sum(benches[s.tier]["blocks"][i]["ms"] for i in range(s.first, s.stop)) for s in stages]
     some = next(iter(benches.values()))
     result_bytes = some["blocks"][-1]["output_bytes"]
@@ -219,9 +242,12 @@ def price(stages: list[Stage], benches: Mapping[str, dict], links: Mapping[froze
             sent = benches[src.tier]["blocks"][cut - 1]["tl"]["bytes"]
             tl_ms = benches[src.tier]["blocks"][cut - 1]["tl"]["down_ms"] + benches[dst.tier]["blocks"][cut - 1]["tl"][
                 "up_ms"]
+        values = sent // 4  # float32 activations
+        sent = values * wire.ITEMSIZE[dtype]
         hops.append(Hop(src.tier, dst.tier, cut, sent, link.rtt_ms, (link.seconds(sent) + link.seconds(result_bytes))
-                        * 1e3, tl_ms, hop.request_ms(benches[src.tier], benches[dst.tier])))
-    return Plan(stages, tl, compute, hops)
+                        * 1e3, tl_ms, hop.request_ms(benches[src.tier], benches[dst.tier]), dtype,
+                        wire.codec_ms(benches[src.tier], benches[dst.tier], dtype, values)))
+    return Plan(stages, tl, compute, hops, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ constraints
@@ -302,6 +328,7 @@ class Options:
     max_time: Sequence[str] = ()
     raw_blocks: bool = False
     top: int = 5
+    wires: Sequence[str] = ("fp32",)  # transfer dtypes to choose among, with the cut (wire.WIRES)
 
 
 def plan_model(recs: Sequence[dict], links: Mapping[frozenset[str], Link], opts: Options) -> tuple[list[Plan], dict]:
@@ -331,7 +358,7 @@ def plan_model(recs: Sequence[dict], links: Mapping[frozenset[str], Link], opts:
             transfer.check(last["output_shape"][:], f"{split} ({last['output']})")
         constraints.append(Constraint(f"--split {split}" + (" --tl" if tl else ""),
                                       lambda p: p.stages[0].stop == split and (p.tl or not tl)))
-    ranked = best(enumerate_plans(by_tier, roles, links, tl), constraints, opts.top)
+    ranked = best(enumerate_plans(by_tier, roles, links, tl, opts.wires), constraints, opts.top)
     return ranked, record(ranked, by_tier, roles, links, constraints, tl)
 
 

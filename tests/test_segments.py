@@ -244,3 +244,38 @@ def test_branchy_torchvision_models_get_multi_tensor_cuts_that_recompose(name, s
         feeds = dict(zip(seg.boundaries(first), acts, strict=True))
         acts = ort_session(seg.span(first, stop).SerializeToString()).run(None, feeds)
     assert float(np.abs(acts[0] - ort_session(data).run(None, {seg.input: x})[0]).max()) <= 1e-5
+
+
+class SqueezeTwice(nn.Module):
+    """Two branches that each squeeze to one channel, then expand: exported branch after branch, so no prefix of the
+    exported order has both squeezed tensors alone open, yet that pair is the cheapest place to cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 1, 1), nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 8, 1))
+        self.b = nn.Sequential(nn.Conv2d(8, 1, 1), nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 8, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.head(self.a(x) + self.b(x))
+
+
+def test_the_minimum_cut_by_bytes_becomes_a_cut_point():
+    torch.manual_seed(0)
+    data = _exported(SqueezeTwice(), (3, 8, 8))
+    graph = onnx.load_from_string(data).graph
+    squeezed = {n.output[0] for n in graph.node if n.name.endswith("a.0/Conv") or n.name.endswith("b.0/Conv")}
+    assert len(squeezed) == 2
+    seg = segments.load(data, "squeeze", max_tensors=2)
+    inside = [c for c in seg.cuts if not c.single]
+    # the two 1-channel maps, 2 x 8 x 8 floats, and nothing inside the branches is cheaper
+    best = min(inside, key=lambda c: c.bytes)
+    assert set(best.tensors) == squeezed and best.bytes == 2 * 64 * 4
+    k = seg.cuts.index(best) + 1
+    assert _multi_recompose_error(seg, data, [k]) <= 1e-5
+    # in the exported order it was no prefix boundary: the cheapest multi-tensor prefix there sends 8 + 1 channels
+    names = [n.name for n in graph.node]
+    assert names.index(next(n.name for n in graph.node if n.output[0] in squeezed and "b.0" in n.name)) > \
+        names.index(next(n.name for n in graph.node if "a.2" in n.name))

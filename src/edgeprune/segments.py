@@ -6,7 +6,11 @@ used after it). By default (`max_tensors=1`) only positions where exactly one ac
 Scission's open-branch counter (a residual block's skip keeps two tensors open, so no cut lies inside it), counted
 on tensors rather than on Keras layers. With `max_tensors=k > 1` every topological-prefix boundary where at most k
 activations cross is a cut too (one per distinct set of crossing tensors), so a branchy model (Inception, DenseNet,
-an FPN) gets cut points inside its branches; the tensors crossing are sent together. Constants (initializers, and
+an FPN) gets cut points inside its branches; the tensors crossing are sent together. Which sets are prefixes depends
+on the topological order, so first, as DADS does, the minimum cut by bytes of each stretch between two single-tensor
+cuts is found (a minimum s-t cut of the stretch's graph weighted by tensor bytes, edges back at infinite capacity so
+that the head is closed under predecessors; networkx) and the stretch reordered to put that head first: the
+cheapest place to cut inside every branchy stretch is then one of the prefix boundaries. Constants (initializers, and
 what is computed from them alone) do not count: every extracted block carries the ones it uses. A tensor made
 before cut i and used after cut i+1 crosses both, and block i passes it through (an output that is also an input).
 
@@ -134,10 +138,15 @@ def load(onnx_model: str | os.PathLike | bytes | onnx.ModelProto, name: str = "m
     if not shape or any(v <= 0 for v in shape):
         raise UnsupportedModelError(f"{name}'s input {inputs[0].name!r} has no fixed per-sample shape; export it "
                                     "with a fixed input shape (only the batch dimension may vary)")
+    probed: dict[str, np.ndarray] = {}
+    if max_tensors > 1:
+        probed = _probe(model, [t for t, (first, _) in _spans(graph, inits).items() if first >= 0], shape)
+        _min_cut_order(graph, inits, {t: a.nbytes for t, a in probed.items()})
     positions = _crossings(graph, inits, max_tensors)
     if not positions:
         raise UnsupportedModelError(_no_cut_message(graph, inits, name, max_tensors))
-    probed = _probe(model, list(dict.fromkeys(t for _, ts in positions for t in ts)), shape)
+    needed = list(dict.fromkeys(t for _, ts in positions for t in ts))
+    probed = {t: probed[t] for t in needed} if probed else _probe(model, needed, shape)
     producer = {out: (k, node) for k, node in enumerate(graph.node) for out in node.output}
     cuts = []
     for pos, ts in positions:
@@ -205,6 +214,51 @@ def _crossings(graph: onnx.GraphProto, inits: set[str], max_tensors: int) -> lis
         if 1 <= len(open_) <= max_tensors and all(0 <= spans[t][0] and spans[t][1] < n for t in open_):
             found.setdefault(frozenset(open_), p)
     return [(p, ts) for ts, p in found.items()]
+
+
+def _min_cut_order(graph: onnx.GraphProto, inits: set[str], nbytes: dict[str, int]) -> None:
+    """Reorder `graph.node` (still topologically) so that inside every stretch between two single-tensor cuts (and
+    before the first, after the last) the stretch's minimum cut by bytes is a prefix boundary (module docstring)."""
+    import networkx as nx
+
+    spans = _spans(graph, inits)
+    const = _constants(graph, inits)
+    singles = sorted(p for p, _ in _crossings(graph, inits, 1))
+    nodes = list(graph.node)
+    order: list[int] = []
+    for lo, hi in zip([0, *[p + 1 for p in singles]], [*[p + 1 for p in singles], len(nodes)], strict=True):
+        stretch = range(lo, hi)
+        g = nx.DiGraph()
+        # Each tensor is a vertex of its own, so that one sent to several consumers is paid for once: producer ->
+        # tensor at its bytes, tensor -> consumers unbounded; consumer -> producer unbounded (an edge without a
+        # capacity is infinite to networkx), so that the head holds every predecessor of what it holds.
+        for k in stretch:
+            for t in set(nodes[k].input):
+                if t not in spans or t in const:
+                    continue
+                first = spans[t][0]
+                if first >= lo:
+                    g.add_edge(("node", first), ("tensor", t), capacity=nbytes.get(t, 0))
+                    g.add_edge(("node", k), ("node", first))
+                else:  # the stretch's input: always in the head
+                    g.add_edge("source", ("tensor", t))
+                g.add_edge(("tensor", t), ("node", k))
+            for t in nodes[k].output:
+                if t in spans and t not in const and spans[t][1] >= hi:  # used after the stretch
+                    g.add_edge(("node", k), ("tensor", t), capacity=nbytes.get(t, 0))
+                    g.add_edge(("tensor", t), "sink")
+        head: set[int] = set()
+        if "source" in g and "sink" in g:
+            try:
+                _, (reach, _) = nx.minimum_cut(g, "source", "sink")
+                head = {v[1] for v in reach if isinstance(v, tuple) and v[0] == "node"}
+            except nx.NetworkXUnbounded:
+                pass
+        order += [k for k in stretch if k in head or not any(t in spans for t in nodes[k].output)]
+        order += [k for k in stretch if k not in head and any(t in spans for t in nodes[k].output)]
+    assert sorted(order) == list(range(len(nodes)))
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)
 
 
 def _no_cut_message(graph: onnx.GraphProto, inits: set[str], name: str, max_tensors: int = 1) -> str:

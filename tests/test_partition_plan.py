@@ -117,9 +117,11 @@ def test_request_cost_under_a_quota_times_this_tier_as_client_and_as_server(monk
     try:
         q.enter()
         got = hop.measure(q, runs=5, warmup=1)
-        # this process went in (as the client), then the server did (this tier as the server), then this came back
+        # one server went in (this tier as the server), this process in and out once a request (as the client), and
+        # this process is back inside at the end
         me = os.getpid()
-        assert added[1:] == [me, added[2], me] and added[2] != me
+        servers = [p for p in added if p != me]
+        assert len(servers) == 1 and added[-1] == me and added.count(me) == 1 + 6 + 1
         assert str(os.getpid()) in (q.path / "cgroup.procs").read_text().split()
         assert all(got[k] > 0 for k in ("send_ms", "serve_ms", "free_ms"))
     finally:

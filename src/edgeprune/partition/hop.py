@@ -6,9 +6,9 @@ receiver's server work (parsing, the thread hand-off, the answer). At millisecon
 split's time: leaving it out made the planner 2.3-4.4x too low.
 
 `measure` times a tiny tensor's round trip over loopback to a pass-through tier server (`offload serve` without a
-model), the median of `runs` requests, in three arrangements: this tier as the client (`send_ms`, its server free),
-this tier as the server (`serve_ms`, its client free) and both free (`free_ms`). With a CPU quota, "this tier" runs
-under it and "free" does not. A hop from tier S to tier R then costs (plan.price)
+model), the median of `runs` requests, in three arrangements taking turns: this tier as the client (`send_ms`, its
+server free), this tier as the server (`serve_ms`, its client free) and both free (`free_ms`). With a CPU quota,
+"this tier" runs under it and "free" does not. A hop from tier S to tier R then costs (plan.price)
 
     request_ms = send_ms[S] + serve_ms[R] - (free_ms[S] + free_ms[R]) / 2
 
@@ -55,9 +55,11 @@ def _round_trips(client, url: str, runs: int, warmup: int) -> list[float]:
     return times
 
 
-def measure(quota=None, runs: int = 30, warmup: int = 5) -> dict:
+def measure(quota=None, runs: int = 30, warmup: int = 10) -> dict:
     """The per-request cost record of this tier (see module docstring). `quota` (an emulate.CpuQuota, or None) is
-    the tier's; this process is left inside it if it was inside it on entry. The server process is always stopped."""
+    the tier's; this process is left inside it if it was inside it on entry. The three arrangements take turns
+    request by request (two servers: one outside the quota, one inside), so that the machine's load falls on them
+    alike. The servers are always stopped."""
     import httpx
 
     from . import offload
@@ -67,37 +69,47 @@ def measure(quota=None, runs: int = 30, warmup: int = 5) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]),
                                                        os.environ.get("PYTHONPATH", "")]))
     if quota is not None:
-        quota.leave()  # the server starts outside the quota (a child inherits its parent's cgroup)
-    proc, url = _server(env)
+        quota.leave()  # the servers start outside the quota (a child inherits its parent's cgroup)
+    servers = [_server(env) for _ in range(1 if quota is None else 2)]
     out: dict = {"transport": "http: httpx client -> FastAPI/uvicorn tier server, loopback",
                  "body_bytes": int(np.prod(TINY_SHAPE)) * 4, "runs": runs, "statistic": "median"}
+    times: dict[str, list[float]] = {"free_ms": [], "send_ms": [], "serve_ms": []}
     try:
         with httpx.Client(timeout=60) as client:
-            try:
-                offload._wait_ready(client, url)
-            except Exception:
-                proc.poll()
-                why = offload._last_line(proc.stderr.read()) if proc.returncode is not None else "not ready"
-                raise EdgePruneError(f"the request-cost server did not start: {why}") from None
-            free = _round_trips(client, url, runs, warmup)
-            out["free_ms"] = float(np.median(free))
-            if quota is None:
-                out["send_ms"] = out["serve_ms"] = out["free_ms"]
-            else:
-                quota.enter()
-                out["send_ms"] = float(np.median(_round_trips(client, url, runs, warmup)))
-                quota.leave()
-                quota.add(proc.pid)
-                out["serve_ms"] = float(np.median(_round_trips(client, url, runs, warmup)))
+            for proc, url in servers:
+                try:
+                    offload._wait_ready(client, url)
+                except Exception:
+                    proc.poll()
+                    why = offload._last_line(proc.stderr.read()) if proc.returncode is not None else "not ready"
+                    raise EdgePruneError(f"the request-cost server did not start: {why}") from None
+            free_url = servers[0][1]
+            if quota is not None:
+                quota.add(servers[1][0].pid)
+            for k in range(warmup + runs):
+                got = {"free_ms": _round_trips(client, free_url, 1, 0)[0]}
+                if quota is not None:
+                    quota.enter()
+                    got["send_ms"] = _round_trips(client, free_url, 1, 0)[0]
+                    quota.leave()
+                    got["serve_ms"] = _round_trips(client, servers[1][1], 1, 0)[0]
+                if k >= warmup:
+                    for key, v in got.items():
+                        times[key].append(v)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc, _ in servers:
+            proc.terminate()
+        for proc, _ in servers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if quota is not None:
             quota.enter()
+    out["free_ms"] = float(np.median(times["free_ms"]))
+    for key in ("send_ms", "serve_ms"):
+        out[key] = float(np.median(times[key])) if times[key] else out["free_ms"]
     return out
 
 

@@ -224,9 +224,10 @@ def _run_top(data: bytes, benches: dict, ranked: list[plan.Plan], link: dict, ru
     return out
 
 
-def planner() -> None:
+def planner(vgg16: bool = True) -> None:
     """Top-3 plans predicted vs measured at two model scales over a fast link (the per-hop request cost matters),
-    and VGG-16 on a slow device over Scission's 8 Mbit/s link (best plan vs device-only), in one run."""
+    and VGG-16 on a slow device over Scission's 8 Mbit/s link (best plan vs device-only), in one run; without
+    `vgg16` (--planner-scales), the two scales only (results/partition_planner_scales.*)."""
     import os
 
     load = {"start": os.getloadavg()}
@@ -243,22 +244,25 @@ def planner() -> None:
         scales.append({"model": name, "shape": shape, "request": {t: b["request"] for t, b in benches.items()},
                        "slowdown": benches["device"]["slowdown"], "runs": _run_top(data, benches, top, link, RUNS)})
     load["after_scales"] = os.getloadavg()
-    torch.manual_seed(0)
-    data = to_onnx_bytes(models.create("tv:vgg16", num_classes=1000, in_channels=3).eval(), SHAPE)
-    print(f"tv:vgg16: benching, device {VGG_SLOWDOWN:g}x slower", flush=True)
-    benches = {"device": plan.calibrated(bench.run(data, "tv:vgg16", "device", DEVICE_THREADS, slowdown=VGG_SLOWDOWN)),
-               "edge": plan.calibrated(bench.run(data, "tv:vgg16", "edge", EDGE_THREADS))}
-    link = links(8.0)
-    plans = plan.enumerate_plans(benches, ROLES, link)
-    vgg = _run_top(data, benches, plan.best(plans, k=3), link, RUNS)
-    local = _run_top(data, benches, [p for p in plans if len(p.stages) == 1], link, 10)[0]
+    payload = {"environment": env, "load": load, "scales": scales}
+    if vgg16:
+        torch.manual_seed(0)
+        data = to_onnx_bytes(models.create("tv:vgg16", num_classes=1000, in_channels=3).eval(), SHAPE)
+        print(f"tv:vgg16: benching, device {VGG_SLOWDOWN:g}x slower", flush=True)
+        benches = {"device": plan.calibrated(bench.run(data, "tv:vgg16", "device", DEVICE_THREADS,
+                                                       slowdown=VGG_SLOWDOWN)),
+                   "edge": plan.calibrated(bench.run(data, "tv:vgg16", "edge", EDGE_THREADS))}
+        link = links(8.0)
+        plans = plan.enumerate_plans(benches, ROLES, link)
+        vgg = _run_top(data, benches, plan.best(plans, k=3), link, RUNS)
+        local = _run_top(data, benches, [p for p in plans if len(p.stages) == 1], link, 10)[0]
+        payload["vgg16"] = {"runs": vgg, "device_only": local, "device": benches["device"]["device"],
+                            "slowdown": benches["device"]["slowdown"], "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0,
+                            "request": {t: b["request"] for t, b in benches.items()}}
     load["end"] = os.getloadavg()
-    dev = benches["device"]["device"]
-    payload = {"environment": env, "load": load, "scales": scales, "vgg16": {
-        "runs": vgg, "device_only": local, "device": dev, "slowdown": benches["device"]["slowdown"],
-        "request": {t: b["request"] for t, b in benches.items()}, "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0}}
     lines = ["# The planner's cost model: predicted vs measured with the per-hop request cost", "",
-             measured("partition.py --planner", env, "onnxruntime") + ". Load average (1, 5, 15 min) at the start "
+             measured("partition.py --planner" + ("" if vgg16 else "-scales"), env, "onnxruntime")
+             + ". Load average (1, 5, 15 min) at the start "
              f"{_load(load['start'])}, after the two scales {_load(load['after_scales'])}, at the end "
              f"{_load(load['end'])}. Device = {DEVICE_THREADS} ONNX Runtime thread under a CPU quota fitted to a "
              f"slowdown (emulate.quota_for_slowdown); edge = {EDGE_THREADS} threads. Link: device and edge processes "
@@ -281,10 +285,14 @@ def planner() -> None:
               f"cost: {sum(abs(g['error_without_request']) <= 0.2 for sc in scales for g in sc['runs'])}). Request "
               "cost per tier (send / serve / free, ms): " + "; ".join(
                   f"{sc['model']} {'x'.join(map(str, sc['shape']))} {_requests(sc['request'])}" for sc in scales)
-              + ".", "",
-              f"## VGG-16 3x224x224, device {VGG_SLOWDOWN:g}x slower, 8 Mbit/s, RTT {RTT_MS:g} ms", "",
+              + "."]
+    if not vgg16:
+        write_results("partition_planner_scales", lines, payload)
+        return
+    dev, vgg, local = payload["vgg16"]["device"], payload["vgg16"]["runs"], payload["vgg16"]["device_only"]
+    lines += ["", f"## VGG-16 3x224x224, device {VGG_SLOWDOWN:g}x slower, 8 Mbit/s, RTT {RTT_MS:g} ms", "",
               f"Device quota {dev['cpu_quota']:.3f} CPU, fitted to the {dev['cpu_share_free']:.2f} CPU the model got "
-              f"unconfined; achieved slowdown (measured) {benches['device']['slowdown']['slowdown']:.2f}x.", "",
+              f"unconfined; achieved slowdown (measured) {payload['vgg16']['slowdown']['slowdown']:.2f}x.", "",
               "| plan | predicted ms | measured ms | error | speed-up vs device-only (measured) |",
               "|---|---|---|---|---|"]
     lines += [f"| `{g['plan']}` | {g['predicted_ms']:.0f} | {g['measured_ms']:.0f} | {g['error']:+.0%} | "
@@ -304,8 +312,8 @@ def _load(v) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--planner"]:
-        planner()
+    if sys.argv[1:] in (["--planner"], ["--planner-scales"]):
+        planner(vgg16=sys.argv[1] == "--planner")
         return
     if sys.argv[1:] == ["--pruned"]:
         pruned_vs_dense()

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..errors import EdgePruneError
@@ -43,7 +44,7 @@ class PolicyRequest(BaseModel):
     """`{"name": <policy>, "params": {...}}`; nothing else."""
 
     model_config = ConfigDict(extra="forbid")
-    name: StrictStr
+    name: Literal["fixed", "accuracy-floor", "latency", "realtime", "roma"]
     params: dict[str, Any] = {}
 
 
@@ -132,8 +133,11 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         if e.status_code == 404:
             msg = f"no route {request.method} {request.url.path}; the API is listed at /docs"
-        elif e.status_code == 405:
-            msg = f"{request.url.path} does not take {request.method}"
+        elif e.status_code == 405:  # Allow: the methods of every route of this path, not only the first's
+            allowed = sorted({m for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE
+                              for m in getattr(r, "methods", ()) or ()})
+            msg = f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"
+            return JSONResponse({"error": msg}, status_code=405, headers={"Allow": ", ".join(allowed)})
         else:
             msg = _one_line(e.detail)
         return JSONResponse({"error": msg}, status_code=e.status_code, headers=e.headers)
@@ -180,10 +184,14 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
     def all_stats() -> dict:
         return server.metrics.triton_stats(server.model_ids())
 
-    def unversioned(model: str) -> tuple[str, None]:
+    # documented as the models this server holds and its one version; another name is a 404 all the same
+    Model = Path(description="A variant, or the routed model", json_schema_extra={"enum": server.model_ids()})
+    Version = Path(description="The model's version", json_schema_extra={"enum": ["1"]})
+
+    def unversioned(model: str = Model) -> tuple[str, None]:
         return model, None
 
-    def versioned(model: str, version: str) -> tuple[str, str]:
+    def versioned(model: str = Model, version: str = Version) -> tuple[str, str]:
         return model, version
 
     for prefix, key in (("/v2/models/{model}", unversioned), ("/v2/models/{model}/versions/{version}", versioned)):
@@ -239,14 +247,14 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
         return [{"name": v, "version": "1", "state": "READY" if v in loaded else "UNAVAILABLE"} for v in m.ids]
 
     @app.post("/v2/repository/models/{model}/load", **secured)
-    async def load(model: str) -> dict:
+    async def load(model: str = Model) -> dict:
         server.check_model(model)
         if model != ROUTED:
             await server.on_control(server.sessions.load, model)
         return {"name": model, "loaded": True}
 
     @app.post("/v2/repository/models/{model}/unload", **secured)
-    async def unload(model: str) -> dict:
+    async def unload(model: str = Model) -> dict:
         server.check_model(model)
         if model == ROUTED:
             raise BadRequest(409, f"{ROUTED!r} is the routed model and cannot be unloaded; unload a variant")
@@ -266,6 +274,15 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
     def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            defs = codec.InferRequest.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

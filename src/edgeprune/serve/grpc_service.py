@@ -90,7 +90,10 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_answered
     async def ModelReady(self, request, context):
-        self.server.check_model(request.name, request.version)
+        try:  # as Triton: an unknown model or version is not ready, not an error
+            self.server.check_model(request.name, request.version)
+        except BadRequest:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=self.server.is_ready(request.name))
 
     @_answered

@@ -82,8 +82,8 @@ def serve(
     if control_token is None and not serve_mod.is_loopback(host):
         err.print(f"[bold yellow]warning:[/] serving on {host}, beyond this machine, and the control endpoints "
                   "(load, unload, PUT policy) need no token; set --control-token or EDGEPRUNE_CONTROL_TOKEN",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     grpc = f" and grpc://{host}:{grpc_port}" if grpc_port is not None else ""
     console.print(f"serving {folder} on http://{host}:{sock.getsockname()[1]}{grpc} (switch mode {switch_mode}, "
-                  f"policy {policy}); Ctrl-C stops", highlight=False)
+                  f"policy {policy}); Ctrl-C stops", highlight=False, soft_wrap=True)
     serve_mod.run(app, sock)

@@ -123,6 +123,9 @@ def from_json_data(name: str, datatype: str, shape: list[int], data: list) -> np
     flat = values.ravel()
     kinds = {type(v) for v in flat}
     want = {bool} if datatype == "BOOL" else {int} if dtype.kind in "iu" else {int, float}
+    if list in kinds:
+        raise BadRequest(400, f"input {name!r}: data is ragged; send a flat list, or nested lists of equal "
+                              "lengths")
     if not kinds <= want:
         odd = next(v for v in flat if type(v) not in want)
         kind = "true/false values" if datatype == "BOOL" else "integers" if dtype.kind in "iu" else "numbers"

@@ -30,6 +30,7 @@ from common import HERE, measured, write_results
 
 from edgeprune import portfolio, serve
 from edgeprune.measure import environment
+from edgeprune.serve.codec import as_input, binary_body
 
 RUNS = HERE / "runs" / "serve_switch"
 MODES = ("preloaded", "reload", "masks")
@@ -79,9 +80,19 @@ class ServerProc:
 
 # The clients use the standard library's http.client on one keep-alive connection: it adds about 1 ms a request
 # here, where httpx added about 5 ms, a fixed cost that would sit in every mode's switch time alike.
-def infer(conn: http.client.HTTPConnection, x: bytes, shape: str) -> tuple[int, str]:
-    conn.request("POST", "/v2/models/portfolio/infer", body=x,
-                 headers={"content-type": "application/octet-stream", "inference-shape": shape})
+# Requests use the protocol's binary tensor extension (what tritonclient sends by default).
+Request = tuple[bytes, dict]
+
+
+def request(manifest: portfolio.Manifest, x: np.ndarray | None = None) -> Request:
+    """A binary-extension request body and headers for one sample (zeros, or `x`)."""
+    if x is None:
+        x = np.zeros((1, *manifest.input_shape), dtype=np.float32)
+    return binary_body([as_input(manifest.input_name, x.reshape(1, *manifest.input_shape))])
+
+
+def infer(conn: http.client.HTTPConnection, req: Request) -> tuple[int, str]:
+    conn.request("POST", "/v2/models/portfolio/infer", body=req[0], headers=req[1])
     r = conn.getresponse()
     r.read()
     return r.status, r.getheader("edgeprune-variant", "")
@@ -96,12 +107,12 @@ def put_policy(conn: http.client.HTTPConnection, name: str, **params) -> None:
         raise RuntimeError(f"PUT /v2/portfolio/policy: {r.status} {body[:200]!r}")
 
 
-def switch_ms(conn: http.client.HTTPConnection, target: str, x: bytes, shape: str) -> float:
+def switch_ms(conn: http.client.HTTPConnection, target: str, req: Request) -> float:
     """Client-side: PUT the switch, then infer until the new variant answers (at most 100 tries)."""
     t0 = time.perf_counter()
     put_policy(conn, "fixed", variant=target)
     for _ in range(100):
-        if infer(conn, x, shape)[1] == target:
+        if infer(conn, req)[1] == target:
             return (time.perf_counter() - t0) * 1e3
     raise RuntimeError(f"{target} never answered after the switch")
 
@@ -117,13 +128,12 @@ def build(model: str, rounds: int) -> tuple[Path, portfolio.Manifest]:
 
 
 def switching(folder: Path, manifest: portfolio.Manifest, switches: int) -> dict:
-    shape = ",".join(map(str, [1, *manifest.input_shape]))
-    x = np.random.default_rng(0).standard_normal(int(np.prod(manifest.input_shape)), dtype=np.float32).tobytes()
+    req = request(manifest, np.random.default_rng(0).standard_normal(manifest.input_shape, dtype=np.float32))
     servers = {m: ServerProc(folder, m) for m in MODES}
     try:
         for s in servers.values():  # every variant serves once before memory is read
             for vid in manifest.ids:
-                switch_ms(s.conn, vid, x, shape)
+                switch_ms(s.conn, vid, req)
         rss = {m: s.rss_mib() for m, s in servers.items()}
         times: dict[str, list[float]] = {m: [] for m in MODES}
         ids = manifest.ids
@@ -131,7 +141,7 @@ def switching(folder: Path, manifest: portfolio.Manifest, switches: int) -> dict
             target = ids[i % len(ids)]
             order = MODES[i % 3:] + MODES[:i % 3]
             for m in order:
-                times[m].append(switch_ms(servers[m].conn, target, x, shape))
+                times[m].append(switch_ms(servers[m].conn, target, req))
         rss_after = {m: s.rss_mib() for m, s in servers.items()}
         # the server's own share: the switch call alone, without HTTP and without the new variant's inference
         inside = {m: [sw["seconds"] * 1e3 for sw in s.client.get("/v2/portfolio/policy").json()["switches"]][-switches:]
@@ -211,8 +221,7 @@ def under_load(folder: Path, manifest: portfolio.Manifest, seconds: float) -> di
     under the latency policy with a CPU hog from 30 % to 60 % of that half. The p90 budget is 1.25× the dense
     variant's p99 inference time measured by the server in the first half, under the same two clients: dense fits
     it before the hog, and not during it."""
-    shape = ",".join(map(str, [1, *manifest.input_shape]))
-    x = np.zeros(int(np.prod(manifest.input_shape)), dtype=np.float32).tobytes()
+    req = request(manifest)
     s = ServerProc(folder, "preloaded")
     results: list[tuple[float, float, int, str]] = []  # (sent, latency ms, status, variant)
     stop = threading.Event()
@@ -222,7 +231,7 @@ def under_load(folder: Path, manifest: portfolio.Manifest, seconds: float) -> di
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                code, vid = infer(conn, x, shape)
+                code, vid = infer(conn, req)
             except (OSError, http.client.HTTPException) as e:
                 code, vid = 0, type(e).__name__
                 conn.close()

@@ -226,3 +226,37 @@ def test_kserve_rest_client(urls, x, expected, tmp_path):
     np.testing.assert_array_equal(got["binary_True"], expected["r95"])
     np.testing.assert_array_equal(got["binary_False"], expected["r95"])
     assert "input shape [3, 1, 28] does not fit" in str(got["error"]) and "400 Bad Request" in str(got["error"])
+
+
+def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(portfolio_dir, x, expected):  # noqa: F811
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", "from edgeprune.cli import main; main()", "serve",
+                             str(portfolio_dir), "--port", "0", "--grpc-port", "0", "--active", "r70"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()
+        found = re.search(r"grpc://127\.0\.0\.1:(\d+)", banner)
+        assert found, banner
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{found.group(1)}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if c.is_server_ready():
+                    break
+            except InferenceServerException:
+                time.sleep(0.1)
+        r = c.infer("portfolio", _inputs(grpcclient, x, True))
+        np.testing.assert_array_equal(r.as_numpy("output"), expected["r70"])
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -73,6 +73,10 @@ def serve(
         if d["want"] != d["active"]:
             err.print(f"switch {d['active']} -> {d['want']} ({d['policy']}: {d['reason']})", highlight=False)
 
+    if grpc_port == 0:  # a free port, chosen now so that the banner can name it
+        probe = serve_mod.bind(host, 0)
+        grpc_port = probe.getsockname()[1]
+        probe.close()
     app = serve_mod.build(folder, switch_mode=switch_mode, policy=policy, policy_params=params, active=active,
                           threads=threads, workers=workers, max_body_bytes=int(max_body_mb * 2**20),
                           on_decision=decided, control_token=control_token, grpc_port=grpc_port, grpc_host=host)

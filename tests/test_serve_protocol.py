@@ -286,3 +286,20 @@ def test_cli_warns_when_serving_beyond_loopback_without_a_token(portfolio_dir, m
     result = _invoke("serve", portfolio_dir, "--host", "127.0.0.1")
     assert result.exit_code == 0 and "need no token" not in result.output
     assert serve.is_loopback("::1") and serve.is_loopback("localhost") and not serve.is_loopback("0.0.0.0")
+
+
+def test_the_openapi_document_lists_the_error_answers_the_server_gives(client):
+    doc = client.get("/openapi.json").json()
+    assert '"422"' not in client.get("/openapi.json").text  # validation errors are 400 {"error"}
+    infer = doc["paths"]["/v2/models/{model}/versions/{version}/infer"]["post"]
+    assert sorted(infer["responses"]) == ["200", "400", "404", "409", "413"]
+    assert infer["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"}
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert "InputTensor" in doc["components"]["schemas"]
+    assert sorted(doc["paths"]["/v2/portfolio/policy"]["put"]["responses"]) == ["200", "400", "401", "409"]
+    unload = doc["paths"]["/v2/repository/models/{model}/unload"]["post"]
+    assert sorted(unload["responses"]) == ["200", "401", "404", "409"]
+    model = next(p for p in infer["parameters"] if p["name"] == "model")
+    assert model["schema"]["enum"] == ["portfolio", "dense", "r70", "r95"] or \
+        sorted(model["schema"]["enum"]) == ["dense", "portfolio", "r70", "r95"]

@@ -153,7 +153,7 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
             raise BadRequest(401, "this control endpoint needs the header 'Authorization: Bearer <token>' with "
                                   "the server's --control-token")
 
-    secured = {"dependencies": [Depends(control)], "responses": _errors(400, 401, 404, 409)}
+    guarded = [Depends(control)]
 
     @app.get("/", response_class=HTMLResponse)
     def status_page() -> str:
@@ -246,14 +246,14 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
         loaded = set(server.sessions.loaded())
         return [{"name": v, "version": "1", "state": "READY" if v in loaded else "UNAVAILABLE"} for v in m.ids]
 
-    @app.post("/v2/repository/models/{model}/load", **secured)
+    @app.post("/v2/repository/models/{model}/load", dependencies=guarded, responses=_errors(401, 404, 409))
     async def load(model: str = Model) -> dict:
         server.check_model(model)
         if model != ROUTED:
             await server.on_control(server.sessions.load, model)
         return {"name": model, "loaded": True}
 
-    @app.post("/v2/repository/models/{model}/unload", **secured)
+    @app.post("/v2/repository/models/{model}/unload", dependencies=guarded, responses=_errors(401, 404, 409))
     async def unload(model: str = Model) -> dict:
         server.check_model(model)
         if model == ROUTED:
@@ -266,7 +266,7 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
         return {**server.policy_state(), "live_latency": server.live_latency(), "traffic": server.metrics.summary(),
                 "server_time": time.time()}
 
-    @app.put("/v2/portfolio/policy", **secured)
+    @app.put("/v2/portfolio/policy", dependencies=guarded, responses=_errors(400, 401, 409))
     async def put_policy(req: PolicyRequest) -> dict:
         return await server.on_control(server.set_policy, req.name, req.params)
 
@@ -278,7 +278,14 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             defs = codec.InferRequest.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(defs)
+            # validation errors are answered 400 {"error"} (documented per route), never FastAPI's 422
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -125,10 +125,11 @@ class Metrics:
             self.by_variant[vid] = self.by_variant.get(vid, 0) + 1
 
     def failed(self, model: str, code: int, ns: int) -> None:
+        if model not in self.stats:  # labels only for the models held: a client cannot grow the series
+            return
         self.requests.labels(model, "", str(code)).inc()
-        if model in self.stats:
-            with self._lock:
-                self.stats[model].fail.add(ns)
+        with self._lock:
+            self.stats[model].fail.add(ns)
 
     def triton_stats(self, models: list[str]) -> dict:
         with self._lock:

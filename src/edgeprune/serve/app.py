@@ -134,13 +134,13 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
         if e.status_code == 404:
             msg = f"no route {request.method} {request.url.path}; the API is listed at /docs"
         elif e.status_code == 405:  # Allow: the methods of every route of this path, not only the first's
-            allowed = sorted({m for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE
-                              for m in getattr(r, "methods", ()) or ()})
+            allowed = sorted({method for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE
+                              for method in getattr(r, "methods", ()) or ()})
             msg = f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"
-            return JSONResponse({"error": msg}, status_code=405, headers={"Allow": ", ".join(allowed)})
+            return JSONResponse({"error": _one_line(msg)}, status_code=405, headers={"Allow": ", ".join(allowed)})
         else:
-            msg = _one_line(e.detail)
-        return JSONResponse({"error": msg}, status_code=e.status_code, headers=e.headers)
+            msg = str(e.detail)
+        return JSONResponse({"error": _one_line(msg)}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> JSONResponse:

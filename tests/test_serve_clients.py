@@ -260,3 +260,70 @@ def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(portfolio_dir, x, expe
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("mode", ["preloaded", "reload", "masks"])
+def test_no_request_fails_while_switches_land_binary_and_grpc(portfolio_dir, x, expected, mode):  # noqa: F811
+    """Two binary-HTTP and two gRPC clients, a bounded count of requests each, while the control API switches the
+    routed model round robin: every answer is a 200/OK, computed by a variant of the portfolio, and equal to what
+    that variant computes (the answer names it): no answer from a variant that was not the one named."""
+    import threading
+
+    import httpx
+
+    from edgeprune.serve.codec import as_input, binary_body
+
+    app = serve.build(portfolio_dir, switch_mode=mode, active="dense", window_s=60, window_requests=10**6,
+                      grpc_port=0)
+    content, headers = binary_body([as_input("input", x)], parameters={"binary_data_output": True})
+    problems, answered = [], []
+
+    def same(y, vid):  # masks mode computes with PyTorch: ONNX Runtime's output up to float rounding
+        return np.allclose(y, expected[vid], rtol=1e-4, atol=1e-5) if mode == "masks" else \
+            np.array_equal(y, expected[vid])
+
+    def http_client(c):
+        for _ in range(60):
+            r = c.post("/v2/models/portfolio/infer", content=content, headers=headers)
+            if r.status_code != 200:
+                problems.append(r.text)
+                continue
+            n = int(r.headers["inference-header-content-length"])
+            y = np.frombuffer(r.content[n:], dtype="<f4").reshape(3, 10)
+            vid = r.headers["edgeprune-variant"]
+            answered.append(vid)
+            if not same(y, vid):
+                problems.append(f"HTTP answer of {vid} differs from {vid}'s output")
+
+    def grpc_client(url):
+        c = grpcclient.InferenceServerClient(url)
+        try:
+            for _ in range(60):
+                try:
+                    r = c.infer("portfolio", _inputs(grpcclient, x, True))
+                except InferenceServerException as e:
+                    problems.append(str(e))
+                    continue
+                vid = r.get_response().parameters["variant"].string_param
+                answered.append(vid)
+                if not same(r.as_numpy("output"), vid):
+                    problems.append(f"gRPC answer of {vid} differs from {vid}'s output")
+        finally:
+            c.close()
+
+    with Running(app) as c:
+        grpc_url = f"127.0.0.1:{app.state.grpc_port}"
+        clients = [threading.Thread(target=http_client, args=(httpx.Client(base_url=c.base_url, timeout=60),))
+                   for _ in range(2)] + [threading.Thread(target=grpc_client, args=(grpc_url,)) for _ in range(2)]
+        for t in clients:
+            t.start()
+        switches = 0
+        while any(t.is_alive() for t in clients) and switches < 300:  # bounded
+            target = list(expected)[switches % len(expected)]
+            assert c.put("/v2/portfolio/policy", json={"name": "fixed", "params": {"variant": target}}
+                         ).status_code == 200
+            switches += 1
+        for t in clients:
+            t.join(120)
+    assert problems == [] and len(answered) == 240
+    assert switches >= 3 and len(set(answered)) >= 2  # switches landed between requests

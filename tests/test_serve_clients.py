@@ -173,10 +173,10 @@ def test_tritonclient_grpc_asyncio(urls, x, expected):
 KSERVE_SCRIPT = """
 import asyncio, sys
 import httpx, numpy as np
-from kserve.inference_client import InferenceRESTClient, RESTConfig
+from kserve.inference_client import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
-base, data, out = sys.argv[1:4]
+base, data, out, grpc_url = sys.argv[1:5]
 x = np.load(data)
 
 
@@ -200,6 +200,15 @@ async def main():
             await c.infer(base, InferRequest("r95", [bad]), model_name="r95")
         except httpx.HTTPStatusError as e:
             got["error"] = np.array(str(e))
+        g = InferenceGRPCClient(grpc_url, retries=2, timeout=30)
+        try:
+            assert await g.is_server_ready() and await g.is_model_ready("r70")
+            inp = InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=False)
+            r = await g.infer(InferRequest("r70", [inp], request_id="g1"))
+            got["grpc_r70"] = r.outputs[0].as_numpy()
+        finally:
+            await g.close()
         np.savez(out, **got)
     finally:
         await c.close()
@@ -209,7 +218,7 @@ asyncio.run(main())
 """
 
 
-def test_kserve_rest_client(urls, x, expected, tmp_path):
+def test_kserve_rest_and_grpc_clients(urls, x, expected, tmp_path):
     import importlib.util
     import os
     import subprocess
@@ -220,11 +229,13 @@ def test_kserve_rest_client(urls, x, expected, tmp_path):
     np.save(tmp_path / "x.npy", x)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-c", KSERVE_SCRIPT, urls["base"], str(tmp_path / "x.npy"),
-                          str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "out.npz"), urls["grpc"]], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(got["binary_True"], expected["r95"])
     np.testing.assert_array_equal(got["binary_False"], expected["r95"])
+    np.testing.assert_array_equal(got["grpc_r70"], expected["r70"])  # kserve's own gRPC stubs, same service
     assert "input shape [3, 1, 28] does not fit" in str(got["error"]) and "400 Bad Request" in str(got["error"])
 
 

@@ -285,6 +285,9 @@ def test_cli_warns_when_serving_beyond_loopback_without_a_token(portfolio_dir, m
     assert result.exit_code == 0 and "need no token" not in result.output
     result = _invoke("serve", portfolio_dir, "--host", "127.0.0.1")
     assert result.exit_code == 0 and "need no token" not in result.output
+    monkeypatch.setenv("EDGEPRUNE_CONTROL_TOKEN", "from-env")
+    result = _invoke("serve", portfolio_dir, "--host", "192.0.2.7")
+    assert result.exit_code == 0 and "need no token" not in result.output
     assert serve.is_loopback("::1") and serve.is_loopback("localhost") and not serve.is_loopback("0.0.0.0")
 
 

@@ -338,6 +338,7 @@ def test_status_page_updates_in_place_in_a_headless_browser(portfolio_dir, x, tm
             c.post("/v2/models/portfolio/infer", json=body(x))
         c.put("/v2/portfolio/policy", json={"name": "fixed", "params": {"variant": "r95"}})
         c.post("/v2/models/portfolio/infer", json=body(x))
+        assert c.get("/nope").status_code == 404
         dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
                               "--virtual-time-budget=3000", "--dump-dom", f"http://127.0.0.1:{c.base_url.port}/"],
                              capture_output=True, text=True, timeout=120).stdout
@@ -347,3 +348,7 @@ def test_status_page_updates_in_place_in_a_headless_browser(portfolio_dir, x, tm
     dense_row = dom.split('<tr data-variant="dense"')[1].split("</tr>")[0]
     assert '<td class="n">3</td>' in dense_row and '<td class="p50">-</td>' not in dense_row
     assert "dense → r95" in dom and "PUT /v2/portfolio/policy" in dom
+    # 4xx: our /nope, and the browser's own /favicon.ico
+    assert '<b id="total">4</b>' in dom and '<span id="e4xx">0</span>' not in dom and '<span id="e5xx">0</span>' in dom
+    updated = dom.split('<span id="updated">')[1].split("</span>")[0]
+    assert updated.endswith(" UTC") and updated != "never"  # the server's clock

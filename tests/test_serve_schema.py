@@ -24,6 +24,7 @@ def _schemathesis() -> str | None:
     return str(here) if here.exists() else shutil.which("schemathesis")
 
 
+@pytest.mark.slow  # about 100 s on 2 busy cores, bounded by --max-examples and --max-time
 @pytest.mark.skipif(_schemathesis() is None, reason="needs schemathesis (pip install -e '.[dev]')")
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(portfolio_dir, tmp_path):  # noqa: F811
     app = serve.build(portfolio_dir, window_s=60, window_requests=10**6, max_body_bytes=200_000)

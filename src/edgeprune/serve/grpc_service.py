@@ -2,7 +2,9 @@
 
 The messages and the service descriptor are the ones `tritonclient` ships, generated from Triton's
 `grpc_service.proto`: a superset of the Open Inference Protocol's `grpc_predict_v2.proto` with the same package,
-service and message names, so KServe's and Triton's gRPC clients both talk to it. Nothing is generated here.
+service and message names, so KServe's and Triton's gRPC clients both talk to it. Nothing is generated here
+(KServe and MLServer each ship messages generated from their own copy of the proto, in the same package: one
+process cannot import two of these sets, kserve/kserve#3099, so this module is imported only with a gRPC port).
 Served: ServerLive/Ready/Metadata, ModelReady/Metadata/Infer/Config/Statistics and the repository extension
 (RepositoryIndex, RepositoryModelLoad/Unload: with a control token they need the metadata
 `authorization: Bearer <token>`). The shared-memory, trace, log and streaming calls answer UNIMPLEMENTED.

@@ -33,7 +33,7 @@ def expected(portfolio_dir, x):  # noqa: F811
 @pytest.fixture(scope="module")
 def urls(portfolio_dir):  # noqa: F811
     app = serve.build(portfolio_dir, active="dense", window_s=60, window_requests=10**6, control_token=TOKEN,
-                      grpc_port=0)
+                      grpc_port=0, max_body_bytes=200_000)
     with Running(app) as c:
         yield {"http": f"127.0.0.1:{c.base_url.port}", "grpc": f"127.0.0.1:{app.state.grpc_port}",
                "base": str(c.base_url), "client": c}
@@ -82,6 +82,22 @@ def test_tritonclient_http_sync(urls, x, expected, binary):
             c.get_model_metadata("nope")
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_tritonclient_http_compressed_requests(urls, x, expected, compression):
+    c = httpclient.InferenceServerClient(urls["http"])
+    try:
+        r = c.infer("r70", _inputs(httpclient, x, True), request_compression_algorithm=compression,
+                    response_compression_algorithm=compression)
+        np.testing.assert_array_equal(r.as_numpy("output"), expected["r70"])
+    finally:
+        c.close()
+    bomb = __import__("gzip").compress(b"\0" * 300_000)  # inflates past the server's limit
+    r = urls["client"].post("/v2/models/r70/infer", content=bomb, headers={"content-encoding": "gzip"})
+    assert r.status_code == 413 and "inflates past the limit" in r.json()["error"]
+    r = urls["client"].post("/v2/models/r70/infer", content=b"x", headers={"content-encoding": "br"})
+    assert r.status_code == 400 and "Content-Encoding 'br' is not accepted" in r.json()["error"]
 
 
 def test_tritonclient_http_control_needs_the_token(urls):

@@ -224,7 +224,8 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
             model = k[0]
             server.check_model(*k)
             try:
-                body = await read_body(server, request)
+                body = codec.inflate(await read_body(server, request), request.headers.get("content-encoding"),
+                                     server.max_body_bytes)
                 decoded = codec.decode_http(body, request.headers.get(codec.HEADER_LENGTH))
             except BadRequest as e:
                 server.metrics.failed(model, e.status, time.perf_counter_ns() - t_start)

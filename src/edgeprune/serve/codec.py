@@ -15,6 +15,7 @@ Every datatype here is served (BYTES is not: no portfolio input or output is a s
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,27 @@ def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryvi
     if datatype == "BOOL" and bytes(raw).strip(b"\0\1"):
         raise BadRequest(400, f"input {name!r}: BOOL bytes must be 0 or 1")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A request body as sent with `Content-Encoding` gzip or deflate (tritonclient's request compression),
+    inflated to at most `limit` bytes (more is a 413: no body inflates past --max-body-mb)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(400, f"Content-Encoding {encoding!r} is not accepted; send gzip, deflate or none")
+    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(400, f"the body does not inflate as {encoding} ({e})") from None
+    if len(out) > limit:
+        raise BadRequest(413, f"the {encoding} body inflates past the limit of {limit} bytes (--max-body-mb); send "
+                              "smaller batches")
+    if not inflater.eof:
+        raise BadRequest(400, f"the {encoding} body is truncated")
+    return out
 
 
 def decode_http(body: bytes, header_length: str | None) -> Decoded:

@@ -64,6 +64,13 @@ def test_json_data_out_of_type_or_range_is_400(datatype, data, message):
     assert message in str(e.value) and e.value.status == 400
 
 
+@pytest.mark.parametrize("shape", [[2**62, 4], [-1, 784], [1] * 9])
+def test_shapes_that_overflow_or_mean_nothing_are_400(client, shape):
+    r = client.post("/v2/models/portfolio/infer", json={"inputs": [{"name": "input", "shape": shape,
+                                                                    "datatype": "FP32", "data": []}]})
+    assert r.status_code == 400 and "must list at most 8 dimensions, none negative" in r.json()["error"], r.text
+
+
 def test_binary_bool_bytes_must_be_0_or_1():
     with pytest.raises(BadRequest, match="BOOL bytes must be 0 or 1"):
         codec.from_bytes("t", "BOOL", [2], b"\x01\x02")

@@ -15,6 +15,7 @@ Every datatype here is served (BYTES is not: no portfolio input or output is a s
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +98,7 @@ def _unsupported(params: dict | None, where: str) -> None:
 
 
 def nbytes(datatype: str, shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * DTYPES[datatype].itemsize
+    return math.prod(shape) * DTYPES[datatype].itemsize
 
 
 def check_datatype(name: str, datatype: str) -> np.dtype:
@@ -107,9 +108,14 @@ def check_datatype(name: str, datatype: str) -> np.dtype:
     return DTYPES[datatype]
 
 
+MAX_ELEMENTS = 2**32
+
+
 def check_dims(name: str, shape: list[int]) -> None:
-    if any(d < 0 for d in shape) or len(shape) > 8:
-        raise BadRequest(400, f"input {name!r}: shape {shape} must list at most 8 dimensions, none negative")
+    if any(d < 0 for d in shape) or len(shape) > 8 or math.prod(shape) > MAX_ELEMENTS:
+        shown = str(shape) if len(str(shape)) <= 80 else str(shape)[:77] + "..."
+        raise BadRequest(400, f"input {name!r}: shape {shown} must list at most 8 dimensions, none negative, "
+                              f"at most {MAX_ELEMENTS} elements in all")
 
 
 def from_json_data(name: str, datatype: str, shape: list[int], data: list) -> np.ndarray:
@@ -131,8 +137,8 @@ def from_json_data(name: str, datatype: str, shape: list[int], data: list) -> np
         odd = next(v for v in flat if type(v) not in want)
         kind = "true/false values" if datatype == "BOOL" else "integers" if dtype.kind in "iu" else "numbers"
         raise BadRequest(400, f"input {name!r}: data must hold {kind} only, as {datatype} values; got {odd!r}")
-    if flat.size != int(np.prod(shape, dtype=np.int64)):
-        raise BadRequest(400, f"input {name!r}: shape {shape} needs {int(np.prod(shape))} elements, got {flat.size}")
+    if flat.size != math.prod(shape):
+        raise BadRequest(400, f"input {name!r}: shape {shape} needs {math.prod(shape)} elements, got {flat.size}")
     if dtype.kind in "iu" and flat.size:
         info = np.iinfo(dtype)
         lo, hi = min(flat), max(flat)

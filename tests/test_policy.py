@@ -133,6 +133,7 @@ def test_fixed_policy_keeps_what_the_api_chose(manifest):
     ("realtime", {"margin": float("nan")}, "margin must be a finite number (float), got nan"),
     ("roma", {"fps": 1e308}, "0 < fps <= 10000"),
     ("fixed", {"variant": 3}, "variant must be a variant's id, one of small, mid, dense; got 3"),
+    ("roma", {"profile": 5}, "policy 'roma': profile must be a string, got 5"),
     ("accuracy-floor", {"accuracy": 85}, "accuracy floor is a fraction in [0, 1], got 85"),
     ("fixed", {"variant": "huge"}, "unknown variant 'huge'; the portfolio holds small, mid, dense"),
 ])

@@ -323,6 +323,8 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
         raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
     typed = {}
     for k, v in params.items():
+        if declared[k].type == "str" and not isinstance(v, str):
+            raise ConfigError(f"policy {name!r}: {k} must be a string, got {v!r}")
         kind = {"float": float, "int": int}.get(declared[k].type)
         if kind is None or v is None:
             typed[k] = v

@@ -418,6 +418,89 @@ def _in_flight(folder: Path, manifest: portfolio.Manifest, mode: str, seconds: f
             "switching_over_none": p99["switching"] / p99["none"] if len(p99) == 2 else None}
 
 
+def stress(folder: Path, manifest: portfolio.Manifest, switches: int, limit_s: float = 150.0) -> dict:
+    """Per switch mode: one binary-HTTP and one gRPC client (tritonclient) sending without pause while the control
+    API switches round robin, back to back, `switches` times (at most `limit_s` seconds), under the CPU hog
+    (HOGS_PER_CORE busy processes per core, ending by themselves). Every answer must be a 200/OK from a variant of
+    the portfolio: the failures are counted per path."""
+    import tritonclient.grpc as grpcclient
+
+    req = request(manifest)
+    x = np.zeros((1, *manifest.input_shape), dtype=np.float32)
+    out = {}
+    for mode in MODES:
+        probe = serve.bind("127.0.0.1", 0)
+        grpc_port = probe.getsockname()[1]
+        probe.close()
+        s = ServerProc(folder, mode, "--grpc-port", str(grpc_port))
+        counts = {"http": 0, "grpc": 0}
+        failed: dict[str, list] = {"http": [], "grpc": []}
+        stop = threading.Event()
+
+        def http_client(s=s, counts=counts, failed=failed, stop=stop) -> None:
+            conn = s.connect()
+            while not stop.is_set():
+                try:
+                    code, vid = infer(conn, req)
+                except (OSError, http.client.HTTPException) as e:
+                    code, vid = 0, type(e).__name__
+                    conn.close()
+                    conn = s.connect()
+                counts["http"] += 1
+                if code != 200 or vid not in manifest.ids:
+                    failed["http"].append((code, vid))
+            conn.close()
+
+        def grpc_client(counts=counts, failed=failed, stop=stop, port=grpc_port) -> None:
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            inp = grpcclient.InferInput(manifest.input_name, list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            while not stop.is_set():
+                try:
+                    vid = c.infer("portfolio", [inp]).get_response().parameters["variant"].string_param
+                except Exception as e:  # noqa: BLE001  every failure is counted, whatever it is
+                    vid = f"{type(e).__name__}: {str(e)[:100]}"
+                counts["grpc"] += 1
+                if vid not in manifest.ids:
+                    failed["grpc"].append(vid)
+            c.close()
+
+        threads = [threading.Thread(target=http_client), threading.Thread(target=grpc_client)]
+        hogs = hog(limit_s)
+        done = 0
+        start = time.perf_counter()
+        try:
+            for t in threads:
+                t.start()
+            while done < switches and time.perf_counter() - start < limit_s:  # bounded
+                put_fixed(s.conn, manifest.ids[done % len(manifest.ids)])
+                done += 1
+        finally:
+            seconds = time.perf_counter() - start
+            stop.set()
+            for t in threads:
+                t.join(60)
+            for h in hogs:
+                h.kill()
+                h.wait()
+            s.stop()
+        out[mode] = {"switches": done, "seconds": seconds, "requests": dict(counts),
+                     "failed": {k: len(v) for k, v in failed.items()},
+                     "failed_examples": {k: v[:5] for k, v in failed.items()}}
+    return {"hogs": HOGS_PER_CORE * (os.cpu_count() or 2), "modes": out}
+
+
+def stress_report(st: dict) -> list[str]:
+    lines = ["## Switching under a CPU hog, binary HTTP and gRPC", "",
+             f"Per mode: one binary-extension HTTP client and one gRPC client (tritonclient) without pause, switches "
+             f"back to back through the control API, a CPU hog of {st['hogs']} busy processes:", "",
+             "| mode | switches | seconds | HTTP requests | HTTP failed | gRPC requests | gRPC failed |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {r['switches']} | {r['seconds']:.0f} | {r['requests']['http']} | {r['failed']['http']} | "
+              f"{r['requests']['grpc']} | {r['failed']['grpc']} |" for m, r in st["modes"].items()]
+    return [*lines, ""]
+
+
 def _common_prefix(pairs: list[str]) -> str:
     names = [n for pair in pairs for n in pair.split("->")]
     prefix = os.path.commonprefix(names)
@@ -482,14 +565,22 @@ def main() -> None:
     ap.add_argument("--models", default="vgg16,resnet20")
     ap.add_argument("--matrix-reps", type=int, default=5)
     ap.add_argument("--in-flight-seconds", type=float, default=24.0)
-    ap.add_argument("--rewrite", action="store_true", help="with --matrix: re-write the tables from the stored JSON")
+    ap.add_argument("--stress-switches", type=int, default=0, help="with --matrix: also this many switches per "
+                    "mode under a CPU hog with a binary-HTTP and a gRPC client (0: skip)")
+    ap.add_argument("--rewrite", action="store_true", help="with --matrix: re-write the tables from the stored JSON "
+                    "(with --stress-switches: that part measured now and added)")
     args = ap.parse_args()
     env = environment()
     if args.matrix and args.rewrite:  # the tables again from the stored measurements
         for model in args.models.split(","):
             stored = json.loads((HERE / "results" / f"serve_switch_matrix_{model}.json").read_text())
-            write_results(f"serve_switch_matrix_{model}", matrix_report(model, stored["matrix"], stored["in_flight"],
-                                                                        stored["environment"]), stored)
+            if args.stress_switches:  # measured now, added to the stored matrix
+                folder, manifest = build(model, args.retime_rounds)
+                stored["stress"] = {**stress(folder, manifest, args.stress_switches), "environment": environment()}
+            lines = matrix_report(model, stored["matrix"], stored["in_flight"], stored["environment"])
+            if "stress" in stored:
+                lines += ["", *stress_report(stored["stress"])]
+            write_results(f"serve_switch_matrix_{model}", lines, stored)
         return
     if args.matrix:
         (HERE / "results").mkdir(exist_ok=True)
@@ -497,9 +588,12 @@ def main() -> None:
             folder, manifest = build(model, args.retime_rounds)
             mx = transition_matrix(folder, manifest, args.matrix_reps)
             fl = in_flight(folder, manifest, args.in_flight_seconds)
-            write_results(f"serve_switch_matrix_{model}", matrix_report(model, mx, fl, env),
-                          {"environment": env, "model": model, "variants": manifest.ids, "matrix": mx,
-                           "in_flight": fl})
+            payload = {"environment": env, "model": model, "variants": manifest.ids, "matrix": mx, "in_flight": fl}
+            lines = matrix_report(model, mx, fl, env)
+            if args.stress_switches:
+                payload["stress"] = stress(folder, manifest, args.stress_switches)
+                lines += ["", *stress_report(payload["stress"])]
+            write_results(f"serve_switch_matrix_{model}", lines, payload)
         return
     payload: dict = {"environment": env, "models": {}}
     for model in ("vgg16", "resnet20"):

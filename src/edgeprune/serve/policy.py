@@ -40,6 +40,8 @@ from ..portfolio import Manifest
 
 DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
 POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
+# upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
+MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
 
 
 @dataclass
@@ -94,6 +96,9 @@ class Fixed(Policy):
 
     def __post_init__(self) -> None:
         if self.variant is not None:
+            if not isinstance(self.variant, str):
+                raise ConfigError(f"policy 'fixed': variant must be a variant's id, one of "
+                                  f"{', '.join(self.manifest.ids)}; got {self.variant!r}")
             self.manifest.variant(self.variant)
 
     def decide(self, window: Window) -> Decision:
@@ -147,12 +152,12 @@ class Latency(Policy):
     _up: int = 0
 
     def __post_init__(self) -> None:
-        if self.budget_ms <= 0 or not 0 <= self.margin < 1 or not 0 < self.alpha <= 1:
-            raise ConfigError(f"latency policy needs budget_ms > 0, 0 <= margin < 1, 0 < alpha <= 1; got "
-                              f"{self.budget_ms}, {self.margin}, {self.alpha}")
-        if self.down_after < 1 or self.up_after < 1:
-            raise ConfigError(f"down_after and up_after count windows and must be >= 1, got {self.down_after}, "
-                              f"{self.up_after}")
+        if not 0 < self.budget_ms <= MAX_MS or not 0 <= self.margin < 1 or not 0 < self.alpha <= 1:
+            raise ConfigError(f"latency policy needs 0 < budget_ms <= {MAX_MS:g}, 0 <= margin < 1, 0 < alpha <= 1; "
+                              f"got {self.budget_ms}, {self.margin}, {self.alpha}")
+        if not 1 <= self.down_after <= MAX_COUNT or not 1 <= self.up_after <= MAX_COUNT:
+            raise ConfigError(f"down_after and up_after count windows and must be in [1, {MAX_COUNT}], got "
+                              f"{self.down_after}, {self.up_after}")
         self._slow.alpha = self.alpha
 
     def decide(self, window: Window) -> Decision:
@@ -193,9 +198,11 @@ class Realtime(Policy):
         if self.manifest.task == "detect":
             raise ConfigError("the realtime policy scores classifiers (right or wrong per frame); this portfolio "
                               "holds detectors: use the roma policy")
-        if self.fps <= 0 or not 0 <= self.beta <= 1 or self.margin < 0 or self.history < 1:
-            raise ConfigError(f"realtime policy needs fps > 0, 0 <= beta <= 1, margin >= 0 and history >= 1; got "
-                              f"{self.fps}, {self.beta}, {self.margin}, {self.history}")
+        if not 0 < self.fps <= MAX_FPS or not 0 <= self.beta <= 1 or not 0 <= self.margin <= 1 or \
+                not 1 <= self.history <= MAX_COUNT:
+            raise ConfigError(f"realtime policy needs 0 < fps <= {MAX_FPS:g}, 0 <= beta <= 1, 0 <= margin <= 1 and "
+                              f"1 <= history <= {MAX_COUNT}; got {self.fps}, {self.beta}, {self.margin}, "
+                              f"{self.history}")
 
     def decide(self, window: Window) -> Decision:
         # Every variant's latencies: its own, as measured while it was active (the tail included: on a shared
@@ -266,6 +273,9 @@ class Roma(Policy):
         from ..detection import profile as prof
         from ..detection import roma
 
+        if not 0 < self.fps <= MAX_FPS or not 0 <= self.margin <= 1 or not 1 <= self.patience <= MAX_COUNT:
+            raise ConfigError(f"roma policy needs 0 < fps <= {MAX_FPS:g}, 0 <= margin <= 1 and 1 <= patience <= "
+                              f"{MAX_COUNT}; got {self.fps}, {self.margin}, {self.patience}")
         if self.manifest.task != "detect":
             raise ConfigError("the roma policy chooses among detectors; this portfolio holds classifiers: build "
                               "one from a detector family (`edgeprune portfolio build FAMILY --profile PATH`)")
@@ -313,6 +323,8 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
         raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
     typed = {}
     for k, v in params.items():
+        if declared[k].type == "str" and not isinstance(v, str):
+            raise ConfigError(f"policy {name!r}: {k} must be a string, got {v!r}")
         kind = {"float": float, "int": int}.get(declared[k].type)
         if kind is None or v is None:
             typed[k] = v
@@ -321,6 +333,10 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
             if isinstance(v, bool) or not isinstance(v, int | float | str):
                 raise TypeError
             typed[k] = kind(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"policy {name!r}: {k} must be a number ({kind.__name__}), got {v!r}") from None
+            if not math.isfinite(typed[k]):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise ConfigError(f"policy {name!r}: {k} must be a finite number ({kind.__name__}), got {shown}") \
+                from None
     return cls(manifest, **typed)

@@ -16,6 +16,7 @@ of that approach's cost), and a request reports the variant whose weights it ran
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -117,6 +118,14 @@ class MaskedModel:
         return self.infer(x)[1]
 
 
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Sessions:
     """The runners of a portfolio in one switch mode, the active variant, and Triton-style load/unload."""
 
@@ -130,6 +139,8 @@ class Sessions:
         self.folder, self.manifest, self.mode, self.threads, self.warmup = Path(folder), manifest, mode, threads, warmup
         first = manifest.variant(active).id if active else max(manifest.variants, key=lambda v: v.accuracy).id
         self._lock = threading.Lock()  # one switch or load at a time; requests never take it
+        # each file as verified at start: reload mode reads files again at switch time and refuses changed ones
+        self._files = {v.id: _signature(self.folder / v.onnx) for v in manifest.variants}
         self._loaded: dict[str, Runner] = {}
         self._masked = MaskedModel(self.folder, manifest, threads) if mode == "masks" else None
         if mode == "preloaded":
@@ -138,7 +149,16 @@ class Sessions:
         self._current: tuple[str, Runner] = (first, self._runner_for(first))
 
     def _ort(self, vid: str) -> OrtRunner:
-        return OrtRunner(self.folder / self.manifest.variant(vid).onnx, self.threads)
+        path = self.folder / self.manifest.variant(vid).onnx
+        restart = "restart `edgeprune serve` to serve the portfolio as it is now"
+        if _signature(path) != self._files[vid]:
+            raise SwitchConflict(f"variant {vid}: {path} changed on disk since the server started (the portfolio was "
+                                 f"rebuilt or edited); {restart}")
+        try:
+            return OrtRunner(path, self.threads)
+        except Exception as e:  # noqa: BLE001  ONNX Runtime raises its own exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SwitchConflict(f"variant {vid}: {path} cannot be loaded ({first}); {restart}") from None
 
     def _warm(self, runner: Runner) -> Runner:
         x = np.zeros((self.manifest.batch_size, *self.manifest.input_shape), dtype=np.float32)

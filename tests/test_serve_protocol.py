@@ -270,8 +270,10 @@ def test_a_portfolio_rebuilt_under_a_reload_server_is_a_409_not_a_500(portfolio_
     (["--port", "-1"], "--port must be a port number in 0-65535, got -1"),
     (["--port", "70000"], "--port must be a port number in 0-65535, got 70000"),
     (["--grpc-port", "70000"], "--grpc-port must be a port number in 0-65535, got 70000"),
-    (["--threads", "-1"], "--threads must be >= 1"),
-    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--threads", "-1"], "--threads must be in 1.."),
+    (["--threads", "1000"], "--threads must be in 1.."),
+    (["--workers", "0"], "--workers must be in 1.."),
+    (["--workers", "100000"], "--workers must be in 1.."),
     (["--max-body-mb", "nan"], "--max-body-mb must be a number of MiB in (0, 4096], got nan"),
     (["--max-body-mb", "inf"], "--max-body-mb must be a number of MiB in (0, 4096], got inf"),
     (["--policy", "latency", "--policy-params", '{"budget_ms": NaN}'], "budget_ms must be a finite number"),
@@ -313,3 +315,50 @@ def test_the_openapi_document_lists_the_error_answers_the_server_gives(client):
     model = next(p for p in infer["parameters"] if p["name"] == "model")
     assert model["schema"]["enum"] == ["portfolio", "dense", "r70", "r95"] or \
         sorted(model["schema"]["enum"]) == ["dense", "portfolio", "r70", "r95"]
+
+
+# what an independent pass found after the protocol work: each was a 500, a silent accept or a success that did nothing
+@pytest.mark.parametrize(("params", "message"), [
+    ({"name": "latency", "params": {"budget_ms": None}}, "budget_ms cannot be null"),
+    ({"name": "realtime", "params": {"fps": None}}, "fps cannot be null"),
+    ({"name": "realtime", "params": {"fps": "30"}}, "fps must be a number (float), got '30'"),
+    ({"name": "realtime", "params": {"history": 2.5}}, "history counts and must be a whole number, got 2.5"),
+    ({"name": "realtime", "params": {"fps": 1e-320}}, "realtime policy needs 0.001 <= fps"),
+    ({"name": "fixed", "params": {"variant": "a" * 100_000}}, "unknown variant"),
+])
+def test_policy_values_are_checked_not_coerced(client, x, params, message):
+    r = client.put("/v2/portfolio/policy", json=params)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+    assert len(r.json()["error"]) <= 400  # a long value is cut, not echoed whole
+    assert client.post("/v2/models/portfolio/infer", json=body(x)).status_code == 200
+
+
+def test_a_non_ascii_digit_in_the_header_length_is_400(client):
+    r = client.post("/v2/models/portfolio/infer", content=b'{"inputs": []}',
+                    headers={"Inference-Header-Content-Length": b"\xb2"})  # '²', a digit to str.isdigit
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+
+
+def test_every_route_holds_the_body_limit(portfolio_dir):  # noqa: F811
+    with Running(serve.build(portfolio_dir, active="dense", max_body_bytes=1000)) as c:
+        big = json.dumps({"name": "fixed", "params": {"variant": "a" * 5000}})
+        for method, path in (("PUT", "/v2/portfolio/policy"), ("POST", "/v2/repository/index"),
+                             ("POST", "/v2/repository/models/dense/unload")):
+            r = c.request(method, path, content=big, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "--max-body-mb" in r.json()["error"], (path, r.text)
+
+
+def test_an_output_json_cannot_carry_is_a_400_naming_binary():
+    t = codec.Tensor("logits", "FP32", (1, 2), np.array([[np.nan, 1.0]], np.float32))
+    with pytest.raises(BadRequest, match="holds NaN or infinity.*binary_data"):
+        codec.encode_http({}, [t], {}, False)
+    text, length = codec.encode_http({}, [t], {"logits": True}, False)  # in binary it travels as it is
+    assert length is not None
+
+
+@pytest.mark.parametrize("mode", ["reload", "masks"])
+def test_loading_an_inactive_variant_outside_preloaded_mode_is_a_409_that_says_what_to_do(portfolio_dir, mode):  # noqa: F811
+    with Running(serve.build(portfolio_dir, switch_mode=mode, active="dense")) as c:
+        r = c.post("/v2/repository/models/r70/load")
+        assert r.status_code == 409 and "PUT /v2/portfolio/policy" in r.json()["error"], r.text
+        assert c.post("/v2/repository/models/dense/load").status_code == 200  # the active one: nothing to do

@@ -54,10 +54,15 @@ def serve(
     for name, value in (("--port", port), ("--grpc-port", grpc_port)):
         if value is not None and not 0 <= value <= 65535:
             raise ConfigError(f"{name} must be a port number in 0-65535, got {value}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be >= 1 (or left out for the portfolio's setting), got {threads}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    import os
+
+    cpus = os.cpu_count() or 1
+    most = max(64, 4 * cpus)  # past this a server spends its time switching threads, not answering
+    if threads is not None and not 1 <= threads <= most:
+        raise ConfigError(f"--threads must be in 1..{most} (this machine has {cpus} CPUs; or leave it out for the "
+                          f"portfolio's setting), got {threads}")
+    if not 1 <= workers <= most:
+        raise ConfigError(f"--workers must be in 1..{most} (this machine has {cpus} CPUs), got {workers}")
     if not 0 < max_body_mb <= 4096:  # also refuses nan and inf
         raise ConfigError(f"--max-body-mb must be a number of MiB in (0, 4096], got {max_body_mb}")
     if control_token is not None and not control_token.strip():

@@ -71,8 +71,42 @@ def _infer_body() -> dict:
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
+MAX_ERROR_CHARS = 400  # an error names the value it refuses; a long value (a 20 MiB variant name) is cut
+
+
+def _one_line(e: Exception | str) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
+
+
+class BodyLimit:
+    """Every route's request body is held to --max-body-mb, not only the infer routes' (which read it themselves):
+    a declared Content-Length over the limit is a 413 before anything is read, and a chunked body is cut off there."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.server.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            response = JSONResponse({"error": f"request body of {int(declared)} bytes is over the limit of {limit} "
+                                              "bytes (--max-body-mb); send smaller batches"}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BadRequest(413, f"request body is over the limit of {limit} bytes (--max-body-mb); send "
+                                      "smaller batches")
+            return message
+
+        return await self.app(scope, bounded, send)
 
 
 def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "127.0.0.1") -> FastAPI:
@@ -99,6 +133,7 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
     app = FastAPI(title="edgeprune serve", version=__version__, lifespan=lifespan,
                   description=__doc__.split("\n\n")[0])
     app.state.server = server
+    app.add_middleware(BodyLimit, server=server)
     m = server.manifest
 
     @app.middleware("http")
@@ -287,6 +322,11 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
                     operation.get("responses", {}).pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
+            # the policies this portfolio's task takes (realtime scores classifiers, roma chooses detectors)
+            other = "realtime" if m.task == "detect" else "roma"
+            name_schema = schemas.get("PolicyRequest", {}).get("properties", {}).get("name", {})
+            if "enum" in name_schema:
+                name_schema["enum"] = [p for p in name_schema["enum"] if p != other]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -296,7 +336,7 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
 
 async def read_body(server: Server, request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > server.max_body_bytes:
         raise BadRequest(413, f"request body of {int(declared)} bytes is over the limit of {server.max_body_bytes} "
                               "bytes (--max-body-mb); send smaller batches")
     chunks, size = [], 0

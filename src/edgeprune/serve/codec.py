@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES = {"BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
@@ -58,7 +58,7 @@ class OutputRequest(_Open):
 class InferRequest(_Open):
     id: StrictStr | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[InputTensor]
+    inputs: list[InputTensor] = Field(min_length=1)
     outputs: list[OutputRequest] | None = None
 
 
@@ -194,7 +194,8 @@ def decode_http(body: bytes, header_length: str | None) -> Decoded:
     if header_length is None:
         head, rest = body, b""
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        digits = header_length.strip()
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
             raise BadRequest(400, f"Inference-Header-Content-Length {header_length!r} must be the byte length of the "
                                   f"JSON header at the start of the body ({len(body)} bytes)")
         n = int(header_length)
@@ -257,6 +258,10 @@ def encode_http(head: dict, outputs: list[Tensor], binary: dict[str, bool], bina
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
+            if t.array.dtype.kind == "f" and not np.isfinite(t.array).all():
+                raise BadRequest(400, f"output {t.name!r} holds NaN or infinity (the input drove the model out of "
+                                      "range), which JSON cannot carry; request it in binary "
+                                      '(outputs: [{"name": ..., "parameters": {"binary_data": true}}])')
             entry["data"] = t.array.ravel().tolist()
         listed.append(entry)
     text = json.dumps({**head, "outputs": listed}, separators=(",", ":")).encode()

@@ -42,6 +42,7 @@ DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
 POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
 # upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
 MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
+MIN_FPS = 1e-3  # one frame in about 17 minutes: below it a frame's period overflows the decision arithmetic
 
 
 @dataclass
@@ -198,11 +199,11 @@ class Realtime(Policy):
         if self.manifest.task == "detect":
             raise ConfigError("the realtime policy scores classifiers (right or wrong per frame); this portfolio "
                               "holds detectors: use the roma policy")
-        if not 0 < self.fps <= MAX_FPS or not 0 <= self.beta <= 1 or not 0 <= self.margin <= 1 or \
-                not 1 <= self.history <= MAX_COUNT:
-            raise ConfigError(f"realtime policy needs 0 < fps <= {MAX_FPS:g}, 0 <= beta <= 1, 0 <= margin <= 1 and "
-                              f"1 <= history <= {MAX_COUNT}; got {self.fps}, {self.beta}, {self.margin}, "
-                              f"{self.history}")
+        if not MIN_FPS <= self.fps <= MAX_FPS or not 0 <= self.beta <= 1 or not 0 <= self.margin <= 1 \
+                or not 1 <= self.history <= MAX_COUNT:
+            raise ConfigError(f"realtime policy needs {MIN_FPS:g} <= fps <= {MAX_FPS:g}, 0 <= beta <= 1, "
+                              f"0 <= margin <= 1 and 1 <= history <= {MAX_COUNT}; got {self.fps}, {self.beta}, "
+                              f"{self.margin}, {self.history}")
 
     def decide(self, window: Window) -> Decision:
         # Every variant's latencies: its own, as measured while it was active (the tail included: on a shared
@@ -273,9 +274,10 @@ class Roma(Policy):
         from ..detection import profile as prof
         from ..detection import roma
 
-        if not 0 < self.fps <= MAX_FPS or not 0 <= self.margin <= 1 or not 1 <= self.patience <= MAX_COUNT:
-            raise ConfigError(f"roma policy needs 0 < fps <= {MAX_FPS:g}, 0 <= margin <= 1 and 1 <= patience <= "
-                              f"{MAX_COUNT}; got {self.fps}, {self.margin}, {self.patience}")
+        if not MIN_FPS <= self.fps <= MAX_FPS or not 0 <= self.margin <= 1 \
+                or not 1 <= self.patience <= MAX_COUNT:
+            raise ConfigError(f"roma policy needs {MIN_FPS:g} <= fps <= {MAX_FPS:g}, 0 <= margin <= 1 and "
+                              f"1 <= patience <= {MAX_COUNT}; got {self.fps}, {self.margin}, {self.patience}")
         if self.manifest.task != "detect":
             raise ConfigError("the roma policy chooses among detectors; this portfolio holds classifiers: build "
                               "one from a detector family (`edgeprune portfolio build FAMILY --profile PATH`)")
@@ -311,6 +313,35 @@ _BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency,
             "roma": Roma}
 
 
+def _typed(policy: str, key: str, declared, v):
+    """`v` as parameter `key` of `policy` declares it, or a ConfigError naming it: no coercion (a string is not a
+    number, 2.5 is not a count), null only where the parameter's default is null."""
+    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+    if v is None:
+        if declared.default is None:
+            return None
+        raise ConfigError(f"policy {policy!r}: {key} cannot be null; leave it out for its default "
+                          f"({declared.default!r})")
+    if declared.type == "str":  # an optional string (fixed's variant) is checked by its policy, naming the choices
+        if not isinstance(v, str):
+            raise ConfigError(f"policy {policy!r}: {key} must be a string, got {shown}")
+        return v
+    kind = {"float": float, "int": int}.get(declared.type)
+    if kind is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ConfigError(f"policy {policy!r}: {key} must be a number ({kind.__name__}), got {shown}")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int past any float (JSON 10**400)
+        finite = False
+    if not finite:
+        raise ConfigError(f"policy {policy!r}: {key} must be a finite number ({kind.__name__}), got {shown}")
+    if kind is int and v != int(v):
+        raise ConfigError(f"policy {policy!r}: {key} counts and must be a whole number, got {shown}")
+    return kind(v)
+
+
 def make(manifest: Manifest, name: str, **params) -> Policy:
     """The policy `name` with `params` (the keyword names of its class), each checked."""
     if name not in _BY_NAME:
@@ -323,20 +354,5 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
         raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
     typed = {}
     for k, v in params.items():
-        if declared[k].type == "str" and not isinstance(v, str):
-            raise ConfigError(f"policy {name!r}: {k} must be a string, got {v!r}")
-        kind = {"float": float, "int": int}.get(declared[k].type)
-        if kind is None or v is None:
-            typed[k] = v
-            continue
-        try:
-            if isinstance(v, bool) or not isinstance(v, int | float | str):
-                raise TypeError
-            typed[k] = kind(v)
-            if not math.isfinite(typed[k]):
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-            raise ConfigError(f"policy {name!r}: {k} must be a finite number ({kind.__name__}), got {shown}") \
-                from None
+        typed[k] = _typed(name, k, declared[k], v)
     return cls(manifest, **typed)

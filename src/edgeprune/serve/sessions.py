@@ -31,6 +31,10 @@ from ..portfolio import Manifest, PortfolioError
 SWITCH_MODES = ("preloaded", "reload", "masks")
 
 
+def _fixed(vid: str) -> str:
+    return f'{{"name": "fixed", "params": {{"variant": "{vid}"}}}}'
+
+
 class SwitchConflict(PortfolioError):
     """A switch or unload the server's state forbids now (the variant is unloaded, or is the active one)."""
 
@@ -187,8 +191,10 @@ class Sessions:
         else:
             runner = self.runner(vid)
             if runner is None:
-                raise NotLoaded(f"model {vid!r} is not loaded in switch mode {self.mode!r}; load it "
-                                f"(POST /v2/repository/models/{vid}/load) or ask the routed model 'portfolio'")
+                how = (f"load it (POST /v2/repository/models/{vid}/load)" if self.mode == "preloaded" else
+                       f"make it the active one (PUT /v2/portfolio/policy {_fixed(vid)})")
+                raise NotLoaded(f"model {vid!r} is not loaded in switch mode {self.mode!r}; {how} or ask the routed "
+                                "model 'portfolio'")
         return vid, runner.run(x)
 
     @property
@@ -218,10 +224,15 @@ class Sessions:
         return sorted({*self._loaded, self._current[0]})
 
     def load(self, vid: str) -> None:
-        """Triton's explicit load: in preloaded mode, (re)create the variant's session; other modes hold only
-        the active variant's runner and load at switch time, so there is nothing to do."""
+        """Triton's explicit load: in preloaded mode, (re)create the variant's session. The other modes hold only
+        the active variant and load at switch time: loading it is nothing to do, loading another is a conflict
+        that says how to make it active (never a success that loaded nothing)."""
         self.manifest.variant(vid)
         if self.mode != "preloaded":
+            if vid != self.active:
+                raise SwitchConflict(f"switch mode {self.mode!r} holds only the active variant ({self.active}); "
+                                     f"make {vid} active instead (PUT /v2/portfolio/policy {_fixed(vid)}), or serve "
+                                     "with --switch-mode preloaded to load variants side by side")
             return
         with self._lock:
             if vid not in self._loaded:

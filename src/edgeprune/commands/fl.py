@@ -48,8 +48,9 @@ def run_cmd(
     from rich.table import Table
 
     from ..federated.flower import run_spec
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
+    check_output_file(out, "--out")
     try:
         job = yaml.safe_load(spec.read_text())
     except (OSError, yaml.YAMLError) as e:

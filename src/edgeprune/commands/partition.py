@@ -74,12 +74,22 @@ def bench_cmd(
 
     Example: [bold]edgeprune partition bench tv:vgg16 --tier device --cpu-quota 0.25[/]
     """
+    from ..checks import name as plain_name
+    from ..checks import number
     from ..partition import bench
-    from ..runs import write_json
+    from ..runs import check_writable, write_json
 
+    plain_name(tier, "--tier")
+    number(warmup, "--warmup", at_least=0, integer=True)
+    for option, value in (("--cpu-quota", cpu_quota), ("--slowdown", slowdown)):
+        if value is not None:
+            number(value, option, above=0)
+    check_writable(out, "--out")
     variants = bench.portfolio_models(source)
     todo = {name: (data, out / name) for name, data in variants.items()} if variants else {
         (m := bench.source_model(source, _shape(input_shape), num_classes))[1]: (m[0], out)}
+    for _, folder in todo.values():
+        check_writable(folder, "--out")
     for name, (data, folder) in todo.items():
         with _progress() as progress:
             rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
@@ -123,8 +133,14 @@ def plan_cmd(
     --target-latency 40[/]
     """
     from ..partition import bench, plan
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
+    check_output_file(out, "--out")
+    check_output_file(plot, "--plot")
+    if target_latency is not None:
+        from ..checks import number
+
+        number(target_latency, "--target-latency", above=0)
     if (variants is None) != (target_latency is None):
         raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "
                           "latency the choice must meet")
@@ -192,14 +208,15 @@ def run_cmd(
 
     Example: [bold]edgeprune partition run tv:vgg16 --plan plan.json --rank 1[/]
     """
-    from ..partition import bench, offload
-    from ..runs import read_json, write_json
+    from ..partition import bench, offload, records
+    from ..runs import check_output_file, write_json
 
     if not plan_file.is_file():
         raise ConfigError(f"--plan {str(plan_file)!r} does not exist; write it with `edgeprune partition plan`")
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
-    record = read_json(plan_file)
+    check_output_file(out, "--out")
+    record = records.load(plan_file, "plan")
     variants = bench.portfolio_models(source)
     if variants is None:
         data, _ = bench.source_model(source, _shape(input_shape), num_classes)

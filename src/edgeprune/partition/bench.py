@@ -19,8 +19,9 @@ from ..errors import ConfigError, EdgePruneError
 from ..export import ort_session
 from ..progress import Reporter, reporter
 from . import transfer
+from .records import BENCH_FORMAT
 
-FORMAT = "edgeprune.partition.bench/1"
+FORMAT = BENCH_FORMAT
 
 
 def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 1000) -> tuple[bytes, str]:
@@ -36,11 +37,11 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
         if not (path / ONNX).is_file():
             raise EdgePruneError(f"run {source!r} has no {ONNX}; write it with `edgeprune export {source} "
                                  f"--onnx {path / ONNX}`")
-        return (path / ONNX).read_bytes(), path.name
+        return checked(path / ONNX), path.name
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {source!r} does not exist; give a run folder, an .onnx file or tv:NAME")
-        return path.read_bytes(), path.stem
+        return checked(path), path.stem
     if os.sep in source or path.suffix:
         raise ConfigError(f"{source!r} is neither a run folder nor an .onnx file; give one, or a model name like "
                           "tv:vgg16")
@@ -60,7 +61,28 @@ def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
     if not (folder / portfolio.MANIFEST).is_file():
         return None
     manifest = portfolio.load(folder)
-    return {v.id: (folder / v.onnx).read_bytes() for v in manifest.variants}
+    return {v.id: checked(folder / v.onnx, f"variant {v.id} of portfolio {folder}") for v in manifest.variants}
+
+
+def checked(path: Path, what: str | None = None) -> bytes:
+    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model or is an INT8 one
+    (a quantised graph's blocks cannot be cut apart at its float activations)."""
+    import onnx
+
+    what = what or str(path)
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # protobuf's DecodeError, onnx's ValidationError: a truncated or foreign file
+        raise ConfigError(f"{what} is not a readable ONNX model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); export it again") from None
+    from ..export import precision_of
+
+    if precision_of(data) != "fp32":
+        raise ConfigError(f"{what} is an INT8 model: partitioning times and cuts fp32 models only; give its fp32 "
+                          "source run (the one `edgeprune quantize` was run on)")
+    return data
 
 
 def run(
@@ -164,15 +186,10 @@ def run(
 
 
 def load(path: str | Path) -> dict:
-    """A bench file, checked to be one."""
-    from ..runs import read_json
+    """A bench file, checked to be one, field by field."""
+    from .records import load as load_record
 
-    if not Path(path).is_file():
-        raise ConfigError(f"bench file {str(path)!r} does not exist; write it with `edgeprune partition bench`")
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{str(path)!r} is not a bench file ({FORMAT}); write it with `edgeprune partition bench`")
-    return data
+    return load_record(path, "bench")
 
 
 def path_for(out_dir: str | Path, tier: str) -> Path:

@@ -265,3 +265,238 @@ def test_a_full_disk_during_prune_is_one_line_and_leaves_no_finished_run(tmp_pat
                                   "-b", "64", "--runs-dir", tmp_path, "--name", "r"))
     assert "No space left on device" in out
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+# --- 2. bad input: one line, exit 2, naming the value --------------------------------------------------------
+
+FL_SPEC = {"model": {"name": "vgg5", "num_classes": 10, "in_channels": 1, "image_size": 28},
+           "data": {"name": "synthetic", "batch_size": 16}, "rounds": 1, "edges": ["edge0"],
+           "devices": [{"split": 2, "edge": "edge0"}, {"split": 7}], "optim": {"lr": 0.01}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"devices": 3}, "devices must be a list of devices"),
+    ({"devices": [{"edge": "edge0"}]}, "device 0 lacks 'split'"),
+    ({"rounds": "three"}, "rounds must be an integer >= 1, got 'three'"),
+    ({"devices": [{"split": 2, "mbps": 0}]}, "device 0's mbps must be a finite number > 0, got 0"),
+    ({"optim": {"lr": -0.1}}, "optim.lr must be a finite number > 0, got -0.1"),
+    ({"optim": {"lr": float("nan")}}, "optim.lr must be a finite number > 0, got nan"),
+    ({"data": {"name": "synthetic", "batch_size": 0}}, "data.batch_size must be an integer >= 1, got 0"),
+    ({"rtt_ms": -5}, "rtt_ms must be a finite number >= 0, got -5"),
+    ({"devices": [{"split": 2, "factor": 0}]}, "device 0's factor must be a finite number >= 1, got 0"),
+    ({"devices": [{"split": "two"}]}, "device 0's split must be an integer >= 0, got 'two'"),
+    ({"devices": [{"split": 2, "edge": "nowhere"}]}, "device 0's edge 'nowhere' is not among"),
+    ({"moves": [{"round": 1, "device": 0, "iteration": 1}]}, "move 0 lacks 'to'"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+])
+def test_a_bad_fl_spec_is_one_line_naming_the_value(tmp_path, change, message):
+    import yaml
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({**FL_SPEC, **change}))
+    out = _one_line_error(_invoke("-q", "fl", "run", spec, "--out", tmp_path / "fl.json"))
+    assert message in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+@pytest.fixture(scope="module")
+def partitioned(made, tmp_path_factory):
+    """Bench files of run `a` for two tiers, a links file and a plan; an INT8 copy of run `a`; a portfolio of
+    a, b and the INT8 copy."""
+    root = tmp_path_factory.mktemp("partitioned")
+    shutil.copytree(made / "runs", root / "runs")
+    for tier in ("device", "edge"):
+        result = _invoke("-q", "partition", "bench", root / "runs" / "a", "--tier", tier, "--out", root)
+        assert result.exit_code == 0, result.output
+    (root / "links.csv").write_text("source,destination,ping_ms,bandwidth_mbps\ndevice,edge,5,100\n")
+    result = _invoke("-q", "partition", "plan", root / "bench-device.json", root / "bench-edge.json", "--network",
+                     root / "links.csv", "--out", root / "plan.json")
+    assert result.exit_code == 0, result.output
+    result = _invoke("-q", "quantize", root / "runs" / "a", "--name", "a-int8", "--calibration", "64",
+                     "--measure-runs", "2")
+    assert result.exit_code == 0, result.output
+    _as_real_data(root / "runs" / "a-int8", 0.55)
+    result = _invoke("-q", "portfolio", "build", root / "runs" / "a", root / "runs" / "a-int8", "--out", root / "pf",
+                     "--keep-all", "--rounds", 1, "--runs", 2)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.parametrize("row, message", [
+    ("device,edge,5,nan", "bandwidth_mbps must be a finite number > 0, got nan"),
+    ("device,edge,5,inf", "bandwidth_mbps must be a finite number > 0, got inf"),
+    ("device,edge,nan,100", "ping_ms must be a finite number >= 0, got nan"),
+    ("device,edge,-inf,100", "ping_ms must be a finite number >= 0, got -inf"),
+])
+def test_plan_refuses_a_link_that_is_not_finite(partitioned, tmp_path, row, message):
+    (tmp_path / "links.csv").write_text(f"source,destination,ping_ms,bandwidth_mbps\n{row}\n")
+    out = _one_line_error(_invoke("-q", "partition", "plan", partitioned / "bench-device.json",
+                                  partitioned / "bench-edge.json", "--network", tmp_path / "links.csv",
+                                  "--out", tmp_path / "plan.json"))
+    assert message in out and "links.csv:2" in out
+    assert not (tmp_path / "plan.json").exists()
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    data = json.loads(src.read_text())
+    edit(data)
+    dst.write_text(json.dumps(data))
+    return dst
+
+
+def test_plan_refuses_a_bench_file_holding_nan_or_of_another_kind(partitioned, tmp_path):
+    nan = _edited(partitioned / "bench-edge.json", tmp_path / "bench-edge.json",
+                  lambda d: d["blocks"][0].update(ms=float("nan")))
+    args = ["-q", "partition", "plan", partitioned / "bench-device.json", "--network", partitioned / "links.csv",
+            "--out", tmp_path / "plan.json"]
+    out = _one_line_error(_invoke(*args[:4], nan, *args[4:]))
+    assert "blocks[0].ms must be a finite number >= 0, got nan" in out and "bench-edge.json" in out
+    out = _one_line_error(_invoke(*args[:4], partitioned / "plan.json", *args[4:]))
+    assert "is not a bench file" in out
+    typed = _edited(partitioned / "bench-edge.json", tmp_path / "typed.json", lambda d: d.update(tier=3))
+    assert "tier is 3, not a string" in _one_line_error(_invoke(*args[:4], typed, *args[4:]))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["plans"][0].update(total_ms=float("nan")), "plans[0].total_ms must be a finite number"),
+    (lambda d: d.update(plans=[]), "plans is empty"),
+    (lambda d: d["plans"][0]["stages"][0].update(first="zero"), "plans[0].stages[0].first must be an integer"),
+    (lambda d: d["links"][0].update(bandwidth_mbps=0), "links[0].bandwidth_mbps must be a finite number > 0"),
+    (lambda d: d.update(format="edgeprune.partition.bench/1"), "is not a plan file"),
+])
+def test_partition_run_refuses_a_broken_plan_file(partitioned, tmp_path, edit, message):
+    plan = _edited(partitioned / "plan.json", tmp_path / "plan.json", edit)
+    out = _one_line_error(_invoke("-q", "partition", "run", partitioned / "runs" / "a", "--plan", plan))
+    assert message in out
+
+
+@pytest.mark.parametrize("command", ["cuts", "bench"])
+def test_a_corrupt_onnx_file_is_one_line(partitioned, tmp_path, command):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes((partitioned / "runs" / "a" / "model.onnx").read_bytes()[:500])
+    extra = ["--tier", "device", "--out", tmp_path / "b"] if command == "bench" else []
+    out = _one_line_error(_invoke("-q", "partition", command, broken, *extra))
+    assert "is not a readable ONNX model" in out and "broken.onnx" in out
+
+
+@pytest.mark.parametrize("command, source", [("cuts", "runs/a-int8"), ("bench", "runs/a-int8"), ("bench", "pf")])
+def test_partition_refuses_an_int8_model_in_one_line(partitioned, tmp_path, source, command):
+    extra = ["--tier", "device", "--out", tmp_path / "b"] if command == "bench" else []
+    out = _one_line_error(_invoke("-q", "partition", command, partitioned / source, *extra))
+    assert "is an INT8 model" in out and "fp32" in out
+    assert not list(tmp_path.rglob("bench-*.json"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tier", ""], "--tier '' is not a plain name"),
+    (["--tier", "a/b"], "--tier 'a/b' is not a plain name"),
+    (["--tier", "edge", "--warmup", "-1"], "--warmup must be an integer >= 0, got -1"),
+    (["--tier", "edge", "--cpu-quota", "nan"], "--cpu-quota must be a finite number > 0, got nan"),
+])
+def test_partition_bench_refuses_bad_options(partitioned, tmp_path, args, message):
+    out = _one_line_error(_invoke("-q", "partition", "bench", partitioned / "runs" / "a", *args, "--out", tmp_path))
+    assert message in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrongly_typed_portfolio_manifest_is_one_line(partitioned, tmp_path):
+    pf = shutil.copytree(partitioned / "pf", tmp_path / "pf")
+    _edited(pf / "portfolio.json", pf / "portfolio.json", lambda d: d["variants"][0].update(accuracy="high"))
+    out = _one_line_error(_invoke("portfolio", "show", pf))
+    assert "'accuracy' is 'high', which is not float" in out
+    out = _one_line_error(_invoke("-q", "partition", "plan", partitioned / "bench-device.json", "--network",
+                                  partitioned / "links.csv", "--variants", pf, "--target-latency", "40",
+                                  "--out", tmp_path / "plan.json"))
+    assert "'accuracy' is 'high'" in out
+
+
+def test_detect_train_with_fewer_steps_than_a_warm_up_trains(tmp_path, items):
+    """300 frames at batch 32 are 10 steps: one cycle's 10 % warm-up was a single step, and it divided by zero."""
+    result = _invoke(*DETECT[:3], "--frames", "300", "-e", "1", *DETECT[7:], "--out", tmp_path / "fam")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fam" / "family.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "0"], "--width must be an integer >= 1, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1"),
+    (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
+    (["--sizes", "60"], "--sizes must be multiples of 16"),
+])
+def test_detect_train_refuses_bad_values_before_any_work(tmp_path, items, monkeypatch, args, message):
+    from edgeprune.detection import detector
+
+    monkeypatch.setattr(detector, "train", lambda *a, **k: pytest.fail("trained with a bad value"))
+    out = _one_line_error(_invoke(*DETECT, *args, "--out", tmp_path / "fam"))
+    assert message in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def family(tmp_path, items):
+    assert _invoke(*DETECT, "--out", tmp_path / "fam").exit_code == 0
+    return tmp_path / "fam"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(classes="ten"), "'classes' (a list of class ids) is 'ten'"),
+    (lambda d: d.update(members=[]), "'members' is []"),
+    (lambda d: d["members"]["d64"].update(input_size="64"), "member 'd64''s input_size is '64'"),
+])
+def test_detect_profile_refuses_a_wrongly_typed_family_record(family, tmp_path, edit, message):
+    _edited(family / "family.json", family / "family.json", edit)
+    before = _tree(tmp_path)
+    out = _one_line_error(_invoke("-q", "detect", "profile", family, "--out", tmp_path / "roma.json"))
+    assert message in out and "family.json" in out
+    assert _tree(tmp_path) == before
+
+
+def test_export_refuses_an_opset_it_cannot_write(world):
+    tmp_path, runs_dir, before = world
+    out = _one_line_error(_invoke("export", runs_dir / "a", "--onnx", tmp_path / "a.onnx", "--opset", "5"))
+    assert "--opset must be an integer >= 7 and <= 23, got 5" in out
+    assert _tree(tmp_path) == before
+
+
+def test_export_never_claims_an_opset_it_did_not_write(tiny, monkeypatch):
+    from edgeprune import export
+    from edgeprune.errors import ExportError
+
+    real = export._export
+    monkeypatch.setattr(export, "_export", lambda net, x, buf, opset, name: real(net, x, buf, 18, name))
+    with pytest.raises(ExportError, match="--opset 17 cannot be written for this model .the exporter wrote opset 18"):
+        export.to_onnx_bytes(tiny, (1, 8, 8), opset=17)
+
+
+@pytest.mark.parametrize("command", ["rerun", "shrink", "quantize", "compare"])
+def test_an_unknown_key_in_the_train_section_is_named(world, command):
+    tmp_path, runs_dir, _ = world
+    config = runs_dir / "a" / "config.json"
+    cfg = json.loads(config.read_text())
+    cfg["train"]["colour"] = "red"
+    config.write_text(json.dumps(cfg))
+    before = _tree(tmp_path)
+    args = {"rerun": ["rerun", runs_dir / "a", "--name", "new", "--runs-dir", runs_dir],
+            "shrink": ["shrink", runs_dir / "a", "--name", "new", "--runs-dir", runs_dir],
+            "quantize": ["quantize", runs_dir / "a", "--name", "new", "--runs-dir", runs_dir],
+            "compare": ["compare", runs_dir / "a", runs_dir / "b"]}[command]
+    out = _one_line_error(_invoke("-q", *args))
+    assert "unknown key 'colour'" in out and "config.json" in out
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["shrink", "quantize"])
+def test_a_folder_that_is_not_a_run_is_named_itself(world, command):
+    tmp_path, runs_dir, before = world
+    out = _one_line_error(_invoke("-q", command, tmp_path / "mine", "--name", "new", "--runs-dir", runs_dir))
+    assert str(tmp_path / "mine") in out and f"{tmp_path}/config.json" not in out
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--threads", "--rounds", "--runs"])
+def test_portfolio_build_refuses_counts_below_one(world, option):
+    tmp_path, runs_dir, before = world
+    out = _one_line_error(_portfolio(runs_dir, tmp_path / "pf", option, "0"))
+    assert f"{option} must be an integer >= 1, got 0" in out
+    assert _tree(tmp_path) == before

@@ -163,7 +163,11 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
     `rounds`×`runs` timed calls per variant; `progress(done, total)` after each round. Detector families
     instead of runs: see `build_detectors` (`profile` and `warn` are its arguments)."""
     from . import runs as runs_mod
+    from .checks import number
 
+    for option, value in (("--batch-size", batch_size), ("--threads", threads), ("--rounds", rounds),
+                          ("--runs", runs)):
+        number(value, option, at_least=1, integer=True)
     out = Path(out)
     _not_a_source(paths, out)
     with runs_mod.open_run(out, None, overwrite=overwrite, kind="portfolio", option="--out") as folder:

@@ -172,13 +172,13 @@ def check_writable(folder: str | Path, option: str = "--runs-dir") -> None:
             Path(probe).unlink(missing_ok=True)
 
 
-def check_output_file(path: str | Path | None, option: str) -> None:
+def check_output_file(path: str | Path | None, option: str, example: str = "out.json") -> None:
     """Before any work: the file `option` names can be written (not a folder; its folder made and writable)."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file path, e.g. {str(path / 'out.json')!r}")
+        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file path, e.g. {str(path / example)!r}")
     check_writable(path.parent, option)
 
 

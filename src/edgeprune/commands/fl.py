@@ -47,7 +47,7 @@ def run_cmd(
     import yaml
     from rich.table import Table
 
-    from ..federated.flower import run_spec
+    from ..federated.spec import check as check_spec
     from ..runs import check_output_file, write_json
 
     check_output_file(out, "--out")
@@ -57,6 +57,9 @@ def run_cmd(
         raise ConfigError(f"cannot read FL spec {spec}: {e}; give a YAML file") from None
     if not isinstance(job, dict):
         raise ConfigError(f"FL spec {spec} is not a mapping of keys to values; see the README's example")
+    check_spec(job)  # before Flower and Ray are even imported
+    from ..federated.flower import run_spec
+
     result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
     if result["emulation"]:
         devices = Table(title="emulated devices")

@@ -136,7 +136,7 @@ def plan_cmd(
     from ..runs import check_output_file, write_json
 
     check_output_file(out, "--out")
-    check_output_file(plot, "--plot")
+    check_output_file(plot, "--plot", "plans.png")
     if target_latency is not None:
         from ..checks import number
 

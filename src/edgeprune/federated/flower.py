@@ -29,6 +29,7 @@ from ..models import create
 from ..progress import Reporter, reporter
 from . import devices
 from . import split as sp
+from .spec import check as check_spec
 
 #: a policy: (round just finished, that round's record) -> the splits of the next round, one per device
 Policy = Callable[[int, dict], list[int]]
@@ -234,8 +235,6 @@ def describe(job: Job, engine: str) -> dict:
     return d
 
 
-SPEC_KEYS = {"model", "data", "rounds", "devices", "edges", "optim", "moves", "seed", "test_subset", "rtt_ms"}
-DEVICE_KEYS = {"split", "edge", "factor", "mbps"}
 ENGINES = ("simulation", "deployment")
 EMULATIONS = ("auto", "real", "modelled")
 
@@ -256,27 +255,13 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
     from ..train import evaluate
 
     progress = reporter(progress)
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in the FL spec; allowed: {sorted(SPEC_KEYS)}")
-    for key in ("model", "data", "rounds", "devices"):
-        if key not in spec:
-            raise ConfigError(f"the FL spec lacks {key!r}; see the README's federated-learning section")
+    check_spec(spec)
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r}: choose one of {list(ENGINES)}")
     if emulation not in EMULATIONS:
         raise ConfigError(f"emulation {emulation!r}: choose one of {list(EMULATIONS)}")
     names = list(spec.get("edges", []))
     specs = spec["devices"]
-    for k, d in enumerate(specs):
-        if set(d) - DEVICE_KEYS:
-            raise ConfigError(f"device {k}: unknown key(s) {sorted(set(d) - DEVICE_KEYS)}; allowed: "
-                              f"{sorted(DEVICE_KEYS)}")
-        if d.get("edge") is not None and d["edge"] not in names:
-            raise ConfigError(f"device {k}'s edge {d['edge']!r} is not among the spec's edges {names}; add it there")
-    for m in spec.get("moves", []):
-        if m.get("to") not in names:
-            raise ConfigError(f"move to edge {m.get('to')!r}: not among the spec's edges {names}; add it there")
     factors = [float(d.get("factor", 1.0)) for d in specs]
     mbps = [float(d.get("mbps", 1000.0)) for d in specs]
     rtt_ms = float(spec.get("rtt_ms", 0.0))

@@ -7,8 +7,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +271,7 @@ def test_a_full_disk_during_prune_is_one_line_and_leaves_no_finished_run(tmp_pat
 
 # --- 2. bad input: one line, exit 2, naming the value --------------------------------------------------------
 
-FL_SPEC = {"model": {"name": "vgg5", "num_classes": 10, "in_channels": 1, "image_size": 28},
+FL_SPEC = {"model": {"name": "vgg5", "num_classes": 10, "in_channels": 3, "image_size": 32},
            "data": {"name": "synthetic", "batch_size": 16}, "rounds": 1, "edges": ["edge0"],
            "devices": [{"split": 2, "edge": "edge0"}, {"split": 7}], "optim": {"lr": 0.01}}
 
@@ -288,6 +290,7 @@ FL_SPEC = {"model": {"name": "vgg5", "num_classes": 10, "in_channels": 1, "image
     ({"devices": [{"split": 2, "edge": "nowhere"}]}, "device 0's edge 'nowhere' is not among"),
     ({"moves": [{"round": 1, "device": 0, "iteration": 1}]}, "move 0 lacks 'to'"),
     ({"colour": "red"}, "unknown key 'colour'"),
+    ({"model": {"name": "vgg5", "in_channels": 1, "image_size": 28}}, "cannot take its data's samples of shape"),
 ])
 def test_a_bad_fl_spec_is_one_line_naming_the_value(tmp_path, change, message):
     import yaml
@@ -500,3 +503,152 @@ def test_portfolio_build_refuses_counts_below_one(world, option):
     out = _one_line_error(_portfolio(runs_dir, tmp_path / "pf", option, "0"))
     assert f"{option} must be an integer >= 1, got 0" in out
     assert _tree(tmp_path) == before
+
+
+# --- 3. processes torn down: Ctrl-C ends a run at once; what a SIGKILL leaves, the next run removes -----------
+
+def _alive(pid: int, start) -> bool:
+    from edgeprune import reaper
+
+    return reaper._started(pid) == start
+
+
+def _records(state: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in state.glob("*.json")]
+
+
+def _start_cli(tmp_path: Path, *args) -> tuple[subprocess.Popen, dict]:
+    env = {**os.environ, "EDGEPRUNE_STATE_DIR": str(tmp_path / "state"),
+           "PYTHONPATH": str(Path(runs.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return proc, env
+
+
+def _wait_for_record(proc, state: Path, ready, what: str, limit_s: float = 240) -> dict:
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = [r for r in _records(state) if r.get("owner") == proc.pid and ready(r)]
+        if found:
+            return found[0]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"{what} never happened (exit {proc.returncode}): {err[-2000:]}")
+        time.sleep(0.2)
+
+
+def _below(pid: int) -> list:
+    from edgeprune import reaper
+
+    return [(p, reaper._started(p)) for p in reaper.descendants(pid)]
+
+
+def _all_gone(processes, limit_s: float = 30) -> bool:
+    deadline = time.monotonic() + limit_s
+    while any(_alive(pid, start) for pid, start in processes):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.fixture
+def fl_job(tmp_path):
+    import yaml
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({**FL_SPEC, "rounds": 200, "data": {"name": "synthetic", "batch_size": 16,
+                                                                        "subset": 64}}))
+    return spec
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_fl_run_at_once_and_stops_everything_it_started(tmp_path, fl_job):
+    proc, _ = _start_cli(tmp_path, "fl", "run", fl_job, "--emulation", "modelled")
+    try:  # the edge server is up, and Ray's processes (recorded at the first round)
+        record = _wait_for_record(proc, tmp_path / "state", lambda r: len(r["processes"]) >= 2, "a first round")
+        below = _below(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)  # one Ctrl-C is enough: no hang until a second one
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, f"exit {proc.returncode}: {err[-2000:]}"
+    assert "Traceback" not in err and "interrupted" in err
+    assert _all_gone(record["processes"]) and _all_gone(below)  # the edge server, Ray's processes
+    deadline = time.monotonic() + 30
+    while _records(tmp_path / "state") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _records(tmp_path / "state") == []
+
+
+@pytest.mark.slow
+def test_what_a_killed_fl_run_left_is_removed_by_the_next_run(tmp_path, fl_job):
+    proc, env = _start_cli(tmp_path, "fl", "run", fl_job, "--emulation", "modelled")
+    try:
+        record = _wait_for_record(proc, tmp_path / "state", lambda r: len(r["processes"]) >= 2, "a first round")
+        below = _below(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    left = [p for p in record["processes"] if _alive(*p)]
+    assert left, "SIGKILL left nothing behind: the test proves nothing"
+    done = subprocess.run([sys.executable, "-m", "edgeprune.cli", "fl", "run", tmp_path / "missing.yaml"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cleaned up after an earlier run that was killed" in done.stdout
+    assert _all_gone(left) and _all_gone(below)
+    assert _records(tmp_path / "state") == []
+
+
+@pytest.mark.slow
+def test_what_a_killed_partition_run_left_is_removed_by_the_next_run(partitioned, tmp_path):
+    from edgeprune import emulate
+
+    why = emulate.namespaces_unavailable()
+    if why is not None:
+        pytest.skip(f"partition run makes no namespaces here ({why})")
+    plan = tmp_path / "plan.json"  # the device runs block 0 and sends the rest to the edge: a server, a link
+    result = _invoke("-q", "partition", "plan", partitioned / "bench-device.json", partitioned / "bench-edge.json",
+                     "--network", partitioned / "links.csv", "--split", "1", "--out", plan)
+    assert result.exit_code == 0, result.output
+    proc, env = _start_cli(tmp_path, "-q", "partition", "run", partitioned / "runs" / "a", "--plan", plan, "--runs",
+                           1_000_000)
+    try:
+        record = _wait_for_record(proc, tmp_path / "state", lambda r: r["processes"] and len(r["namespaces"]) >= 2,
+                                  "the tiers' start")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert all(ns in names for ns in record["namespaces"])
+    assert any(_alive(*p) for p in record["processes"])
+    done = subprocess.run([sys.executable, "-m", "edgeprune.cli", "partition", "run", "x", "--plan",
+                           tmp_path / "missing.json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cleaned up after an earlier run that was killed" in done.stdout
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(ns in names for ns in record["namespaces"])
+    assert _all_gone(record["processes"])
+
+
+def test_reap_leaves_live_owners_and_reused_pids_alone(tmp_path, monkeypatch):
+    from edgeprune import reaper
+
+    monkeypatch.setenv("EDGEPRUNE_STATE_DIR", str(tmp_path))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = reaper._started(sleeper.pid)
+        dead = {"owner": 2 ** 22 + 1, "owner_start": 1, "namespaces": [], "cgroups": []}
+        (tmp_path / "1.json").write_text(json.dumps({**dead, "processes": [[sleeper.pid, start + 1]]}))  # pid reused
+        live = {"owner": owner.pid, "owner_start": reaper._started(owner.pid), "namespaces": [], "cgroups": []}
+        (tmp_path / "2.json").write_text(json.dumps({**live, "processes": [[sleeper.pid, start]]}))
+        assert reaper.reap() == []
+        assert sleeper.poll() is None  # neither the other process nor a live run's server was signalled
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["2.json"]
+        owner.kill()
+        owner.wait(10)
+        assert reaper.reap() == [f"process {sleeper.pid}"]
+        assert sleeper.wait(10) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+        owner.kill()

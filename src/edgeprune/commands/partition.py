@@ -74,6 +74,7 @@ def bench_cmd(
 
     Example: [bold]edgeprune partition bench tv:vgg16 --tier device --cpu-quota 0.25[/]
     """
+    from .. import reaper
     from ..checks import name as plain_name
     from ..checks import number
     from ..partition import bench
@@ -85,6 +86,7 @@ def bench_cmd(
         if value is not None:
             number(value, option, above=0)
     check_writable(out, "--out")
+    reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # a killed bench may have left its cgroup
     variants = bench.portfolio_models(source)
     todo = {name: (data, out / name) for name, data in variants.items()} if variants else {
         (m := bench.source_model(source, _shape(input_shape), num_classes))[1]: (m[0], out)}
@@ -208,9 +210,11 @@ def run_cmd(
 
     Example: [bold]edgeprune partition run tv:vgg16 --plan plan.json --rank 1[/]
     """
+    from .. import reaper
     from ..partition import bench, offload, records
     from ..runs import check_output_file, write_json
 
+    reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # what a killed run left
     if not plan_file.is_file():
         raise ConfigError(f"--plan {str(plan_file)!r} does not exist; write it with `edgeprune partition plan`")
     if runs < 1 or warmup < 0:

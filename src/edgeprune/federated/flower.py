@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from torch.utils.data import DataLoader, Subset
 
+from .. import reaper
 from ..errors import ConfigError, EdgePruneError
 from ..models import create
 from ..progress import Reporter, reporter
@@ -83,6 +84,22 @@ def _train_set(data: str) -> torch.utils.data.Dataset:
     from ..data import loaders
 
     return loaders(**json.loads(data), augment=False).train.dataset
+
+
+def _check_model_takes_data(spec: dict) -> None:
+    """ConfigError, before any process starts, if the spec's model cannot take its data's samples."""
+    try:
+        model = create(**spec["model"])
+    except TypeError as e:
+        raise ConfigError(f"the FL spec's model {spec['model']!r} is not a model's options ({e})") from None
+    x = _train_set(json.dumps(spec["data"], sort_keys=True))[0][0]
+    try:
+        with torch.no_grad():
+            model.eval()(x[None])
+    except RuntimeError as e:
+        raise ConfigError(f"the FL spec's model {spec['model']!r} cannot take its data's samples of shape "
+                          f"{tuple(x.shape)} ({str(e).splitlines()[0][:160]}); set in_channels and image_size to "
+                          "match the data") from None
 
 
 def device_batches(data: dict, device: int, devices: int, round_: int) -> DataLoader:
@@ -156,6 +173,7 @@ class SplitFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        reaper.track_descendants()  # Ray's processes are up by now: a SIGKILL of this one must not orphan them
         config["splits"] = list(self.splits)
         config["edges"] = [e or "" for e in self.job.edges]
         move = next((m for m in self.job.moves if m.round == server_round), None)
@@ -256,6 +274,7 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
 
     progress = reporter(progress)
     check_spec(spec)
+    _check_model_takes_data(spec)
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r}: choose one of {list(ENGINES)}")
     if emulation not in EMULATIONS:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import emulate, segments
+from .. import emulate, reaper, segments
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from . import transfer
@@ -246,6 +246,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
     def start(cmd: list[str], k: int, **kw) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
         procs.append(proc)
+        reaper.track_process(proc.pid)
         fraction = tiers[stages[k]["tier"]]["device"].get("cpu_quota")
         if fraction:  # from here, where the cgroup mounts are visible (see CpuQuota.add)
             quotas.append(emulate.CpuQuota(fraction, name=f"edgeprune-{os.getpid()}-{k}"))
@@ -300,6 +301,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+                reaper.forget_process(p.pid)
             for q in quotas:
                 q.close()
             if chain is not None:

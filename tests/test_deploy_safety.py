@@ -652,3 +652,43 @@ def test_reap_leaves_live_owners_and_reused_pids_alone(tmp_path, monkeypatch):
     finally:
         sleeper.kill()
         owner.kill()
+
+
+# --- 4. the README's partition quick-start works as written, each command in a process of its own -----------
+
+def _readme_partition_commands() -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("### Splitting a model across device, edge and cloud", 1)[1].split("```bash", 1)[1]
+    block = block.split("```", 1)[0].replace("\\\n", " ")
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_readme_partition_quick_start_runs_in_separate_processes(tmp_path):
+    """The README's commands, each in a new process, on a small input (3x64x64, 10 classes) and without the CPU
+    quota (root only; bench's own tests cover it): `plan` and `run` accept what the other processes built."""
+    commands = _readme_partition_commands()
+    assert [c.split()[:3] for c in commands if c.startswith("edgeprune")] == [
+        ["edgeprune", "partition", "cuts"], ["edgeprune", "partition", "bench"], ["edgeprune", "partition", "bench"],
+        ["edgeprune", "partition", "plan"], ["edgeprune", "partition", "run"]]
+    small = ["--input-shape", "3,64,64", "--num-classes", "10"]
+    env = {**os.environ, "PYTHONPATH": str(Path(runs.__file__).parents[1]), "EDGEPRUNE_STATE_DIR": str(tmp_path / "s")}
+    for line in commands:
+        if line.startswith("printf"):
+            (tmp_path / "links.csv").write_text("device,edge,67,8\n")
+            continue
+        args = line.split()[1:]
+        if "--cpu-quota" in args:
+            del args[args.index("--cpu-quota"):args.index("--cpu-quota") + 2]
+        args = [a.replace("tv:vgg16", "tv:resnet18") for a in args]
+        if args[1] in ("cuts", "bench", "run"):
+            args += small
+        if args[1] == "run":
+            args += ["--runs", "3", "--warmup", "1", "--out", "measured.json"]
+        done = subprocess.run([sys.executable, "-m", "edgeprune.cli", "-q", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    benches = [json.loads((tmp_path / "bench" / f"bench-{t}.json").read_text()) for t in ("device", "edge")]
+    assert benches[0]["onnx_sha256"] == benches[1]["onnx_sha256"] and benches[0]["weights_seed"] == 0
+    measured = json.loads((tmp_path / "measured.json").read_text())
+    assert measured["max_abs_error"] < 1e-3 and (tmp_path / "plan.png").is_file()

@@ -24,9 +24,12 @@ from .records import BENCH_FORMAT
 FORMAT = BENCH_FORMAT
 
 
-def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 1000) -> tuple[bytes, str]:
-    """(ONNX bytes, name) of a run folder (its model.onnx), an .onnx file, or a model name (`tv:vgg16`, fresh
-    weights, exported at `input_shape`, default 3x224x224, with `num_classes` outputs)."""
+def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 1000,
+                 seed: int = 0) -> tuple[bytes, str]:
+    """(ONNX bytes, name) of a run folder (its model.onnx), an .onnx file, or a model name (`tv:vgg16`, weights
+    drawn from `seed`, exported at `input_shape`, default 3x224x224, with `num_classes` outputs): every process
+    that builds a name with the same seed gets the same ONNX model, so one tier's bench file, another's and
+    `partition run` agree on it."""
     from ..runs import ONNX
 
     path = Path(source)
@@ -42,15 +45,25 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
         if not path.is_file():
             raise ConfigError(f"ONNX file {source!r} does not exist; give a run folder, an .onnx file or tv:NAME")
         return checked(path), path.stem
-    if os.sep in source or path.suffix:
+    if not by_name(source):
         raise ConfigError(f"{source!r} is neither a run folder nor an .onnx file; give one, or a model name like "
                           "tv:vgg16")
+    import torch
+
     from ..export import to_onnx_bytes
     from ..models import create
 
     shape = input_shape or (3, 224, 224)
-    model = create(source, num_classes=num_classes, in_channels=shape[0]).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create(source, num_classes=num_classes, in_channels=shape[0]).eval()
     return to_onnx_bytes(model, shape), source
+
+
+def by_name(source: str) -> bool:
+    """Whether `source` names a model to build (tv:vgg16), not a run folder or an ONNX file."""
+    path = Path(source)
+    return not path.exists() and os.sep not in source and not path.suffix
 
 
 def portfolio_models(source: str | Path) -> dict[str, bytes] | None:

@@ -224,7 +224,8 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
     progress = reporter(progress)
     if hashlib.sha256(onnx_model).hexdigest() != record["onnx_sha256"]:
         raise ConfigError("the model given is not the one the plan was made for (ONNX sha256 differs); run the "
-                          "plan on the model its bench files timed")
+                          "plan on the model its bench files timed (a model built by name: with the same --seed, "
+                          "--input-shape and --num-classes as `partition bench`)")
     if not 1 <= rank <= len(record["plans"]):
         raise ConfigError(f"--rank {rank}: the plan file has plans 1-{len(record['plans'])}")
     plan = record["plans"][rank - 1]

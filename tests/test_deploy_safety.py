@@ -692,3 +692,29 @@ def test_the_readme_partition_quick_start_runs_in_separate_processes(tmp_path):
     assert benches[0]["onnx_sha256"] == benches[1]["onnx_sha256"] and benches[0]["weights_seed"] == 0
     measured = json.loads((tmp_path / "measured.json").read_text())
     assert measured["max_abs_error"] < 1e-3 and (tmp_path / "plan.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "roma.json", "--family", "fam", "--fps", "nan"], "--fps must be a positive number of frames per second"),
+    (["run", "roma.json", "--family", "fam", "--fps", "30", "--window", "0"], "--window must be an integer >= 1"),
+    (["run", "roma.json", "--family", "fam", "--fps", "30", "--load-processes", "-1"],
+     "--load-processes must be an integer >= 0, got -1"),
+    (["run", "roma.json", "--family", "fam", "--fps", "30", "--frames-per-segment", "1"],
+     "--frames-per-segment must be an integer >= 2, got 1"),
+    (["profile", "fam", "--out", "roma.json", "--frames-per-segment", "0"],
+     "--frames-per-segment must be an integer >= 1, got 0"),
+])
+def test_detect_run_and_profile_refuse_bad_values(tmp_path, args, message):
+    out = _one_line_error(_invoke("-q", "detect", *[tmp_path / a if a in ("roma.json", "fam") else a for a in args]))
+    assert message in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_measure_json_onto_a_folder_is_one_line_before_any_work(world, monkeypatch):
+    tmp_path, runs_dir, before = world
+    from edgeprune import saved
+
+    monkeypatch.setattr(saved, "profile", lambda *a, **k: pytest.fail("profiled before checking --json"))
+    out = _one_line_error(_invoke("measure", runs_dir / "a", "--json", tmp_path / "mine"))
+    assert "--json" in out and "is a folder" in out
+    assert _tree(tmp_path) == before

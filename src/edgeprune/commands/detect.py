@@ -77,12 +77,14 @@ def profile(
 
     Example: [bold]edgeprune detect profile runs/tinydet --out roma.json[/]
     """
+    from ..checks import number
     from ..detection import profile as prof
     from ..detection import stream as st
     from ..detection.detector import runners
     from ..runs import check_output_file
 
     check_output_file(out, "--out")
+    number(frames_per_segment, "--frames-per-segment", at_least=1, integer=True)
     detectors = runners(family)
     stream = st.make(st.scenario("calibration", frames_per_segment), seed=seed, pool="val")
     with _progress() as progress:
@@ -115,6 +117,7 @@ def run(
 
     Example: [bold]edgeprune detect run roma.json --family runs/tinydet --fps 600[/]
     """
+    from ..checks import number
     from ..detection import profile as prof
     from ..detection import roma
     from ..detection import stream as st
@@ -124,8 +127,11 @@ def run(
     from ..runs import check_output_file, write_json
 
     check_output_file(json_out, "--json")
-    if not fps > 0:
+    if not (isinstance(fps, float | int) and 0 < fps < float("inf")):
         raise ConfigError(f"--fps must be a positive number of frames per second, got {fps}")
+    number(frames_per_segment, "--frames-per-segment", at_least=2, integer=True)
+    number(load_processes, "--load-processes", at_least=0, integer=True)
+    number(window, "--window", at_least=1, integer=True)
     detectors = runners(family)
     p = prof.load(profile_path, detectors, warn=lambda m: console.print(f"warning: {m}", highlight=False))
     calib = st.make(st.scenario("calibration", frames_per_segment // 2), seed=seed + 1, pool="test")

@@ -59,8 +59,9 @@ def measure_cmd(
     """
     from .. import saved
     from ..report import profile_table
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
+    check_output_file(json_out, "--json")
     prof = saved.profile(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
                               warmup=warmup, runtimes=runtime)
     console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {tuple(prof.input_shape)}"))

@@ -13,10 +13,10 @@ PLAN_FORMAT = "edgeprune.partition.plan/1"
 
 _TL = ("?", {"bytes": "int0", "down_ms": "num+", "up_ms": "num+"})
 BENCH = {
-    "model": "str", "onnx_sha256": "str", "input": "str", "input_shape": ["int+"], "input_bytes": "int0",
+    "model": "str", "onnx_sha256": "str", "input": ("?", "str"), "input_shape": ["int+"], "input_bytes": "int0",
     "tier": "str", "threads": "int+", "device": "dict", "slowdown": ("?", "dict"),
-    "blocks": [{"index": "int0", "output_shape": ["int+"], "output_bytes": "int0", "ms": "num+", "median_ms": "num+",
-                "tl": _TL}],
+    "blocks": [{"index": "int0", "output_shape": ["int+"], "output_bytes": "int0", "ms": "num+",
+                "median_ms": ("?", "num+"), "tl": _TL}],
     "whole_ms": "num>0", "sum_blocks_ms": "num>0",
 }
 PLAN = {
@@ -52,6 +52,6 @@ def load(path: str | Path, kind: str) -> dict:
             for tier, t in data["tiers"].items():
                 record(t, TIER, f".tiers.{tier}")
     except ConfigError as e:
-        raise ConfigError(f"{path}: field {str(e).lstrip('.')}; write the {kind} file again with `edgeprune "
-                          f"{make}`") from None
+        raise ConfigError(f"{path}: {str(e).lstrip('.')}; write the {kind} file again with `edgeprune {make}`"
+                          ) from None
     return data

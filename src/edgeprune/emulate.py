@@ -81,6 +81,7 @@ class CpuQuota:
                 (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
                 (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
         except OSError as e:
+            reaper.forget_cgroup(self.path)
             raise EmulationError(f"cannot set a CPU quota in {self.path} ({e.strerror}); run as root, or leave out "
                                  "--cpu-quota and import a profile measured on the device") from None
         atexit.register(self.close)

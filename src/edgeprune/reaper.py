@@ -164,12 +164,21 @@ def reap() -> list[str]:
     return found
 
 
-def reap_own() -> None:
-    """Stop and remove everything this process recorded (its finally blocks will not run)."""
+def recorded() -> dict:
+    """This process's record as it is now (for `reap_own(since=...)`)."""
+    with _lock:
+        return _read(_mine())
+
+
+def reap_own(since: dict | None = None) -> None:
+    """Stop and remove what this process recorded (after `since`, a `recorded()` taken earlier, if given)."""
+    before = since or {}
     with _lock:
         record = _read(_mine())
-    _clean(record)
-    _mine().unlink(missing_ok=True)
+        new = {key: [v for v in record.get(key, []) if v not in before.get(key, [])]
+               for key in ("processes", "namespaces", "cgroups")}
+        _clean(new)
+        _update(lambda r: r.update({key: [v for v in r[key] if v not in new[key]] for key in new}))
 
 
 @contextlib.contextmanager

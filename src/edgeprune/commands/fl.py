@@ -62,11 +62,12 @@ def run_cmd(
     check_spec(job)  # before Flower and Ray are even imported
     from ..federated.flower import run_spec
 
+    before = reaper.recorded()
     try:
         with reaper.interrupt_promptly(lambda m: err.print(m, highlight=False)):
             result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
     finally:
-        reaper.reap_own()  # anything of this run's still running (a Ray agent that outlived Ray) goes with it
+        reaper.reap_own(since=before)  # what this run started and is still running (a Ray agent) goes with it
     if result["emulation"]:
         devices = Table(title="emulated devices")
         for col in ("device", "speed factor", "cpu quota", "measured slowdown", "link (Mbit/s)", "rtt (ms)"):

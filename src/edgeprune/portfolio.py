@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, EdgePruneError
+from .formats import PORTFOLIO_FORMAT, PORTFOLIO_MANIFEST
 
-MANIFEST = "portfolio.json"
-FORMAT = "edgeprune.portfolio/1"
+MANIFEST = PORTFOLIO_MANIFEST
+FORMAT = PORTFOLIO_FORMAT
 ROUTED = "portfolio"  # the id the server answers for the routed model; no variant may take it
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import formats
 from .errors import CheckpointError, ConfigError, RunBusyError, RunExistsError, RunFinished, RunWriteError
 
 CONFIG = "config.json"
@@ -123,22 +124,20 @@ def run_path(runs_dir: str | Path, name: str) -> Path:
     return runs_dir / name
 
 
-def kinds() -> dict[str, tuple[tuple[str, Any], ...]]:
-    """What marks a folder as made by edgeprune, per kind: (record file, keys it holds or {key: value} it matches)."""
-    from . import portfolio
-    from .detection import detector
-
-    return {"run": ((CONFIG, ("command", "edgeprune_version")), (REPORT, ("profile",)), (REPORT, ("levels",))),
-            "portfolio": ((portfolio.MANIFEST, {"format": portfolio.FORMAT}),),
-            "detector family": ((detector.FAMILY, {"format": detector.FORMAT}),)}
+# What marks a folder as made by edgeprune, per kind: (record file, keys it holds or {key: value} it matches).
+KINDS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "run": ((CONFIG, ("command", "edgeprune_version")), (REPORT, ("profile",)), (REPORT, ("levels",))),
+    "portfolio": ((formats.PORTFOLIO_MANIFEST, {"format": formats.PORTFOLIO_FORMAT}),),
+    "detector family": ((formats.FAMILY_RECORD, {"format": formats.FAMILY_FORMAT}),),
+}
 
 
 def is_run(path: str | Path, kind: str = "run") -> bool:
-    """Whether `path` is a folder edgeprune made of `kind` (see kinds()): a run (config.json naming its command and
+    """Whether `path` is a folder edgeprune made of `kind` (KINDS): a run (config.json naming its command and
     version) or a level of one (report.json with a profile), a portfolio, a detector family. Only such folders
     are ever replaced or removed, and only by a command that makes that kind."""
     path = Path(path)
-    for record, keys in kinds()[kind]:
+    for record, keys in KINDS[kind]:
         try:
             obj = json.loads((path / record).read_text())
         except (OSError, ValueError):
@@ -270,7 +269,7 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
     that is not an edgeprune run, a runs folder that cannot be written. Stray temporary files and partial
     replacements left by a killed process are removed first. On failure a replacement is discarded (the old
     run is unchanged) and a fresh run with nothing worth resuming is removed; the exception says which.
-    Other kinds of output folder (kinds(): a portfolio, a detector family; `option` names the flag) go the same
+    Other kinds of output folder (KINDS: a portfolio, a detector family; `option` names the flag) go the same
     way; `config` None records none, and only a folder of the same kind is replaced.
     """
     final = Path(run_dir)
@@ -325,7 +324,7 @@ def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
             raise RunExistsError(f"{kind} folder {final} already exists; pass --overwrite to replace it, "
                                  f"{resume_hint}or choose another {option}")
         if not is_run(final, kind):
-            marker = kinds()[kind][0][0]
+            marker = KINDS[kind][0][0]
             raise ConfigError(f"{final} exists and is not an edgeprune {kind} (no {marker} written by edgeprune); "
                               f"edgeprune replaces only its own {kind} folders: move that folder away or choose "
                               f"another {option}")

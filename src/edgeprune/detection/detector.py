@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, EdgePruneError
+from ..formats import FAMILY_FORMAT, FAMILY_RECORD
 from .metrics import Detections
 from .stream import CANVAS, Stream
 
 # TinyDet's output (models/tinydet.py), defined here so that decoding needs no torch (a server decodes)
 STRIDE = 4
 BOX_CHANNELS = 4  # log w, log h (output cells), offset x, offset y (fraction of a cell)
-FAMILY = "family.json"
-FORMAT = "edgeprune.detector-family/1"
+FAMILY = FAMILY_RECORD
+FORMAT = FAMILY_FORMAT
 SCORE_FLOOR = 0.05  # detections below this score are not kept (COCO evaluations keep low scores: recall)
 TOP_K = 50
 

@@ -139,14 +139,13 @@ def plan_cmd(
     With a portfolio: [bold]edgeprune partition plan pfb/*/bench-*.json --network links.csv --variants pf
     --target-latency 40[/]
     """
+    from ..checks import number
     from ..partition import bench, plan
     from ..runs import check_output_file, write_json
 
     check_output_file(out, "--out")
     check_output_file(plot, "--plot", "plans.png")
     if target_latency is not None:
-        from ..checks import number
-
         number(target_latency, "--target-latency", above=0)
     if (variants is None) != (target_latency is None):
         raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "

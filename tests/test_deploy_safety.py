@@ -630,6 +630,28 @@ def test_what_a_killed_partition_run_left_is_removed_by_the_next_run(partitioned
     assert _all_gone(record["processes"])
 
 
+@pytest.mark.slow
+def test_ctrl_c_of_partition_run_removes_its_servers_and_links(partitioned, tmp_path):
+    plan = tmp_path / "plan.json"
+    result = _invoke("-q", "partition", "plan", partitioned / "bench-device.json", partitioned / "bench-edge.json",
+                     "--network", partitioned / "links.csv", "--split", "1", "--out", plan)
+    assert result.exit_code == 0, result.output
+    proc, _ = _start_cli(tmp_path, "-q", "partition", "run", partitioned / "runs" / "a", "--plan", plan, "--runs",
+                         1_000_000)
+    try:
+        record = _wait_for_record(proc, tmp_path / "state", lambda r: len(r["processes"]) >= 2, "the device's start")
+        below = _below(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert _all_gone(record["processes"]) and _all_gone(below)
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if os.geteuid() == 0 else ""
+    assert not any(ns in names for ns in record["namespaces"])
+    assert _records(tmp_path / "state") == []
+
+
 def test_reap_leaves_live_owners_and_reused_pids_alone(tmp_path, monkeypatch):
     from edgeprune import reaper
 

@@ -164,9 +164,21 @@ def to_onnx_bytes(
             "Replace that operation in the model, or try another --opset"
         ) from first
     data = buf.getvalue()
+    written = opset_of(data)
+    if written != opset:  # the dynamo exporter writes the opsets it supports, whatever was asked
+        raise ExportError(f"--opset {opset} cannot be written for this model (the exporter wrote opset {written}); "
+                          f"pass --opset {written}, or an opset the TorchScript exporter supports (7 to 20)")
     if check:
         _check_with_ort(net, data, x, rtol, atol)
     return data
+
+
+def opset_of(data: bytes) -> int | None:
+    """The default-domain opset an ONNX model (its bytes) imports."""
+    import onnx
+
+    proto = onnx.load_model_from_string(data)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 @contextlib.contextmanager

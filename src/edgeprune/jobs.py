@@ -399,8 +399,13 @@ def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int
 
 def source_config(source: str | Path) -> RunConfig:
     """The config of run `source`: its own, or for an IMP level (which has none), its run's."""
-    own = Path(source) / runs.CONFIG
-    return read_config(own if own.exists() else Path(source).parent / runs.CONFIG)
+    source = Path(source)
+    if (source / runs.CONFIG).exists():
+        return read_config(source / runs.CONFIG)
+    if source.name.startswith("level_") and (source.parent / runs.CONFIG).exists():
+        return read_config(source.parent / runs.CONFIG)
+    raise ConfigError(f"{source} is not an edgeprune run folder (no {runs.CONFIG}); pass a finished run of "
+                      "train, prune, shrink or neuroflux (or an IMP run's level_NN)")
 
 
 def _speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> float | None:

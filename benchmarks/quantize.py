@@ -140,10 +140,81 @@ def verdicts(pairs: list[dict]) -> list[str]:
     return lines
 
 
+FORMAT_MODELS = ("resnet20", "vgg16")
+FIXED = ("qdq", "uint8", True)  # what `edgeprune quantize --per-channel` made before issue 30
+
+
+def formats(repeats: int) -> None:
+    """Issue 30: `export.quantize(format="auto")` on freshly initialised dense ResNet-20 and VGG-16 (Fashion-MNIST
+    shape, calibrated on the first 256 training images), its choice timed against the fixed QDQ U8S8
+    per-channel beside it, round-robin, `repeats` passes; load average recorded. Accuracy is not measured here
+    (untrained weights): the choice's agreement with fp32 on the calibration images is in the record."""
+    import os
+    import statistics
+    import time
+
+    import torch
+
+    from edgeprune import models
+
+    bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
+    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    rows = []
+    for name in FORMAT_MODELS:
+        torch.manual_seed(0)
+        fp32 = export.to_onnx_bytes(models.create(name, 10, 1).eval(), (1, 28, 28))
+        load, t0 = os.getloadavg()[0], time.perf_counter()
+        auto, record = export.quantize(fp32, "static", calibration)
+        seconds = time.perf_counter() - t0
+        fixed = export.quantize_onnx(fp32, "static", calibration, per_channel=FIXED[2], activations=FIXED[1],
+                                     format=FIXED[0])
+        passes = []
+        for _ in range(repeats):
+            timed = measure.latency_onnx_interleaved({"auto": (auto, (1, 28, 28)), "fixed": (fixed, (1, 28, 28)),
+                                                      "fp32": (fp32, (1, 28, 28))}, 1, 1, rounds=10, runs=20)
+            passes.append({k: v.p50_ms for k, v in timed.items()} | {"load": os.getloadavg()[0]})
+        med = {k: statistics.median(p[k] for p in passes) for k in ("auto", "fixed", "fp32")}
+        rows.append({"model": name, "record": record, "quantize_s": seconds, "load_before": load, "passes": passes,
+                     "median_ms": med, "auto_same_as_fixed": auto == fixed})
+        print(rows[-1], flush=True)
+    env = measure.environment()
+    lines = ["# INT8 format chosen per model (issue 30)", "",
+             measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
+             f"benchmarks/quantize.py --formats --repeats {repeats}`. Dense, freshly initialised models at the "
+             "Fashion-MNIST shape (1×28×28), calibrated on the first 256 training images. `export.quantize` "
+             "(format auto) makes every candidate from one calibration, times them (ONNX Runtime, batch 1, 1 "
+             "thread, round-robin) and keeps the fastest whose top-1 agreement with fp32 on the calibration "
+             "images is within 0.5 points of the best. Then its choice, the fixed QDQ U8S8 per-channel (what "
+             "`edgeprune quantize --per-channel` made before) and fp32 are timed round-robin in "
+             f"{repeats} passes of 10 rounds × 20 runs; medians of the passes' p50.", "",
+             f"CPU features: {rows[0]['record']['cpu']}", "",
+             "| model | candidate | p50 at choice (ms) | top-1 agreement with fp32 | chosen |", "|---|---|---|---|---|"]
+    for r in rows:
+        chosen = r["record"]["chosen"]
+        lines += [f"| {r['model']} | {c['candidate']} | {c['ort_b1_t1_p50_ms']:.3f} | "
+                  f"{100 * c['top1_agreement_with_fp32']:.1f} % | {'**yes**' if c['candidate'] == chosen else ''} |"
+                  for c in r["record"]["candidates"]]
+    lines += ["", "| model | chosen | auto p50 (ms) | fixed U8S8 per-channel p50 (ms) | fp32 p50 (ms) | fixed ÷ auto | "
+              "load (1 min) | quantise auto (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["median_ms"]
+        loads = [p["load"] for p in r["passes"]] + [r["load_before"]]
+        lines.append(f"| {r['model']} | {r['record']['chosen']} | {m['auto']:.3f} | {m['fixed']:.3f} | "
+                     f"{m['fp32']:.3f} | {m['fixed'] / m['auto']:.2f}× | {min(loads):.1f}–{max(loads):.1f} | "
+                     f"{r['quantize_s']:.1f} |")
+    write_results("quantize_formats", lines, {"environment": env, "rows": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
+    parser.add_argument("--formats", action="store_true", help="issue 30: the INT8 format auto chooses, timed against "
+                        "the fixed U8S8 per-channel (fresh dense models; no training)")
+    parser.add_argument("--repeats", type=int, default=3, help="with --formats: timing passes")
     args = parser.parse_args()
+    if args.formats:
+        formats(args.repeats)
+        return
     rows = [r for m in args.models.split(",") for r in measure_model(m)]
     pairs = ratios(rows)
     env = measure.environment()

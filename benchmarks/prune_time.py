@@ -5,7 +5,7 @@ ResNet-20 (1×28×28), ResNet-56 and VGG-16 (3×32×32) to density 0.1, each set
 reported. The thread counts of a setting are interleaved: every repeat times 1, 2 and `threads.resolve("auto")`
 (resolved just before its timed step, as a run resolves it at its start) back to back, in an order rotated
 from repeat to repeat, so the three see the same load from the rest of the machine.
-- quiet (VGG-16, the step targets): nothing of ours runs beside it; `auto` threads. The code before issue 30
+- quiet (SNIP and SynFlow on VGG-16, the step targets): nothing of ours runs beside it; `auto` threads. The code before issue 30
   (`BASELINE`, unpacked from git into a temporary folder) is timed the same way, alternating with ours one
   repeat at a time, for the ratios; its SynFlow masks and ours are compared weight by weight (they must be
   identical: both are float64).
@@ -16,7 +16,7 @@ Every measurement records `os.getloadavg()` at its start: other work on the mach
 
     PYTHONPATH=src nice -n 5 .venv/bin/python benchmarks/prune_time.py [--repeats 3]
 
-Long: 40-60 min on 2 shared cores at load 5-9.
+Long: about an hour on 2 shared cores at load 5-9 (rows so far are kept in `PARTIAL`).
 
 Targets: quiet SynFlow-100 ≤ 10 s and SNIP ≤ 1 s on VGG-16; beside a busy core `auto` within 1.2× of the
 best fixed thread count for every step. Results: benchmarks/results/prune_time.{md,json}.
@@ -41,6 +41,8 @@ BASELINE = "f567418"  # main before issue 30's changes to SynFlow, SNIP and sele
 CRITERIA = ("snip", "grasp", "synflow")
 MODELS = (("resnet20", (1, 28, 28)), ("resnet56", (3, 32, 32)), ("vgg16", (3, 32, 32)))
 QUIET_MODEL = "vgg16"
+QUIET_CRITERIA = ("snip", "synflow")  # the steps with targets
+PARTIAL = Path(tempfile.gettempdir()) / "prune_time.partial.json"  # rows so far, should the run be cut short
 THREADS = (1, 2, "auto")
 TARGET_S = {("synflow", "vgg16"): 10.0, ("snip", "vgg16"): 1.0}
 AUTO_WITHIN = 1.2
@@ -117,20 +119,22 @@ def measure_all(repeats: int) -> tuple[list[dict], dict]:
         dumps = {impl: Path(tmp, f"masks-{impl}") for impl in ("before", "new")}
         for d in dumps.values():
             d.mkdir()
-        for crit in CRITERIA:  # quiet: ours and the baseline alternate, one repeat at a time
+        for crit in QUIET_CRITERIA:  # quiet: ours and the baseline alternate, one repeat at a time
             for _ in range(repeats):
                 for impl, src in (("before", Path(tmp) / "src"), ("new", ours)):
                     rows += [dict(r, condition="quiet") for r in run_worker(
                         impl, src, [[crit, QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])]
+                    PARTIAL.write_text(json.dumps(rows))
         exact[QUIET_MODEL] = kept_differently(dumps["before"], dumps["new"], QUIET_MODEL)
     rows = _merge(rows)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(1.0)  # spinning before anything is sampled or timed
-        for crit in CRITERIA:
-            for model, shp in MODELS:
+        for model, shp in MODELS:  # the small models first: a run cut short still has them
+            for crit in CRITERIA:
                 rows += [dict(r, condition="busy") for r in run_worker(
                     "new", ours, [[crit, model, list(shp), list(THREADS)]], repeats)]
+                PARTIAL.write_text(json.dumps(rows))
     finally:
         spinner.kill()
         spinner.wait()
@@ -165,7 +169,7 @@ def _load(rows: list[dict]) -> str:
 def quiet_table(rows: list[dict]) -> list[str]:
     lines = [f"| criterion | model | before issue 30 (`{BASELINE}`), auto s | now, auto s | before ÷ now | "
              "load at start |", "|---|---|---|---|---|---|"]
-    for crit in CRITERIA:
+    for crit in QUIET_CRITERIA:
         before, new = (_get(rows, impl, "quiet", crit, QUIET_MODEL, "auto") for impl in ("before", "new"))
         lines.append(f"| {crit} | {QUIET_MODEL} | {before['median_s']:.2f} | {new['median_s']:.2f} | "
                      f"{before['median_s'] / new['median_s']:.2f}× | {_load([before, new])} |")

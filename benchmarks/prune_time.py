@@ -5,10 +5,10 @@ ResNet-20 (1×28×28), ResNet-56 and VGG-16 (3×32×32) to density 0.1, each set
 reported. The thread counts of a setting are interleaved: every repeat times 1, 2 and `threads.resolve("auto")`
 (resolved just before its timed step, as a run resolves it at its start) back to back, in an order rotated
 from repeat to repeat, so the three see the same load from the rest of the machine.
-- quiet (SNIP and SynFlow on VGG-16, the step targets): nothing of ours runs beside it; `auto` threads. The code before issue 30
-  (`BASELINE`, unpacked from git into a temporary folder) is timed the same way, alternating with ours one
-  repeat at a time, for the ratios; its SynFlow masks and ours are compared weight by weight (they must be
-  identical: both are float64).
+- quiet (SNIP and SynFlow on VGG-16, the step targets): nothing of ours runs beside it; `auto` threads. The
+  code before issue 30 (`BASELINE`, unpacked from git into a temporary folder) is timed the same way,
+  alternating with ours one repeat at a time, for the ratios; its SynFlow masks and ours are compared weight
+  by weight (they must be identical: both are float64).
 - busy: a second process spins on one core throughout (bounded to `SPIN_LIMIT_S`, killed after); every step,
   with 1, 2 and auto threads.
 Every measurement records `os.getloadavg()` at its start: other work on the machine shows there. Each

@@ -205,15 +205,72 @@ def formats(repeats: int) -> None:
     write_results("quantize_formats", lines, {"environment": env, "rows": rows})
 
 
+SIZE_SPARSITIES = (0.95, 0.97)
+
+
+def sizes() -> None:
+    """Issue 30: how the size of VGG-16 Reconvene (SynFlow-100, `width`, `sqrt`) follows the sparsity with the PSE's
+    `reference="global"` (default) and `"all"`: parameters, model.onnx fp32 and INT8 (auto format) against the
+    unstructured SynFlow fp32 model.onnx (dense-shaped, the same at every sparsity). Fresh models, no training:
+    sizes only, no accuracy."""
+    import os
+
+    import torch
+
+    from edgeprune import models
+    from edgeprune.methods.reconvene import ReconveneOptions, reconvene
+
+    shape = (1, 28, 28)
+    bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
+    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    torch.manual_seed(0)
+    synflow_bytes = len(export.to_onnx_bytes(models.create("vgg16", 10, 1), shape))
+    rows = []
+    for sparsity in SIZE_SPARSITIES:
+        for reference in ("global", "all"):
+            torch.manual_seed(0)
+            model = models.create("vgg16", 10, 1)
+            info = reconvene(model, ReconveneOptions(criterion="synflow", sparsity=sparsity, reference=reference,
+                                                     **{k: v for k, v in RECONVENE.items() if k != "criterion"}),
+                             None, shape, progress=False)
+            fp32 = export.to_onnx_bytes(model.eval(), shape)
+            int8, record = export.quantize(fp32, "static", calibration)
+            params = sum(p.numel() for p in model.parameters())
+            rows.append({"sparsity": sparsity, "reference": reference, "params": params, "fp32_bytes": len(fp32),
+                         "int8_bytes": len(int8), "int8_format": record["chosen"], "load": os.getloadavg()[0],
+                         "converted": sum(not g["sensitive"] for g in info["groups"]), "groups": len(info["groups"]),
+                         "widths": [g["width_after"] for g in info["groups"]]})
+            print(rows[-1], flush=True)
+    env = measure.environment()
+    lines = ["# Reconvene's size past 0.95: reference global against all (issue 30)", "",
+             measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
+             "benchmarks/quantize.py --sizes`. VGG-16 at 1×28×28, freshly initialised, Reconvene with SynFlow-100, "
+             "`width`, `sqrt`; INT8 by `export.quantize` (format auto, 256 Fashion-MNIST calibration images). "
+             f"Against the unstructured SynFlow fp32 model.onnx ({synflow_bytes / 2**20:.2f} MiB: its zeros are "
+             "stored). No training: sizes only.", "",
+             "| sparsity | reference | converted layers | widths after | parameters (M) | fp32 MiB | "
+             "INT8 MiB (format) | SynFlow fp32 ÷ INT8 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['sparsity']} | {r['reference']} | {r['converted']} of {r['groups']} | "
+              f"{', '.join(map(str, r['widths']))} | {r['params'] / 1e6:.3f} | {r['fp32_bytes'] / 2**20:.2f} | "
+              f"{r['int8_bytes'] / 2**20:.2f} ({r['int8_format']}) | {synflow_bytes / r['int8_bytes']:.1f}× |"
+              for r in rows]
+    write_results("quantize_sizes", lines, {"environment": env, "synflow_fp32_bytes": synflow_bytes, "rows": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
     parser.add_argument("--formats", action="store_true", help="issue 30: the INT8 format auto chooses, timed against "
                         "the fixed U8S8 per-channel (fresh dense models; no training)")
     parser.add_argument("--repeats", type=int, default=3, help="with --formats: timing passes")
+    parser.add_argument("--sizes", action="store_true", help="issue 30: VGG-16 Reconvene's size with reference "
+                        "global and all at 0.95 and 0.97 (fresh models; no training)")
     args = parser.parse_args()
     if args.formats:
         formats(args.repeats)
+        return
+    if args.sizes:
+        sizes()
         return
     rows = [r for m in args.models.split(",") for r in measure_model(m)]
     pairs = ratios(rows)

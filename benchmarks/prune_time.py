@@ -47,6 +47,9 @@ THREADS = (1, 2, "auto")
 TARGET_S = {("synflow", "vgg16"): 10.0, ("snip", "vgg16"): 1.0}
 AUTO_WITHIN = 1.2
 SPIN_LIMIT_S = 3600
+SETTLE_S = 1.0  # idle before every timed step: the previous step's worker threads stop spinning
+SHORT_REPEATS = 5  # busy repeats of the steps of a few seconds, whose medians load noise moves most
+SHORT = {("snip", "resnet20"), ("snip", "resnet56"), ("snip", "vgg16"), ("grasp", "resnet20")}
 SPIN = f"import time\nt = time.time()\nwhile time.time() - t < {SPIN_LIMIT_S}: pass"
 
 
@@ -67,6 +70,7 @@ def worker(settings: list, repeats: int, dump: str | None) -> None:
         # An untimed first run pays one-off costs (allocator, kernels); SynFlow's 100 rounds amortise them.
         for i in range(-1 if criterion != "synflow" else 0, repeats):
             for spec in (specs[i % len(specs):] + specs[:i % len(specs)]) if i >= 0 else specs[:1]:
+                time.sleep(SETTLE_S)
                 n = threads.resolve("auto") if spec == "auto" else spec
                 torch.set_num_threads(n)
                 torch.manual_seed(0)
@@ -108,10 +112,12 @@ def run_worker(impl: str, src: Path, settings: list, repeats: int, dump: Path | 
     return rows
 
 
-def measure_all(repeats: int) -> tuple[list[dict], dict]:
+def measure_all(repeats: int, quiet_rows: Path | None = None) -> tuple[list[dict], dict]:
     ours = ROOT / "src"
     shape = dict(MODELS)[QUIET_MODEL]
     rows, exact = [], {}
+    if quiet_rows is not None:  # the quiet part of an earlier run of this script; the masks are compared anew
+        rows = [r for r in json.loads(quiet_rows.read_text()) if r["condition"] == "quiet"]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True,
                                  capture_output=True).stdout
@@ -119,12 +125,15 @@ def measure_all(repeats: int) -> tuple[list[dict], dict]:
         dumps = {impl: Path(tmp, f"masks-{impl}") for impl in ("before", "new")}
         for d in dumps.values():
             d.mkdir()
-        for crit in QUIET_CRITERIA:  # quiet: ours and the baseline alternate, one repeat at a time
+        for crit in QUIET_CRITERIA if quiet_rows is None else ():  # ours and the baseline alternate
             for _ in range(repeats):
                 for impl, src in (("before", Path(tmp) / "src"), ("new", ours)):
                     rows += [dict(r, condition="quiet") for r in run_worker(
                         impl, src, [[crit, QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])]
                     PARTIAL.write_text(json.dumps(rows))
+        if quiet_rows is not None:
+            for impl, src in (("before", Path(tmp) / "src"), ("new", ours)):
+                run_worker(impl, src, [["synflow", QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])
         exact[QUIET_MODEL] = kept_differently(dumps["before"], dumps["new"], QUIET_MODEL)
     rows = _merge(rows)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
@@ -133,7 +142,8 @@ def measure_all(repeats: int) -> tuple[list[dict], dict]:
         for model, shp in MODELS:  # the small models first: a run cut short still has them
             for crit in CRITERIA:
                 rows += [dict(r, condition="busy") for r in run_worker(
-                    "new", ours, [[crit, model, list(shp), list(THREADS)]], repeats)]
+                    "new", ours, [[crit, model, list(shp), list(THREADS)]],
+                    max(repeats, SHORT_REPEATS) if (crit, model) in SHORT else repeats)]
                 PARTIAL.write_text(json.dumps(rows))
     finally:
         spinner.kill()
@@ -214,13 +224,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--dump")
+    parser.add_argument("--quiet-rows", type=Path, help="take the quiet part from this file (PARTIAL of an earlier "
+                        "run) and measure the rest")
     parser.add_argument("settings", nargs="?")
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.settings), args.repeats, args.dump)
         return
     t0 = time.perf_counter()
-    rows, exact = measure_all(args.repeats)
+    rows, exact = measure_all(args.repeats, args.quiet_rows)
     from edgeprune import measure
 
     env = measure.environment()
@@ -228,7 +240,11 @@ def main() -> None:
              measured("prune_time.py", env, "torch") + f" in {(time.perf_counter() - t0) / 60:.0f} min: seconds "
              f"to score and mask a freshly initialised model to density 0.1, median of {args.repeats}. SNIP and "
              "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. Command: "
-             f"`PYTHONPATH=src nice -n 5 python benchmarks/prune_time.py --repeats {args.repeats}`. *auto* is "
+             f"`PYTHONPATH=src nice -n 5 python benchmarks/prune_time.py --repeats {args.repeats}"
+             + (" --quiet-rows FILE` (the quiet part measured by an earlier run of the same command, cut short "
+                "after it; the SynFlow masks compared in this one)" if args.quiet_rows else "`")
+             + f"; steps of a few seconds take {SHORT_REPEATS} repeats beside the busy core, each timed step "
+             f"follows {SETTLE_S:g} s idle. *auto* is "
              "`threads.resolve('auto')` just before each timed step; the count it chose is in brackets. The load "
              "column is the 1-minute load average at the start of the measurements: the 2 cores are shared with "
              "other sessions' work, so *quiet* means nothing of this benchmark ran beside it, not that the machine "

@@ -186,11 +186,18 @@ def quiet_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _measured(rows: list[dict], crit: str, model: str) -> bool:
+    return any((r["impl"], r["condition"], r["criterion"], r["model"]) == ("new", "busy", crit, model) for r in rows)
+
+
 def busy_table(rows: list[dict]) -> list[str]:
     lines = ["| criterion | model | 1 thread s | 2 threads s | auto s (auto =) | auto ÷ best fixed | load at start |",
              "|---|---|---|---|---|---|---|"]
     for crit in CRITERIA:
         for model, _ in MODELS:
+            if not _measured(rows, crit, model):
+                lines.append(f"| {crit} | {model} | not measured: the run was cut short | | | | |")
+                continue
             one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
             best = min(one["median_s"], two["median_s"])
             lines.append(f"| {crit} | {model} | {one['median_s']:.2f} | {two['median_s']:.2f} | "
@@ -211,11 +218,14 @@ def verdicts(rows: list[dict], exact: dict) -> list[str]:
     ratios = []
     for crit in CRITERIA:
         for model, _ in MODELS:
+            if not _measured(rows, crit, model):
+                continue
             one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
             ratios.append((auto["median_s"] / min(one["median_s"], two["median_s"]), crit, model))
     worst = max(ratios)
     out.append(f"- busy: auto is at worst {worst[0]:.2f}× the best fixed count ({worst[1]} on {worst[2]}), target "
-               f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'}")
+               f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'} on the {len(ratios)} of "
+               f"{len(CRITERIA) * len(MODELS)} steps measured")
     return out
 
 
@@ -224,6 +234,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--dump")
+    parser.add_argument("--render", type=Path, help="write the results from the rows a cut-short run left in "
+                        "PARTIAL instead of measuring")
+    parser.add_argument("--masks", type=int, nargs=2, metavar=("DIFFER", "KEPT"), help="with --render: the SynFlow "
+                        "mask comparison, if it was made")
     parser.add_argument("--quiet-rows", type=Path, help="take the quiet part from this file (PARTIAL of an earlier "
                         "run) and measure the rest")
     parser.add_argument("settings", nargs="?")
@@ -232,7 +246,13 @@ def main() -> None:
         worker(json.loads(args.settings), args.repeats, args.dump)
         return
     t0 = time.perf_counter()
-    rows, exact = measure_all(args.repeats, args.quiet_rows)
+    if args.render:  # the rows a cut-short run left in PARTIAL
+        rows = _merge(json.loads(args.render.read_text()))
+        for r in rows:
+            r["median_s"] = statistics.median(r["times_s"])
+        exact = {QUIET_MODEL: tuple(args.masks)} if args.masks else {}
+    else:
+        rows, exact = measure_all(args.repeats, args.quiet_rows)
     from edgeprune import measure
 
     env = measure.environment()
@@ -241,6 +261,8 @@ def main() -> None:
              f"to score and mask a freshly initialised model to density 0.1, median of {args.repeats}. SNIP and "
              "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. Command: "
              f"`PYTHONPATH=src nice -n 5 python benchmarks/prune_time.py --repeats {args.repeats}"
+             + (" (cut short at the deadline; written by `--render` from the rows it had measured)"
+                if args.render else "")
              + (" --quiet-rows FILE` (the quiet part measured by an earlier run of the same command, cut short "
                 "after it; the SynFlow masks compared in this one)" if args.quiet_rows else "`")
              + f"; steps of a few seconds take {SHORT_REPEATS} repeats beside the busy core, each timed step "

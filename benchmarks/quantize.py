@@ -16,6 +16,7 @@ test images. Runs go to benchmarks/runs/quantize (git-ignored); finished ones ar
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from common import HERE, measured, write_results
@@ -208,7 +209,7 @@ def formats(repeats: int) -> None:
 SIZE_SPARSITIES = (0.95, 0.97)
 
 
-def sizes() -> None:
+def sizes(configs: list[tuple[float, str]], earlier: Path | None) -> None:
     """Issue 30: how the size of VGG-16 Reconvene (SynFlow-100, `width`, `sqrt`) follows the sparsity with the PSE's
     `reference="global"` (default) and `"all"`: parameters, model.onnx fp32 and INT8 (auto format) against the
     unstructured SynFlow fp32 model.onnx (dense-shaped, the same at every sparsity). Fresh models, no training:
@@ -225,22 +226,21 @@ def sizes() -> None:
     calibration = list(jobs.first_images(bundle.train, CALIBRATION))
     torch.manual_seed(0)
     synflow_bytes = len(export.to_onnx_bytes(models.create("vgg16", 10, 1), shape))
-    rows = []
-    for sparsity in SIZE_SPARSITIES:
-        for reference in ("global", "all"):
-            torch.manual_seed(0)
-            model = models.create("vgg16", 10, 1)
-            info = reconvene(model, ReconveneOptions(criterion="synflow", sparsity=sparsity, reference=reference,
-                                                     **{k: v for k, v in RECONVENE.items() if k != "criterion"}),
-                             None, shape, progress=False)
-            fp32 = export.to_onnx_bytes(model.eval(), shape)
-            int8, record = export.quantize(fp32, "static", calibration)
-            params = sum(p.numel() for p in model.parameters())
-            rows.append({"sparsity": sparsity, "reference": reference, "params": params, "fp32_bytes": len(fp32),
-                         "int8_bytes": len(int8), "int8_format": record["chosen"], "load": os.getloadavg()[0],
-                         "converted": sum(not g["sensitive"] for g in info["groups"]), "groups": len(info["groups"]),
-                         "widths": [g["width_after"] for g in info["groups"]]})
-            print(rows[-1], flush=True)
+    rows = json.loads(earlier.read_text()) if earlier else []  # rows a cut-short run printed
+    for sparsity, reference in configs:
+        torch.manual_seed(0)
+        model = models.create("vgg16", 10, 1)
+        info = reconvene(model, ReconveneOptions(criterion="synflow", sparsity=sparsity, reference=reference,
+                                                 **{k: v for k, v in RECONVENE.items() if k != "criterion"}),
+                         None, shape, progress=False)
+        fp32 = export.to_onnx_bytes(model.eval(), shape)
+        int8, record = export.quantize(fp32, "static", calibration)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append({"sparsity": sparsity, "reference": reference, "params": params, "fp32_bytes": len(fp32),
+                     "int8_bytes": len(int8), "int8_format": record["chosen"], "load": os.getloadavg()[0],
+                     "converted": sum(not g["sensitive"] for g in info["groups"]), "groups": len(info["groups"]),
+                     "widths": [g["width_after"] for g in info["groups"]]})
+        print(json.dumps(rows[-1]), flush=True)
     env = measure.environment()
     lines = ["# Reconvene's size past 0.95: reference global against all (issue 30)", "",
              measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
@@ -265,12 +265,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="with --formats: timing passes")
     parser.add_argument("--sizes", action="store_true", help="issue 30: VGG-16 Reconvene's size with reference "
                         "global and all at 0.95 and 0.97 (fresh models; no training)")
+    parser.add_argument("--size-configs", help="with --sizes: sparsity:reference pairs",
+                        default=",".join(f"{s}:{r}" for s in SIZE_SPARSITIES for r in ("global", "all")))
+    parser.add_argument("--size-rows", type=Path, help="with --sizes: a JSON list of rows measured earlier")
     args = parser.parse_args()
     if args.formats:
         formats(args.repeats)
         return
     if args.sizes:
-        sizes()
+        sizes([(float(c.split(":")[0]), c.split(":")[1]) for c in args.size_configs.split(",") if c], args.size_rows)
         return
     rows = [r for m in args.models.split(",") for r in measure_model(m)]
     pairs = ratios(rows)

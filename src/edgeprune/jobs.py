@@ -474,7 +474,8 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         t0 = time.perf_counter()
         calibration = first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
-        int8 = export.quantize_onnx(source / runs.ONNX, q["mode"], calibration, q["per_channel"])
+        # --per-channel insists on it; without it the format is chosen (export.quantize: timed on this machine)
+        int8, chosen = export.quantize(source / runs.ONNX, q["mode"], calibration, q["per_channel"] or None)
         seconds = time.perf_counter() - t0
         runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
         m = cfg.measure
@@ -493,9 +494,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
             vs.update(accuracy_source_onnxruntime=before, accuracy_delta_pts=100 * (after - before))
         report = replace(src, run=rf.name, **data_fields(bundle), profile=prof,
                          source=str(source), vs_source=vs, details={"quantization": {
-                             "mode": q["mode"], "format": "QDQ" if q["mode"] == "static" else "QOperator",
-                             "weights": "int8", "activations": "uint8" if q["mode"] == "static" else "uint8, dynamic",
-                             "per_channel": q["per_channel"], "calibration_images": q["calibration"],
+                             "mode": q["mode"], "weights": "int8", **chosen, "calibration_images": q["calibration"],
                              "tool": "onnxruntime.quantization", "seconds": seconds}})
         write_report(rf.path / runs.REPORT, report)  # once, last: an interrupted quantize never looks finished
     return report

@@ -100,6 +100,7 @@ def test_synflow_closed_form_on_a_two_layer_net():
     torch.testing.assert_close(s["2.weight"], W2.abs().double() * W1.abs().sum(1).double()[None, :])
 
 
+@pytest.mark.slow
 def test_synflow_in_float32_keeps_nearly_the_same_weights_and_rejects_other_precisions():
     # float32 halves the bytes of every pass; its rounding flips near-ties, which cascade over 100 rounds
     # (VGG-16: 0.8 % of the kept weights, benchmarks/results/prune_time.md). On ResNet-20 none flips.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import HERE, measured, write_results
 
-from edgeprune import data, export, jobs, measure, runs
+from edgeprune import data, export, jobs, measure, quantization, runs
 from edgeprune.methods import registry
 from edgeprune.record import MeasureOptions, read_report
 from edgeprune.train import TrainConfig
@@ -67,7 +67,7 @@ def s8s8(model: str) -> bytes:
     default): timed beside the rest, it shows why edgeprune quantises to U8S8."""
     dense = OUT / f"{model}-dense"
     bundle = data.loaders(**{**jobs.source_config(dense).data, "augment": False})
-    return export.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
+    return quantization.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
                                 per_channel=True, activations="int8")
 
 
@@ -146,7 +146,7 @@ FIXED = ("qdq", "uint8", True)  # what `edgeprune quantize --per-channel` made b
 
 
 def formats(repeats: int) -> None:
-    """Issue 30: `export.quantize(format="auto")` on freshly initialised dense ResNet-20 and VGG-16 (Fashion-MNIST
+    """Issue 30: `quantization.quantize(format="auto")` on freshly initialised dense ResNet-20 and VGG-16 (Fashion-MNIST
     shape, calibrated on the first 256 training images), its choice timed against the fixed QDQ U8S8
     per-channel beside it, round-robin, `repeats` passes; load average recorded. Accuracy is not measured here
     (untrained weights): the choice's agreement with fp32 on the calibration images is in the record."""
@@ -165,9 +165,9 @@ def formats(repeats: int) -> None:
         torch.manual_seed(0)
         fp32 = export.to_onnx_bytes(models.create(name, 10, 1).eval(), (1, 28, 28))
         load, t0 = os.getloadavg()[0], time.perf_counter()
-        auto, record = export.quantize(fp32, "static", calibration)
+        auto, record = quantization.quantize(fp32, "static", calibration)
         seconds = time.perf_counter() - t0
-        fixed = export.quantize_onnx(fp32, "static", calibration, per_channel=FIXED[2], activations=FIXED[1],
+        fixed = quantization.quantize_onnx(fp32, "static", calibration, per_channel=FIXED[2], activations=FIXED[1],
                                      format=FIXED[0])
         passes = []
         for _ in range(repeats):
@@ -182,7 +182,7 @@ def formats(repeats: int) -> None:
     lines = ["# INT8 format chosen per model (issue 30)", "",
              measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
              f"benchmarks/quantize.py --formats --repeats {repeats}`. Dense, freshly initialised models at the "
-             "Fashion-MNIST shape (1×28×28), calibrated on the first 256 training images. `export.quantize` "
+             "Fashion-MNIST shape (1×28×28), calibrated on the first 256 training images. `quantization.quantize` "
              "(format auto) makes every candidate from one calibration, times them (ONNX Runtime, batch 1, 1 "
              "thread, round-robin) and keeps the fastest whose top-1 agreement with fp32 on the calibration "
              "images is within 0.5 points of the best. Then its choice, the fixed QDQ U8S8 per-channel (what "
@@ -234,7 +234,7 @@ def sizes(configs: list[tuple[float, str]], earlier: Path | None) -> None:
                                                  **{k: v for k, v in RECONVENE.items() if k != "criterion"}),
                          None, shape, progress=False)
         fp32 = export.to_onnx_bytes(model.eval(), shape)
-        int8, record = export.quantize(fp32, "static", calibration)
+        int8, record = quantization.quantize(fp32, "static", calibration)
         params = sum(p.numel() for p in model.parameters())
         rows.append({"sparsity": sparsity, "reference": reference, "params": params, "fp32_bytes": len(fp32),
                      "int8_bytes": len(int8), "int8_format": record["chosen"], "load": os.getloadavg()[0],
@@ -245,7 +245,7 @@ def sizes(configs: list[tuple[float, str]], earlier: Path | None) -> None:
     lines = ["# Reconvene's size past 0.95: reference global against all (issue 30)", "",
              measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
              "benchmarks/quantize.py --sizes`. VGG-16 at 1×28×28, freshly initialised, Reconvene with SynFlow-100, "
-             "`width`, `sqrt`; INT8 by `export.quantize` (format auto, 256 Fashion-MNIST calibration images). "
+             "`width`, `sqrt`; INT8 by `quantization.quantize` (format auto, 256 Fashion-MNIST calibration images). "
              f"Against the unstructured SynFlow fp32 model.onnx ({synflow_bytes / 2**20:.2f} MiB: its zeros are "
              "stored). No training: sizes only.", "",
              "| sparsity | reference | converted layers | widths after | parameters (M) | fp32 MiB | "

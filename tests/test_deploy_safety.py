@@ -240,10 +240,10 @@ def test_a_portfolio_out_that_is_a_file_is_one_line(world):
 @pytest.mark.parametrize("command", ["quantize", "neuroflux"])
 def test_run_making_deployment_commands_check_the_runs_dir_first(world, monkeypatch, command):
     tmp_path, runs_dir, _ = world
-    from edgeprune import export
+    from edgeprune import quantization
     from edgeprune.neuroflux import job
 
-    monkeypatch.setattr(export, "quantize_onnx", lambda *a, **k: pytest.fail("quantised before checking"))
+    monkeypatch.setattr(quantization, "quantize", lambda *a, **k: pytest.fail("quantised before checking"))
     monkeypatch.setattr(job, "train", lambda *a, **k: pytest.fail("trained before checking"))
     args = (["quantize", runs_dir / "a", "--name", "q"] if command == "quantize"
             else ["neuroflux", "-m", "lenet5", "-d", "synthetic", "--memory-budget", "64MiB", "--val-size", "100",

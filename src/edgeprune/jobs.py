@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import budget, data, export, masks, measure, models, runs, threads
+from . import budget, data, export, masks, measure, models, quantization, runs, threads
 from .errors import ConfigError
 from .methods import registry
 from .progress import Reporter, reporter
@@ -458,7 +458,7 @@ def _check_calibration(calibration) -> None:
 def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
              progress: Reporter | None = None) -> RunReport:
     """INT8 copy of the finished fp32 run `cfg.method["source"]` as a new run: its model.onnx quantised by ONNX
-    Runtime's tools (export.quantize_onnx), static quantisation calibrated on the first `calibration` training
+    Runtime's tools (quantization.quantize_onnx), static quantisation calibrated on the first `calibration` training
     images (un-augmented, in the run's fixed shuffle); measured in ONNX Runtime (latency, memory, top-1 on the
     test split), and against the source's model.onnx, evaluated and timed side by side now. The source is only
     read."""
@@ -474,8 +474,8 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         t0 = time.perf_counter()
         calibration = first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
-        # --per-channel insists on it; without it the format is chosen (export.quantize: timed on this machine)
-        int8, chosen = export.quantize(source / runs.ONNX, q["mode"], calibration, q["per_channel"] or None)
+        # --per-channel insists on it; without it the format is chosen (quantization.quantize: timed on this machine)
+        int8, chosen = quantization.quantize(source / runs.ONNX, q["mode"], calibration, q["per_channel"] or None)
         seconds = time.perf_counter() - t0
         runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
         m = cfg.measure

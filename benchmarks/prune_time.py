@@ -1,19 +1,22 @@
-"""How long the pruning step alone takes, on a quiet machine and beside a busy core (issue 20).
+"""How long the pruning step alone takes, quiet and beside a busy core (issues 20 and 30).
 
 SNIP and GraSP (one synthetic batch of 128) and SynFlow (100 rounds, data-free) prune a freshly initialised
-ResNet-20 (1×28×28), ResNet-56 and VGG-16 (3×32×32) to density 0.1, with 1 and 2 torch threads and with
-`threads.resolve("auto")` (resolved before the timed step, as a run resolves it once at its start), each
-`--repeats` times, median reported:
-- quiet: nothing of ours runs beside it;
-- busy: a second process spins on one core throughout (bounded to `SPIN_LIMIT_S`, killed after).
-Today's implementation (`BASELINE`, the commit before issue 20, unpacked from git into a temporary folder)
-is timed quiet in the same run with torch's default thread count (all cores: it chose none), for the
-ratios. Every measurement records `os.getloadavg()` at its start: other work on the machine shows there.
-Each (implementation, condition) runs in its own process, so the baseline's modules never mix with ours.
+ResNet-20 (1×28×28), ResNet-56 and VGG-16 (3×32×32) to density 0.1, each setting `--repeats` times, median
+reported. The thread counts of a setting are interleaved: every repeat times 1, 2 and `threads.resolve("auto")`
+(resolved just before its timed step, as a run resolves it at its start) back to back, in an order rotated
+from repeat to repeat, so the three see the same load from the rest of the machine.
+- quiet (SNIP and SynFlow on VGG-16, the step targets): nothing of ours runs beside it; `auto` threads. The
+  code before issue 30 (`BASELINE`, unpacked from git into a temporary folder) is timed the same way,
+  alternating with ours one repeat at a time, for the ratios; its SynFlow masks and ours are compared weight
+  by weight (they must be identical: both are float64).
+- busy: a second process spins on one core throughout (bounded to `SPIN_LIMIT_S`, killed after); every step,
+  with 1, 2 and auto threads.
+Every measurement records `os.getloadavg()` at its start: other work on the machine shows there. Each
+(implementation, setting) runs in its own process, so the baseline's modules never mix with ours.
 
     PYTHONPATH=src nice -n 5 .venv/bin/python benchmarks/prune_time.py [--repeats 3]
 
-Long: on 2026-11-30, at load 5-8, today's part alone took 24 min.
+Long: about an hour on 2 shared cores at load 5-9 (rows so far are kept in `PARTIAL`).
 
 Targets: quiet SynFlow-100 ≤ 10 s and SNIP ≤ 1 s on VGG-16; beside a busy core `auto` within 1.2× of the
 best fixed thread count for every step. Results: benchmarks/results/prune_time.{md,json}.
@@ -34,207 +37,247 @@ from pathlib import Path
 from common import measured, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-BASELINE = "7d00840"  # the last commit before issue 20's changes to scoring and selection
+BASELINE = "f567418"  # main before issue 30's changes to SynFlow, SNIP and selection
 CRITERIA = ("snip", "grasp", "synflow")
 MODELS = (("resnet20", (1, 28, 28)), ("resnet56", (3, 32, 32)), ("vgg16", (3, 32, 32)))
+QUIET_MODEL = "vgg16"
+QUIET_CRITERIA = ("snip", "synflow")  # the steps with targets
+PARTIAL = Path(tempfile.gettempdir()) / "prune_time.partial.json"  # rows so far, should the run be cut short
 THREADS = (1, 2, "auto")
 TARGET_S = {("synflow", "vgg16"): 10.0, ("snip", "vgg16"): 1.0}
 AUTO_WITHIN = 1.2
 SPIN_LIMIT_S = 3600
+SETTLE_S = 1.0  # idle before every timed step: the previous step's worker threads stop spinning
+SHORT_REPEATS = 5  # busy repeats of the steps of a few seconds, whose medians load noise moves most
+SHORT = {("snip", "resnet20"), ("snip", "resnet56"), ("snip", "vgg16"), ("grasp", "resnet20")}
 SPIN = f"import time\nt = time.time()\nwhile time.time() - t < {SPIN_LIMIT_S}: pass"
 
 
-def worker(impl: str, settings: list, repeats: int) -> None:
-    """In a fresh process on `impl`'s sources: time every (criterion, model, threads), one JSON line each."""
+def worker(settings: list, repeats: int, dump: str | None) -> None:
+    """In a fresh process on one implementation's sources: time every (criterion, model, thread specs) setting,
+    the specs interleaved; one JSON line per (setting, spec). With `dump`, the masks of the first timed SynFlow
+    run go to that folder."""
     import torch
 
-    from edgeprune import data, masks, models, scores
+    from edgeprune import data, masks, models, scores, threads
 
-    warm = True  # the first step in a process pays one-off costs (allocator, kernels): run it once untimed
-    for criterion, model_name, shape, spec in settings:
+    for criterion, model_name, shape, specs in settings:
         shape = tuple(shape)
         batch = [next(iter(data.loaders("synthetic", shape=shape, num_classes=10, size=128, batch_size=128).train))]
-        times, loads, resolved = [], [], []
-        for i in range(-1 if warm else 0, repeats):
-            if spec == "auto":
-                from edgeprune import threads
-                n = threads.resolve("auto")
-            else:
-                n = spec
-            torch.set_num_threads(n)
-            torch.manual_seed(0)
-            model = models.create(model_name, 10, shape[0])
-            loads.append(os.getloadavg()[0])
-            t0 = time.perf_counter()
-            scorer = _scorer(scores, impl, criterion, batch, shape)
-            masks.prune_iteratively(model, scorer, 0.1, rounds=scores.default_rounds(criterion))
-            if i >= 0:
-                times.append(time.perf_counter() - t0)
-                resolved.append(n)
-        if warm:
-            loads, warm = loads[1:], False
-        print(json.dumps({"impl": impl, "criterion": criterion, "model": model_name, "threads": spec,
-                          "resolved": resolved, "times_s": times, "loadavg_at_start": loads}), flush=True)
+        times = {str(s): [] for s in specs}
+        loads = {str(s): [] for s in specs}
+        resolved = {str(s): [] for s in specs}
+        # An untimed first run pays one-off costs (allocator, kernels); SynFlow's 100 rounds amortise them.
+        for i in range(-1 if criterion != "synflow" else 0, repeats):
+            for spec in (specs[i % len(specs):] + specs[:i % len(specs)]) if i >= 0 else specs[:1]:
+                time.sleep(SETTLE_S)
+                n = threads.resolve("auto") if spec == "auto" else spec
+                torch.set_num_threads(n)
+                torch.manual_seed(0)
+                model = models.create(model_name, 10, shape[0])
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                kept = masks.prune_iteratively(model, scores.scorer(criterion, batch, input_shape=shape), 0.1,
+                                               rounds=scores.default_rounds(criterion))
+                elapsed = time.perf_counter() - t0
+                if i < 0:
+                    continue
+                times[str(spec)].append(elapsed)
+                loads[str(spec)].append(load)
+                resolved[str(spec)].append(n)
+                if dump and criterion == "synflow" and not Path(dump, f"{model_name}.pt").exists():
+                    torch.save(kept, Path(dump, f"{model_name}.pt"))
+        for spec in specs:
+            print(json.dumps({"criterion": criterion, "model": model_name, "threads": spec,
+                              "resolved": resolved[str(spec)], "times_s": times[str(spec)],
+                              "loadavg_at_start": loads[str(spec)]}), flush=True)
 
 
-def precision_worker(repeats: int) -> None:
-    """SynFlow-100 on VGG-16 in float64 (the default) and float32 (`precision="float32"`), quiet, threads auto:
-    medians, and the fraction of the kept weights the two choose differently. One JSON line."""
+def kept_differently(dump_a: Path, dump_b: Path, model: str) -> tuple[int, int]:
+    """(weights kept by one and not the other, weights kept) of the two SynFlow mask files."""
     import torch
 
-    from edgeprune import masks, models, scores, threads
-
-    shape, times, kept = (3, 32, 32), {}, {}
-    torch.set_num_threads(threads.resolve("auto"))
-    for precision in ("float64", "float32"):
-        times[precision] = []
-        for i in range(-1, repeats):  # the first, untimed, pays one-off costs
-            torch.manual_seed(0)
-            model = models.create("vgg16", 10, 3)
-            t0 = time.perf_counter()
-            kept[precision] = masks.prune_iteratively(
-                model, scores.scorer("synflow", input_shape=shape, precision=precision), 0.1, rounds=100)
-            if i >= 0:
-                times[precision].append(time.perf_counter() - t0)
-    total = sum(int(m.sum()) for m in kept["float64"].values())
-    differ = sum(int((kept["float64"][n] != kept["float32"][n]).sum()) for n in kept["float64"]) // 2
-    print(json.dumps({"impl": "precision", "criterion": "synflow", "model": "vgg16", "threads": "auto",
-                      "times_s": times, "kept": total, "kept_differently": differ}), flush=True)
+    a, b = torch.load(dump_a / f"{model}.pt"), torch.load(dump_b / f"{model}.pt")
+    return sum(int((a[n] != b[n]).sum()) for n in a), sum(int(m.sum()) for m in a.values())
 
 
-def _scorer(scores, impl: str, criterion: str, batch: list, shape: tuple):
-    if impl == "today":  # it had no scores.scorer: a fresh score per round
-        return lambda m: scores.score(criterion, m, batch, input_shape=shape)
-    return scores.scorer(criterion, batch, input_shape=shape)
-
-
-def run_worker(impl: str, src: Path, settings: list, repeats: int) -> list[dict]:
+def run_worker(impl: str, src: Path, settings: list, repeats: int, dump: Path | None = None) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, __file__, "--worker", impl, "--repeats", str(repeats), json.dumps(settings)],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    cmd = [sys.executable, __file__, "--worker", "--repeats", str(repeats), json.dumps(settings)]
+    out = subprocess.run(cmd + (["--dump", str(dump)] if dump else []), env=env, check=True, capture_output=True,
+                         text=True).stdout
+    rows = [dict(json.loads(line), impl=impl) for line in out.splitlines() if line.startswith("{")]
     for r in rows:
         print(r, flush=True)
     return rows
 
 
-def measure_all(repeats: int) -> list[dict]:
+def measure_all(repeats: int, quiet_rows: Path | None = None) -> tuple[list[dict], dict]:
     ours = ROOT / "src"
-    cases = [[c, m, list(s)] for c in CRITERIA for m, s in MODELS]
-    rows = []
+    shape = dict(MODELS)[QUIET_MODEL]
+    rows, exact = [], {}
+    if quiet_rows is not None:  # the quiet part of an earlier run of this script; the masks are compared anew
+        rows = [r for r in json.loads(quiet_rows.read_text()) if r["condition"] == "quiet"]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        default = os.cpu_count()  # what today's torch uses when nobody chooses
-        rows += [dict(r, condition="quiet") for r in run_worker("today", Path(tmp) / "src",
-                                                                 [c + [default] for c in cases], repeats)]
-    rows += [dict(r, condition="quiet") for r in run_worker("new", ours, [c + [t] for c in cases for t in THREADS],
-                                                            repeats)]
-    rows += [dict(r, condition="quiet") for r in run_worker("precision", ours, [], repeats)]
+        dumps = {impl: Path(tmp, f"masks-{impl}") for impl in ("before", "new")}
+        for d in dumps.values():
+            d.mkdir()
+        for crit in QUIET_CRITERIA if quiet_rows is None else ():  # ours and the baseline alternate
+            for _ in range(repeats):
+                for impl, src in (("before", Path(tmp) / "src"), ("new", ours)):
+                    rows += [dict(r, condition="quiet") for r in run_worker(
+                        impl, src, [[crit, QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])]
+                    PARTIAL.write_text(json.dumps(rows))
+        if quiet_rows is not None:
+            for impl, src in (("before", Path(tmp) / "src"), ("new", ours)):
+                run_worker(impl, src, [["synflow", QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])
+        exact[QUIET_MODEL] = kept_differently(dumps["before"], dumps["new"], QUIET_MODEL)
+    rows = _merge(rows)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(1.0)  # spinning before anything is sampled or timed
-        rows += [dict(r, condition="busy") for r in run_worker("new", ours, [c + [t] for c in cases for t in THREADS],
-                                                               repeats)]
+        for model, shp in MODELS:  # the small models first: a run cut short still has them
+            for crit in CRITERIA:
+                rows += [dict(r, condition="busy") for r in run_worker(
+                    "new", ours, [[crit, model, list(shp), list(THREADS)]],
+                    max(repeats, SHORT_REPEATS) if (crit, model) in SHORT else repeats)]
+                PARTIAL.write_text(json.dumps(rows))
     finally:
         spinner.kill()
         spinner.wait()
     for r in rows:
-        if r["impl"] == "precision":
-            r["median_s"] = {p: statistics.median(t) for p, t in r["times_s"].items()}
+        r["median_s"] = statistics.median(r["times_s"])
+    return rows, exact
+
+
+def _merge(rows: list[dict]) -> list[dict]:
+    """One row per (impl, condition, criterion, model, threads), the repeats' lists joined."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["impl"], r["condition"], r["criterion"], r["model"], r["threads"])
+        if key in out:
+            for f in ("times_s", "loadavg_at_start", "resolved"):
+                out[key][f] = out[key][f] + r[f]
         else:
-            r["median_s"] = statistics.median(r["times_s"])
-    return rows
+            out[key] = dict(r)
+    return list(out.values())
 
 
-def table(rows: list[dict]) -> list[str]:
-    def get(impl, cond, crit, model, spec):
-        return next(r for r in rows if (r["impl"], r["condition"], r["criterion"], r["model"], r["threads"])
-                    == (impl, cond, crit, model, spec))
+def _get(rows, impl, cond, crit, model, spec):
+    return next(r for r in rows if (r["impl"], r["condition"], r["criterion"], r["model"], r["threads"])
+                == (impl, cond, crit, model, spec))
 
-    lines = ["| criterion | model | today, quiet, all cores s | quiet 1 / 2 / auto s (auto =) | today ÷ auto | "
-             "busy 1 / 2 / auto s (auto =) | busy: auto ÷ best fixed | load at start, quiet / busy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for crit in CRITERIA:
-        for model, _ in MODELS:
-            today = next(r for r in rows if (r["impl"], r["criterion"], r["model"]) == ("today", crit, model))
-            quiet = [get("new", "quiet", crit, model, t) for t in THREADS]
-            busy = [get("new", "busy", crit, model, t) for t in THREADS]
-            best = min(busy[0]["median_s"], busy[1]["median_s"])
-            load = [r["loadavg_at_start"] for r in quiet], [r["loadavg_at_start"] for r in busy]
-            lo = [f"{min(min(x) for x in ls):.1f}–{max(max(x) for x in ls):.1f}" for ls in load]
-            lines.append(
-                f"| {crit} | {model} | {today['median_s']:.2f} | "
-                f"{_medians(quiet)} ({_resolved(quiet[2])}) | "
-                f"{today['median_s'] / quiet[2]['median_s']:.1f}× | "
-                f"{_medians(busy)} ({_resolved(busy[2])}) | "
-                f"{busy[2]['median_s'] / best:.2f} | {lo[0]} / {lo[1]} |")
+
+def _load(rows: list[dict]) -> str:
+    values = [v for r in rows for v in r["loadavg_at_start"]]
+    return f"{min(values):.1f}–{max(values):.1f}"
+
+
+def quiet_table(rows: list[dict]) -> list[str]:
+    lines = [f"| criterion | model | before issue 30 (`{BASELINE}`), auto s | now, auto s | before ÷ now | "
+             "load at start |", "|---|---|---|---|---|---|"]
+    for crit in QUIET_CRITERIA:
+        before, new = (_get(rows, impl, "quiet", crit, QUIET_MODEL, "auto") for impl in ("before", "new"))
+        lines.append(f"| {crit} | {QUIET_MODEL} | {before['median_s']:.2f} | {new['median_s']:.2f} | "
+                     f"{before['median_s'] / new['median_s']:.2f}× | {_load([before, new])} |")
     return lines
 
 
-def _medians(rows: list[dict]) -> str:
-    return " / ".join(f"{r['median_s']:.2f}" for r in rows)
+def _measured(rows: list[dict], crit: str, model: str) -> bool:
+    return any((r["impl"], r["condition"], r["criterion"], r["model"]) == ("new", "busy", crit, model) for r in rows)
 
 
-def _resolved(row: dict) -> str:
-    return "/".join(map(str, sorted(set(row["resolved"]))))
+def busy_table(rows: list[dict]) -> list[str]:
+    lines = ["| criterion | model | 1 thread s | 2 threads s | auto s (auto =) | auto ÷ best fixed | load at start |",
+             "|---|---|---|---|---|---|---|"]
+    for crit in CRITERIA:
+        for model, _ in MODELS:
+            if not _measured(rows, crit, model):
+                lines.append(f"| {crit} | {model} | not measured: the run was cut short | | | | |")
+                continue
+            one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
+            best = min(one["median_s"], two["median_s"])
+            lines.append(f"| {crit} | {model} | {one['median_s']:.2f} | {two['median_s']:.2f} | "
+                         f"{auto['median_s']:.2f} ({'/'.join(map(str, sorted(set(auto['resolved']))))}) | "
+                         f"{auto['median_s'] / best:.2f} | {_load([one, two, auto])} |")
+    return lines
 
 
-def verdicts(rows: list[dict]) -> list[str]:
+def verdicts(rows: list[dict], exact: dict) -> list[str]:
     out = []
     for (crit, model), target in TARGET_S.items():
-        r = next(r for r in rows if (r["impl"], r["condition"], r["criterion"], r["model"], r["threads"])
-                 == ("new", "quiet", crit, model, "auto"))
-        out.append(f"- quiet {crit} on {model} with auto threads: {r['median_s']:.2f} s, target ≤ {target:g} s: "
-                   f"{'met' if r['median_s'] <= target else 'missed'}")
+        r = _get(rows, "new", "quiet", crit, model, "auto")
+        out.append(f"- quiet {crit} on {model} with auto threads: {r['median_s']:.2f} s (load "
+                   f"{_load([r])}), target ≤ {target:g} s: {'met' if r['median_s'] <= target else 'missed'}")
+    for model, (differ, kept) in exact.items():
+        out.append(f"- SynFlow-100 masks on {model}, now against `{BASELINE}` (both float64): {differ} of {kept} "
+                   f"weights differ: {'identical' if differ == 0 else 'NOT identical'}")
     ratios = []
-    for r in rows:
-        if (r["impl"], r["condition"], r["threads"]) == ("new", "busy", "auto"):
-            fixed = [x["median_s"] for x in rows if (x["impl"], x["condition"], x["criterion"], x["model"])
-                     == ("new", "busy", r["criterion"], r["model"]) and x["threads"] != "auto"]
-            ratios.append((r["median_s"] / min(fixed), r["criterion"], r["model"]))
-    p = next(r for r in rows if r["impl"] == "precision")
-    out.append(f"- opt-in `precision=\"float32\"`, SynFlow-100 on vgg16, quiet, auto threads: "
-               f"{p['median_s']['float32']:.2f} s against float64's {p['median_s']['float64']:.2f} s "
-               f"({p['median_s']['float64'] / p['median_s']['float32']:.2f}× faster); "
-               f"{p['kept_differently']} of {p['kept']} kept weights ({p['kept_differently'] / p['kept']:.2%}) "
-               "chosen differently")
+    for crit in CRITERIA:
+        for model, _ in MODELS:
+            if not _measured(rows, crit, model):
+                continue
+            one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
+            ratios.append((auto["median_s"] / min(one["median_s"], two["median_s"]), crit, model))
     worst = max(ratios)
     out.append(f"- busy: auto is at worst {worst[0]:.2f}× the best fixed count ({worst[1]} on {worst[2]}), target "
-               f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'}")
+               f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'} on the {len(ratios)} of "
+               f"{len(CRITERIA) * len(MODELS)} steps measured")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--dump")
+    parser.add_argument("--render", type=Path, help="write the results from the rows a cut-short run left in "
+                        "PARTIAL instead of measuring")
+    parser.add_argument("--masks", type=int, nargs=2, metavar=("DIFFER", "KEPT"), help="with --render: the SynFlow "
+                        "mask comparison, if it was made")
+    parser.add_argument("--quiet-rows", type=Path, help="take the quiet part from this file (PARTIAL of an earlier "
+                        "run) and measure the rest")
     parser.add_argument("settings", nargs="?")
     args = parser.parse_args()
-    if args.worker == "precision":
-        precision_worker(args.repeats)
-        return
     if args.worker:
-        worker(args.worker, json.loads(args.settings), args.repeats)
+        worker(json.loads(args.settings), args.repeats, args.dump)
         return
     t0 = time.perf_counter()
-    rows = measure_all(args.repeats)
+    if args.render:  # the rows a cut-short run left in PARTIAL
+        rows = _merge(json.loads(args.render.read_text()))
+        for r in rows:
+            r["median_s"] = statistics.median(r["times_s"])
+        exact = {QUIET_MODEL: tuple(args.masks)} if args.masks else {}
+    else:
+        rows, exact = measure_all(args.repeats, args.quiet_rows)
     from edgeprune import measure
 
     env = measure.environment()
     lines = ["# Pruning time alone, quiet and beside a busy core", "",
              measured("prune_time.py", env, "torch") + f" in {(time.perf_counter() - t0) / 60:.0f} min: seconds "
              f"to score and mask a freshly initialised model to density 0.1, median of {args.repeats}. SNIP and "
-             "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. *today* is commit "
-             f"`{BASELINE}` (before issue 20) with torch's default threads, timed quiet in the same run. *busy*: "
-             "another process spins on one core throughout. *auto* is `threads.resolve('auto')` just before "
-             "each timed step; the count it chose is in brackets. The last column is the 1-minute load average "
-             "at the start of the measurements: other sessions share these cores, so *quiet* means nothing of "
-             "this benchmark ran beside it, not that the machine was idle.", ""]
-    lines += table(rows) + [""] + verdicts(rows)
+             "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. Command: "
+             f"`PYTHONPATH=src nice -n 5 python benchmarks/prune_time.py --repeats {args.repeats}"
+             + (" (cut short at the deadline; written by `--render` from the rows it had measured)"
+                if args.render else "")
+             + (" --quiet-rows FILE` (the quiet part measured by an earlier run of the same command, cut short "
+                "after it; the SynFlow masks compared in this one)" if args.quiet_rows else "`")
+             + f"; steps of a few seconds take {SHORT_REPEATS} repeats beside the busy core, each timed step "
+             f"follows {SETTLE_S:g} s idle. *auto* is "
+             "`threads.resolve('auto')` just before each timed step; the count it chose is in brackets. The load "
+             "column is the 1-minute load average at the start of the measurements: the 2 cores are shared with "
+             "other sessions' work, so *quiet* means nothing of this benchmark ran beside it, not that the machine "
+             "was idle.", "",
+             f"Quiet, {QUIET_MODEL}: the code before issue 30 and now, alternating one repeat at a time:", ""]
+    lines += quiet_table(rows)
+    lines += ["", "Beside a busy core (another process spins on one core), 1 / 2 / auto threads interleaved "
+              "within every repeat:", ""]
+    lines += busy_table(rows) + [""] + verdicts(rows, exact)
     write_results("prune_time", lines, {"environment": env, "baseline": BASELINE, "repeats": args.repeats,
-                                        "rows": rows})
+                                        "rows": rows, "synflow_masks_kept_differently": exact})
 
 
 if __name__ == "__main__":

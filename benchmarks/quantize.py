@@ -16,11 +16,12 @@ test images. Runs go to benchmarks/runs/quantize (git-ignored); finished ones ar
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from common import HERE, measured, write_results
 
-from edgeprune import data, export, jobs, measure, runs
+from edgeprune import data, export, jobs, measure, quantization, runs
 from edgeprune.methods import registry
 from edgeprune.record import MeasureOptions, read_report
 from edgeprune.train import TrainConfig
@@ -66,7 +67,7 @@ def s8s8(model: str) -> bytes:
     default): timed beside the rest, it shows why edgeprune quantises to U8S8."""
     dense = OUT / f"{model}-dense"
     bundle = data.loaders(**{**jobs.source_config(dense).data, "augment": False})
-    return export.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
+    return quantization.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
                                 per_channel=True, activations="int8")
 
 
@@ -140,10 +141,140 @@ def verdicts(pairs: list[dict]) -> list[str]:
     return lines
 
 
+FORMAT_MODELS = ("resnet20", "vgg16")
+FIXED = ("qdq", "uint8", True)  # what `edgeprune quantize --per-channel` made before issue 30
+
+
+def formats(repeats: int) -> None:
+    """Issue 30: `quantization.quantize(format="auto")` on freshly initialised dense ResNet-20 and VGG-16 (Fashion-MNIST
+    shape, calibrated on the first 256 training images), its choice timed against the fixed QDQ U8S8
+    per-channel beside it, round-robin, `repeats` passes; load average recorded. Accuracy is not measured here
+    (untrained weights): the choice's agreement with fp32 on the calibration images is in the record."""
+    import os
+    import statistics
+    import time
+
+    import torch
+
+    from edgeprune import models
+
+    bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
+    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    rows = []
+    for name in FORMAT_MODELS:
+        torch.manual_seed(0)
+        fp32 = export.to_onnx_bytes(models.create(name, 10, 1).eval(), (1, 28, 28))
+        load, t0 = os.getloadavg()[0], time.perf_counter()
+        auto, record = quantization.quantize(fp32, "static", calibration)
+        seconds = time.perf_counter() - t0
+        fixed = quantization.quantize_onnx(fp32, "static", calibration, per_channel=FIXED[2], activations=FIXED[1],
+                                     format=FIXED[0])
+        passes = []
+        for _ in range(repeats):
+            timed = measure.latency_onnx_interleaved({"auto": (auto, (1, 28, 28)), "fixed": (fixed, (1, 28, 28)),
+                                                      "fp32": (fp32, (1, 28, 28))}, 1, 1, rounds=10, runs=20)
+            passes.append({k: v.p50_ms for k, v in timed.items()} | {"load": os.getloadavg()[0]})
+        med = {k: statistics.median(p[k] for p in passes) for k in ("auto", "fixed", "fp32")}
+        rows.append({"model": name, "record": record, "quantize_s": seconds, "load_before": load, "passes": passes,
+                     "median_ms": med, "auto_same_as_fixed": auto == fixed})
+        print(rows[-1], flush=True)
+    env = measure.environment()
+    lines = ["# INT8 format chosen per model (issue 30)", "",
+             measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
+             f"benchmarks/quantize.py --formats --repeats {repeats}`. Dense, freshly initialised models at the "
+             "Fashion-MNIST shape (1×28×28), calibrated on the first 256 training images. `quantization.quantize` "
+             "(format auto) makes every candidate from one calibration, times them (ONNX Runtime, batch 1, 1 "
+             "thread, round-robin) and keeps the fastest whose top-1 agreement with fp32 on the calibration "
+             "images is within 0.5 points of the best. Then its choice, the fixed QDQ U8S8 per-channel (what "
+             "`edgeprune quantize --per-channel` made before) and fp32 are timed round-robin in "
+             f"{repeats} passes of 10 rounds × 20 runs; medians of the passes' p50.", "",
+             f"CPU features: {rows[0]['record']['cpu']}", "",
+             "| model | candidate | p50 at choice (ms) | top-1 agreement with fp32 | chosen |", "|---|---|---|---|---|"]
+    for r in rows:
+        chosen = r["record"]["chosen"]
+        lines += [f"| {r['model']} | {c['candidate']} | {c['ort_b1_t1_p50_ms']:.3f} | "
+                  f"{100 * c['top1_agreement_with_fp32']:.1f} % | {'**yes**' if c['candidate'] == chosen else ''} |"
+                  for c in r["record"]["candidates"]]
+    lines += ["", "| model | chosen | auto p50 (ms) | fixed U8S8 per-channel p50 (ms) | fp32 p50 (ms) | fixed ÷ auto | "
+              "load (1 min) | quantise auto (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["median_ms"]
+        loads = [p["load"] for p in r["passes"]] + [r["load_before"]]
+        lines.append(f"| {r['model']} | {r['record']['chosen']} | {m['auto']:.3f} | {m['fixed']:.3f} | "
+                     f"{m['fp32']:.3f} | {m['fixed'] / m['auto']:.2f}× | {min(loads):.1f}–{max(loads):.1f} | "
+                     f"{r['quantize_s']:.1f} |")
+    write_results("quantize_formats", lines, {"environment": env, "rows": rows})
+
+
+SIZE_SPARSITIES = (0.95, 0.97)
+
+
+def sizes(configs: list[tuple[float, str]], earlier: Path | None) -> None:
+    """Issue 30: how the size of VGG-16 Reconvene (SynFlow-100, `width`, `sqrt`) follows the sparsity with the PSE's
+    `reference="global"` (default) and `"all"`: parameters, model.onnx fp32 and INT8 (auto format) against the
+    unstructured SynFlow fp32 model.onnx (dense-shaped, the same at every sparsity). Fresh models, no training:
+    sizes only, no accuracy."""
+    import os
+
+    import torch
+
+    from edgeprune import models
+    from edgeprune.methods.reconvene import ReconveneOptions, reconvene
+
+    shape = (1, 28, 28)
+    bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
+    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    torch.manual_seed(0)
+    synflow_bytes = len(export.to_onnx_bytes(models.create("vgg16", 10, 1), shape))
+    rows = json.loads(earlier.read_text()) if earlier else []  # rows a cut-short run printed
+    for sparsity, reference in configs:
+        torch.manual_seed(0)
+        model = models.create("vgg16", 10, 1)
+        info = reconvene(model, ReconveneOptions(criterion="synflow", sparsity=sparsity, reference=reference,
+                                                 **{k: v for k, v in RECONVENE.items() if k != "criterion"}),
+                         None, shape, progress=False)
+        fp32 = export.to_onnx_bytes(model.eval(), shape)
+        int8, record = quantization.quantize(fp32, "static", calibration)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append({"sparsity": sparsity, "reference": reference, "params": params, "fp32_bytes": len(fp32),
+                     "int8_bytes": len(int8), "int8_format": record["chosen"], "load": os.getloadavg()[0],
+                     "converted": sum(not g["sensitive"] for g in info["groups"]), "groups": len(info["groups"]),
+                     "widths": [g["width_after"] for g in info["groups"]]})
+        print(json.dumps(rows[-1]), flush=True)
+    env = measure.environment()
+    lines = ["# Reconvene's size past 0.95: reference global against all (issue 30)", "",
+             measured("quantize.py", env, "torch", "onnxruntime") + ". Command: `PYTHONPATH=src nice -n 5 python "
+             "benchmarks/quantize.py --sizes`. VGG-16 at 1×28×28, freshly initialised, Reconvene with SynFlow-100, "
+             "`width`, `sqrt`; INT8 by `quantization.quantize` (format auto, 256 Fashion-MNIST calibration images). "
+             f"Against the unstructured SynFlow fp32 model.onnx ({synflow_bytes / 2**20:.2f} MiB: its zeros are "
+             "stored). No training: sizes only.", "",
+             "| sparsity | reference | converted layers | widths after | parameters (M) | fp32 MiB | "
+             "INT8 MiB (format) | SynFlow fp32 ÷ INT8 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['sparsity']} | {r['reference']} | {r['converted']} of {r['groups']} | "
+              f"{', '.join(map(str, r['widths']))} | {r['params'] / 1e6:.3f} | {r['fp32_bytes'] / 2**20:.2f} | "
+              f"{r['int8_bytes'] / 2**20:.2f} ({r['int8_format']}) | {synflow_bytes / r['int8_bytes']:.1f}× |"
+              for r in rows]
+    write_results("quantize_sizes", lines, {"environment": env, "synflow_fp32_bytes": synflow_bytes, "rows": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
+    parser.add_argument("--formats", action="store_true", help="issue 30: the INT8 format auto chooses, timed against "
+                        "the fixed U8S8 per-channel (fresh dense models; no training)")
+    parser.add_argument("--repeats", type=int, default=3, help="with --formats: timing passes")
+    parser.add_argument("--sizes", action="store_true", help="issue 30: VGG-16 Reconvene's size with reference "
+                        "global and all at 0.95 and 0.97 (fresh models; no training)")
+    parser.add_argument("--size-configs", help="with --sizes: sparsity:reference pairs",
+                        default=",".join(f"{s}:{r}" for s in SIZE_SPARSITIES for r in ("global", "all")))
+    parser.add_argument("--size-rows", type=Path, help="with --sizes: a JSON list of rows measured earlier")
     args = parser.parse_args()
+    if args.formats:
+        formats(args.repeats)
+        return
+    if args.sizes:
+        sizes([(float(c.split(":")[0]), c.split(":")[1]) for c in args.size_configs.split(",") if c], args.size_rows)
+        return
     rows = [r for m in args.models.split(",") for r in measure_model(m)]
     pairs = ratios(rows)
     env = measure.environment()

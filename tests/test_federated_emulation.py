@@ -106,7 +106,7 @@ def test_a_bad_engine_or_emulation_and_emulated_moves_are_refused():
         run_spec(spec, emulation="yes")
     with pytest.raises(ConfigError, match="moves cannot be emulated"):
         run_spec(spec, emulation="real")
-    with pytest.raises(ConfigError, match=r"device 0: unknown key\(s\) \['speed'\]"):
+    with pytest.raises(ConfigError, match=r"device 0 has unknown key 'speed'; allowed: edge, factor, mbps, split"):
         run_spec({**spec, "devices": [{"split": 3, "speed": 2}]})
 
 

@@ -13,7 +13,7 @@ from conftest import small_vgg
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from edgeprune import export, measure, models, saved
+from edgeprune import data, export, jobs, measure, models, quantization, saved
 from edgeprune.cli import app
 from edgeprune.train import evaluate
 
@@ -84,7 +84,7 @@ def test_static_quantisation_is_qdq_with_per_channel_scales_on_request(per_chann
     model = small_vgg(10, 1).eval()
     fp32 = export.to_onnx_bytes(model, SHAPE)
     calibration = [np.random.default_rng(i).standard_normal((8, *SHAPE), dtype=np.float32) for i in range(2)]
-    int8 = export.quantize_onnx(fp32, "static", calibration, per_channel=per_channel)
+    int8 = quantization.quantize_onnx(fp32, "static", calibration, per_channel=per_channel, format="qdq")
     assert export.precision_of(int8) == "int8" and export.precision_of(fp32) == "fp32"
     scales = _weight_scales(int8)
     assert len(scales) == 4  # every conv's weight is stored as INT8
@@ -97,10 +97,65 @@ def test_static_quantisation_is_qdq_with_per_channel_scales_on_request(per_chann
     assert activations == {np.dtype(np.uint8)}  # U8S8: what ONNX Runtime's integer kernels take natively on x86-64
 
 
+def _activation_types(model_bytes: bytes) -> set:
+    graph = onnx.load_from_string(model_bytes).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {consts[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_auto_format_times_the_candidates_and_keeps_the_fastest_that_agrees():
+    torch.manual_seed(0)
+    fp32 = export.to_onnx_bytes(small_vgg(10, 1).eval(), SHAPE)
+    calibration = [np.random.default_rng(i).standard_normal((8, *SHAPE), dtype=np.float32) for i in range(2)]
+    int8, record = quantization.quantize(fp32, "static", calibration)
+    candidates = {c["candidate"]: c for c in record["candidates"]}
+    assert set(candidates) == {"QDQ U8S8 per-tensor", "QDQ U8S8 per-channel", "QDQ S8S8 per-tensor",
+                               "QDQ S8S8 per-channel", "QOperator U8S8 per-tensor", "QOperator U8S8 per-channel"}
+    assert all(c["ort_b1_t1_p50_ms"] > 0 and 0 <= c["top1_agreement_with_fp32"] <= 1 for c in candidates.values())
+    best = max(c["top1_agreement_with_fp32"] for c in candidates.values())
+    eligible = [c for c in candidates.values() if c["top1_agreement_with_fp32"] >= best - record["tolerance"]]
+    assert candidates[record["chosen"]] is min(eligible, key=lambda c: c["ort_b1_t1_p50_ms"])
+    assert record["agreement_images"] == 16 and record["cpu"] == quantization.cpu_features()
+    # the bytes returned are the chosen format's: its activations' type, its operators, its scales
+    ops = {n.op_type for n in onnx.load_from_string(int8).graph.node}
+    assert ("QLinearConv" in ops) == (record["format"] == "QOperator")
+    if record["format"] == "QDQ":
+        assert _activation_types(int8) == {np.dtype(np.uint8 if record["activations"] == "uint8" else np.int8)}
+        assert [s.size for s in _weight_scales(int8)] == ([16, 32, 32, 64] if record["per_channel"] else [1] * 4)
+    # and equal to asking for that format outright (one calibration, repeatable)
+    again = quantization.quantize_onnx(fp32, "static", calibration, per_channel=record["per_channel"],
+                                 activations=record["activations"], format=record["format"].lower())
+    assert again == int8
+
+
+def test_auto_format_keeps_what_the_caller_fixes():
+    torch.manual_seed(0)
+    fp32 = export.to_onnx_bytes(small_vgg(10, 1).eval(), SHAPE)
+    calibration = [np.random.default_rng(0).standard_normal((4, *SHAPE), dtype=np.float32)]
+    _, record = quantization.quantize(fp32, "static", calibration, per_channel=True, activations="int8")
+    assert record == {"format": "QDQ", "activations": "int8", "per_channel": True, "chosen_by": "only candidate"}
+    int8, record = quantization.quantize(fp32, "static", calibration, per_channel=False)
+    assert {c["candidate"] for c in record["candidates"]} == {"QDQ U8S8 per-tensor", "QDQ S8S8 per-tensor",
+                                                              "QOperator U8S8 per-tensor"}
+    assert record["per_channel"] is False
+    with pytest.raises(export.ExportError, match="unknown INT8 format 'qop'.*auto, qdq, qoperator"):
+        quantization.quantize(fp32, "static", calibration, format="qop")
+
+
+def test_cpu_features_are_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\nprocessor\t: 1\n")
+    features = quantization.cpu_features(info)
+    assert features["flags"] == {"avx2": True, "avx512f": True, "avx512_vnni": True, "avx_vnni": False,
+                                 "amx_int8": False}
+    assert features["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert quantization.cpu_features(tmp_path / "missing")["flags"] == {}
+
+
 def test_dynamic_quantisation_needs_no_calibration_and_runs():
     torch.manual_seed(0)
     model = models.create("lenet5", num_classes=10, in_channels=1).eval()
-    int8 = export.quantize_onnx(export.to_onnx_bytes(model, SHAPE), "dynamic")
+    int8 = quantization.quantize_onnx(export.to_onnx_bytes(model, SHAPE), "dynamic")
     ops = {n.op_type for n in onnx.load_from_string(int8).graph.node}
     assert "DynamicQuantizeLinear" in ops
     x = torch.randn(4, *SHAPE)
@@ -138,9 +193,15 @@ def test_quantize_makes_a_new_int8_run_and_leaves_the_source_untouched(trained):
     assert v["bytes_onnx_x_smaller"] == pytest.approx((trained / "model.onnx").stat().st_size / len(onnx_bytes))
     assert v["bytes_onnx_x_smaller"] > 3
     assert report["quantization"]["tool"] == "onnxruntime.quantization"
-    again = _invoke("-q", "rerun", run, "--name", "static-again", "--runs-dir", run.parent)
-    assert again.exit_code == 0, again.output
-    assert (run.parent / "static-again" / "model.onnx").read_bytes() == onnx_bytes  # calibration is repeatable
+    chosen = report["quantization"]  # --per-channel fixes that; the rest was chosen by timing, and recorded
+    assert chosen["per_channel"] is True and chosen["chosen_by"] == "auto" and chosen["cpu"]["flags"] is not None
+    assert {c["candidate"] for c in chosen["candidates"]} == {"QDQ U8S8 per-channel", "QDQ S8S8 per-channel",
+                                                              "QOperator U8S8 per-channel"}
+    # calibration is repeatable: the recorded format, asked for outright, gives the same bytes
+    bundle = data.loaders(**{**jobs.source_config(trained).data, "augment": False})
+    assert quantization.quantize_onnx(trained / "model.onnx", "static", jobs.first_images(bundle.train, 200),
+                                per_channel=True, activations=chosen["activations"],
+                                format=chosen["format"].lower()) == onnx_bytes
 
 
 @pytest.fixture
@@ -212,7 +273,7 @@ def test_an_interrupted_quantize_leaves_nothing_behind(synthetic_run, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "quantize_onnx", interrupted)
+    monkeypatch.setattr(quantization, "quantize", interrupted)
     before = _tree(synthetic_run.parent)
     result = _invoke("quantize", synthetic_run, "--calibration", 16)
     assert result.exit_code == 130

@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import pytest
@@ -99,6 +100,7 @@ def test_synflow_closed_form_on_a_two_layer_net():
     torch.testing.assert_close(s["2.weight"], W2.abs().double() * W1.abs().sum(1).double()[None, :])
 
 
+@pytest.mark.slow
 def test_synflow_in_float32_keeps_nearly_the_same_weights_and_rejects_other_precisions():
     # float32 halves the bytes of every pass; its rounding flips near-ties, which cascade over 100 rounds
     # (VGG-16: 0.8 % of the kept weights, benchmarks/results/prune_time.md). On ResNet-20 none flips.
@@ -115,6 +117,66 @@ def test_synflow_in_float32_keeps_nearly_the_same_weights_and_rejects_other_prec
     assert single["0.weight"].dtype == torch.float32
     with pytest.raises(ConfigError, match="precision must be one of float64, float32, got 'half'"):
         scores.score("synflow", _two_layer(), input_shape=(2,), precision="half")
+
+
+def _plain_synflow(model: nn.Module, shape: tuple) -> dict:
+    """SynFlow by its definition, nothing reused: a fresh float64 |·| copy, autograd on the weights."""
+    names = list(masks.prunable(model))
+    net = masks.baked_copy(model).double().eval()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    weights = [net.get_parameter(n).requires_grad_(True) for n in names]
+    flow = torch.autograd.grad(net(torch.ones(1, *shape, dtype=torch.float64)).sum(), weights)
+    return {n: (g * w.detach()).abs() for n, g, w in zip(names, flow, weights, strict=True)}
+
+
+class _Uncovered(nn.Module):
+    """Layers the fast weight gradient leaves to autograd: a grouped conv, a strided one with 'valid' padding,
+    and a linear layer called twice; plus a covered conv with stride and dilation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, dilation=2, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 3, groups=2, padding=1)
+        self.valid = nn.Conv2d(4, 6, 2, padding="valid")
+        self.twice = nn.Linear(6, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = F.relu(self.valid(F.relu(self.grouped(F.relu(self.conv(x)))))).mean((2, 3))
+        return self.fc(self.twice(F.relu(self.twice(x))))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "uncovered"])
+def test_synflow_masks_and_scores_are_exactly_those_of_plain_float64_autograd(name):
+    # The fast path (weight gradients as one GEMM per layer into kept buffers, a scorer set up once) must
+    # change nothing: bit-equal scores every round, hence the same masks after the rounds.
+    shape = (1, 28, 28) if name == "resnet20" else (2, 9, 9)
+    torch.manual_seed(0)
+    fast = models.create("resnet20", 10, 1) if name == "resnet20" else _Uncovered()
+    plain = copy.deepcopy(fast)
+    rescore, rounds = scores.scorer("synflow", input_shape=shape), 12
+    for d in masks.density_schedule(0.05, rounds):
+        a, b = rescore(fast), _plain_synflow(plain, shape)
+        assert list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
+        masks.apply(fast, masks.select(a, d))
+        masks.apply(plain, masks.select(b, d))
+    kept_fast, kept_plain = masks.current(fast, list(a)), masks.current(plain, list(b))
+    assert all(torch.equal(kept_fast[n], kept_plain[n]) for n in kept_fast)
+    assert 0 < sum(int(m.sum()) for m in kept_fast.values()) < sum(m.numel() for m in kept_fast.values())
+
+
+def test_synflow_score_gives_the_caller_scores_of_its_own():
+    model = Tiny()
+    rescore = scores.scorer("synflow", input_shape=(1, 8, 8))
+    first = {n: s.clone() for n, s in rescore(model).items()}
+    masks.apply(model, masks.select(scores.score("random", model), 0.5, scope="layer"))
+    kept = scores.score("synflow", model, input_shape=(1, 8, 8))
+    again = scores.score("synflow", model, input_shape=(1, 8, 8))
+    assert all(torch.equal(kept[n], again[n]) and kept[n] is not again[n] for n in kept)
+    assert any(not torch.equal(first[n], kept[n]) for n in kept)
 
 
 def test_synflow_needs_no_data_and_ignores_it():

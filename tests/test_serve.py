@@ -14,6 +14,7 @@ from test_portfolio import _invoke, portfolio_dir, variant_runs  # noqa: F401  (
 
 from edgeprune import portfolio, serve
 from edgeprune.ort import ort_session
+from edgeprune.serve.codec import as_input, binary_body
 from edgeprune.serve.sessions import NotLoaded, Sessions
 
 
@@ -44,6 +45,17 @@ class Running:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def wait_active(client, vid, timeout_s=30.0) -> dict:
+    """The policy state once `vid` is the active variant (a switch the policy decides lands on the control thread
+    just after the request that closed the window is answered); the last state seen after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = client.get("/v2/portfolio/policy").json()
+        if state["active"] == vid or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
 
 
 def body(x, shape=None, datatype="FP32", name="input"):
@@ -86,9 +98,11 @@ def test_kserve_endpoints_and_the_routed_model_names_its_variant(client, x, expe
         r = client.post(f"/v2/models/{vid}/infer", json=body(x))
         np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 10), want, rtol=1e-5,
                                    atol=1e-6)
-        r = client.post(f"/v2/models/{vid}/infer", content=x.astype("<f4").tobytes(),
-                        headers={"content-type": "application/octet-stream", "inference-shape": "2,1,28,28"})
+        content, headers = binary_body([as_input("input", x)])
+        r = client.post(f"/v2/models/{vid}/infer", content=content, headers=headers)
         assert r.status_code == 200 and r.json()["parameters"]["variant"] == vid
+        np.testing.assert_array_equal(np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 10),
+                                      want)
 
 
 def test_switch_by_policy_api_and_metrics(client, x):
@@ -104,28 +118,54 @@ def test_switch_by_policy_api_and_metrics(client, x):
     assert f'edgeprune_active_variant{{variant="{other}"}} 1.0' in metrics
     assert f'edgeprune_requests_total{{code="200",model="portfolio",variant="{other}"}}' in metrics
     r = client.put("/v2/portfolio/policy", json={"name": "latency", "params": {"budget_ms": "soon"}})
-    assert r.status_code == 422 and "budget_ms must be a number" in r.json()["error"]
+    assert r.status_code == 400 and "budget_ms must be a number" in r.json()["error"]
     r = client.put("/v2/portfolio/policy", json={"name": "fixed", "params": {"variant": "huge"}})
-    assert r.status_code == 422 and "unknown variant 'huge'" in r.json()["error"]
+    assert r.status_code == 400 and "unknown variant 'huge'" in r.json()["error"]
 
 
 @pytest.mark.parametrize(("make", "status", "message"), [
-    (lambda x: {"json": body(x, shape=[2, 1, 28, 27])}, 422, "expected [N, 1, 28, 28] with 1 <= N <= 64"),
-    (lambda x: {"json": body(x, datatype="FP64")}, 422, "datatype 'FP64'; expected 'FP32'"),
-    (lambda x: {"json": body(x[:, :, :, :27], shape=[2, 1, 28, 28])}, 422, "needs 1568 elements, got 1512"),
-    (lambda x: {"json": {"inputs": body(x)["inputs"] * 2}}, 422, "expected 1 input named 'input', got 2"),
-    (lambda x: {"json": {"inputs": [{**body(x)["inputs"][0], "data": ["a"] * 1568}]}}, 422, "numbers only"),
+    (lambda x: {"json": body(x, shape=[2, 1, 28, 27])}, 400, "needs 1512 elements, got 1568"),
+    (lambda x: {"json": body(x[:, :, :, :27])}, 400, "expected [N, 1, 28, 28] with 1 <= N <= 64"),
+    (lambda x: {"json": body(x, datatype="FP64")}, 400, "datatype 'FP64'; expected 'FP32'"),
+    (lambda x: {"json": body(x, datatype="BYTES")}, 400, "datatype 'BYTES' is not served"),
+    (lambda x: {"json": body(x[:, :, :, :27], shape=[2, 1, 28, 28])}, 400, "needs 1568 elements, got 1512"),
+    (lambda x: {"json": {"inputs": body(x)["inputs"] * 2}}, 400, "expected 1 input named 'input', got 2"),
+    (lambda x: {"json": body(x, name="image")}, 400, "input 'image' is not an input of this model"),
+    (lambda x: {"json": {"inputs": [{**body(x)["inputs"][0], "data": ["a"] * 1568}]}}, 400, "numbers only"),
+    (lambda x: {"json": {"inputs": [{**body(x)["inputs"][0], "data": [True] * 1568}]}}, 400, "numbers only"),
+    (lambda x: {"json": {"inputs": [{**body(x)["inputs"][0], "shape": ["2", 1, 28, 28]}]}}, 400,
+     "inputs.0.shape.0: Input should be a valid integer"),
+    (lambda x: {"content": b'{"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+                + b"1" + b"0" * 400 + b", 0" * 783 + b"]}]}"}, 400, "outside FP32's finite range"),
+    (lambda x: {"json": {"inputs": [{**body(x)["inputs"][0], "data": [1e39] * 1568}]}}, 400,
+     "outside FP32's finite range"),
     (lambda x: {"content": b'{"inputs": [', "headers": {"content-type": "application/json"}}, 400,
      "not valid JSON"),
-    (lambda x: {"json": {"input": []}}, 422, "inputs: Field required"),
+    (lambda x: {"json": {"input": []}}, 400, "inputs: Field required"),
     (lambda x: {"json": body(np.zeros((64, 1, 28, 28)))}, 413, "over the limit of 200000 bytes"),
-    (lambda x: {"content": b"\0" * 100, "headers": {"content-type": "application/octet-stream",
-                                                     "inference-shape": "1,1,28,28"}}, 422, "got 100 bytes"),
+    (lambda x: {"content": b"\0" * 100, "headers": {"content-type": "application/octet-stream"}}, 400,
+     "binary tensors need the Inference-Header-Content-Length header"),
+    (lambda x: _binary(x, cut=2), 400, "shape [2, 1, 28, 28] of FP32 needs 6272 bytes, got 6270"),
+    (lambda x: _binary(x, extra=b"\0"), 400, "6273 bytes of tensor data after the JSON header, the inputs' "
+     "binary_data_size add up to 6272"),
+    (lambda x: _binary(x, length="9999999"), 400, "Inference-Header-Content-Length '9999999' must be"),
+    (lambda x: _binary(x, length="12"), 400, "not valid JSON"),
 ])
 def test_bad_input_is_4xx_naming_what_was_expected_and_the_server_keeps_serving(client, x, make, status, message):
     r = client.post("/v2/models/portfolio/infer", **make(x))
     assert r.status_code == status and message in r.json()["error"], r.text
+    assert "\n" not in r.json()["error"]
     assert client.post("/v2/models/portfolio/infer", json=body(x)).status_code == 200
+
+
+def _binary(x, cut=0, extra=b"", length=None):
+    """A binary-extension request with its tensor bytes cut short, extended, or a wrong header length."""
+    entry, raw = as_input("input", x)
+    entry["parameters"]["binary_data_size"] = len(raw) - cut  # cut short, and said so: the size is what is wrong
+    content, headers = binary_body([(entry, raw[:len(raw) - cut] + extra)])  # extra: bytes nothing claims
+    if length is not None:
+        headers["Inference-Header-Content-Length"] = length
+    return {"content": content, "headers": headers}
 
 
 def test_unknown_model_lists_the_models(client, x):
@@ -233,7 +273,7 @@ def test_sigterm_stops_the_server_after_requests_in_flight(portfolio_dir, x):  #
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        big = np.zeros((64, 1, 28, 28), dtype=np.float32)
+        content, headers = binary_body([as_input("input", np.zeros((64, 1, 28, 28), dtype=np.float32))])
         results = []  # (sent at, answered at, status or the transport error)
 
         def stream():  # two clients, one inference thread: at any moment a request is running or queued
@@ -241,8 +281,7 @@ def test_sigterm_stops_the_server_after_requests_in_flight(portfolio_dir, x):  #
                 while True:
                     t0 = time.monotonic()
                     try:
-                        code = c.post("/v2/models/portfolio/infer", content=big.tobytes(), headers={
-                            "content-type": "application/octet-stream", "inference-shape": "64,1,28,28"}).status_code
+                        code = c.post("/v2/models/portfolio/infer", content=content, headers=headers).status_code
                     except httpx.TransportError as e:
                         results.append((t0, time.monotonic(), type(e).__name__))
                         return
@@ -274,7 +313,9 @@ def test_the_policy_switches_the_routed_model_and_logs_its_decision(portfolio_di
     app = serve.build(portfolio_dir, active="dense", policy="accuracy-floor", policy_params={"accuracy": 0.0},
                       window_requests=3, window_s=60)
     with Running(app) as c:
-        seen = [c.post("/v2/models/portfolio/infer", json=body(x)).json()["parameters"]["variant"] for _ in range(4)]
+        seen = [c.post("/v2/models/portfolio/infer", json=body(x)).json()["parameters"]["variant"] for _ in range(3)]
+        wait_active(c, fastest)  # the switch runs on the control thread, after the third answer
+        seen.append(c.post("/v2/models/portfolio/infer", json=body(x)).json()["parameters"]["variant"])
         state = c.get("/v2/portfolio/policy").json()
     assert seen == ["dense", "dense", "dense", fastest]  # the third request closes the window
     d = state["decisions"][-1]
@@ -297,6 +338,7 @@ def test_status_page_updates_in_place_in_a_headless_browser(portfolio_dir, x, tm
             c.post("/v2/models/portfolio/infer", json=body(x))
         c.put("/v2/portfolio/policy", json={"name": "fixed", "params": {"variant": "r95"}})
         c.post("/v2/models/portfolio/infer", json=body(x))
+        assert c.get("/nope").status_code == 404
         dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
                               "--virtual-time-budget=3000", "--dump-dom", f"http://127.0.0.1:{c.base_url.port}/"],
                              capture_output=True, text=True, timeout=120).stdout
@@ -306,3 +348,7 @@ def test_status_page_updates_in_place_in_a_headless_browser(portfolio_dir, x, tm
     dense_row = dom.split('<tr data-variant="dense"')[1].split("</tr>")[0]
     assert '<td class="n">3</td>' in dense_row and '<td class="p50">-</td>' not in dense_row
     assert "dense → r95" in dom and "PUT /v2/portfolio/policy" in dom
+    # 4xx: our /nope, and the browser's own /favicon.ico
+    assert '<b id="total">4</b>' in dom and '<span id="e4xx">0</span>' not in dom and '<span id="e5xx">0</span>' in dom
+    updated = dom.split('<span id="updated">')[1].split("</span>")[0]
+    assert updated.endswith(" UTC") and updated != "never"  # the server's clock

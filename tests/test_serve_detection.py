@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_serve import Running, body
+from test_serve import Running, body, wait_active
 
 from edgeprune import portfolio, serve
 from edgeprune.detection import detector
@@ -16,6 +16,7 @@ from edgeprune.errors import ConfigError
 from edgeprune.models import create
 from edgeprune.portfolio import PortfolioError
 from edgeprune.serve import policy
+from edgeprune.serve.codec import as_input, binary_body
 
 
 def family(folder, sizes, classes=10):
@@ -93,7 +94,7 @@ def test_the_server_answers_frames_with_detections_and_roma_switches_detectors(r
             np.testing.assert_array_equal(out["boxes"][mine].astype(np.float32), want.boxes)
             np.testing.assert_array_equal(out["scores"][mine].astype(np.float32), want.scores)
             np.testing.assert_array_equal(out["classes"][mine], want.classes)
-        state = client.get("/v2/portfolio/policy").json()
+        state = wait_active(client, "d64")  # the switch runs on the control thread, after the answer
         assert state["name"] == "roma" and state["active"] == "d64"
         switch = state["switches"][-1]
         assert (switch["from"], switch["to"]) == ("d96", "d64") and switch["why"].startswith("policy roma: d64")
@@ -112,7 +113,22 @@ def test_the_server_answers_frames_with_detections_and_roma_switches_detectors(r
         page = client.get("/").text
         assert 'data-variant="d96"' in page and 'data-variant="d64"' in page and "profiled AP@0.5" in page
         r = client.post("/v2/models/portfolio/infer", json=body(x[:, :, :64]))
-        assert r.status_code == 422 and "expected [N, 1, 128, 128]" in r.json()["error"]
+        assert r.status_code == 400 and "expected [N, 1, 128, 128]" in r.json()["error"]
+        # the binary extension both ways: INT64 and FP32 outputs as raw bytes, equal to the JSON answer
+        content, headers = binary_body([as_input("input", x)], parameters={"binary_data_output": True})
+        r = client.post("/v2/models/d64/infer", content=content, headers=headers)
+        n = int(r.headers["inference-header-content-length"])
+        raw, offset, binary = r.content[n:], 0, {}
+        for o in json.loads(r.content[:n])["outputs"]:
+            size = o["parameters"]["binary_data_size"]
+            dtype = {"FP32": "<f4", "INT64": "<i8"}[o["datatype"]]
+            binary[o["name"]] = np.frombuffer(raw[offset:offset + size], dtype=dtype).reshape(o["shape"])
+            offset += size
+        as_json = client.post("/v2/models/d64/infer", json=body(x)).json()["outputs"]
+        assert offset == len(raw) and [o["name"] for o in as_json] == list(binary)
+        for o in as_json:
+            np.testing.assert_array_equal(binary[o["name"]], np.asarray(o["data"], dtype=binary[o["name"]].dtype)
+                                          .reshape(o["shape"]))
 
 
 def test_mixing_detectors_and_classifiers_is_refused(root, tmp_path):

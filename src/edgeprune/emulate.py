@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import reaper
 from .errors import ConfigError, EdgePruneError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -71,6 +72,7 @@ class CpuQuota:
         self.path = mount / (name or f"edgeprune-{os.getpid()}")
         self._home: Path | None = None
         try:
+            reaper.track_cgroup(self.path)
             self.path.mkdir(exist_ok=True)
             if self.version == "v2":
                 _enable_cpu_v2(mount)
@@ -79,6 +81,7 @@ class CpuQuota:
                 (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
                 (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
         except OSError as e:
+            reaper.forget_cgroup(self.path)
             raise EmulationError(f"cannot set a CPU quota in {self.path} ({e.strerror}); run as root, or leave out "
                                  "--cpu-quota and import a profile measured on the device") from None
         atexit.register(self.close)
@@ -102,7 +105,8 @@ class CpuQuota:
             try:
                 self.path.rmdir()
             except OSError:
-                pass  # a process we started is still inside; the kernel removes nothing until it leaves
+                return  # a process we started is still inside; the kernel removes nothing until it leaves
+        reaper.forget_cgroup(self.path)
 
     def __enter__(self) -> CpuQuota:
         self.enter()
@@ -201,10 +205,14 @@ def namespaces_unavailable() -> str | None:
     if shutil.which("ip") is None or shutil.which("tc") is None:
         return "iproute2 (ip, tc) not installed"
     probe = f"epprobe{os.getpid()}"
-    made = _sh(["ip", "netns", "add", probe], check=False)
-    if made.returncode != 0:
-        return f"`ip netns add` failed: {made.stderr.strip()}"
-    _sh(["ip", "netns", "del", probe], check=False)
+    reaper.track_namespace(probe)
+    try:
+        made = _sh(["ip", "netns", "add", probe], check=False)
+        if made.returncode != 0:
+            return f"`ip netns add` failed: {made.stderr.strip()}"
+        _sh(["ip", "netns", "del", probe], check=False)
+    finally:
+        reaper.forget_namespace(probe)
     return None
 
 
@@ -242,6 +250,7 @@ class Chain:
         atexit.register(self.close)
         try:
             for ns in self.namespaces:
+                reaper.track_namespace(ns)  # before it exists: a SIGKILL between the two leaves nothing unrecorded
                 _sh(["ip", "netns", "add", ns])
                 self.exec(ns, ["ip", "link", "set", "lo", "up"])
             self.address = ["127.0.0.1"]
@@ -287,6 +296,7 @@ class Chain:
     def close(self) -> None:
         for ns in self.namespaces:  # deleting a namespace deletes its veth ends, and with them their peers
             _sh(["ip", "netns", "del", ns], check=False)
+            reaper.forget_namespace(ns)
 
     def __exit__(self, *exc) -> None:
         self.close()

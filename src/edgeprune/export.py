@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +148,7 @@ def to_onnx_bytes(
     errors: list[Exception] = []
     for name in order:  # the TorchScript exporter is fast; dynamo handles what it cannot
         try:
-            with warnings.catch_warnings(), _silenced_stdout():
+            with warnings.catch_warnings(), silenced_stdout():
                 warnings.simplefilter("ignore")
                 _export(net, x, buf, opset, name)
             break
@@ -164,13 +162,25 @@ def to_onnx_bytes(
             "Replace that operation in the model, or try another --opset"
         ) from first
     data = buf.getvalue()
+    written = opset_of(data)
+    if written != opset:  # the dynamo exporter writes the opsets it supports, whatever was asked
+        raise ExportError(f"--opset {opset} cannot be written for this model (the exporter wrote opset {written}); "
+                          f"pass --opset {written}, or an opset the TorchScript exporter supports (7 to 20)")
     if check:
         _check_with_ort(net, data, x, rtol, atol)
     return data
 
 
+def opset_of(data: bytes) -> int | None:
+    """The default-domain opset an ONNX model (its bytes) imports."""
+    import onnx
+
+    proto = onnx.load_model_from_string(data)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 @contextlib.contextmanager
-def _silenced_stdout() -> Iterator[None]:
+def silenced_stdout() -> Iterator[None]:
     """Send what the exporters write to the process's stdout (the TorchScript exporter's C++ side dumps the
     whole graph there when it fails over to dynamo; dynamo prints progress) to nowhere: stdout is the
     user's, for results. Done at the file-descriptor level, since C++ writes bypass sys.stdout."""
@@ -230,80 +240,3 @@ def precision_of(onnx_model: bytes | str | Path) -> str:
 
     proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
     return "int8" if any(n.op_type in _QUANTISED_OPS for n in proto.graph.node) else "fp32"
-
-
-def quantize_onnx(
-    onnx_model: bytes | str | Path,
-    mode: str = "static",
-    calibration: Iterable[np.ndarray] | None = None,
-    per_channel: bool = False,
-    activations: str = "uint8",
-) -> bytes:
-    """An INT8 copy of an fp32 ONNX model, made by onnxruntime.quantization (never by hand).
-
-    "static": ONNX Runtime's pre-processing first (`quant_pre_process`: shape inference and graph optimisation,
-    which folds each BatchNormalization into its Conv so that the fused Conv is what gets quantised), then
-    `quantize_static` in QDQ format, signed 8-bit weights and unsigned 8-bit activations (U8S8), activation
-    ranges from MinMax calibration over `calibration` (float32 input batches). U8S8 rather than the tool's
-    default S8S8: on x86-64 ONNX Runtime's integer kernels take U8S8 natively; S8S8 made dense ResNet-20 2.0×
-    slower than fp32 at batch 1 where U8S8 made it 1.9× faster (on VGG-16 the two were alike;
-    benchmarks/results/quantize.md);
-    `activations="int8"` gives S8S8.
-    "dynamic": `quantize_dynamic` on the pre-processed model: INT8 weights, activations quantised at run time.
-    `per_channel` gives every output channel of a weight its own scale. The result is checked to load and run
-    in ONNX Runtime.
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if mode not in QUANT_MODES:
-        raise ExportError(f"unknown quantisation mode {mode!r}; use one of {', '.join(QUANT_MODES)}")
-    if activations not in ("uint8", "int8"):
-        raise ExportError(f"activations {activations!r}: use 'uint8' (U8S8) or 'int8' (S8S8)")
-    if mode == "static" and calibration is None:
-        raise ExportError("static quantisation needs calibration inputs (a few hundred training images)")
-    with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
-        src, pre, out = (Path(tmp) / f for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes())
-        with _quiet_quantisation():
-            quant_pre_process(str(src), str(pre))
-            if mode == "dynamic":
-                quantize_dynamic(pre, out, per_channel=per_channel, weight_type=QuantType.QInt8)
-            else:
-                name = ort_session(pre).get_inputs()[0].name
-
-                class Reader(CalibrationDataReader):
-                    def __init__(self) -> None:
-                        self.batches = iter(calibration)
-
-                    def get_next(self) -> dict | None:
-                        x = next(self.batches, None)
-                        return None if x is None else {name: np.ascontiguousarray(x, dtype=np.float32)}
-
-                quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                                weight_type=QuantType.QInt8)
-        data = out.read_bytes()
-    ort_session(data)  # loads in the runtime that will run it, or raises here rather than on the device
-    return data
-
-
-@contextlib.contextmanager
-def _quiet_quantisation() -> Iterator[None]:
-    """The quantisation tools log advice and warnings through `logging` and print to stdout; the library
-    reports through callbacks, never by printing."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), _silenced_stdout():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import budget, data, export, masks, measure, models, runs, threads
+from . import budget, data, export, masks, measure, models, quantization, runs, threads
 from .errors import ConfigError
 from .methods import registry
 from .progress import Reporter, reporter
@@ -399,8 +399,13 @@ def shrink_config(source: str | Path, fold_constants: bool = True, round_to: int
 
 def source_config(source: str | Path) -> RunConfig:
     """The config of run `source`: its own, or for an IMP level (which has none), its run's."""
-    own = Path(source) / runs.CONFIG
-    return read_config(own if own.exists() else Path(source).parent / runs.CONFIG)
+    source = Path(source)
+    if (source / runs.CONFIG).exists():
+        return read_config(source / runs.CONFIG)
+    if source.name.startswith("level_") and (source.parent / runs.CONFIG).exists():
+        return read_config(source.parent / runs.CONFIG)
+    raise ConfigError(f"{source} is not an edgeprune run folder (no {runs.CONFIG}); pass a finished run of "
+                      "train, prune, shrink or neuroflux (or an IMP run's level_NN)")
 
 
 def _speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> float | None:
@@ -453,7 +458,7 @@ def _check_calibration(calibration) -> None:
 def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
              progress: Reporter | None = None) -> RunReport:
     """INT8 copy of the finished fp32 run `cfg.method["source"]` as a new run: its model.onnx quantised by ONNX
-    Runtime's tools (export.quantize_onnx), static quantisation calibrated on the first `calibration` training
+    Runtime's tools (quantization.quantize_onnx), static quantisation calibrated on the first `calibration` training
     images (un-augmented, in the run's fixed shuffle); measured in ONNX Runtime (latency, memory, top-1 on the
     test split), and against the source's model.onnx, evaluated and timed side by side now. The source is only
     read."""
@@ -469,7 +474,8 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
     with _threads(cfg, run_dir, resume) as cfg, _open(cfg, run_dir, overwrite, resume) as rf:
         t0 = time.perf_counter()
         calibration = first_images(bundle.train, q["calibration"]) if q["mode"] == "static" else None
-        int8 = export.quantize_onnx(source / runs.ONNX, q["mode"], calibration, q["per_channel"])
+        # --per-channel insists on it; without it the format is chosen (quantization.quantize: timed on this machine)
+        int8, chosen = quantization.quantize(source / runs.ONNX, q["mode"], calibration, q["per_channel"] or None)
         seconds = time.perf_counter() - t0
         runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
         m = cfg.measure
@@ -488,9 +494,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
             vs.update(accuracy_source_onnxruntime=before, accuracy_delta_pts=100 * (after - before))
         report = replace(src, run=rf.name, **data_fields(bundle), profile=prof,
                          source=str(source), vs_source=vs, details={"quantization": {
-                             "mode": q["mode"], "format": "QDQ" if q["mode"] == "static" else "QOperator",
-                             "weights": "int8", "activations": "uint8" if q["mode"] == "static" else "uint8, dynamic",
-                             "per_channel": q["per_channel"], "calibration_images": q["calibration"],
+                             "mode": q["mode"], "weights": "int8", **chosen, "calibration_images": q["calibration"],
                              "tool": "onnxruntime.quantization", "seconds": seconds}})
         write_report(rf.path / runs.REPORT, report)  # once, last: an interrupted quantize never looks finished
     return report

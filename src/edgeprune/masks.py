@@ -80,9 +80,7 @@ def _top_k_parts(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     if k >= n or k <= 0:
         return [torch.full((p.numel(),), k > 0, dtype=torch.bool, device=p.device) for p in parts]
     host = [_host(p) for p in parts]
-    scratch = np.concatenate(host)  # partition reorders its input
-    scratch.partition(n - k)
-    threshold = scratch[n - k]
+    threshold = _order_statistic(host, n, n - k)
     # At least k entries are >= the threshold; more only where it is tied, and then the last ties go.
     keep = [h >= threshold for h in host]
     excess = sum(np.count_nonzero(kp) for kp in keep) - k
@@ -93,6 +91,31 @@ def _top_k_parts(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         kp[ties[max(0, ties.size - excess):]] = False
         excess -= min(excess, ties.size)
     return [torch.from_numpy(kp).to(p.device) for kp, p in zip(keep, parts, strict=True)]
+
+
+def _order_statistic(host: list[np.ndarray], n: int, r: int):
+    """The value at rank `r` (0 = smallest, NaN last, as `ndarray.partition` orders) of the concatenated arrays.
+
+    An iterative schedule drops a few per cent a round, so the rank is near the bottom: a strided sample
+    bounds it from above, and only the entries at or below that bound (the smallest few per cent) are
+    partitioned; they hold the r + 1 smallest, so the rank-r value among them is the one wanted. If the
+    bound falls short (counted, never assumed), the whole is partitioned as before."""
+    if r < n // 8 and n >= _SAMPLED_FROM:
+        step = n // _SAMPLE
+        sample = np.concatenate([h[::step] for h in host])
+        j = min(sample.size - 1, int(r / n * sample.size + 4 * np.sqrt(sample.size)) + 16)
+        bound = np.partition(sample, j)[j]
+        low = np.concatenate([h[h <= bound] for h in host])
+        if low.size > r:
+            low.partition(r)
+            return low[r]
+    scratch = np.concatenate(host)  # partition reorders its input
+    scratch.partition(r)
+    return scratch[r]
+
+
+_SAMPLE = 1 << 14  # entries of the sample that bounds a rank
+_SAMPLED_FROM = 1 << 18  # below this many entries, partitioning them all is as quick
 
 
 def _count(values: torch.Tensor) -> int:

@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, EdgePruneError
+from .formats import PORTFOLIO_FORMAT, PORTFOLIO_MANIFEST
 
-MANIFEST = "portfolio.json"
-FORMAT = "edgeprune.portfolio/1"
+MANIFEST = PORTFOLIO_MANIFEST
+FORMAT = PORTFOLIO_FORMAT
 ROUTED = "portfolio"  # the id the server answers for the routed model; no variant may take it
 
 
@@ -98,8 +99,17 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise PortfolioError(f"{where} is not an edgeprune portfolio manifest (format {FORMAT}); "
                                  "build one with `edgeprune portfolio build RUN... --out DIR`")
+        from .checks import check_types
+
         try:
+            if not isinstance(d["variants"], list) or not all(isinstance(v, dict) for v in d["variants"]):
+                raise ConfigError(f"{where}: 'variants' is not a list of variants")
+            check_types(cls, {k: v for k, v in d.items() if k != "variants"}, where)
+            for v in d["variants"]:
+                check_types(Variant, v, f"{where}: variant {v.get('id')!r}")
             return cls(**{**d, "variants": [Variant(**v) for v in d["variants"]]})
+        except ConfigError as e:
+            raise PortfolioError(f"{e}; build the portfolio again") from None
         except (KeyError, TypeError) as e:
             raise PortfolioError(f"{where} is incomplete ({type(e).__name__}: {e}); build the portfolio "
                                  "again") from None
@@ -154,14 +164,38 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
     `rounds`×`runs` timed calls per variant; `progress(done, total)` after each round. Detector families
     instead of runs: see `build_detectors` (`profile` and `warn` are its arguments)."""
     from . import runs as runs_mod
+    from .checks import number
+
+    for option, value in (("--batch-size", batch_size), ("--threads", threads), ("--rounds", rounds),
+                          ("--runs", runs)):
+        number(value, option, at_least=1, integer=True)
+    out = Path(out)
+    _not_a_source(paths, out)
+    with runs_mod.open_run(out, None, overwrite=overwrite, kind="portfolio", option="--out") as folder:
+        return _build(paths, folder.path, keep_all=keep_all, batch_size=batch_size, threads=threads, rounds=rounds,
+                      runs=runs, progress=progress, profile=profile, warn=warn)
+
+
+def _not_a_source(paths: Sequence[str | Path], out: Path) -> None:
+    """Refuse an --out that is, or holds, one of the runs read: replacing it would lose them."""
+    target = out.resolve()
+    for p in paths:
+        src = Path(p).resolve()
+        if src == target or target in src.parents or src in target.parents:
+            raise ConfigError(f"--out {str(out)!r} is or holds or lies inside the source {str(p)!r}: a portfolio "
+                              "is written to a folder of its own; choose another --out")
+
+
+def _build(paths: Sequence[str | Path], out: Path, *, keep_all: bool, batch_size: int, threads: int, rounds: int,
+           runs: int, progress: Callable[[int, int], None] | None, profile: str | Path | None,
+           warn: Callable[[str], None] | None) -> Manifest:
+    """`build` into the folder `out`, already locked and checked free (runs.open_run)."""
+    from . import runs as runs_mod
     from .detection.detector import FAMILY
     from .measure import environment, latency_onnx_interleaved
     from .report.collect import find
     from .report.plots import pareto_front
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     families = [Path(p) for p in paths if (Path(p) / FAMILY).is_file()]
     if families:
         others = [str(p) for p in paths if not (Path(p) / FAMILY).is_file()]
@@ -204,9 +238,6 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
                                      batch_size, threads, rounds, runs, progress=progress)
     keep = set(range(len(rows))) if keep_all else set(
         pareto_front([(timed[vid].p50_ms, r.accuracy) for vid, r in zip(ids, rows, strict=True)]))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     variants, dropped = [], []
     for i, (vid, r) in enumerate(zip(ids, rows, strict=True)):
         lat = timed[vid]
@@ -238,7 +269,7 @@ def build(paths: Sequence[str | Path], out: str | Path, *, keep_all: bool = Fals
 
 def build_detectors(families: Sequence[Path], profile: str | Path | None, out: Path,
                     warn: Callable[[str], None] | None = None) -> Manifest:
-    """The portfolio in `out` (checked to be free by the caller) of every member of the detector `families`
+    """The portfolio in `out` (locked and checked free by the caller) of every member of the detector `families`
     (one class set, members named apart), with the ROMA `profile` measured on exactly those detectors (from
     another machine: rescaled by a ratio measured now, `warn` told; see detection.profile.load)."""
     from . import runs as runs_mod
@@ -254,9 +285,6 @@ def build_detectors(families: Sequence[Path], profile: str | Path | None, out: P
     detectors = runners(families)
     p = prof.load(profile, detectors, warn=warn)
     models = {f: load_model(f / runs_mod.MODEL) for f in families}  # one network per family, at every size
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     variants = []
     for d in detectors:
         onnx = out / f"{d.name}.onnx"

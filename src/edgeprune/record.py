@@ -8,14 +8,12 @@ files by hand.
 
 from __future__ import annotations
 
-import collections.abc
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import __version__, measure, runs, threads
+from .checks import check_types
 from .errors import CheckpointError, ConfigError
 from .measure import Profile
 from .train import TrainConfig
@@ -78,40 +76,14 @@ class RunConfig:
             sub = d.get(key, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{where}: {key!r} must be an object of options, got {sub!r}")
+            extra = sorted(set(sub) - set(kind.__dataclass_fields__))
+            if extra:
+                raise ConfigError(f"{where}: {key!r} has unknown key {extra[0]!r} (allowed: "
+                                  f"{', '.join(sorted(kind.__dataclass_fields__))}); remove it or fix its spelling")
             check_types(kind, sub, f"{where}: {key}")
             d[key] = kind(**sub)
         check_types(cls, d, where)
         return cls(**d)
-
-
-def check_types(cls, values: dict, where: str) -> None:
-    """ConfigError naming the field, unless every value in `values` fits its field of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if key in hints and not _fits(value, hints[key]):
-            raise ConfigError(f"{where}: {key!r} is {value!r}, which is not {_type_name(hints[key])}; "
-                              "fix or remove it")
-
-
-def _fits(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (tuple, list, collections.abc.Sequence):
-        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else True
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, origin or hint)
-
-
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def read_config(path: str | Path) -> RunConfig:

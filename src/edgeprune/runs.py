@@ -7,7 +7,9 @@ unless the caller asks for it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import glob
 import io
 import json
 import os
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import formats
 from .errors import CheckpointError, ConfigError, RunBusyError, RunExistsError, RunFinished, RunWriteError
 
 CONFIG = "config.json"
@@ -30,6 +33,10 @@ ONNX = "model.onnx"
 REPORT = "report.json"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
+
+
+# What a file system says when it cannot take a run's files: full, over quota, read-only, not permitted.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
@@ -117,16 +124,26 @@ def run_path(runs_dir: str | Path, name: str) -> Path:
     return runs_dir / name
 
 
-def is_run(path: str | Path) -> bool:
-    """Whether `path` is a folder edgeprune made: a run (config.json naming its command and version) or a
-    level of one (report.json with a profile). Only such folders are ever replaced or removed."""
+# What marks a folder as made by edgeprune, per kind: (record file, keys it holds or {key: value} it matches).
+KINDS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "run": ((CONFIG, ("command", "edgeprune_version")), (REPORT, ("profile",)), (REPORT, ("levels",))),
+    "portfolio": ((formats.PORTFOLIO_MANIFEST, {"format": formats.PORTFOLIO_FORMAT}),),
+    "detector family": ((formats.FAMILY_RECORD, {"format": formats.FAMILY_FORMAT}),),
+}
+
+
+def is_run(path: str | Path, kind: str = "run") -> bool:
+    """Whether `path` is a folder edgeprune made of `kind` (KINDS): a run (config.json naming its command and
+    version) or a level of one (report.json with a profile), a portfolio, a detector family. Only such folders
+    are ever replaced or removed, and only by a command that makes that kind."""
     path = Path(path)
-    for record, keys in ((CONFIG, ("command", "edgeprune_version")), (REPORT, ("profile",)), (REPORT, ("levels",))):
+    for record, keys in KINDS[kind]:
         try:
             obj = json.loads((path / record).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(obj, dict) and all(k in obj for k in keys):
+        if isinstance(obj, dict) and (all(obj.get(k) == v for k, v in keys.items()) if isinstance(keys, dict)
+                                      else all(k in obj for k in keys)):
             return True
     return False
 
@@ -136,7 +153,7 @@ def is_finished(path: str | Path) -> bool:
     return (Path(path) / REPORT).is_file()
 
 
-def check_writable(folder: str | Path) -> None:
+def check_writable(folder: str | Path, option: str = "--runs-dir") -> None:
     """Raise RunWriteError unless files can be created in `folder` (made if missing): before any work."""
     folder = Path(folder)
     probe = None
@@ -148,11 +165,22 @@ def check_writable(folder: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunWriteError(f"cannot write run files in {str(folder)!r} ({e.strerror or e}); "
-                            "choose another --runs-dir, or free space / fix its permissions") from None
+        what = "run files" if option == "--runs-dir" else "files"
+        raise RunWriteError(f"cannot write {what} in {str(folder)!r} ({e.strerror or e}); choose another "
+                            f"{option}, or free space / fix its permissions") from None
     finally:
         if probe:
             Path(probe).unlink(missing_ok=True)
+
+
+def check_output_file(path: str | Path | None, option: str, example: str = "out.json") -> None:
+    """Before any work: the file `option` names can be written (not a folder; its folder made and writable)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file path, e.g. {str(path / example)!r}")
+    check_writable(path.parent, option)
 
 
 @contextmanager
@@ -232,7 +260,8 @@ class RunFolder:
 
 @contextmanager
 def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resume: bool = False,
-             compare: Callable[[dict, dict], list[str]] | None = None) -> Iterator[RunFolder]:
+             compare: Callable[[dict, dict], list[str]] | None = None, kind: str = "run",
+             option: str = "--name") -> Iterator[RunFolder]:
     """Lock run `run_dir`, make it ready to be written and record `config` in it; commit when the block ends.
 
     Refuses before any work: a --resume whose config differs from the saved one (naming the fields), a
@@ -240,18 +269,29 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
     that is not an edgeprune run, a runs folder that cannot be written. Stray temporary files and partial
     replacements left by a killed process are removed first. On failure a replacement is discarded (the old
     run is unchanged) and a fresh run with nothing worth resuming is removed; the exception says which.
+    Other kinds of output folder (KINDS: a portfolio, a detector family; `option` names the flag) go the same
+    way; `config` None records none, and only a folder of the same kind is replaced.
     """
     final = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
     if final.exists() and not final.is_dir():
-        raise ConfigError(f"{final} is a file, not a run folder; choose another --name")
-    check_writable(final.parent)
-    with locked(final):
+        raise ConfigError(f"{final} is a file, not a {kind} folder; choose another {option}")
+    check_writable(final.parent, "--runs-dir" if option == "--name" else option)
+    with locked(final, kind):
         _clean_strays(final)
-        folder = _prepare(final, config, overwrite=overwrite, resume=resume, compare=compare)
+        folder = _prepare(final, config, overwrite=overwrite, resume=resume, compare=compare, kind=kind,
+                          option=option)
         try:
             yield folder
+        except OSError as e:
+            if e.errno not in WRITE_ERRORS or isinstance(e, RunWriteError):
+                _abandon(folder, e)
+                raise
+            err = RunWriteError(f"cannot write {e.filename or folder.path} ({e.strerror}); free space or fix the "
+                                f"permissions of {final.parent}, then run again")
+            _abandon(folder, err)
+            raise err from None
         except BaseException as e:
             _abandon(folder, e)
             raise
@@ -260,7 +300,7 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
 
 
 def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
-             compare: Callable[[dict, dict], list[str]] | None) -> RunFolder:
+             compare: Callable[[dict, dict], list[str]] | None, kind: str = "run", option: str = "--name") -> RunFolder:
     new = json.loads(json.dumps(config, default=_jsonable))
     if resume:
         if not (final / CONFIG).is_file():
@@ -280,18 +320,21 @@ def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
         folder = RunFolder(final, final, "resume")
     elif final.exists() and any(final.iterdir()):
         if not overwrite:
-            raise RunExistsError(f"run folder {final} already exists; pass --overwrite to replace it, "
-                                 "--resume to continue it, or choose another --name")
-        if not is_run(final):
-            raise ConfigError(f"{final} exists and is not an edgeprune run (no {CONFIG} written by edgeprune); "
-                              "edgeprune replaces only its own runs: move that folder away or choose another --name")
+            resume_hint = "--resume to continue it, " if kind == "run" else ""
+            raise RunExistsError(f"{kind} folder {final} already exists; pass --overwrite to replace it, "
+                                 f"{resume_hint}or choose another {option}")
+        if not is_run(final, kind):
+            marker = KINDS[kind][0][0]
+            raise ConfigError(f"{final} exists and is not an edgeprune {kind} (no {marker} written by edgeprune); "
+                              f"edgeprune replaces only its own {kind} folders: move that folder away or choose "
+                              f"another {option}")
         staging = final.parent / f".{final.name}.staging-{os.getpid()}"
         staging.mkdir()
         folder = RunFolder(staging, final, "replace")
     else:
         final.mkdir(parents=True, exist_ok=True)
         folder = RunFolder(final, final, "fresh")
-    if folder.mode != "resume":
+    if folder.mode != "resume" and config is not None:
         write_json(folder.path / CONFIG, new)
     return folder
 
@@ -334,12 +377,13 @@ def _clean_strays(final: Path) -> None:
     """Remove what a killed process left of run `final` (call with its lock held): partial replacements,
     temporary files of interrupted writes; and put back an old run a swap was killed in the middle of."""
     parent = final.parent
-    for old in parent.glob(f".{final.name}.old-*"):
+    name = glob.escape(final.name)  # a name such as 'a*' must match its own leftovers only
+    for old in parent.glob(f".{name}.old-*"):
         if not final.exists():
             os.rename(old, final)  # killed between the two renames of _swap: keep the old run
         else:
             shutil.rmtree(old, ignore_errors=True)
-    for staging in parent.glob(f".{final.name}.staging-*"):
+    for staging in parent.glob(f".{name}.staging-*"):
         shutil.rmtree(staging, ignore_errors=True)
     if final.is_dir():
         for tmp in final.rglob(".*.tmp"):

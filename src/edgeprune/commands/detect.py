@@ -47,19 +47,20 @@ def train(
 
     Example: [bold]edgeprune detect train --out runs/tinydet --frames 6000 -e 3[/]
     """
+    from .. import runs
     from ..detection import stream as st
     from ..detection.detector import TrainConfig, save_family
     from ..detection.detector import train as fit
-    from ..errors import ConfigError
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     cfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, lr=lr, width=width, seed=seed)
-    stream = st.make(st.training_segments(frames), seed=seed, pool="train")
-    with _progress() as progress:
-        model, seconds = fit(stream, cfg, lambda s, n, loss: progress.update("training", s, n, f"loss {loss:.3f}"))
-    save_family(model, cfg.sizes, out, {"training": {**vars(cfg), "frames": frames, "seconds": seconds,
-                                                    "stream": stream.describe()}})
+    cfg.check(frames)
+    with runs.open_run(out, None, overwrite=overwrite, kind="detector family", option="--out") as folder:
+        stream = st.make(st.training_segments(frames), seed=seed, pool="train")
+        with _progress() as progress:
+            model, seconds = fit(stream, cfg, lambda s, n, loss: progress.update("training", s, n,
+                                                                                  f"loss {loss:.3f}"))
+        save_family(model, cfg.sizes, folder.path, {"training": {**vars(cfg), "frames": frames, "seconds": seconds,
+                                                                 "stream": stream.describe()}})
     console.print(f"wrote {out}: TinyDet at {', '.join(map(str, cfg.sizes))} px, trained {seconds:.0f} s on "
                   f"{frames} synthetic frames")
 
@@ -76,10 +77,14 @@ def profile(
 
     Example: [bold]edgeprune detect profile runs/tinydet --out roma.json[/]
     """
+    from ..checks import number
     from ..detection import profile as prof
     from ..detection import stream as st
     from ..detection.detector import runners
+    from ..runs import check_output_file
 
+    check_output_file(out, "--out")
+    number(frames_per_segment, "--frames-per-segment", at_least=1, integer=True)
     detectors = runners(family)
     stream = st.make(st.scenario("calibration", frames_per_segment), seed=seed, pool="val")
     with _progress() as progress:
@@ -112,16 +117,21 @@ def run(
 
     Example: [bold]edgeprune detect run roma.json --family runs/tinydet --fps 600[/]
     """
+    from ..checks import number
     from ..detection import profile as prof
     from ..detection import roma
     from ..detection import stream as st
     from ..detection.detector import runners
     from ..detection.realtime import trace
     from ..errors import ConfigError
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
-    if not fps > 0:
+    check_output_file(json_out, "--json")
+    if not (isinstance(fps, float | int) and 0 < fps < float("inf")):
         raise ConfigError(f"--fps must be a positive number of frames per second, got {fps}")
+    number(frames_per_segment, "--frames-per-segment", at_least=2, integer=True)
+    number(load_processes, "--load-processes", at_least=0, integer=True)
+    number(window, "--window", at_least=1, integer=True)
     detectors = runners(family)
     p = prof.load(profile_path, detectors, warn=lambda m: console.print(f"warning: {m}", highlight=False))
     calib = st.make(st.scenario("calibration", frames_per_segment // 2), seed=seed + 1, pool="test")

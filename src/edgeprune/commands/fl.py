@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, _state, console
+from ..cli import _handled, _state, console, err
 from ..errors import ConfigError
 from ..progress import Reporter
 
@@ -47,16 +47,27 @@ def run_cmd(
     import yaml
     from rich.table import Table
 
-    from ..federated.flower import run_spec
-    from ..runs import write_json
+    from .. import reaper
+    from ..federated.spec import check as check_spec
+    from ..runs import check_output_file, write_json
 
+    reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # what a killed run left
+    check_output_file(out, "--out")
     try:
         job = yaml.safe_load(spec.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read FL spec {spec}: {e}; give a YAML file") from None
     if not isinstance(job, dict):
         raise ConfigError(f"FL spec {spec} is not a mapping of keys to values; see the README's example")
-    result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
+    check_spec(job)  # before Flower and Ray are even imported
+    from ..federated.flower import run_spec
+
+    before = reaper.recorded()
+    try:
+        with reaper.interrupt_promptly(lambda m: err.print(m, highlight=False)):
+            result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
+    finally:
+        reaper.reap_own(since=before)  # what this run started and is still running (a Ray agent) goes with it
     if result["emulation"]:
         devices = Table(title="emulated devices")
         for col in ("device", "speed factor", "cpu quota", "measured slowdown", "link (Mbit/s)", "rtt (ms)"):

@@ -16,9 +16,11 @@ partition = typer.Typer(help="Split a model across device, edge and cloud: cut p
 
 Source = Annotated[str, typer.Argument(help="A run folder (its model.onnx), an .onnx file, a portfolio folder (bench: "
                                             "every variant; run: the variant the plan chose), or a model name such "
-                                            "as tv:vgg16 (fresh weights).")]
+                                            "as tv:vgg16 (weights drawn from --seed).")]
 InputShape = Annotated[str, typer.Option(help="C,H,W for a model name (a run's ONNX fixes its own).")]
 NumClasses = Annotated[int, typer.Option(help="Outputs of a model built by name (ImageNet's 1000 by default).")]
+Seed = Annotated[int, typer.Option(help="Seed of the weights of a model built by name (recorded in the bench file): "
+                                        "every command given the same name and seed builds the same model.")]
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -33,7 +35,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 @partition.command("cuts")
 @_handled
-def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes: NumClasses = 1000) -> None:
+def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes: NumClasses = 1000,
+             seed: Seed = 0) -> None:
     """List a model's valid cut points: where exactly one activation crosses.
 
     Example: [bold]edgeprune partition cuts tv:resnet18[/]
@@ -41,7 +44,7 @@ def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes:
     from .. import segments
     from ..partition import bench, transfer
 
-    data, name = bench.source_model(source, _shape(input_shape), num_classes)
+    data, name = bench.source_model(source, _shape(input_shape), num_classes, seed)
     seg = segments.load(data, name)
     table = Table(title=f"{name}: {len(seg.cuts)} cuts, {seg.n_blocks} blocks")
     for col in ("cut", "after node", "op", "shape", "bytes", "transfer layer"):
@@ -65,6 +68,7 @@ def bench_cmd(
                                                         "model gets unconfined (root).")] = None,
     input_shape: InputShape = "3,224,224",
     num_classes: NumClasses = 1000,
+    seed: Seed = 0,
     runs: Annotated[int, typer.Option(help="Timed passes over the blocks (at least 30).")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed passes first.")] = 5,
     out: Annotated[Path, typer.Option(help="Folder for bench-<tier>.json.")] = Path("."),
@@ -74,15 +78,28 @@ def bench_cmd(
 
     Example: [bold]edgeprune partition bench tv:vgg16 --tier device --cpu-quota 0.25[/]
     """
+    from .. import reaper
+    from ..checks import name as plain_name
+    from ..checks import number
     from ..partition import bench
-    from ..runs import write_json
+    from ..runs import check_writable, write_json
 
+    plain_name(tier, "--tier")
+    number(warmup, "--warmup", at_least=0, integer=True)
+    for option, value in (("--cpu-quota", cpu_quota), ("--slowdown", slowdown)):
+        if value is not None:
+            number(value, option, above=0)
+    check_writable(out, "--out")
+    reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # a killed bench may have left its cgroup
     variants = bench.portfolio_models(source)
     todo = {name: (data, out / name) for name, data in variants.items()} if variants else {
-        (m := bench.source_model(source, _shape(input_shape), num_classes))[1]: (m[0], out)}
+        (m := bench.source_model(source, _shape(input_shape), num_classes, seed))[1]: (m[0], out)}
+    for _, folder in todo.values():
+        check_writable(folder, "--out")
     for name, (data, folder) in todo.items():
         with _progress() as progress:
             rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
+        rec["weights_seed"] = seed if bench.by_name(source) else None
         path = write_json(bench.path_for(folder, tier), rec)
         slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
         console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
@@ -122,9 +139,14 @@ def plan_cmd(
     With a portfolio: [bold]edgeprune partition plan pfb/*/bench-*.json --network links.csv --variants pf
     --target-latency 40[/]
     """
+    from ..checks import number
     from ..partition import bench, plan
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
+    check_output_file(out, "--out")
+    check_output_file(plot, "--plot", "plans.png")
+    if target_latency is not None:
+        number(target_latency, "--target-latency", above=0)
     if (variants is None) != (target_latency is None):
         raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "
                           "latency the choice must meet")
@@ -185,6 +207,7 @@ def run_cmd(
     warmup: Annotated[int, typer.Option(help="Untimed requests first.")] = 3,
     input_shape: InputShape = "3,224,224",
     num_classes: NumClasses = 1000,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Write the measurement here (JSON).")] = None,
 ) -> None:
     """Run a plan for real: one process per tier, activations sent over links emulated in network namespaces
@@ -192,17 +215,20 @@ def run_cmd(
 
     Example: [bold]edgeprune partition run tv:vgg16 --plan plan.json --rank 1[/]
     """
-    from ..partition import bench, offload
-    from ..runs import read_json, write_json
+    from .. import reaper
+    from ..partition import bench, offload, records
+    from ..runs import check_output_file, write_json
 
+    reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # what a killed run left
     if not plan_file.is_file():
         raise ConfigError(f"--plan {str(plan_file)!r} does not exist; write it with `edgeprune partition plan`")
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
-    record = read_json(plan_file)
+    check_output_file(out, "--out")
+    record = records.load(plan_file, "plan")
     variants = bench.portfolio_models(source)
     if variants is None:
-        data, _ = bench.source_model(source, _shape(input_shape), num_classes)
+        data, _ = bench.source_model(source, _shape(input_shape), num_classes, seed)
     elif record.get("variant") in variants:
         data = variants[record["variant"]]
     else:

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ..cli import DataRoot, Device, Overwrite, RunsDir, TestSubset, _handled, _print_report, _progress, console
-from ..errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -60,8 +59,9 @@ def measure_cmd(
     """
     from .. import saved
     from ..report import profile_table
-    from ..runs import write_json
+    from ..runs import check_output_file, write_json
 
+    check_output_file(json_out, "--json")
     prof = saved.profile(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,
                               warmup=warmup, runtimes=runtime)
     console.print(profile_table({str(path): prof}, title=f"{prof.model}, input {tuple(prof.input_shape)}"))
@@ -80,10 +80,13 @@ def export_cmd(
     Example: [bold]edgeprune export runs/demo --onnx demo.onnx[/]
     """
     from .. import jobs
+    from ..checks import number
     from ..export import to_onnx
+    from ..runs import check_output_file
 
-    if onnx.is_dir():
-        raise ConfigError(f"--onnx {str(onnx)!r} is a folder; give a file path, e.g. {str(onnx / 'model.onnx')!r}")
+    # torch's exporters write opsets 7 to 23 (TorchScript up to 20); to_onnx refuses one it did not write
+    number(opset, "--opset", at_least=7, at_most=23, integer=True, hint="18 is the default")
+    check_output_file(onnx, "--onnx", "model.onnx")
     model, extra = jobs.load(path)
     to_onnx(model, onnx, tuple(extra["input_shape"]), opset=opset, exporter=exporter)
     console.print(f"wrote {onnx} (checked against ONNX Runtime)")

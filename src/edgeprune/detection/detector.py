@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, EdgePruneError
-from ..formats import BOX_CHANNELS, STRIDE  # noqa: F401  TinyDet's output layout; torch-free, as a server decodes
+from ..formats import BOX_CHANNELS, FAMILY_FORMAT, FAMILY_RECORD, STRIDE  # noqa: F401  (torch-free: a server decodes)
 from .metrics import Detections
 from .stream import CANVAS, Stream
 
-FAMILY = "family.json"
-FORMAT = "edgeprune.detector-family/1"
+FAMILY = FAMILY_RECORD
+FORMAT = FAMILY_FORMAT
 SCORE_FLOOR = 0.05  # detections below this score are not kept (COCO evaluations keep low scores: recall)
 TOP_K = 50
 
@@ -104,6 +104,18 @@ class TrainConfig:
     width: int = 16
     seed: int = 0
 
+    def check(self, frames: int = 1) -> None:
+        """One-line ConfigError for a value training cannot use, before anything is written."""
+        from ..checks import number
+
+        if not self.sizes or any(s < 16 or s % 16 for s in self.sizes):
+            raise ConfigError(f"--sizes must be multiples of 16 (at least 16), got {','.join(map(str, self.sizes))}")
+        number(frames, "--frames", at_least=1, integer=True)
+        number(self.epochs, "--epochs", at_least=1, integer=True)
+        number(self.batch_size, "batch size", at_least=1, integer=True)
+        number(self.width, "--width", at_least=1, integer=True, hint="TinyDet's base width; 16 is the default")
+        number(self.lr, "--lr", above=0, hint="a peak learning rate such as 3e-3")
+
 
 def train(stream: Stream, cfg: TrainConfig, progress: Callable[[int, int, float], None] | None = None):
     """A TinyDet fitted to `stream`'s frames (Adam, cosine schedule), each batch at a random size of the
@@ -112,11 +124,7 @@ def train(stream: Stream, cfg: TrainConfig, progress: Callable[[int, int, float]
 
     from ..models import create
 
-    if not cfg.sizes or any(s < 16 or s % 16 for s in cfg.sizes):
-        raise ConfigError(f"input sizes must be multiples of 16, got {cfg.sizes}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ConfigError(f"need epochs >= 1, batch size >= 1 and lr > 0; got {cfg.epochs}, {cfg.batch_size}, "
-                          f"{cfg.lr}")
+    cfg.check(len(stream))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     num_classes = 10
@@ -124,7 +132,9 @@ def train(stream: Stream, cfg: TrainConfig, progress: Callable[[int, int, float]
     per_epoch = -(-len(stream) // cfg.batch_size)
     steps = per_epoch * cfg.epochs
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.1)
+    # one cycle needs at least one step warming up and one annealing: a short run warms up over 2 steps, not 10 %
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
+             if steps >= 3 else None)
     start, step = time.perf_counter(), 0
     model.train()
     for _ in range(cfg.epochs):
@@ -141,7 +151,8 @@ def train(stream: Stream, cfg: TrainConfig, progress: Callable[[int, int, float]
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             step += 1
             if progress is not None:
                 progress(step, steps, value.item())
@@ -195,10 +206,32 @@ def load_family(folder: str | Path) -> dict:
     path = Path(folder) / FAMILY
     record = read_record(path, FORMAT, FamilyError, "a detector family record", f"{folder} holds no {FAMILY}",
                          f"train a family with `edgeprune detect train --out {folder}`")
+    _check_record(record, path)
     for name, m in record["members"].items():
         if not (Path(folder) / m["onnx"]).is_file():
             raise FamilyError(f"member {name}: {Path(folder) / m['onnx']} is missing; train the family again")
     return record
+
+
+def _check_record(record: dict, path: Path) -> None:
+    """FamilyError naming the field of a family record (often hand-edited) that is not of its type."""
+    def bad(field: str, value) -> FamilyError:
+        return FamilyError(f"{path}: {field} is {value!r}, not what `edgeprune detect train` writes; train the "
+                           "family again or fix that field")
+
+    classes = record.get("classes")
+    if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+        raise bad("'classes' (a list of class ids)", classes)
+    members = record.get("members")
+    if not isinstance(members, dict) or not members:
+        raise bad("'members'", members)
+    for name, m in members.items():
+        if not isinstance(m, dict) or not isinstance(m.get("onnx"), str) or "/" in m["onnx"]:
+            raise bad(f"member {name!r}", m)
+        size = m.get("input_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 16:
+            raise bad(f"member {name!r}'s input_size", size)
 
 
 class Runner:

@@ -26,6 +26,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from .. import reaper
 from ..errors import EdgePruneError
 from . import split as sp
 from .flower import Job, Move, describe, serve_rounds, train_reply
@@ -138,6 +139,7 @@ def run(job: Job, test: dict | None = None, timeout_s: float = 900.0) -> dict:
             log = folder / f"{name}.log"
             with open(log, "w") as f:  # a file, not a pipe: a long-lived server that logs would fill a pipe
                 procs.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=folder), log))
+            reaper.track_process(procs[-1][0].pid)
 
         try:
             start([exe["flower-superlink"], "--insecure", "--disable-runtime-dependency-installation",
@@ -163,7 +165,7 @@ def run(job: Job, test: dict | None = None, timeout_s: float = 900.0) -> dict:
 def stop(procs) -> None:
     """Stop Flower's processes and everything they started (SuperExec runs detached, in a session of its own)."""
     procs = list(procs)
-    pids = [pid for p in procs for pid in _descendants(p.pid)]
+    pids = [pid for p in procs for pid in reaper.descendants(p.pid)]
     for p in procs:
         p.terminate()
     deadline = time.monotonic() + 10
@@ -178,22 +180,8 @@ def stop(procs) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    for p in procs:
+        reaper.forget_process(p.pid)
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import emulate
+from .. import emulate, reaper
 from ..models import create
 from . import split as sp
 
@@ -220,6 +220,7 @@ def _start_process(cmd: list[str], what: str) -> subprocess.Popen:
                                                        os.environ.get("PYTHONPATH", "")]))
     log = tempfile.TemporaryFile("w+")  # not a pipe: a long-lived process that logs would fill it and stall
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    reaper.track_process(proc.pid)  # sp.stop_edge forgets it
     if proc.stdout.readline().strip() != "ready":
         sp.stop_edge(proc)
         log.seek(0)

@@ -24,11 +24,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from torch.utils.data import DataLoader, Subset
 
+from .. import reaper
 from ..errors import ConfigError, EdgePruneError
 from ..models import create
 from ..progress import Reporter, reporter
 from . import devices
 from . import split as sp
+from .spec import check as check_spec
 
 #: a policy: (round just finished, that round's record) -> the splits of the next round, one per device
 Policy = Callable[[int, dict], list[int]]
@@ -82,6 +84,22 @@ def _train_set(data: str) -> torch.utils.data.Dataset:
     from ..data import loaders
 
     return loaders(**json.loads(data), augment=False).train.dataset
+
+
+def _check_model_takes_data(spec: dict) -> None:
+    """ConfigError, before any process starts, if the spec's model cannot take its data's samples."""
+    try:
+        model = create(**spec["model"])
+    except TypeError as e:
+        raise ConfigError(f"the FL spec's model {spec['model']!r} is not a model's options ({e})") from None
+    x = _train_set(json.dumps(spec["data"], sort_keys=True))[0][0]
+    try:
+        with torch.no_grad():
+            model.eval()(x[None])
+    except RuntimeError as e:
+        raise ConfigError(f"the FL spec's model {spec['model']!r} cannot take its data's samples of shape "
+                          f"{tuple(x.shape)} ({str(e).splitlines()[0][:160]}); set in_channels and image_size to "
+                          "match the data") from None
 
 
 def device_batches(data: dict, device: int, devices: int, round_: int) -> DataLoader:
@@ -155,6 +173,7 @@ class SplitFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        reaper.track_descendants()  # Ray's processes are up by now: a SIGKILL of this one must not orphan them
         config["splits"] = list(self.splits)
         config["edges"] = [e or "" for e in self.job.edges]
         move = next((m for m in self.job.moves if m.round == server_round), None)
@@ -234,8 +253,6 @@ def describe(job: Job, engine: str) -> dict:
     return d
 
 
-SPEC_KEYS = {"model", "data", "rounds", "devices", "edges", "optim", "moves", "seed", "test_subset", "rtt_ms"}
-DEVICE_KEYS = {"split", "edge", "factor", "mbps"}
 ENGINES = ("simulation", "deployment")
 EMULATIONS = ("auto", "real", "modelled")
 
@@ -256,27 +273,14 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
     from ..train import evaluate
 
     progress = reporter(progress)
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in the FL spec; allowed: {sorted(SPEC_KEYS)}")
-    for key in ("model", "data", "rounds", "devices"):
-        if key not in spec:
-            raise ConfigError(f"the FL spec lacks {key!r}; see the README's federated-learning section")
+    check_spec(spec)
+    _check_model_takes_data(spec)
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r}: choose one of {list(ENGINES)}")
     if emulation not in EMULATIONS:
         raise ConfigError(f"emulation {emulation!r}: choose one of {list(EMULATIONS)}")
     names = list(spec.get("edges", []))
     specs = spec["devices"]
-    for k, d in enumerate(specs):
-        if set(d) - DEVICE_KEYS:
-            raise ConfigError(f"device {k}: unknown key(s) {sorted(set(d) - DEVICE_KEYS)}; allowed: "
-                              f"{sorted(DEVICE_KEYS)}")
-        if d.get("edge") is not None and d["edge"] not in names:
-            raise ConfigError(f"device {k}'s edge {d['edge']!r} is not among the spec's edges {names}; add it there")
-    for m in spec.get("moves", []):
-        if m.get("to") not in names:
-            raise ConfigError(f"move to edge {m.get('to')!r}: not among the spec's edges {names}; add it there")
     factors = [float(d.get("factor", 1.0)) for d in specs]
     mbps = [float(d.get("mbps", 1000.0)) for d in specs]
     rtt_ms = float(spec.get("rtt_ms", 0.0))

@@ -30,6 +30,7 @@ import grpc
 import torch
 from torch import nn
 
+from .. import reaper
 from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec, create
 from ..partition.finetune import chain
@@ -403,22 +404,24 @@ def start_edge(name: str = "edge", threads: int = 1, prefix: Sequence[str] = (),
            *(["--unix", unix] if unix else [])]
     log = tempfile.TemporaryFile("w+")  # not a pipe: a long-lived server that logs would fill it and stall
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    reaper.track_process(proc.pid)
     line = proc.stdout.readline()
     if not line.startswith("port "):
-        proc.kill()
-        proc.wait()
+        stop_edge(proc)
         log.seek(0)
         raise EdgeUnreachable(f"edge server {name!r} did not start: {log.read().strip()[-300:]}")
     return proc, f"{host}:{int(line.split()[1])}"
 
 
 def stop_edge(proc: subprocess.Popen) -> None:
+    """Stop a server process started here (an edge server, an emulated device), and forget its record."""
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    reaper.forget_process(proc.pid)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

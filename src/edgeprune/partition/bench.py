@@ -19,13 +19,17 @@ from ..errors import ConfigError, EdgePruneError
 from ..export import ort_session
 from ..progress import Reporter, reporter
 from . import hop, transfer, wire
+from .records import BENCH_FORMAT
 
-FORMAT = "edgeprune.partition.bench/1"
+FORMAT = BENCH_FORMAT
 
 
-def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 1000) -> tuple[bytes, str]:
-    """(ONNX bytes, name) of a run folder (its model.onnx), an .onnx file, or a model name (`tv:vgg16`, fresh
-    weights, exported at `input_shape`, default 3x224x224, with `num_classes` outputs)."""
+def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 1000,
+                 seed: int = 0) -> tuple[bytes, str]:
+    """(ONNX bytes, name) of a run folder (its model.onnx), an .onnx file, or a model name (`tv:vgg16`, weights
+    drawn from `seed`, exported at `input_shape`, default 3x224x224, with `num_classes` outputs): every process
+    that builds a name with the same seed gets the same ONNX model, so one tier's bench file, another's and
+    `partition run` agree on it."""
     from ..runs import ONNX
 
     path = Path(source)
@@ -36,20 +40,30 @@ def source_model(source: str, input_shape: tuple[int, ...] | None = None, num_cl
         if not (path / ONNX).is_file():
             raise EdgePruneError(f"run {source!r} has no {ONNX}; write it with `edgeprune export {source} "
                                  f"--onnx {path / ONNX}`")
-        return (path / ONNX).read_bytes(), path.name
+        return checked(path / ONNX), path.name
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {source!r} does not exist; give a run folder, an .onnx file or tv:NAME")
-        return path.read_bytes(), path.stem
-    if os.sep in source or path.suffix:
+        return checked(path), path.stem
+    if not by_name(source):
         raise ConfigError(f"{source!r} is neither a run folder nor an .onnx file; give one, or a model name like "
                           "tv:vgg16")
+    import torch
+
     from ..export import to_onnx_bytes
     from ..models import create
 
     shape = input_shape or (3, 224, 224)
-    model = create(source, num_classes=num_classes, in_channels=shape[0]).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create(source, num_classes=num_classes, in_channels=shape[0]).eval()
     return to_onnx_bytes(model, shape), source
+
+
+def by_name(source: str) -> bool:
+    """Whether `source` names a model to build (tv:vgg16), not a run folder or an ONNX file."""
+    path = Path(source)
+    return not path.exists() and os.sep not in source and not path.suffix
 
 
 def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
@@ -60,7 +74,28 @@ def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
     if not (folder / portfolio.MANIFEST).is_file():
         return None
     manifest = portfolio.load(folder)
-    return {v.id: (folder / v.onnx).read_bytes() for v in manifest.variants}
+    return {v.id: checked(folder / v.onnx, f"variant {v.id} of portfolio {folder}") for v in manifest.variants}
+
+
+def checked(path: Path, what: str | None = None) -> bytes:
+    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model or is an INT8 one
+    (a quantised graph's blocks cannot be cut apart at its float activations)."""
+    import onnx
+
+    what = what or str(path)
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # protobuf's DecodeError, onnx's ValidationError: a truncated or foreign file
+        raise ConfigError(f"{what} is not a readable ONNX model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); export it again") from None
+    from ..export import precision_of
+
+    if precision_of(data) != "fp32":
+        raise ConfigError(f"{what} is an INT8 model: partitioning times and cuts fp32 models only; give its fp32 "
+                          "source run (the one `edgeprune quantize` was run on)")
+    return data
 
 
 def run(
@@ -175,15 +210,10 @@ def run(
 
 
 def load(path: str | Path) -> dict:
-    """A bench file, checked to be one."""
-    from ..runs import read_json
+    """A bench file, checked to be one, field by field."""
+    from .records import load as load_record
 
-    if not Path(path).is_file():
-        raise ConfigError(f"bench file {str(path)!r} does not exist; write it with `edgeprune partition bench`")
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{str(path)!r} is not a bench file ({FORMAT}); write it with `edgeprune partition bench`")
-    return data
+    return load_record(path, "bench")
 
 
 def path_for(out_dir: str | Path, tier: str) -> Path:

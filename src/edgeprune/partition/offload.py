@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import emulate, segments
+from .. import emulate, reaper, segments
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from . import transfer, wire
@@ -241,7 +241,8 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
     progress = reporter(progress)
     if hashlib.sha256(onnx_model).hexdigest() != record["onnx_sha256"]:
         raise ConfigError("the model given is not the one the plan was made for (ONNX sha256 differs); run the "
-                          "plan on the model its bench files timed")
+                          "plan on the model its bench files timed (a model built by name: with the same --seed, "
+                          "--input-shape and --num-classes as `partition bench`)")
     if not 1 <= rank <= len(record["plans"]):
         raise ConfigError(f"--rank {rank}: the plan file has plans 1-{len(record['plans'])}")
     plan = record["plans"][rank - 1]
@@ -263,6 +264,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
     def start(cmd: list[str], k: int, **kw) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
         procs.append(proc)
+        reaper.track_process(proc.pid)
         fraction = tiers[stages[k]["tier"]]["device"].get("cpu_quota")
         if fraction:  # from here, where the cgroup mounts are visible (see CpuQuota.add)
             quotas.append(emulate.CpuQuota(fraction, name=f"edgeprune-{os.getpid()}-{k}"))
@@ -319,6 +321,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+                reaper.forget_process(p.pid)
             for q in quotas:
                 q.close()
             if chain is not None:

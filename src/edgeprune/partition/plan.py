@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..checks import number
 from ..errors import ConfigError, EdgePruneError
 from . import hop, wire
+from .records import PLAN_FORMAT
 
 ROLES = ("device", "edge", "cloud")
-FORMAT = "edgeprune.partition.plan/1"
+FORMAT = PLAN_FORMAT
 
 
 class NoPlanError(EdgePruneError):
@@ -65,8 +67,8 @@ def read_network(path: str | Path) -> dict[frozenset[str], Link]:
                     continue  # the header
                 raise ConfigError(f"{path}:{n}: {','.join(row)!r} is not `source,destination,ping_ms,bandwidth_mbps`"
                                   ) from None
-            if link.rtt_ms < 0 or link.bandwidth_mbps <= 0:
-                raise ConfigError(f"{path}:{n}: need ping_ms >= 0 and bandwidth_mbps > 0, got {rtt}, {bw}")
+            number(link.rtt_ms, f"{path}:{n}: ping_ms", at_least=0)
+            number(link.bandwidth_mbps, f"{path}:{n}: bandwidth_mbps", above=0)
             links[frozenset((src, dst))] = link
     return links
 

@@ -3,7 +3,8 @@
 A scorer is `fn(model, names, batches, input_shape, **options) -> {name: tensor}`, registered with
 `@register(name)`. A criterion that re-scores the same model many times (SynFlow's 100 rounds) registers
 with `prepares=True` instead: `fn(...)` then does its set-up once and returns
-`rescore(model) -> {name: tensor}`, which `scorer` keeps for `masks.prune_iteratively`'s rounds. Either
+`rescore(model) -> {name: tensor}`, which `scorer` keeps for `masks.prune_iteratively`'s rounds (it may reuse
+the tensors it returned at its next call: copy a round's scores to keep them past the next one). Either
 way a scorer must leave the caller's model exactly as it was: scorers that run the network work on
 `masks.baked_copy(model)`, so weights, masks, BN running statistics, the train/eval flag and `.grad` of the
 caller's model are never touched (gradients are taken with `torch.autograd.grad`).

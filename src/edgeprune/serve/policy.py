@@ -40,6 +40,9 @@ from ..portfolio import Manifest
 
 DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
 POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
+# upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
+MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
+MIN_FPS = 1e-3  # one frame in about 17 minutes: below it a frame's period overflows the decision arithmetic
 
 
 @dataclass
@@ -94,6 +97,9 @@ class Fixed(Policy):
 
     def __post_init__(self) -> None:
         if self.variant is not None:
+            if not isinstance(self.variant, str):
+                raise ConfigError(f"policy 'fixed': variant must be a variant's id, one of "
+                                  f"{', '.join(self.manifest.ids)}; got {self.variant!r}")
             self.manifest.variant(self.variant)
 
     def decide(self, window: Window) -> Decision:
@@ -147,12 +153,12 @@ class Latency(Policy):
     _up: int = 0
 
     def __post_init__(self) -> None:
-        if self.budget_ms <= 0 or not 0 <= self.margin < 1 or not 0 < self.alpha <= 1:
-            raise ConfigError(f"latency policy needs budget_ms > 0, 0 <= margin < 1, 0 < alpha <= 1; got "
-                              f"{self.budget_ms}, {self.margin}, {self.alpha}")
-        if self.down_after < 1 or self.up_after < 1:
-            raise ConfigError(f"down_after and up_after count windows and must be >= 1, got {self.down_after}, "
-                              f"{self.up_after}")
+        if not 0 < self.budget_ms <= MAX_MS or not 0 <= self.margin < 1 or not 0 < self.alpha <= 1:
+            raise ConfigError(f"latency policy needs 0 < budget_ms <= {MAX_MS:g}, 0 <= margin < 1, 0 < alpha <= 1; "
+                              f"got {self.budget_ms}, {self.margin}, {self.alpha}")
+        if not 1 <= self.down_after <= MAX_COUNT or not 1 <= self.up_after <= MAX_COUNT:
+            raise ConfigError(f"down_after and up_after count windows and must be in [1, {MAX_COUNT}], got "
+                              f"{self.down_after}, {self.up_after}")
         self._slow.alpha = self.alpha
 
     def decide(self, window: Window) -> Decision:
@@ -193,9 +199,11 @@ class Realtime(Policy):
         if self.manifest.task == "detect":
             raise ConfigError("the realtime policy scores classifiers (right or wrong per frame); this portfolio "
                               "holds detectors: use the roma policy")
-        if self.fps <= 0 or not 0 <= self.beta <= 1 or self.margin < 0 or self.history < 1:
-            raise ConfigError(f"realtime policy needs fps > 0, 0 <= beta <= 1, margin >= 0 and history >= 1; got "
-                              f"{self.fps}, {self.beta}, {self.margin}, {self.history}")
+        if not MIN_FPS <= self.fps <= MAX_FPS or not 0 <= self.beta <= 1 or not 0 <= self.margin <= 1 \
+                or not 1 <= self.history <= MAX_COUNT:
+            raise ConfigError(f"realtime policy needs {MIN_FPS:g} <= fps <= {MAX_FPS:g}, 0 <= beta <= 1, "
+                              f"0 <= margin <= 1 and 1 <= history <= {MAX_COUNT}; got {self.fps}, {self.beta}, "
+                              f"{self.margin}, {self.history}")
 
     def decide(self, window: Window) -> Decision:
         # Every variant's latencies: its own, as measured while it was active (the tail included: on a shared
@@ -266,6 +274,10 @@ class Roma(Policy):
         from ..detection import profile as prof
         from ..detection import roma
 
+        if not MIN_FPS <= self.fps <= MAX_FPS or not 0 <= self.margin <= 1 \
+                or not 1 <= self.patience <= MAX_COUNT:
+            raise ConfigError(f"roma policy needs {MIN_FPS:g} <= fps <= {MAX_FPS:g}, 0 <= margin <= 1 and "
+                              f"1 <= patience <= {MAX_COUNT}; got {self.fps}, {self.margin}, {self.patience}")
         if self.manifest.task != "detect":
             raise ConfigError("the roma policy chooses among detectors; this portfolio holds classifiers: build "
                               "one from a detector family (`edgeprune portfolio build FAMILY --profile PATH`)")
@@ -301,6 +313,35 @@ _BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency,
             "roma": Roma}
 
 
+def _typed(policy: str, key: str, declared, v):
+    """`v` as parameter `key` of `policy` declares it, or a ConfigError naming it: no coercion (a string is not a
+    number, 2.5 is not a count), null only where the parameter's default is null."""
+    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+    if v is None:
+        if declared.default is None:
+            return None
+        raise ConfigError(f"policy {policy!r}: {key} cannot be null; leave it out for its default "
+                          f"({declared.default!r})")
+    if declared.type == "str":  # an optional string (fixed's variant) is checked by its policy, naming the choices
+        if not isinstance(v, str):
+            raise ConfigError(f"policy {policy!r}: {key} must be a string, got {shown}")
+        return v
+    kind = {"float": float, "int": int}.get(declared.type)
+    if kind is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ConfigError(f"policy {policy!r}: {key} must be a number ({kind.__name__}), got {shown}")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int past any float (JSON 10**400)
+        finite = False
+    if not finite:
+        raise ConfigError(f"policy {policy!r}: {key} must be a finite number ({kind.__name__}), got {shown}")
+    if kind is int and v != int(v):
+        raise ConfigError(f"policy {policy!r}: {key} counts and must be a whole number, got {shown}")
+    return kind(v)
+
+
 def make(manifest: Manifest, name: str, **params) -> Policy:
     """The policy `name` with `params` (the keyword names of its class), each checked."""
     if name not in _BY_NAME:
@@ -313,14 +354,5 @@ def make(manifest: Manifest, name: str, **params) -> Policy:
         raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
     typed = {}
     for k, v in params.items():
-        kind = {"float": float, "int": int}.get(declared[k].type)
-        if kind is None or v is None:
-            typed[k] = v
-            continue
-        try:
-            if isinstance(v, bool) or not isinstance(v, int | float | str):
-                raise TypeError
-            typed[k] = kind(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"policy {name!r}: {k} must be a number ({kind.__name__}), got {v!r}") from None
+        typed[k] = _typed(name, k, declared[k], v)
     return cls(manifest, **typed)

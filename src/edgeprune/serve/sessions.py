@@ -16,6 +16,7 @@ of that approach's cost), and a request reports the variant whose weights it ran
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,10 @@ from ..ort import ort_session
 from ..portfolio import Manifest, PortfolioError
 
 SWITCH_MODES = ("preloaded", "reload", "masks")
+
+
+def _fixed(vid: str) -> str:
+    return f'{{"name": "fixed", "params": {{"variant": "{vid}"}}}}'
 
 
 class SwitchConflict(PortfolioError):
@@ -117,6 +122,14 @@ class MaskedModel:
         return self.infer(x)[1]
 
 
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Sessions:
     """The runners of a portfolio in one switch mode, the active variant, and Triton-style load/unload."""
 
@@ -130,6 +143,8 @@ class Sessions:
         self.folder, self.manifest, self.mode, self.threads, self.warmup = Path(folder), manifest, mode, threads, warmup
         first = manifest.variant(active).id if active else max(manifest.variants, key=lambda v: v.accuracy).id
         self._lock = threading.Lock()  # one switch or load at a time; requests never take it
+        # each file as verified at start: reload mode reads files again at switch time and refuses changed ones
+        self._files = {v.id: _signature(self.folder / v.onnx) for v in manifest.variants}
         self._loaded: dict[str, Runner] = {}
         self._masked = MaskedModel(self.folder, manifest, threads) if mode == "masks" else None
         if mode == "preloaded":
@@ -138,7 +153,16 @@ class Sessions:
         self._current: tuple[str, Runner] = (first, self._runner_for(first))
 
     def _ort(self, vid: str) -> OrtRunner:
-        return OrtRunner(self.folder / self.manifest.variant(vid).onnx, self.threads)
+        path = self.folder / self.manifest.variant(vid).onnx
+        restart = "restart `edgeprune serve` to serve the portfolio as it is now"
+        if _signature(path) != self._files[vid]:
+            raise SwitchConflict(f"variant {vid}: {path} changed on disk since the server started (the portfolio was "
+                                 f"rebuilt or edited); {restart}")
+        try:
+            return OrtRunner(path, self.threads)
+        except Exception as e:  # noqa: BLE001  ONNX Runtime raises its own exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SwitchConflict(f"variant {vid}: {path} cannot be loaded ({first}); {restart}") from None
 
     def _warm(self, runner: Runner) -> Runner:
         x = np.zeros((self.manifest.batch_size, *self.manifest.input_shape), dtype=np.float32)
@@ -167,8 +191,10 @@ class Sessions:
         else:
             runner = self.runner(vid)
             if runner is None:
-                raise NotLoaded(f"model {vid!r} is not loaded in switch mode {self.mode!r}; load it "
-                                f"(POST /v2/repository/models/{vid}/load) or ask the routed model 'portfolio'")
+                how = (f"load it (POST /v2/repository/models/{vid}/load)" if self.mode == "preloaded" else
+                       f"make it the active one (PUT /v2/portfolio/policy {_fixed(vid)})")
+                raise NotLoaded(f"model {vid!r} is not loaded in switch mode {self.mode!r}; {how} or ask the routed "
+                                "model 'portfolio'")
         return vid, runner.run(x)
 
     @property
@@ -198,10 +224,15 @@ class Sessions:
         return sorted({*self._loaded, self._current[0]})
 
     def load(self, vid: str) -> None:
-        """Triton's explicit load: in preloaded mode, (re)create the variant's session; other modes hold only
-        the active variant's runner and load at switch time, so there is nothing to do."""
+        """Triton's explicit load: in preloaded mode, (re)create the variant's session. The other modes hold only
+        the active variant and load at switch time: loading it is nothing to do, loading another is a conflict
+        that says how to make it active (never a success that loaded nothing)."""
         self.manifest.variant(vid)
         if self.mode != "preloaded":
+            if vid != self.active:
+                raise SwitchConflict(f"switch mode {self.mode!r} holds only the active variant ({self.active}); "
+                                     f"make {vid} active instead (PUT /v2/portfolio/policy {_fixed(vid)}), or serve "
+                                     "with --switch-mode preloaded to load variants side by side")
             return
         with self._lock:
             if vid not in self._loaded:

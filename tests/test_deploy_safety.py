@@ -720,7 +720,7 @@ def test_the_readme_partition_quick_start_runs_in_separate_processes(tmp_path):
     (["run", "roma.json", "--family", "fam", "--fps", "nan"], "--fps must be a positive number of frames per second"),
     (["run", "roma.json", "--family", "fam", "--fps", "30", "--window", "0"], "--window must be an integer >= 1"),
     (["run", "roma.json", "--family", "fam", "--fps", "30", "--load-processes", "-1"],
-     "--load-processes must be an integer >= 0, got -1"),
+     "--load-processes must be an integer >= 0 and <= 64, got -1"),
     (["run", "roma.json", "--family", "fam", "--fps", "30", "--frames-per-segment", "1"],
      "--frames-per-segment must be an integer >= 2, got 1"),
     (["profile", "fam", "--out", "roma.json", "--frames-per-segment", "0"],
@@ -740,3 +740,50 @@ def test_measure_json_onto_a_folder_is_one_line_before_any_work(world, monkeypat
     out = _one_line_error(_invoke("measure", runs_dir / "a", "--json", tmp_path / "mine"))
     assert "--json" in out and "is a folder" in out
     assert _tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------- a second, independent pass
+# A tester tried the same kinds of cases again after the fixes above; each of these still lost a file or printed a
+# traceback. Single-file outputs now replace only a file of the kind they write, and never inside an edgeprune folder.
+def test_a_file_output_never_replaces_a_users_file_or_lands_inside_a_run(partitioned, tmp_path):
+    root = partitioned
+    (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "notes.json").write_text("not json at all")
+    plan_args = ("partition", "plan", root / "bench-device.json", root / "bench-edge.json", "--network",
+                 root / "links.csv")
+    before = _tree(root / "runs")
+    for out, says in ((tmp_path / "keep.txt", "is not a .json file edgeprune writes"),
+                      (tmp_path / "notes.json", "is not JSON that edgeprune wrote"),
+                      (root / "runs" / "a" / "config.json", "lies inside the run folder"),
+                      (root / "runs" / "a" / "sub" / "plan.json", "lies inside the run folder")):
+        assert says in _one_line_error(_invoke(*plan_args, "--out", out)), out
+    assert (tmp_path / "keep.txt").read_text() == "mine" and (tmp_path / "notes.json").read_text() == "not json at all"
+    assert _tree(root / "runs") == before
+    # its own earlier output (JSON) is rewritten, as a rerun expects
+    assert _invoke("-q", *plan_args, "--out", root / "plan.json").exit_code == 0
+
+
+def test_a_plot_whose_format_matplotlib_cannot_write_is_refused_before_any_work(partitioned, tmp_path):
+    root = partitioned
+    out = _one_line_error(_invoke("partition", "plan", root / "bench-device.json", root / "bench-edge.json",
+                                  "--network", root / "links.csv", "--plot", tmp_path / "plans.txt"))
+    assert "matplotlib writes" in out and "plans.png" in out
+    assert not (tmp_path / "plans.txt").exists()
+
+
+def test_a_truncated_model_onnx_is_one_line_for_quantize(world):
+    tmp_path, runs_dir, _ = world
+    (runs_dir / "a" / "model.onnx").write_bytes((runs_dir / "a" / "model.onnx").read_bytes()[:100])
+    out = _one_line_error(_invoke("quantize", runs_dir / "a", "--name", "q", "--runs-dir", tmp_path / "q"))
+    assert "model.onnx as an ONNX model" in out and "truncated or not ONNX" in out
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--sizes", "160000"], "--sizes must be at most 1024 px"),
+    (["--sizes", "64,64"], "--sizes names a size twice"),
+])
+def test_detect_train_refuses_a_negative_seed_and_sizes_out_of_reach(tmp_path, args, says):
+    out = _one_line_error(_invoke("detect", "train", "--out", tmp_path / "f", "--frames", 40, "-e", 1, *args))
+    assert says in out
+    assert not (tmp_path / "f").exists()

@@ -258,7 +258,8 @@ def test_full_disk_fails_before_any_work(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--momentum", "-0.5"], "momentum must be in [0, 1)"),
-    (["--weight-decay", "-1e-4"], "weight decay must be >= 0"),
+    (["--weight-decay", "-1e-4"], "weight decay must be a finite number >= 0"),
+    (["--weight-decay", "inf"], "weight decay must be a finite number >= 0"),
     (["--rounds", "0"], "rounds must be >= 1"),
     (["--method", "imp", "--levels", "0"], "levels must be >= 1"),
 ])

@@ -238,5 +238,10 @@ def precision_of(onnx_model: bytes | str | Path) -> str:
     """"int8" if the ONNX graph holds quantisation operators, else "fp32"."""
     import onnx
 
-    proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
+    try:
+        proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
+    except Exception as e:  # protobuf's DecodeError: a truncated or foreign file
+        what = "the ONNX model given" if isinstance(onnx_model, bytes) else str(onnx_model)
+        raise CheckpointError(f"cannot read {what} as an ONNX model ({type(e).__name__}); it is truncated or not "
+                              "ONNX: export it again (`edgeprune export RUN --onnx FILE`, or rerun the run)") from None
     return "int8" if any(n.op_type in _QUANTISED_OPS for n in proto.graph.node) else "fp32"

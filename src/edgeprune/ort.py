@@ -20,4 +20,14 @@ def ort_session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1, spin: 
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     src = str(onnx_bytes_or_path) if isinstance(onnx_bytes_or_path, Path) else onnx_bytes_or_path
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf, NoSuchFile
+
+    try:
+        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    except (InvalidProtobuf, NoSuchFile) as e:
+        from .errors import CheckpointError
+
+        what = "the ONNX model given" if isinstance(src, bytes) else repr(src)
+        reason = "does not exist" if isinstance(e, NoSuchFile) else "is truncated or not ONNX"
+        raise CheckpointError(f"cannot load {what}: it {reason}; write it again (export the run, or rerun the "
+                              "command that made it)") from None

@@ -173,13 +173,37 @@ def check_writable(folder: str | Path, option: str = "--runs-dir") -> None:
             Path(probe).unlink(missing_ok=True)
 
 
+# Files that mark a folder edgeprune made (a run, a sweep, a portfolio, a detector family): no single-file output
+# goes inside one, where it could replace what the folder holds.
+_MADE_MARKERS = {CONFIG: "run", REPORT: "run", "sweep.json": "sweep", formats.PORTFOLIO_MANIFEST: "portfolio",
+                 formats.FAMILY_RECORD: "detector family"}
+
+
 def check_output_file(path: str | Path | None, option: str, example: str = "out.json") -> None:
-    """Before any work: the file `option` names can be written (not a folder; its folder made and writable)."""
+    """Before any work: the file `option` names can be written (not a folder; its folder made and writable), lies
+    in no folder edgeprune made, and replaces no file but one of the kind it writes (`example`'s suffix; for JSON,
+    a JSON document), so a mistyped path never costs a user's file."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {str(path)!r} is a folder; give a file path, e.g. {str(path / example)!r}")
+    for folder in (path.parent.resolve(), *path.parent.resolve().parents):
+        kind = next((k for marker, k in _MADE_MARKERS.items() if (folder / marker).is_file()), None)
+        if kind is not None:
+            raise ConfigError(f"{option} {str(path)!r} lies inside the {kind} folder {str(folder)!r}, whose files it "
+                              f"could replace; write it outside, e.g. {str(folder.parent / example)!r}")
+    if path.exists():
+        suffix = Path(example).suffix
+        if not path.is_file() or (suffix and path.suffix.lower() != suffix):
+            raise ConfigError(f"{option} {str(path)!r} exists and is not a {suffix or 'plain'} file edgeprune "
+                              f"writes; choose another path (e.g. {example!r}) or remove it yourself")
+        if suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError):
+                raise ConfigError(f"{option} {str(path)!r} exists and is not JSON that edgeprune wrote; choose "
+                                  "another path or remove it yourself") from None
     check_writable(path.parent, option)
 
 

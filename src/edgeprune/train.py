@@ -41,12 +41,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"learning rate must be a positive finite number, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1) (0.9 is usual), got {self.momentum}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight decay must be >= 0 (5e-4 is usual), got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight decay must be a finite number >= 0 (5e-4 is usual), got {self.weight_decay}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma (the step schedule's factor) must be in (0, 1], got {self.gamma}")
         if self.schedule not in SCHEDULES:

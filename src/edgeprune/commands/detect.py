@@ -27,9 +27,26 @@ def _sizes(text: str) -> tuple[int, ...]:
     from ..errors import ConfigError
 
     try:
-        return tuple(int(s) for s in text.split(","))
+        sizes = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise ConfigError(f"--sizes takes input sizes separated by commas, e.g. 64,96,128; got {text!r}") from None
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"--sizes names a size twice ({text}); give each input size once, e.g. 64,96,128")
+    if any(s > MAX_SIZE for s in sizes):
+        raise ConfigError(f"--sizes must be at most {MAX_SIZE} px (a family member is one network at one input "
+                          f"size), got {text}")
+    return sizes
+
+
+MAX_SIZE = 1024
+
+
+def _seed(seed: int) -> int:
+    from ..errors import ConfigError
+
+    if seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0, got {seed}")
+    return seed
 
 
 def train(
@@ -52,7 +69,7 @@ def train(
     from ..detection.detector import TrainConfig, save_family
     from ..detection.detector import train as fit
 
-    cfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, lr=lr, width=width, seed=seed)
+    cfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, lr=lr, width=width, seed=_seed(seed))
     cfg.check(frames)
     with runs.open_run(out, None, overwrite=overwrite, kind="detector family", option="--out") as folder:
         stream = st.make(st.training_segments(frames), seed=seed, pool="train")
@@ -84,6 +101,7 @@ def profile(
     from ..runs import check_output_file
 
     check_output_file(out, "--out")
+    _seed(seed)
     number(frames_per_segment, "--frames-per-segment", at_least=1, integer=True)
     detectors = runners(family)
     stream = st.make(st.scenario("calibration", frames_per_segment), seed=seed, pool="val")
@@ -127,10 +145,12 @@ def run(
     from ..runs import check_output_file, write_json
 
     check_output_file(json_out, "--json")
+    _seed(seed)
     if not (isinstance(fps, float | int) and 0 < fps < float("inf")):
         raise ConfigError(f"--fps must be a positive number of frames per second, got {fps}")
     number(frames_per_segment, "--frames-per-segment", at_least=2, integer=True)
-    number(load_processes, "--load-processes", at_least=0, integer=True)
+    number(load_processes, "--load-processes", at_least=0, at_most=64, integer=True,
+           hint="busy processes beside the detectors; a few per core is load enough")
     number(window, "--window", at_least=1, integer=True)
     detectors = runners(family)
     p = prof.load(profile_path, detectors, warn=lambda m: console.print(f"warning: {m}", highlight=False))

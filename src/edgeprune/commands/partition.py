@@ -144,7 +144,14 @@ def plan_cmd(
     from ..runs import check_output_file, write_json
 
     check_output_file(out, "--out")
-    check_output_file(plot, "--plot", "plans.png")
+    if plot is not None:
+        from matplotlib.figure import Figure
+
+        kinds = Figure().canvas.get_supported_filetypes()
+        if plot.suffix.lower().lstrip(".") not in kinds:
+            raise ConfigError(f"--plot {str(plot)!r}: matplotlib writes {', '.join(sorted(kinds))}, chosen by the "
+                              "file's suffix; give e.g. plans.png")
+        check_output_file(plot, "--plot", "plans" + plot.suffix.lower())
     if target_latency is not None:
         number(target_latency, "--target-latency", above=0)
     if (variants is None) != (target_latency is None):

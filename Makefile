@@ -42,10 +42,13 @@ data-cifar10:
 	@if [ -f $(CACHE)/cifar10/cifar10-jpg.tar.gz ]; then \
 		echo "CIFAR-10 (JPEG q75 copy): found in $(CACHE)/cifar10"; \
 	elif [ -f $(CIFAR_JPEG_SRC) ]; then \
-		echo "$(CIFAR_JPEG_SHA256)  $(CIFAR_JPEG_SRC)" | sha256sum -c --quiet - \
-		&& mkdir -p $(CACHE)/cifar10 && cp $(CIFAR_JPEG_SRC) $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part \
-		&& mv $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part $(CACHE)/cifar10/cifar10-jpg.tar.gz \
-		&& echo "CIFAR-10 (JPEG q75 copy): copied into $(CACHE)/cifar10 (decoded on first use)"; \
+		if echo "$(CIFAR_JPEG_SHA256)  $(CIFAR_JPEG_SRC)" | sha256sum -c --quiet - \
+			&& mkdir -p $(CACHE)/cifar10 && cp $(CIFAR_JPEG_SRC) $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part \
+			&& mv $(CACHE)/cifar10/.cifar10-jpg.tar.gz.part $(CACHE)/cifar10/cifar10-jpg.tar.gz; then \
+			echo "CIFAR-10 (JPEG q75 copy): copied into $(CACHE)/cifar10 (decoded on first use)"; \
+		else \
+			echo "note: CIFAR-10 not prepared: $(CIFAR_JPEG_SRC) does not match its published checksum, or the copy failed"; \
+		fi; \
 	else \
 		echo "note: CIFAR-10 not prepared: $(CIFAR_JPEG_SRC) is absent. Put the official cifar-10-batches-py/"; \
 		echo "      (or cifar10-jpg.tar.gz) in $(CACHE)/cifar10, or pass --data-root DIR / --download"; \

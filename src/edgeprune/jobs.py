@@ -8,24 +8,23 @@ runs.py the folder. The CLI only parses options into a RunConfig.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from . import budget, data, export, masks, measure, models, quantization, runs, threads
+from . import budget, data, export, masks, measure, quantization, runs
 from .errors import ConfigError
+from .lifecycle import build, data_fields, finish, fresh_model, save_masks  # noqa: F401  (public: jobs.build ...)
+from .lifecycle import run_folder as _open
+from .lifecycle import thread_policy as _threads
 from .methods import registry
 from .progress import Reporter, reporter
 from .record import (
-    EXECUTION_FIELDS,
     Level,
     MeasureOptions,
     RunConfig,
@@ -37,88 +36,6 @@ from .record import (
 from .train import Callback, fit
 
 __all__ = ["JOBS", "MeasureOptions", "RunConfig", "RunReport", "prune", "rerun", "shrink", "train"]
-
-
-def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
-    """Load the data set and create the model to fit it, initialised from the run's seed."""
-    bundle = data.loaders(**cfg.data)
-    for what, asked, actual in (
-        ("num_classes", cfg.num_classes, bundle.num_classes),
-        ("in_channels", cfg.in_channels, bundle.in_channels),
-    ):
-        if asked is not None and asked != actual:
-            raise ConfigError(
-                f"--{what.replace('_', '-')} {asked} does not match data set {bundle.name!r}, which has "
-                f"{actual}; drop the option to take it from the data"
-            )
-    return fresh_model(cfg, bundle), bundle
-
-
-def fresh_model(cfg: RunConfig, bundle: data.DataBundle) -> nn.Module:
-    """The run's model as initialised from its seed: the same weights every time."""
-    models.require_task(cfg.model, "classify", f"`edgeprune {cfg.command}`")
-    torch.manual_seed(cfg.train.seed)
-    return models.create(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                         **cfg.model_kwargs)
-
-
-def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: Path, info: dict,
-           name: str | None = None) -> RunReport:
-    """Save model.pt, masks.pt and model.onnx into `run_dir`, profile the model; return the report, with
-    `info` (what the method did) in it. The caller writes report.json, last: it marks the run finished."""
-    extra = {"input_shape": bundle.input_shape, "data": cfg.data}
-    export.save_model(model, run_dir / runs.MODEL, extra=extra)
-    save_masks(model, run_dir)
-    onnx_bytes = export.to_onnx_bytes(model, bundle.input_shape)
-    runs.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
-    real = None if bundle.synthetic else bundle.test
-    prof = measure.profile(
-        model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
-        onnx_model=onnx_bytes, device=cfg.device,
-    )
-    return RunReport.from_dict({"run": name or run_dir.name, **data_fields(bundle),
-                                **info, "profile": prof.to_dict()})
-
-
-def data_fields(bundle: data.DataBundle) -> dict:
-    """What a report records of the data a run read: its name, whether it was synthetic, and which copy."""
-    return {"data": bundle.name, "synthetic_data": bundle.synthetic, "data_copy": bundle.copy,
-            "data_sha256": bundle.sha256}
-
-
-def save_masks(model: nn.Module, run_dir: Path) -> None:
-    kept = {f"{name}.{p}" if name else p: getattr(m, f"{p}_mask").bool()
-            for name, m, p in masks.masked_modules(model)}
-    if kept:
-        runs.torch_save(run_dir / runs.MASKS, kept)
-
-
-def _open(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
-    """The run folder, locked and checked (see runs.open_run), with `cfg` recorded in it. Saved configs are
-    compared with their defaults filled in, so a run of an earlier version (without a newer field) resumes.
-    A resumed run records its original config (the one written when it started)."""
-    def changed(saved: dict, new: dict) -> list[str]:
-        try:
-            saved = json.loads(json.dumps(RunConfig.from_dict(saved).to_dict(), default=str))
-        except ConfigError:
-            pass  # compared as it is: the difference is named
-        # how a run is executed is not what it is: a resumed run keeps its thread count (_threads)
-        how = dict.fromkeys(EXECUTION_FIELDS)
-        return runs.changed_fields({**saved, **how}, {**new, **how})
-
-    return runs.open_run(run_dir, cfg, overwrite=overwrite, resume=resume, compare=changed)
-
-
-@contextlib.contextmanager
-def _threads(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Iterator[RunConfig]:
-    """`cfg` with the thread count its heavy steps run with (torch set to it meanwhile): a resumed run keeps
-    the count it started with, so that it ends bit for bit where an uninterrupted one would; otherwise
-    `cfg.threads` resolved now ("auto": the CPUs free at this moment, threads.py)."""
-    saved = Path(run_dir) / runs.CONFIG
-    used = read_config(saved).threads_used if resume and saved.is_file() else None
-    cfg = replace(cfg, threads_used=used or threads.resolve(cfg.threads))
-    with threads.step(cfg.threads_used):
-        yield cfg
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data, jobs
+from .. import data, lifecycle
 from ..progress import Reporter
 from ..record import RunConfig, RunReport, write_report
 from ..runs import REPORT
@@ -23,12 +23,13 @@ def run(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume:
     settings = settings_of(cfg)
     # caching a block's outputs fixes its inputs: the later blocks see the images un-augmented, so all do
     bundle = data.loaders(**{**cfg.data, "augment": False, "val_size": settings.val_size})
-    model = jobs.fresh_model(cfg, bundle)
-    with jobs._threads(cfg, run_dir, resume) as cfg, jobs._open(cfg, run_dir, overwrite, resume) as rf:
+    model = lifecycle.fresh_model(cfg, bundle)
+    with (lifecycle.thread_policy(cfg, run_dir, resume) as cfg,
+          lifecycle.run_folder(cfg, run_dir, overwrite, resume) as rf):
         result = train(model, bundle.train.dataset, bundle.val.dataset, bundle.num_classes, bundle.input_shape,
                        cfg.train, cfg.data.get("batch_size", 128), settings, rf.path, resume=rf.mode == "resume",
                        device=cfg.device, progress=progress)
-        report = jobs.finish(result.model, bundle, cfg, rf.path, {
+        report = lifecycle.finish(result.model, bundle, cfg, rf.path, {
             "method": "neuroflux", "options": settings.to_dict(),
             "train": {"epochs": [e for b in result.info["blocks"] for e in b["epochs"]],
                       "seconds": result.info["seconds"]}}, rf.name)

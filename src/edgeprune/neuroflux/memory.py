@@ -179,7 +179,7 @@ def measure_peak(model_spec: dict, image_shape: Sequence[int], first: int, stop:
                  momentum: float = 0.9) -> int:
     """Bytes training layers first..stop-1 of the model `model_spec` (a ModelSpec dict) with their `heads`
     (AuxHead options, None: the model's classifier) takes at `batch`, measured in a fresh process over `steps`
-    steps. `mode` "local": block-wise local learning (train.local_step); "backprop": the whole model, end to end
+    steps. `mode` "local": block-wise local learning (step.local_step); "backprop": the whole model, end to end
     (first, stop and heads ignored)."""
     job = {"spec": model_spec, "image_shape": list(image_shape), "first": first, "stop": stop, "heads": list(heads),
            "batch": batch, "mode": mode, "device": device, "steps": steps, "lr": lr, "momentum": momentum}
@@ -205,7 +205,7 @@ def _child(job: dict) -> int:
     kernel it runs, free it, then materialise it afresh and train it, measuring only that."""
     from ..models import ModelSpec, create
     from ..models.chain import AuxHead, cut
-    from .train import local_step
+    from .step import local_step
 
     torch.set_num_threads(1)
     dev = torch.device(job["device"])

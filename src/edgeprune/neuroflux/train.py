@@ -20,7 +20,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from ..progress import Reporter, reporter
 from ..runs import CHECKPOINT, torch_load, torch_save, write_json
 from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
+from .step import local_step
 
 STATE = "neuroflux.json"
 CACHE = "cache"
@@ -73,25 +74,6 @@ class Settings(planner.Options):
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def local_step(layers: Sequence[nn.Module], heads: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
-               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """One batch through a block: each layer learns from its own head's loss on its input, detached from the
-    layers before it (no end-to-end backward pass); its graph is freed before the next layer runs. Returns the
-    block's output (detached), and each layer's loss and correct count (as tensors: no synchronisation here)."""
-    losses, correct = [], []
-    for layer, head, opt in zip(layers, heads, optimizers, strict=True):
-        out = layer(x)
-        logits = head(out)
-        loss = nn.functional.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        x = out.detach()
-        losses.append(loss.detach())
-        correct.append((logits.detach().argmax(1) == y).sum())
-    return x, losses, correct
 
 
 @dataclass

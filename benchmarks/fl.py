@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import measured, write_results  # noqa: E402
 
 from edgeprune.data import loaders  # noqa: E402
-from edgeprune.federated import fedadapt, fedfly, flower  # noqa: E402
+from edgeprune.federated import apps, fedadapt, fedfly, flower, shares  # noqa: E402
 from edgeprune.federated import split as sp  # noqa: E402
 from edgeprune.measure import environment  # noqa: E402
 from edgeprune.models import create  # noqa: E402
@@ -100,7 +100,7 @@ def rounds_to_resplit(splits_per_round: list[list[int]], drop: int = DROP) -> in
 def real_run(job: dict, policy, evaluate, bandwidth) -> dict:
     """A Flower run; per round its splits, its time on the modelled clock (measured compute and bytes, the
     device factors, the links of `bandwidth(round)`) and the global model's test accuracy."""
-    run = flower.simulate(flower.Job(**job), policy, evaluate)
+    run = flower.simulate(apps.Job(**job), policy, evaluate)
     rounds = []
     for rec in run["history"]:
         mbps = bandwidth(rec["round"])
@@ -225,7 +225,7 @@ def fedfly_part(lines: list[str], payload: dict) -> None:
     share = {**DATA, "subset": FEDFLY_IMAGES, "batch_size": 50, "seed": 1}
     bundle = loaders(**share, test_subset=TEST_SUBSET, augment=False)
     rounds = 5
-    data = [list(flower.device_batches(share, 0, 1, r)) for r in range(rounds)]
+    data = [list(shares.device_batches(share, 0, 1, r)) for r in range(rounds)]
 
     def model():
         torch.manual_seed(0)

@@ -34,7 +34,7 @@ import fl as modelled  # noqa: E402  benchmarks/fl.py: the settings and the agen
 from common import measured, write_results  # noqa: E402
 
 from edgeprune.data import loaders  # noqa: E402
-from edgeprune.federated import fedadapt, flower  # noqa: E402
+from edgeprune.federated import apps, fedadapt, flower  # noqa: E402
 from edgeprune.federated.devices import CLOCK_EMULATED, DeviceSpec, Emulation  # noqa: E402
 from edgeprune.measure import environment  # noqa: E402
 from edgeprune.models import create  # noqa: E402
@@ -79,7 +79,7 @@ def emulated_run(emulation: Emulation, job: dict, policy, acc, bandwidth) -> dic
 
     apply(1)
     t0 = time.perf_counter()
-    run = flower.simulate(flower.Job(**job, workers=emulation.workers), relay, acc)
+    run = flower.simulate(apps.Job(**job, workers=emulation.workers), relay, acc)
     flower_s = time.perf_counter() - t0
     rounds = []
     for rec in run["history"]:

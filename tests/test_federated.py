@@ -74,7 +74,7 @@ def test_split_training_over_grpc_equals_unsplit_training(edges, split):
 
 
 def test_move_of_unknown_device_and_invalid_split_are_refused_before_the_run():
-    from edgeprune.federated.flower import Job, Move
+    from edgeprune.federated.apps import Job, Move
 
     kw = dict(model=MODEL, data=DATA, devices=2, rounds=2, edges=[None, None])
     with pytest.raises(ConfigError, match="unknown device 5: the job has devices 0-1"):
@@ -92,7 +92,8 @@ def flower_runs(edges):
     """One seeded Flower job three ways: no offloading; device 0 offloading to edge 0; the same with device 0
     moving to edge 1 in round 2 after 2 of its 4 iterations (FedFly)."""
     pytest.importorskip("flwr")
-    from edgeprune.federated.flower import Job, Move, simulate
+    from edgeprune.federated.apps import Job, Move
+    from edgeprune.federated.flower import simulate
 
     def job(splits, moves=(), second_edge=None):
         return Job(model=MODEL, data=DATA, devices=2, rounds=2, splits=splits, edges=[edges[0], second_edge],

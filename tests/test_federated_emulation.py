@@ -16,7 +16,8 @@ from edgeprune import emulate  # noqa: E402
 from edgeprune.errors import ConfigError  # noqa: E402
 from edgeprune.federated import devices  # noqa: E402
 from edgeprune.federated import split as sp  # noqa: E402
-from edgeprune.federated.flower import device_batches, run_spec  # noqa: E402
+from edgeprune.federated.flower import run_spec  # noqa: E402
+from edgeprune.federated.shares import device_batches  # noqa: E402
 from edgeprune.models import create  # noqa: E402
 from edgeprune.progress import Reporter  # noqa: E402
 

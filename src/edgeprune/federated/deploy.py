@@ -29,7 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from .. import reaper
 from ..errors import EdgePruneError
 from . import split as sp
-from .flower import Job, Move, describe, serve_rounds, train_reply
+from .apps import Job, Move, describe, serve_rounds, train_reply
 
 ENGINE = "flower deployment (superlink + supernodes)"
 TOOLS = ("flower-superlink", "flower-supernode", "flwr")

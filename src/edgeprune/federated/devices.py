@@ -57,7 +57,7 @@ class Device:
         """Mean time (ms) of one training iteration of `model` on a batch; with `slowdown`, also the quota that should
         slow it so much (emulate.quota_for_slowdown). `data`: load the training set now, not under the quota."""
         if m.get("data"):
-            from .flower import device_batches
+            from .shares import device_batches
 
             device_batches(m["data"], 0, 1, 0)
         model = create(**m["model"]).train()
@@ -74,7 +74,7 @@ class Device:
         return out
 
     def train(self, m: dict) -> dict:
-        from .flower import device_batches
+        from .shares import device_batches
 
         model = create(**m["model"])
         model.load_state_dict(m["state"])
@@ -90,7 +90,7 @@ class Device:
 
     def fedfly(self, m: dict) -> dict:
         from . import fedfly
-        from .flower import device_batches
+        from .shares import device_batches
 
         data = [list(device_batches(m["data"], 0, 1, r)) for r in range(m["rounds"])]
 
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--lan", default="{}", help="JSON: edge address -> its Unix socket")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from . import fedfly, flower  # noqa: F401  imported now, before the quota binds: imports are slow under it
+    from . import fedfly, shares  # noqa: F401  imported now, before the quota binds: imports are slow under it
 
     server, _ = sp.serve(Device(args.rtt_ms, json.loads(args.lan)), args.socket, SERVICE, METHODS)
     print("ready", flush=True)

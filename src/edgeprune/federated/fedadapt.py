@@ -14,7 +14,7 @@
   runs every episode to its length). Bandwidths may change during an episode.
 - Policies: `train_ppo` (stable-baselines3 PPO, FedAdapt's 64-32 tanh networks, gamma 0.9, clip 0.2, lr 3e-4, std
   starting at FedAdapt's 0.5), `oracle` (every combination of group splits, fastest round); a fixed split is a
-  constant list. `AgentPolicy` runs an agent in a Flower run (flower.Policy).
+  constant list. `AgentPolicy` runs an agent in a Flower run (apps.Policy).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def measured_iteration_s(stats: dict, factor: float, mbps: float, rtt_ms: float 
 
 
 class AgentPolicy:
-    """FedAdapt in a Flower run (flower.Policy): the first round runs without offloading and gives each device's
+    """FedAdapt in a Flower run (apps.Policy): the first round runs without offloading and gives each device's
     baseline; after every round the agent sees, per group, its slowest device's time over its baseline and the
     group's offloading state, and sets the next round's splits. Times are measured: on the wall clock with emulated
     devices (`wall`), else on the modelled clock (`measured_iteration_s` at `bandwidth(round)` Mbit/s per device)."""

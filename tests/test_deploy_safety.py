@@ -15,23 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from test_run_safety import _invoke, _tree  # the same CLI runner and file snapshot as the making commands' cases
 
 from edgeprune import runs
-from edgeprune.cli import app
 
-runner = CliRunner()
 TRAIN = ["-q", "train", "-m", "lenet5", "-d", "synthetic", "-e", "1", "--measure-runs", "2", "-b", "64"]
 DETECT = ["-q", "detect", "train", "--frames", "40", "-e", "1", "--sizes", "64", "--width", "4"]
-
-
-def _invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _tree(folder: Path) -> dict:
-    """Every file below `folder` with its bytes: what a user would lose."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _one_line_error(result, code: int = 2) -> str:

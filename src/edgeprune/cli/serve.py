@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, console, err
 from ..errors import ConfigError
+from .common import console, err, handled
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(_handled(serve))
+    app.command("serve")(handled(serve))
 
 
 def serve(

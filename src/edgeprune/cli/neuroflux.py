@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, _start, _training_options
+from .common import handled, start_run, training_options
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(_handled(_training_options(neuroflux)))
+    app.command()(handled(training_options(neuroflux)))
 
 
 def neuroflux(
@@ -53,4 +53,4 @@ def neuroflux(
                         min_batch=min_batch, max_batch=max_batch, aux_min_width=aux_min_width,
                         aux_max_width=aux_max_width, aux_pool=aux_pool, aux_hidden=aux_hidden,
                         homogeneity=homogeneity, lr_scaling=lr_scaling, headroom=headroom, cache_dtype=cache_dtype)
-    _start("neuroflux", args, {"name": "neuroflux", **settings.to_dict()})
+    start_run("neuroflux", args, {"name": "neuroflux", **settings.to_dict()})

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, _progress, console
+from .common import console, handled, progress_bars
 
 Seed = Annotated[int, typer.Option(help="Seed of the stream.")]
 PerSegment = Annotated[int, typer.Option(help="Frames per scenario segment.")]
@@ -17,9 +17,9 @@ PerSegment = Annotated[int, typer.Option(help="Frames per scenario segment.")]
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Detectors on a synthetic video stream, chosen at run time without labels (ROMA).",
                         no_args_is_help=True)
-    group.command("train")(_handled(train))
-    group.command("profile")(_handled(profile))
-    group.command("run")(_handled(run))
+    group.command("train")(handled(train))
+    group.command("profile")(handled(profile))
+    group.command("run")(handled(run))
     app.add_typer(group, name="detect")
 
 
@@ -73,7 +73,7 @@ def train(
     cfg.check(frames)
     with runs.open_run(out, None, overwrite=overwrite, kind="detector family", option="--out") as folder:
         stream = st.make(st.training_segments(frames), seed=seed, pool="train")
-        with _progress() as progress:
+        with progress_bars() as progress:
             model, seconds = fit(stream, cfg, lambda s, n, loss: progress.update("training", s, n,
                                                                                   f"loss {loss:.3f}"))
         save_family(model, cfg.sizes, folder.path, {"training": {**vars(cfg), "frames": frames, "seconds": seconds,
@@ -105,7 +105,7 @@ def profile(
     number(frames_per_segment, "--frames-per-segment", at_least=1, integer=True)
     detectors = runners(family)
     stream = st.make(st.scenario("calibration", frames_per_segment), seed=seed, pool="val")
-    with _progress() as progress:
+    with progress_bars() as progress:
         p = prof.measure(detectors, stream, progress=lambda d, n: progress.update("profiling", d, n))
     prof.save(p, out)
     from rich.table import Table
@@ -156,7 +156,7 @@ def run(
     p = prof.load(profile_path, detectors, warn=lambda m: console.print(f"warning: {m}", highlight=False))
     calib = st.make(st.scenario("calibration", frames_per_segment // 2), seed=seed + 1, pool="test")
     stream = st.make(st.scenario(scenario, frames_per_segment), seed=seed, pool="test")
-    with _progress() as progress:
+    with progress_bars() as progress:
         calib_trace = trace(detectors, calib, 0, lambda d, n: progress.update("tracing calibration", d, n))
         main_trace = trace(detectors, stream, load_processes, lambda d, n: progress.update("tracing stream", d, n))
     tod = roma.tune_tod(calib, calib_trace, fps, [d.name for d in detectors], window=window)

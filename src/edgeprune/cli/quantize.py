@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from ..cli import MeasureRuns, Overwrite, Threads, _handled, _print_report, _progress, console
+from .common import MeasureRuns, Overwrite, Threads, console, handled, print_report, progress_bars
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(_handled(quantize))
+    app.command()(handled(quantize))
 
 
 def quantize(
@@ -41,9 +41,9 @@ def quantize(
     run_dir = runs.run_path(runs_dir or run.parent, f"{run.resolve().name}-int8" if name is None else name)
     cfg = jobs.quantize_config(run, mode=mode, calibration=calibration, per_channel=per_channel,
                                measure_runs=measure_runs, threads=threads)
-    with _progress() as progress:
+    with progress_bars() as progress:
         report = jobs.quantize(cfg, run_dir, overwrite=overwrite, progress=progress)
-    _print_report(report, run_dir)
+    print_report(report, run_dir)
     v = report.vs_source
     speed = "n/a" if v["ort_b1_speedup"] is None else f"{v['ort_b1_speedup']:.2f}× (timed side by side)"
     acc = ("" if "accuracy_delta_pts" not in v else

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, _state, console, err
 from ..errors import ConfigError
 from ..progress import Reporter
+from .common import console, err, handled, state
 
 fl = typer.Typer(help="Federated learning at the edge: split training with edge servers, on Flower.",
                  no_args_is_help=True, rich_markup_mode="rich")
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
 
 @fl.command("run")
-@_handled
+@handled
 def run_cmd(
     spec: Annotated[Path, typer.Argument(help="A YAML job: model, data, rounds, devices (split, edge), edges, "
                                               "optim, moves, seed, test_subset.")],
@@ -65,7 +65,7 @@ def run_cmd(
     before = reaper.recorded()
     try:
         with reaper.interrupt_promptly(lambda m: err.print(m, highlight=False)):
-            result = run_spec(job, engine, emulation, progress=_Notes(), quiet=_state["quiet"])
+            result = run_spec(job, engine, emulation, progress=_Notes(), quiet=state["quiet"])
     finally:
         reaper.reap_own(since=before)  # what this run started and is still running (a Ray agent) goes with it
     if result["emulation"]:

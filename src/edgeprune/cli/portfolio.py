@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _handled, _progress, console
+from .common import console, handled, progress_bars
 
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Gather pruned variants of one model into a portfolio that `edgeprune serve` "
                         "switches between.", no_args_is_help=True)
-    group.command("build")(_handled(build))
-    group.command("show")(_handled(show))
+    group.command("build")(handled(build))
+    group.command("show")(handled(show))
     app.add_typer(group, name="portfolio")
 
 
@@ -41,7 +41,7 @@ def build(
     """
     from .. import portfolio
 
-    with _progress() as progress:
+    with progress_bars() as progress:
         task = "re-timing the variants, interleaved"
         manifest = portfolio.build(runs, out, keep_all=keep_all, batch_size=batch_size, threads=threads,
                                    rounds=rounds, runs=timed_runs, overwrite=overwrite,

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli import _handled, _progress, console
 from ..errors import ConfigError
+from .common import console, handled, progress_bars
 
 partition = typer.Typer(help="Split a model across device, edge and cloud: cut points, per-tier benchmarks, plans, "
                              "and real runs over emulated links.", no_args_is_help=True, rich_markup_mode="rich")
@@ -34,7 +34,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 @partition.command("cuts")
-@_handled
+@handled
 def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes: NumClasses = 1000,
              seed: Seed = 0) -> None:
     """List a model's valid cut points: where exactly one activation crosses.
@@ -56,7 +56,7 @@ def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes:
 
 
 @partition.command("bench")
-@_handled
+@handled
 def bench_cmd(
     source: Source,
     tier: Annotated[str, typer.Option(help="Name of the tier this machine plays (device, edge, cloud, pi4, ...).")],
@@ -97,7 +97,7 @@ def bench_cmd(
     for _, folder in todo.values():
         check_writable(folder, "--out")
     for name, (data, folder) in todo.items():
-        with _progress() as progress:
+        with progress_bars() as progress:
             rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
         rec["weights_seed"] = seed if bench.by_name(source) else None
         path = write_json(bench.path_for(folder, tier), rec)
@@ -107,7 +107,7 @@ def bench_cmd(
 
 
 @partition.command("plan")
-@_handled
+@handled
 def plan_cmd(
     benches: Annotated[list[Path], typer.Argument(help="bench-<tier>.json files (device, edge, cloud in that order "
                                                        "unless --device/--edge/--cloud say otherwise).")],
@@ -205,7 +205,7 @@ def _variant_table(rows: list[dict], chosen: str, target_ms: float) -> None:
 
 
 @partition.command("run")
-@_handled
+@handled
 def run_cmd(
     source: Source,
     plan_file: Annotated[Path, typer.Option("--plan", help="plan.json from `partition plan`.")],
@@ -241,7 +241,7 @@ def run_cmd(
     else:
         raise ConfigError(f"{source} is a portfolio, but {plan_file} names no variant of it; plan with `partition "
                           f"plan --variants {source} --target-latency MS`, or run a variant's run or ONNX file")
-    with _progress() as progress:
+    with progress_bars() as progress:
         result = offload.execute(data, record, rank, runs, warmup, progress)
     console.print(f"{result['plan']}: measured {result['measured_ms']:.1f} ms (median of {runs}), predicted "
                   f"{result['predicted_ms']:.1f} ms; link: {result['link']}; RTT: {result['rtt']}")

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ..cli import DataRoot, Device, Overwrite, RunsDir, TestSubset, _handled, _print_report, _progress, console
+from .common import DataRoot, Device, Overwrite, RunsDir, TestSubset, console, handled, print_report, progress_bars
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(_handled(eval_cmd))
-    app.command("measure")(_handled(measure_cmd))
-    app.command("export")(_handled(export_cmd))
-    app.command()(_handled(rerun))
+    app.command("eval")(handled(eval_cmd))
+    app.command("measure")(handled(measure_cmd))
+    app.command("export")(handled(export_cmd))
+    app.command()(handled(rerun))
 
 
 def eval_cmd(
@@ -36,7 +36,7 @@ def eval_cmd(
 
     override = {k: v for k, v in {"name": dataset, "root": str(data_root) if data_root else None,
                                   "test_subset": test_subset}.items() if v is not None}
-    with _progress() as progress:
+    with progress_bars() as progress:
         result = saved.accuracy(path, override, device=device, progress=progress, runtime=runtime)
     console.print(f"top-1 accuracy on {result['data']} ({result['samples']} test samples, {result['runtime']}): "
                   f"[bold]{100 * result['accuracy']:.2f} %[/]  (loss {result['loss']:.4f})")
@@ -105,6 +105,6 @@ def rerun(
     from .. import jobs, runs
 
     run_dir = runs.run_path(runs_dir, name)
-    with _progress() as progress:
+    with progress_bars() as progress:
         report = jobs.rerun(run, run_dir, overwrite=overwrite, progress=progress)
-    _print_report(report, run_dir)
+    print_report(report, run_dir)

@@ -1,0 +1,5 @@
+"""`python -m edgeprune.cli`: the `edgeprune` command."""
+
+from .app import main
+
+main()

@@ -1,0 +1,216 @@
+"""What every command shares: the consoles, the global flags' state, the error handler, progress bars, the options
+of every command that trains a model, and starting a run from them. Public names, imported by the command modules.
+
+Only what parsing needs is imported at module level: `--help`, `--version` and argument errors answer without torch
+(importing it takes seconds on a busy machine). Commands import the library when they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, EdgePruneError, RunFinished
+
+console = Console()
+err = Console(stderr=True)
+state = {"debug": False, "quiet": False}  # the global flags, set by the app's callback
+
+
+def handled(fn):
+    """Print an EdgePruneError as one line and exit 2 (the traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RunFinished as e:
+            console.print(str(e), highlight=False, soft_wrap=True)
+        except EdgePruneError as e:
+            if state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {with_notes(e)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as e:
+            err.print(with_notes(e, "interrupted"), highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator:
+    """The Reporter the library's slow steps report to: rich bars and notes on stderr, nothing with --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..progress import SILENT, Reporter
+
+    if state["quiet"]:
+        yield SILENT
+        return
+
+    class Bars(Reporter):
+        def __init__(self, bars: Progress):
+            self.bars, self.tasks = bars, {}
+
+        def update(self, task: str, done: int, total: int | None = None, status: str = "") -> None:
+            if task not in self.tasks:
+                self.tasks[task] = self.bars.add_task(task, total=total, status=status)
+            self.bars.update(self.tasks[task], completed=done, total=total, status=status)
+
+        def end(self, task: str) -> None:
+            self.tasks.pop(task, None)  # its bar stays on screen; the same name later starts a new one
+
+        def note(self, text: str) -> None:
+            self.bars.console.print(text, highlight=False, soft_wrap=True)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err) as bars:
+        yield Bars(bars)
+
+
+def with_notes(e: BaseException, text: str | None = None) -> str:
+    """The message with what the library noted on the way out (e.g. which run folder was kept)."""
+    return "; ".join([text if text is not None else str(e), *getattr(e, "__notes__", [])])
+
+
+# Options shared by every command that builds a model and its data.
+Model = Annotated[str, typer.Option("--model", "-m", help="Model name (see `edgeprune models`).")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10 (the official "
+                                      "files, else the JPEG q75 copy that `make data` prepares), cifar100, "
+                                      "imagefolder or synthetic.")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")]
+Subset = Annotated[int | None, typer.Option(help="Train on the first N samples of a fixed shuffle.")]
+TestSubset = Annotated[int | None, typer.Option(help="Evaluate on the first N test samples.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Training batch size.")]
+Download = Annotated[bool, typer.Option(help="Download the data set if it is not found.")]
+Epochs = Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")]
+Name = Annotated[str | None, typer.Option("--name", "-n", help="Run name (default: <model>-<dataset>).")]
+RunsDir = Annotated[Path, typer.Option(help="Folder holding run folders.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing run of the same name.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+Ints = Annotated[list[int] | None, typer.Option()]
+Lr = Annotated[float, typer.Option(help="Initial learning rate (SGD).")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option(help="L2 weight decay.")]
+Schedule = Annotated[str, typer.Option(help="cosine, step (×0.1 at 50 % and 75 %) or constant.")]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the loss.")]
+StepsPerEpoch = Annotated[int | None, typer.Option(help="Cap the batches per epoch.")]
+Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")]
+NumClasses = Annotated[int | None, typer.Option(help="Check the data set has this many classes.")]
+InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
+Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+MeasureRuns = Annotated[int, typer.Option(help="Timed runs per latency figure.")]
+Quantize = Annotated[str | None, typer.Option(help="int8: also quantise the finished run's model.onnx (as "
+                                             "`edgeprune quantize RUN`: static, 256 calibration images) into the "
+                                             "run <name>-int8.")]
+Threads = Annotated[str, typer.Option(help="CPU threads of the heavy steps (pruning, training, surgery): a count, "
+                                      "or auto (the CPUs this process may use that other processes leave free "
+                                      "now). Recorded in the run; latency settings are separate (--measure-threads).")]
+
+
+# Options of every command that trains a model, declared once and appended to each such command.
+TRAINING_OPTIONS = [
+    ("model", Model, "resnet20"), ("dataset", Dataset, "fashion-mnist"), ("data_root", DataRoot, None),
+    ("subset", Subset, None), ("test_subset", TestSubset, None), ("batch_size", BatchSize, 128),
+    ("download", Download, False), ("epochs", Epochs, 1), ("lr", Lr, 0.1), ("momentum", Momentum, 0.9),
+    ("weight_decay", WeightDecay, 5e-4), ("schedule", Schedule, "cosine"), ("label_smoothing", LabelSmoothing, 0.0),
+    ("steps_per_epoch", StepsPerEpoch, None), ("seed", Seed, 0), ("num_classes", NumClasses, None),
+    ("in_channels", InChannels, None), ("device", Device, "cpu"), ("name", Name, None),
+    ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False), ("resume", Resume, False),
+    ("measure_batch", Ints, None), ("measure_threads", Ints, None), ("measure_runs", MeasureRuns, 30),
+    ("threads", Threads, "auto"), ("quantize", Quantize, None),
+]
+
+
+# What a run started with --from takes from its source run, not from flags.
+FROM_SOURCE = ("model", "dataset", "data_root", "subset", "test_subset", "batch_size", "download", "epochs", "lr",
+                "momentum", "weight_decay", "schedule", "label_smoothing", "steps_per_epoch", "seed", "num_classes",
+                "in_channels")
+
+
+def training_options(fn):
+    """Give `fn(..., **args)` the training options as keyword parameters typer can see."""
+    sig = inspect.signature(fn, eval_str=True)  # resolve the postponed annotations typer needs
+    own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+              for n, a, d in TRAINING_OPTIONS]
+    fn.__signature__ = sig.replace(parameters=own + shared)
+    return fn
+
+
+def start_run(command: str, args: dict, method: dict | None = None) -> None:
+    """Build the RunConfig from a command's options, run the job, print its report."""
+    from .. import jobs, runs
+    from ..train import TrainConfig
+
+    a = args
+    data = {"name": a["dataset"], "root": str(a["data_root"]) if a["data_root"] else None,
+            "batch_size": a["batch_size"], "subset": a["subset"], "test_subset": a["test_subset"],
+            "download": a["download"], "seed": a["seed"]}
+    cfg = jobs.RunConfig(
+        command=command, model=a["model"], data=data,
+        train=TrainConfig(epochs=a["epochs"], lr=a["lr"], momentum=a["momentum"], weight_decay=a["weight_decay"],
+                          schedule=a["schedule"], label_smoothing=a["label_smoothing"], seed=a["seed"],
+                          steps_per_epoch=a["steps_per_epoch"]),
+        measure=jobs.MeasureOptions(batch_sizes=tuple(a["measure_batch"] or (1,)),
+                                    threads=tuple(a["measure_threads"] or (1,)), runs=a["measure_runs"]),
+        num_classes=a["num_classes"], in_channels=a["in_channels"], method=method or {}, device=a["device"],
+        threads=a["threads"],
+    )
+    default = f"{a['model'].replace(':', '_').replace('/', '_')}-{a['dataset']}" + (
+        f"-{method['name']}" if method else "")
+    if method and "source" in method:  # a method that starts from a trained run takes what the run was
+        cfg = jobs.from_trained(cfg)
+        default = f"{Path(method['source']).name}-{method['name']}"
+    run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
+    int8 = _quantize_after(a["quantize"], method, run_dir)
+    with progress_bars() as progress:
+        report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
+    print_report(report, run_dir)
+    if int8 is not None:
+        qcfg = jobs.quantize_config(run_dir, measure_runs=a["measure_runs"], threads=a["threads"])
+        with progress_bars() as progress:
+            report = jobs.quantize(qcfg, int8, overwrite=a["overwrite"], progress=progress)
+        print_report(report, int8)
+
+
+def _quantize_after(precision: str | None, method: dict | None, run_dir: Path) -> Path | None:
+    """The run --quantize makes beside `run_dir` (None without it); refused before any work where it cannot."""
+    from .. import runs
+    from ..methods import registry
+
+    if precision is None:
+        return None
+    if precision != "int8":
+        raise ConfigError(f"--quantize {precision!r}: the precision edgeprune quantises to is int8")
+    if method and registry.get(method["name"]).kind == "levels":
+        raise ConfigError(f"--quantize makes one INT8 run; {method['name']} makes a run per level: quantise "
+                          "the levels you want with `edgeprune quantize RUN/level_NN` after it")
+    return runs.run_path(run_dir.parent, f"{run_dir.name}-int8")
+
+
+def print_report(report, run_dir: Path) -> None:
+    from ..report import profile_table
+
+    if report.levels:  # IMP: one column per level
+        profiles = {f"level {lv.level} (density {lv.density:.3f})": lv.profile for lv in report.levels}
+        title = f"IMP levels on {report.data}"
+    else:
+        profiles = {report.run: report.profile}
+        title = f"{report.profile.model} on {report.data}"
+    console.print(profile_table(profiles, title=title))
+    if report.budget:
+        b = report.budget
+        console.print(f"budget search: {len(b['probes'])} probes, sparsity {b['found_sparsity']:.4f} chosen")
+    if report.prune_seconds is not None and report.train:
+        console.print(f"pruning took {report.prune_seconds:.2f} s; training {report.train['seconds']:.1f} s")
+    console.print(f"run saved in [bold]{run_dir}[/]")
+

@@ -22,6 +22,7 @@ from pathlib import Path
 from common import HERE, measured, write_results
 
 from edgeprune import data, export, jobs, measure, quantization, runs
+from edgeprune.kinds import quantize as int8_kind
 from edgeprune.methods import registry
 from edgeprune.record import MeasureOptions, read_report
 from edgeprune.train import TrainConfig
@@ -50,15 +51,15 @@ def fp32_run(model: str, variant: str) -> Path:
                          train=TrainConfig(epochs=2, lr=lr, schedule="cosine"),
                          measure=MeasureOptions(runs=10, warmup=3, runtimes=("onnxruntime",), memory=False),
                          method={} if method is None else registry.entry(*method))
-    jobs.JOBS[cfg.command](cfg, run_dir, resume=run_dir.is_dir())
+    jobs.run(cfg, run_dir, resume=run_dir.is_dir())
     return run_dir
 
 
 def int8_run(source: Path) -> Path:
     run_dir = source.parent / f"{source.name}-int8"
     if not runs.is_finished(run_dir):
-        cfg = jobs.quantize_config(source, "static", CALIBRATION, per_channel=True, measure_runs=10)
-        jobs.quantize(cfg, run_dir, overwrite=True)
+        cfg = int8_kind.config(source, "static", CALIBRATION, per_channel=True, measure_runs=10)
+        jobs.run(cfg, run_dir, overwrite=True)
     return run_dir
 
 
@@ -67,7 +68,7 @@ def s8s8(model: str) -> bytes:
     default): timed beside the rest, it shows why edgeprune quantises to U8S8."""
     dense = OUT / f"{model}-dense"
     bundle = data.loaders(**{**jobs.source_config(dense).data, "augment": False})
-    return quantization.quantize_onnx(dense / runs.ONNX, "static", jobs.first_images(bundle.train, CALIBRATION),
+    return quantization.quantize_onnx(dense / runs.ONNX, "static", int8_kind.first_images(bundle.train, CALIBRATION),
                                 per_channel=True, activations="int8")
 
 
@@ -159,7 +160,7 @@ def formats(repeats: int) -> None:
     from edgeprune import models
 
     bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
-    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    calibration = list(int8_kind.first_images(bundle.train, CALIBRATION))
     rows = []
     for name in FORMAT_MODELS:
         torch.manual_seed(0)
@@ -223,7 +224,7 @@ def sizes(configs: list[tuple[float, str]], earlier: Path | None) -> None:
 
     shape = (1, 28, 28)
     bundle = data.loaders("fashion-mnist", subset=1024, batch_size=128, augment=False)
-    calibration = list(jobs.first_images(bundle.train, CALIBRATION))
+    calibration = list(int8_kind.first_images(bundle.train, CALIBRATION))
     torch.manual_seed(0)
     synflow_bytes = len(export.to_onnx_bytes(models.create("vgg16", 10, 1), shape))
     rows = json.loads(earlier.read_text()) if earlier else []  # rows a cut-short run printed

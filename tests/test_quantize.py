@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from edgeprune import data, export, jobs, measure, models, quantization, saved
 from edgeprune.cli import app
+from edgeprune.kinds import quantize as int8
 from edgeprune.train import evaluate
 
 runner = CliRunner()
@@ -199,7 +200,7 @@ def test_quantize_makes_a_new_int8_run_and_leaves_the_source_untouched(trained):
                                                               "QOperator U8S8 per-channel"}
     # calibration is repeatable: the recorded format, asked for outright, gives the same bytes
     bundle = data.loaders(**{**jobs.source_config(trained).data, "augment": False})
-    assert quantization.quantize_onnx(trained / "model.onnx", "static", jobs.first_images(bundle.train, 200),
+    assert quantization.quantize_onnx(trained / "model.onnx", "static", int8.first_images(bundle.train, 200),
                                 per_channel=True, activations=chosen["activations"],
                                 format=chosen["format"].lower()) == onnx_bytes
 

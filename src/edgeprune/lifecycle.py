@@ -1,8 +1,8 @@
-"""The life of a run folder, shared by every kind of run (jobs.py's, and NeuroFlux's job): the data and fresh model a
-config asks for (`build`), the folder opened, locked and checked with the config recorded (`run_folder`), the
-thread count its heavy steps use (`thread_policy`), and the model saved, exported and measured at the end
-(`finish`). Its own module, so that a kind of run outside jobs.py uses it without importing jobs.py, which
-dispatches to every kind."""
+"""The life of a run folder, shared by every kind of run (kinds/): the data and fresh model a config asks for
+(`build`), the folder opened, locked and checked with the config recorded (`run_folder`), the thread count its heavy
+steps use (`thread_policy`), and the model saved, exported and measured at the end (`finish`); and what a run made
+from another run reads of it (`load`, `source_config`, `levels_of`, ...). Its own module, so that every kind of run
+uses it without importing jobs.py, which dispatches to every kind."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from torch import nn
 
 from . import data, export, masks, measure, models, runs, threads
 from .errors import ConfigError
-from .record import EXECUTION_FIELDS, RunConfig, RunReport, read_config
+from .methods import registry
+from .record import EXECUTION_FIELDS, RunConfig, RunReport, read_config, read_report
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, data.DataBundle]:
@@ -100,3 +101,59 @@ def thread_policy(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Iterator
     cfg = replace(cfg, threads_used=used or threads.resolve(cfg.threads))
     with threads.step(cfg.threads_used):
         yield cfg
+
+
+def load(path: str | Path) -> tuple[nn.Module, dict]:
+    """A saved model (a run folder or a model.pt) and the metadata saved with it."""
+    path = Path(path)
+    return export.load(path / runs.MODEL if path.is_dir() else path)
+
+
+def load_profile(run_dir: str | Path) -> measure.Profile:
+    """The measured profile of a finished run (for IMP, of its last level)."""
+    return read_report(Path(run_dir) / runs.REPORT).last_profile
+
+
+def source_config(source: str | Path) -> RunConfig:
+    """The config of run `source`: its own, or for an IMP level (which has none), its run's."""
+    source = Path(source)
+    if (source / runs.CONFIG).exists():
+        return read_config(source / runs.CONFIG)
+    if source.name.startswith("level_") and (source.parent / runs.CONFIG).exists():
+        return read_config(source.parent / runs.CONFIG)
+    raise ConfigError(f"{source} is not an edgeprune run folder (no {runs.CONFIG}); pass a finished run of "
+                      "train, prune, shrink or neuroflux (or an IMP run's level_NN)")
+
+
+def has_levels(path: str | Path) -> bool:
+    """Whether `path` is a whole run of a method of levels (IMP: its levels in level_NN folders), not one level."""
+    path = Path(path)
+    return ((path / runs.CONFIG).is_file()
+            and read_config(path / runs.CONFIG).method.get("name") in registry.list_methods("levels"))
+
+
+def levels_of(path: str | Path) -> list[Path]:
+    """The finished, pruned levels of IMP run `path` (level 0 is the dense start and has no masks)."""
+    found = sorted(p for p in Path(path).glob("level_[0-9]*")
+                   if (p / runs.REPORT).is_file() and (p / runs.MASKS).is_file())
+    if not found:
+        raise ConfigError(f"IMP run {path} has no finished pruned level (level_NN with {runs.MASKS} and "
+                          f"{runs.REPORT}) yet; let it finish (`edgeprune prune --method imp ... --resume`)")
+    return found
+
+
+def not_the_source(source: Path, run_dir: str | Path) -> None:
+    """Refuse a new run that would replace the run it is made from."""
+    target = Path(run_dir).resolve()
+    if target == source.resolve() or target in source.resolve().parents:
+        raise ConfigError(f"the new run would replace its source; choose a --name other than the source "
+                          f"{source.name!r}")
+
+
+def speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> float | None:
+    """Source / new ONNX Runtime p50 at batch 1, 1 thread, both timed round-robin now: the source's own profile
+    was taken when it finished, under another load. None where the source has no model.onnx."""
+    if not (source / runs.ONNX).is_file():
+        return None
+    return measure.latency_ratio_onnx({"source": (source / runs.ONNX, input_shape),
+                                       "shrunk": (run_dir / runs.ONNX, input_shape)})

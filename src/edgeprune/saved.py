@@ -10,7 +10,7 @@ from pathlib import Path
 from . import data, measure, runs
 from . import threads as threads_mod
 from .errors import ConfigError
-from .jobs import load, source_config
+from .lifecycle import load, source_config
 from .progress import Reporter
 from .record import read_report
 from .train import evaluate

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import yaml
 
-from . import jobs, models, runs
+from . import jobs, kinds, models, runs
 from .errors import ConfigError, EdgePruneError, unknown_name
 from .methods import registry
 from .progress import Reporter, reporter
@@ -65,16 +65,15 @@ QUANTIZE_KEYS = ("mode", "calibration", "per_channel")
 _BARE = ("criterion", "conversion")  # option values that name themselves in a cell name; sparsity comes last
 
 
-NEUROFLUX = "neuroflux"  # not a pruning method: training under a memory budget, a command of its own
-
-
 def list_methods() -> list[str]:
-    """Method names a sweep accepts: every registered method (methods.registry), and neuroflux."""
-    return sorted([*registry.list_methods(), NEUROFLUX])
+    """Method names a sweep accepts: every registered method (methods.registry), and the run kinds a sweep may name
+    (kinds/: NeuroFlux's training under a memory budget)."""
+    return sorted([*registry.list_methods(), *kinds.names(in_sweeps=True)])
 
 
 def _kind(name: str) -> str | None:
-    return None if name == NEUROFLUX else registry.get(name).kind
+    """The pruning method's kind (None for a run kind of its own)."""
+    return None if name in kinds.names(in_sweeps=True) else registry.get(name).kind
 
 
 @dataclass
@@ -196,14 +195,15 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
 
     out = [
         Cell(_folder_name(f"{model}-{label}-seed{seed}"), jobs.RunConfig(
-            command=_command(method), model=model, data=data, train=TrainConfig(**train, seed=seed),
+            command=kinds.of_method(method), model=model, data=data, train=TrainConfig(**train, seed=seed),
             measure=dataclasses.replace(measure), method=source(model, seed, method), device=spec.device))
         for model, data, train in _models(spec) for seed in spec.seeds for label, method in variants
     ]
     if spec.quantize is not None:
         q = {} if spec.quantize == "int8" else spec.quantize
         _check_keys(q, QUANTIZE_KEYS, "quantize")
-        out += [Cell(f"{c.name}-int8", jobs.quantize_config(folder / c.name, **q, base=c.cfg)) for c in out
+        int8 = kinds.get("quantize").config  # the spec's `quantize` key: an INT8 copy of each cell
+        out += [Cell(f"{c.name}-int8", int8(folder / c.name, **q, base=c.cfg)) for c in out
                 if not (c.cfg.method and _kind(c.cfg.method["name"]) == "levels")]
     twice = [name for name, n in Counter(c.name for c in out).items() if n > 1]
     if twice:
@@ -218,12 +218,6 @@ def _stages(todo: list[Cell]) -> dict[str, int]:
         source = c.cfg.method.get("source")
         stages[c.name] = 0 if source is None else stages.get(Path(source).name, -1) + 1
     return stages
-
-
-def _command(method: dict) -> str:
-    if not method:
-        return "train"
-    return NEUROFLUX if method["name"] == NEUROFLUX else "prune"
 
 
 def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
@@ -257,13 +251,9 @@ def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:
     name = entry["name"]
     if name not in list_methods():
         raise ConfigError(f"{where}: unknown method {name!r}; allowed: {', '.join(list_methods())}")
-    if name == NEUROFLUX:
-        from .neuroflux.train import Settings
-
-        fields = {f.name: f for f in dataclasses.fields(Settings)}
-
-        def check(method: dict) -> None:
-            Settings(**{k: v for k, v in method.items() if k != "name"})
+    kind = kinds.find(name)
+    if kind is not None and kind.in_sweeps:  # a run kind of its own (NeuroFlux's), its options the entry's keys
+        fields, check = {f.name: f for f in dataclasses.fields(kind.options)}, kind.make_options
     else:
         fields, check = registry.get(name).option_fields(), registry.options_of
     opts = {k: v for k, v in entry.items() if k != "name"}
@@ -375,7 +365,7 @@ def run_cell(cell: Cell, run_dir: Path, resume: bool = False) -> dict:
     """Run one cell into `run_dir` (resuming it, or replacing what is there); a failure is returned, not raised."""
     started, t0 = _now(), time.perf_counter()
     try:
-        jobs.JOBS[cell.cfg.command](cell.cfg, run_dir, overwrite=not resume, resume=resume, progress=False)
+        jobs.run(cell.cfg, run_dir, overwrite=not resume, resume=resume, progress=False)
     except Exception as e:  # recorded in sweep.json; the other cells go on
         return {**_failure(e), "started": started, "seconds": time.perf_counter() - t0}
     return {"status": "done", "resumed": resume, "error": None, "started": started,

@@ -4,6 +4,7 @@ from torch import nn
 
 from edgeprune import export, jobs
 from edgeprune.errors import ConfigError
+from edgeprune.kinds import shrink
 from edgeprune.train import TrainConfig
 
 DATA = {"name": "synthetic", "shape": (1, 12, 12), "num_classes": 10, "size": 64, "batch_size": 32}
@@ -27,7 +28,7 @@ def _snapshot(folder):
 def test_shrink_makes_a_smaller_equivalent_run_and_leaves_the_source(tmp_path):
     source = _sparse_run(tmp_path, {"name": "magnitude", "sparsity": 0.97})
     before = _snapshot(source)
-    report = jobs.shrink(jobs.shrink_config(source, fold_constants=False), tmp_path / "small", progress=False)
+    report = jobs.run(shrink.config(source, fold_constants=False), tmp_path / "small", progress=False)
     assert _snapshot(source) == before
     assert report.vs_source["params_x_smaller"] > 1.0
     sparse, small = export.load_model(source / "model.pt"), export.load_model(tmp_path / "small" / "model.pt")
@@ -60,13 +61,13 @@ def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch
         return got
 
     monkeypatch.setattr(measure, "latency_onnx_interleaved", spy)
-    report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small", progress=False)
+    report = jobs.run(shrink.config(source), tmp_path / "small", progress=False)
     assert timed[0] == {"source": source / "model.onnx", "shrunk": tmp_path / "small" / "model.onnx"}
     v = report.vs_source
     assert v["ort_b1_timing"] == "side by side"
     assert v["ort_b1_speedup"] == pytest.approx(timed[1]["source"].p50_ms / timed[1]["shrunk"].p50_ms)
     (source / "model.onnx").unlink()  # without the source's ONNX file: the two runs' own profiles
-    report = jobs.shrink(jobs.shrink_config(source), tmp_path / "small2", progress=False)
+    report = jobs.run(shrink.config(source), tmp_path / "small2", progress=False)
     assert report.vs_source["ort_b1_timing"] == "profiles" and len(timed) == 2
     assert report.vs_source["ort_b1_speedup"] == pytest.approx(
         jobs.load_profile(source).latency_of("onnxruntime", 1, 1).p50_ms
@@ -89,7 +90,7 @@ def test_a_run_without_masks_is_refused(tmp_path):
                          measure=jobs.MeasureOptions(runs=2, warmup=0, memory=False))
     jobs.train(cfg, tmp_path / "dense", progress=False)
     with pytest.raises(ConfigError, match="masks.pt"):
-        jobs.shrink(jobs.shrink_config(tmp_path / "dense"), tmp_path / "x", progress=False)
+        jobs.run(shrink.config(tmp_path / "dense"), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
 
 

@@ -148,7 +148,7 @@ def training_options(fn):
 
 def start_run(command: str, args: dict, method: dict | None = None) -> None:
     """Build the RunConfig from a command's options, run the job, print its report."""
-    from .. import jobs, runs
+    from .. import jobs, kinds, runs
     from ..train import TrainConfig
 
     a = args
@@ -173,12 +173,12 @@ def start_run(command: str, args: dict, method: dict | None = None) -> None:
     run_dir = runs.run_path(a["runs_dir"], default if a["name"] is None else a["name"])
     int8 = _quantize_after(a["quantize"], method, run_dir)
     with progress_bars() as progress:
-        report = jobs.JOBS[command](cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
+        report = jobs.run(cfg, run_dir, overwrite=a["overwrite"], resume=a["resume"], progress=progress)
     print_report(report, run_dir)
     if int8 is not None:
-        qcfg = jobs.quantize_config(run_dir, measure_runs=a["measure_runs"], threads=a["threads"])
+        qcfg = kinds.get("quantize").config(run_dir, measure_runs=a["measure_runs"], threads=a["threads"])
         with progress_bars() as progress:
-            report = jobs.quantize(qcfg, int8, overwrite=a["overwrite"], progress=progress)
+            report = jobs.run(qcfg, int8, overwrite=a["overwrite"], progress=progress)
         print_report(report, int8)
 
 

@@ -236,16 +236,17 @@ def shrink(
 
     Example: [bold]edgeprune shrink runs/imp/level_03 --name imp3-small[/]
     """
-    from .. import jobs, runs
+    from .. import jobs, lifecycle, runs
+    from ..kinds import shrink as kind
 
-    sources = jobs.imp_levels(run) if jobs.is_imp_run(run) else [run]
+    sources = lifecycle.levels_of(run) if lifecycle.has_levels(run) else [run]
     base = f"{run.resolve().name}-shrunk" if name is None else name
     for source in sources:
         run_dir = runs.run_path(runs_dir or run.parent, f"{base}-{source.name}" if source != run else base)
-        cfg = jobs.shrink_config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs,
-                                 threads=threads)
+        cfg = kind.config(source, fold_constants=fold_constants, round_to=round_to, measure_runs=measure_runs,
+                          threads=threads)
         with progress_bars() as progress:
-            report = jobs.shrink(cfg, run_dir, overwrite=overwrite, progress=progress)
+            report = jobs.run(cfg, run_dir, overwrite=overwrite, progress=progress)
         print_report(report, run_dir)
         v, d = report.vs_source, report.details
         how = {"side by side": "timed side by side", "profiles": "from the two runs' own timings"}

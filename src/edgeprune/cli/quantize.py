@@ -37,12 +37,13 @@ def quantize(
     Example: [bold]edgeprune quantize runs/reconvene-90 --calibration 512 --name reconvene-90-int8[/]
     """
     from .. import jobs, runs
+    from ..kinds import quantize as kind
 
     run_dir = runs.run_path(runs_dir or run.parent, f"{run.resolve().name}-int8" if name is None else name)
-    cfg = jobs.quantize_config(run, mode=mode, calibration=calibration, per_channel=per_channel,
-                               measure_runs=measure_runs, threads=threads)
+    cfg = kind.config(run, mode=mode, calibration=calibration, per_channel=per_channel, measure_runs=measure_runs,
+                      threads=threads)
     with progress_bars() as progress:
-        report = jobs.quantize(cfg, run_dir, overwrite=overwrite, progress=progress)
+        report = jobs.run(cfg, run_dir, overwrite=overwrite, progress=progress)
     print_report(report, run_dir)
     v = report.vs_source
     speed = "n/a" if v["ort_b1_speedup"] is None else f"{v['ort_b1_speedup']:.2f}× (timed side by side)"

@@ -4,9 +4,10 @@ so that quantize, serve and partition take it like any other run."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from .. import data, lifecycle
+from .. import data, kinds, lifecycle
 from ..progress import Reporter
 from ..record import RunConfig, RunReport, write_report
 from ..runs import REPORT
@@ -17,6 +18,17 @@ def settings_of(cfg: RunConfig) -> Settings:
     return Settings(**{k: v for k, v in cfg.method.items() if k != "name"})
 
 
+def _label(options: dict, source: str | None) -> tuple[str, str, str]:
+    """Not a pruning method: its budget names it, then the options set otherwise."""
+    defaults = dataclasses.asdict(Settings(memory_budget="1MiB"))
+    words = ", ".join([f"budget {options.get('memory_budget')}"] + [
+        f"{k} {v}" for k, v in sorted(options.items()) if k != "memory_budget" and defaults.get(k, v) != v])
+    return "neuroflux", words, words
+
+
+# its model is trained whole (a trained-run method may start from it), an exit of the config's model
+@kinds.register("neuroflux", options=Settings, method="neuroflux", label=_label, trained=True, in_sweeps=True,
+                base_model=True)
 def run(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
         progress: Reporter | None = None) -> RunReport:
     """Train cfg.model block-wise under the memory budget of cfg.method, save the chosen exit as the run's model."""

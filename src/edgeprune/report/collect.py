@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import runs
+from .. import kinds, runs
 from ..errors import ConfigError
 from ..measure import Profile
 from ..record import RunConfig, RunReport, read_config, read_report
@@ -148,7 +148,7 @@ def _read_run(d: Path) -> list[RunRow]:
             rows.append(_row(p, f"{d.name}/{p.name}", level, config))
         for lv in by_level.values():  # a level folder gone: its profile is still in the run's report
             gone = RunReport(run=f"level_{lv.level:02d}", data=report.data, synthetic_data=report.synthetic_data,
-                             method="imp", options=report.options, level=lv.level, density=lv.density,
+                             method=report.method, options=report.options, level=lv.level, density=lv.density,
                              profile=lv.profile)
             rows.append(_row(d / gone.run, f"{d.name}/{gone.run}", gone, config))
         return sorted(rows, key=lambda r: r.name)
@@ -164,7 +164,7 @@ def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> Run
         name=name, path=d, data=(report.data or profile.accuracy_data or "unknown")
         + (f" ({report.data_copy})" if report.data_copy else ""),
         # a NeuroFlux run's model is an exit of its base model: it stands beside backpropagation of that model
-        synthetic=report.synthetic_data, model=config.model if config and config.command == "neuroflux" else
+        synthetic=report.synthetic_data, model=config.model if config and _names_base_model(config.command) else
         profile.model, method=label.method,
         variant=label.variant, options=label.options, options_full=report.options,
         sparsity_requested=label.sparsity_requested, profile=profile,
@@ -176,6 +176,11 @@ def _row(d: Path, name: str, report: RunReport, config: RunConfig | None) -> Run
         source=report.source, steps=details.get("steps", []), kept_step=details.get("kept_step"),
         budget=json.dumps({k: plain.get(k) for k in ("data", "train", "model_kwargs")}, sort_keys=True),
     )
+
+
+def _names_base_model(command: str) -> bool:
+    kind = kinds.find(command)
+    return kind is not None and kind.base_model
 
 
 def _training(config: dict) -> Training:

@@ -3,15 +3,14 @@ its options in a few words and the sparsity it asked for."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import NamedTuple
 
+from .. import kinds
 from ..methods import registry
 
 
 class Label(NamedTuple):
-    method: str  # dense, a PaI criterion, reconvene-<conversion>-<criterion>, imp, dnnshifter
+    method: str  # dense, a PaI criterion, reconvene-<conversion>-<criterion>, imp, or a run kind's (dnnshifter)
     variant: str  # everything but sparsity, IMP level and budget: runs of one variant make one curve
     options: str
     sparsity_requested: float | None
@@ -20,19 +19,14 @@ class Label(NamedTuple):
 def describe(method: str | None, options: dict, *, level: int | None = None, density: float | None = None,
              source: str | None = None, target: dict | None = None) -> Label:
     """The label of a run made by `method` (None: dense training) with `options`, in the method's own words
-    (methods.registry); a level of a schedule (IMP) gives its `level` and `density`, a DNNShifter run its
-    `source`, a budgeted run its `target` (metric, value)."""
+    (methods.registry) or, for a run kind that labels its own runs (kinds/: DNNShifter's, NeuroFlux's), the kind's;
+    a level of a schedule (IMP) gives its `level` and `density`, a run made from another its `source`, a budgeted
+    run its `target` (metric, value)."""
     if method is None:
         return Label("dense", "", "", 0.0)
-    if method == "dnnshifter":
-        return Label("dnnshifter", "", f"from {Path(source or '?').name}", None)
-    if method == "neuroflux":  # not a pruning method: its budget names it, then the options set otherwise
-        from ..neuroflux.train import Settings
-
-        defaults = dataclasses.asdict(Settings(memory_budget="1MiB"))
-        words = [f"budget {options.get('memory_budget')}"] + [
-            f"{k} {v}" for k, v in sorted(options.items()) if k != "memory_budget" and defaults.get(k, v) != v]
-        return Label("neuroflux", ", ".join(words), ", ".join(words), None)
+    kind = kinds.by_method(method)
+    if kind is not None and kind.label is not None:
+        return Label(*kind.label(options, source), None)
     name, words = registry.describe(method, options)
     variant = ", ".join(words)
     if density is not None and level is not None or method in registry.list_methods("levels"):

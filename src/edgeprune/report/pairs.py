@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import kinds
 from .collect import MAIN_LATENCY, RunRow
 
 
@@ -36,7 +37,15 @@ def _link_sources(rows: list[RunRow]) -> None:
 
 
 def _masked_shapes(r: RunRow) -> dict[str, list[int]]:
-    return {} if r.method.startswith(("reconvene", "dnnshifter")) else {x["layer"]: x["shape"] for x in r.layers}
+    # a Reconvene run's layers, and those of a run made smaller from another's (DNNShifter's), are not dense-shaped
+    smaller = r.method.startswith("reconvene") or _from_source(r.method)
+    return {} if smaller else {x["layer"]: x["shape"] for x in r.layers}
+
+
+def _from_source(method: str) -> bool:
+    """Whether runs labelled `method` are of a run kind made from another run (kinds/: DNNShifter's)."""
+    kind = kinds.by_method(method)
+    return kind is not None and kind.from_source
 
 
 def _dense_ratios(rows: list[RunRow]) -> None:
@@ -121,7 +130,7 @@ def pairs(rows: list[RunRow]) -> list[Pair]:
             want = {k: v for k, v in r.options_full.items() if k in pai_keys}
             match = [c for c in rows if c.method == want.get("criterion") and group_key(c) == group_key(r)
                      and c.budget == r.budget and c.options_full == want and c.profile.precision == "fp32"]
-        elif (r.method == "dnnshifter" or r.profile.precision != "fp32") and r.source:
+        elif (_from_source(r.method) or r.profile.precision != "fp32") and r.source:
             match = [c for c in rows if c is not r and _same_run(c.path, Path(r.source))]
         else:
             continue

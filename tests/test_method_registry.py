@@ -74,3 +74,42 @@ def test_a_method_module_that_cannot_be_imported_is_one_line(monkeypatch):
     result = runner.invoke(app, ["prune", "--method", "synflow"])
     assert result.exit_code == 2 and "cannot import pruning-method module 'no_such_methods_module'" in result.output
     assert "Traceback" not in result.output
+
+
+plugin_runkind = pytest.importorskip("plugin_runkind")  # tests/plugin_runkind.py registers run kind "untrained"
+
+
+def test_a_plugin_run_kind_makes_runs_through_the_job_path_reruns_sweeps_and_reports(tmp_path):
+    from dataclasses import replace
+
+    from conftest import prune_config
+
+    from edgeprune import kinds, runs
+    from edgeprune.sweep import list_methods
+
+    assert "untrained" in kinds.names() and "untrained" in list_methods()
+    cfg = replace(prune_config({"name": "untrained", "scale": 0.5}), command="untrained")
+    report = jobs.run(cfg, tmp_path / "runs" / "u", progress=False)
+    assert runs.is_finished(tmp_path / "runs" / "u") and report.method == "untrained"
+    config = json.loads((tmp_path / "runs" / "u" / "config.json").read_text())
+    assert (config["command"], config["method"]) == ("untrained", {"name": "untrained", "scale": 0.5})
+    assert json.loads((tmp_path / "runs" / "u" / "report.json").read_text())["options"] == {"scale": 0.5}
+    row, = collect([tmp_path / "runs"])
+    assert (row.method, row.variant, row.sparsity_requested) == ("untrained", "scale 0.5", None)
+    again = runner.invoke(app, ["-q", "rerun", str(tmp_path / "runs" / "u"), "--name", "again", "--runs-dir",
+                                str(tmp_path / "more")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "more" / "again" / "config.json").read_text())["command"] == "untrained"
+
+    spec = {"name": "k", "models": ["conftest:Tiny"], "dense": False,
+            "data": {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 32, "batch_size": 16},
+            "methods": [{"name": "untrained", "scale": [0.5, 2.0]}]}
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(spec))
+    grid = cells(load_spec(tmp_path / "k.yaml"))
+    assert [(c.name, c.cfg.command, c.cfg.method) for c in grid] == [
+        ("conftest_Tiny-untrained-scale=0.5-seed0", "untrained", {"name": "untrained", "scale": 0.5}),
+        ("conftest_Tiny-untrained-scale=2.0-seed0", "untrained", {"name": "untrained", "scale": 2.0})]
+    spec["methods"] = [{"name": "untrained", "scale": 0}]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="scale must be > 0"):
+        cells(load_spec(tmp_path / "k.yaml"))

@@ -132,8 +132,8 @@ TRAINING_OPTIONS = [
 
 # What a run started with --from takes from its source run, not from flags.
 FROM_SOURCE = ("model", "dataset", "data_root", "subset", "test_subset", "batch_size", "download", "epochs", "lr",
-                "momentum", "weight_decay", "schedule", "label_smoothing", "steps_per_epoch", "seed", "num_classes",
-                "in_channels")
+               "momentum", "weight_decay", "schedule", "label_smoothing", "steps_per_epoch", "seed", "num_classes",
+               "in_channels")
 
 
 def training_options(fn):

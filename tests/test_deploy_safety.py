@@ -113,12 +113,12 @@ def test_a_failed_portfolio_overwrite_leaves_the_old_one(world, monkeypatch):
     tmp_path, runs_dir, _ = world
     assert _portfolio(runs_dir, tmp_path / "pf", "--keep-all").exit_code == 0
     before = _tree(tmp_path)
-    from edgeprune import measure
+    from edgeprune import timing
 
     def fail(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(measure, "latency_onnx_interleaved", fail)
+    monkeypatch.setattr(timing, "latency_onnx_interleaved", fail)
     result = _portfolio(runs_dir, tmp_path / "pf", "--overwrite")
     assert result.exit_code != 0
     assert _tree(tmp_path) == before
@@ -188,11 +188,11 @@ def test_a_glob_character_in_a_name_touches_no_other_run(tmp_path):
 
 def _no_work(monkeypatch):
     """Fail the test if any command gets as far as its work."""
-    from edgeprune import measure
+    from edgeprune import timing
     from edgeprune.detection import detector
     from edgeprune.partition import bench
 
-    for module, name in ((measure, "latency_onnx_interleaved"), (detector, "train"), (bench, "run"),
+    for module, name in ((timing, "latency_onnx_interleaved"), (detector, "train"), (bench, "run"),
                          (bench, "source_model")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("worked before checking the output"))
 

@@ -192,9 +192,10 @@ def _build(paths: Sequence[str | Path], out: Path, *, keep_all: bool, batch_size
     """`build` into the folder `out`, already locked and checked free (runs.open_run)."""
     from . import runs as runs_mod
     from .detection.detector import FAMILY
-    from .measure import environment, latency_onnx_interleaved
+    from .measure import environment
     from .report.collect import find
     from .report.plots import pareto_front
+    from .timing import latency_onnx_interleaved
 
     families = [Path(p) for p in paths if (Path(p) / FAMILY).is_file()]
     if families:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_run_safety import _invoke, _tree  # the same CLI runner and file snapshot as the making commands' cases
 
-from edgeprune import runs
+from edgeprune import files, runs
 
 TRAIN = ["-q", "train", "-m", "lenet5", "-d", "synthetic", "-e", "1", "--measure-runs", "2", "-b", "64"]
 DETECT = ["-q", "detect", "train", "--frames", "40", "-e", "1", "--sizes", "64", "--width", "4"]
@@ -243,14 +243,14 @@ def test_run_making_deployment_commands_check_the_runs_dir_first(world, monkeypa
 
 def test_a_full_disk_during_prune_is_one_line_and_leaves_no_finished_run(tmp_path, monkeypatch):
     """The disk fills up while the pruned model is saved: one line, and nothing there looks like a finished run."""
-    real = runs.atomic_write
+    real = files.atomic_write
 
     def full(path, write, binary=True):
         if Path(path).name == runs.MODEL:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, write, binary)
 
-    monkeypatch.setattr(runs, "atomic_write", full)
+    monkeypatch.setattr(files, "atomic_write", full)
     out = _one_line_error(_invoke("-q", "prune", "--method", "magnitude", "--sparsity", "0.5", "-m",
                                   "conftest:small_vgg", "-d", "synthetic", "-e", "1", "--measure-runs", "2",
                                   "-b", "64", "--runs-dir", tmp_path, "--name", "r"))

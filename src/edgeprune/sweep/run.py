@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import jobs, runs
+from .. import files, jobs, runs
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from ..record import EXECUTION_FIELDS
@@ -69,13 +69,13 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address
 
     def save() -> None:
         summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
-        runs.write_json(folder / SWEEP, summary)
+        files.write_json(folder / SWEEP, summary)
 
     task, done = f"sweep {spec.name}", len(todo) - len(run)
     with executors.start(executor, spec.resources, address, connect_timeout, num_cpus) as execute:
         report.update(task, done, len(todo))
         folder.mkdir(parents=True, exist_ok=True)
-        runs.atomic_write(folder / SPEC, lambda f: f.write(text), binary=False)
+        files.atomic_write(folder / SPEC, lambda f: f.write(text), binary=False)
         save()
 
         def record(cell: Cell, result: dict) -> None:
@@ -129,7 +129,7 @@ def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:
     if not (run_dir / runs.CONFIG).is_file():
         return None
     try:
-        old = _plain(jobs.RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG)))
+        old = _plain(jobs.RunConfig.from_dict(files.read_json(run_dir / runs.CONFIG)))
     except EdgePruneError:
         return ["config.json (unreadable)"]
     new = _plain(cfg)
@@ -142,7 +142,7 @@ def _plain(cfg: jobs.RunConfig) -> dict:
 
 def _read_statuses(path: Path) -> dict:
     try:
-        return runs.read_json(path).get("cells", {})
+        return files.read_json(path).get("cells", {})
     except EdgePruneError:
         return {}
 

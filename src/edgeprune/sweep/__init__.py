@@ -27,7 +27,6 @@ A list given for a method option expands the grid; `sparsities` is the list form
 named `<model>-<method>-<options>-<sparsity>-seed<seed>` (e.g. resnet20-reconvene-synflow-width-0.9-seed0).
 With `quantize`, every cell but those of per-level methods (IMP: quantise a level with `edgeprune quantize`)
 gets an INT8 copy `<cell>-int8`, made as `edgeprune quantize` makes it once its cell has finished.
-"
 
 The package: `spec` reads and checks a spec and names its cells; `run` decides what each cell needs (skip, resume,
 redo), runs them in stages and records `sweep.json`; `executors` runs a batch of cells here or as Ray tasks.

@@ -13,7 +13,7 @@ import time
 
 from common import measured, write_results
 
-from edgeprune import budget, data, export, jobs, measure
+from edgeprune import budget, data, export, jobs, measure, timing
 from edgeprune.errors import ConfigError
 from edgeprune.methods.reconvene import ReconveneOptions
 
@@ -25,7 +25,7 @@ def onnx_of(model, shape) -> bytes:
 
 
 def ort_p50(onnx: bytes, shape) -> float:
-    return measure.latency_onnx(onnx, shape, 1, 1, runs=100, warmup=10).p50_ms
+    return timing.latency_onnx(onnx, shape, 1, 1, runs=100, warmup=10).p50_ms
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
                                bundle)
             chosen_onnx = onnx_of(chosen, bundle.input_shape)
             again = ort_p50(chosen_onnx, bundle.input_shape)
-            ratio = measure.latency_ratio_onnx({"chosen": (chosen_onnx, bundle.input_shape),
+            ratio = timing.latency_ratio_onnx({"chosen": (chosen_onnx, bundle.input_shape),
                                                 "dense": (dense_onnx, bundle.input_shape)})  # one pass
             rows.append({"model": model_name, "dense_ms": dense_ms, "fraction": f, "budget_ms": target.value,
                          "found_sparsity": found.sparsity, "search_ms": found.cost, "remeasured_ms": again,

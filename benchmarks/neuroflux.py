@@ -74,7 +74,7 @@ def note(text: str) -> None:
 
 
 def bench(name: str, args, threads: int) -> dict:
-    from edgeprune import data, export, measure, models
+    from edgeprune import data, export, models, timing
     from edgeprune.models.chain import cut
     from edgeprune.neuroflux import memory, plan
     from edgeprune.neuroflux import train as nf
@@ -149,7 +149,7 @@ def bench(name: str, args, threads: int) -> dict:
     # 4. ONNX Runtime batch-32 throughput, both timed round-robin
     onnx = {"exit": (export.to_onnx_bytes(result.model.eval(), shape), shape),
             "full": (export.to_onnx_bytes(bp.eval(), shape), shape)}
-    lat = measure.latency_onnx_interleaved(onnx, batch_size=32, threads=1, rounds=args.rounds, runs=10)
+    lat = timing.latency_onnx_interleaved(onnx, batch_size=32, threads=1, rounds=args.rounds, runs=10)
     out["ort_b32_ms"] = {k: v.p50_ms for k, v in lat.items()}
     out["throughput_x"] = lat["full"].p50_ms / lat["exit"].p50_ms
     out["threads"] = threads

@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune import export, measure, models, structure, surgery
+from edgeprune import export, measure, models, structure, surgery, timing
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import measured, write_results  # noqa: E402
@@ -38,7 +38,7 @@ def conv_pairs() -> list[dict]:
     onnx = {str(c): (export.to_onnx_bytes(nn.Sequential(nn.Conv2d(32, c, 3, padding=1), nn.ReLU(),
                                                         nn.Conv2d(c, 32, 3, padding=1)).eval(), PAIR_SHAPE),
                      PAIR_SHAPE) for c in WIDTHS}
-    lat = measure.latency_onnx_interleaved(onnx, 1, 1, ROUNDS, RUNS)
+    lat = timing.latency_onnx_interleaved(onnx, 1, 1, ROUNDS, RUNS)
     return [{"width": c, "p50_ms": lat[str(c)].p50_ms, "us_per_channel": 1000 * lat[str(c)].p50_ms / c,
              "mod4": c % 4 == 0, "mod8": c % 8 == 0} for c in WIDTHS]
 
@@ -54,7 +54,7 @@ def resnets() -> list[dict]:
             keep = structure.group_keep(m, x, fraction, tp.importance.GroupMagnitudeImportance())
             surgery.materialize(m, keep, x, round_to=round_to)
             variants[f"{fraction:.0%} removed" + (f", round_to {round_to}" if round_to else "")] = m
-    lat = measure.latency_onnx_interleaved({k: (export.to_onnx_bytes(m, RESNET_SHAPE), RESNET_SHAPE)
+    lat = timing.latency_onnx_interleaved({k: (export.to_onnx_bytes(m, RESNET_SHAPE), RESNET_SHAPE)
                                             for k, m in variants.items()}, 1, 1, ROUNDS, RUNS)
     return [{"model": k, "params": measure.count_params(m)[0], "macs": measure.count_macs(m, RESNET_SHAPE)[0],
              "widths": sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)}),

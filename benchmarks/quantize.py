@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import HERE, measured, write_results
 
-from edgeprune import data, export, jobs, measure, quantization, runs
+from edgeprune import data, export, jobs, measure, quantization, runs, timing
 from edgeprune.kinds import quantize as int8_kind
 from edgeprune.methods import registry
 from edgeprune.record import MeasureOptions, read_report
@@ -93,7 +93,7 @@ def measure_model(model: str) -> list[dict]:
                  "bytes": raw, "bytes_gzip": gz, "accuracy_ort": None, "accuracy_torch": None, "quantize_s": None})
     files = {r["run"]: OUT / r["run"] / runs.ONNX for r in rows[:-1]} | {rows[-1]["run"]: signed}
     for key, (batch, threads, rounds, n) in SETTINGS.items():
-        timed = measure.latency_onnx_interleaved({name: (f, shape) for name, f in files.items()}, batch, threads,
+        timed = timing.latency_onnx_interleaved({name: (f, shape) for name, f in files.items()}, batch, threads,
                                                  rounds, n)
         for r in rows:
             r[f"{key}_ms"] = timed[r["run"]].p50_ms
@@ -172,7 +172,7 @@ def formats(repeats: int) -> None:
                                      format=FIXED[0])
         passes = []
         for _ in range(repeats):
-            timed = measure.latency_onnx_interleaved({"auto": (auto, (1, 28, 28)), "fixed": (fixed, (1, 28, 28)),
+            timed = timing.latency_onnx_interleaved({"auto": (auto, (1, 28, 28)), "fixed": (fixed, (1, 28, 28)),
                                                       "fp32": (fp32, (1, 28, 28))}, 1, 1, rounds=10, runs=20)
             passes.append({k: v.p50_ms for k, v in timed.items()} | {"load": os.getloadavg()[0]})
         med = {k: statistics.median(p[k] for p in passes) for k in ("auto", "fixed", "fp32")}

@@ -35,7 +35,8 @@ from edgeprune.detection import roma
 from edgeprune.detection import stream as st
 from edgeprune.detection.detector import runners
 from edgeprune.detection.realtime import Observation, replay, trace
-from edgeprune.measure import environment, latency_onnx_interleaved
+from edgeprune.measure import environment
+from edgeprune.timing import latency_onnx_interleaved
 
 FAMILY = HERE / "runs" / "roma_overhead" / "family"
 BEFORE = "314b5996b20bc4527780c1167cff15444b8e1467"  # the selector as merged with issue 16 (results/roma.md)

@@ -26,7 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune import data, export, jobs, measure, runs, threads
+from edgeprune import data, export, jobs, measure, runs, threads, timing
 from edgeprune.methods import taylor
 from edgeprune.record import MeasureOptions, RunConfig, read_config, read_report
 from edgeprune.scores import taylor as criteria
@@ -88,7 +88,7 @@ def main() -> None:
     if baseline is not None:
         onnx["torch-pruning"] = baseline.pop("onnx")
     shape = bundle.input_shape
-    lat = measure.latency_onnx_interleaved({k: (v, shape) for k, v in onnx.items()}, rounds=10, runs=30)
+    lat = timing.latency_onnx_interleaved({k: (v, shape) for k, v in onnx.items()}, rounds=10, runs=30)
     dense = jobs.load_profile(dense_dir)
     rows = {"dense": {"params": dense.params, "macs": dense.macs, "val_accuracy": steps[0]["val_accuracy"],
                       "test_accuracy": dense.accuracy},

@@ -9,7 +9,7 @@ each in its own subprocess with a time limit and an address-space cap:
   coupled layer removes it);
 - `group`: the same 30 % ranked once per coupled group (`structure.group_keep`, torch-pruning's
   GroupMagnitudeImportance), then `materialize`;
-- `dead`: `structure.remove_dead` after zeroing those same 30 % of rows in every layer; its max_abs_error
+- `dead`: `dead.remove_dead` after zeroing those same 30 % of rows in every layer; its max_abs_error
   against the masked model, over the largest output magnitude, is the exactness of dead-structure removal;
 - `tp`: torch-pruning's `BasePruner` (GroupMagnitudeImportance p=2, pruning_ratio 0.3, the layers producing
   the 1000 logits ignored, `num_heads` for every nn.MultiheadAttention), `step()` once.
@@ -55,7 +55,7 @@ def child(name: str, task: str) -> dict:
     import torchvision
     from torch import nn
 
-    from edgeprune import structure, surgery
+    from edgeprune import dead, structure, surgery
     from edgeprune.measure import PRUNABLE, count_params
 
     traces, build = [], tp.DependencyGraph.build_dependency  # torch-pruning traces made by the task, counted
@@ -98,7 +98,7 @@ def child(name: str, task: str) -> dict:
                     w = layers[n].weight
                     w[[i for i in range(w.shape[0]) if i not in set(kept)]] = 0.0
             state, start = {k: v.clone() for k, v in model.state_dict().items()}, time.perf_counter()
-            model, report = structure.remove_dead(model, x)
+            model, report = dead.remove_dead(model, x)
             row["max_abs_error"] = report.max_abs_error
             if scale > 0:  # torchvision's ViTs start with a zero head: their output is 0, nothing to be relative to
                 row["max_rel_error"] = report.max_abs_error / scale

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune import budget, jobs, measure
+from edgeprune import budget, jobs, measure, timing
 from edgeprune.errors import ConfigError
 from edgeprune.train import TrainConfig
 
@@ -97,14 +97,14 @@ def test_latency_budget_is_measured_on_onnx_runtime(monkeypatch):
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
     calls = []
-    real = measure.latency_onnx
+    real = timing.latency_onnx
 
     def spy(onnx, shape, batch_size, threads, **kw):
         calls.append((onnx, shape, batch_size, threads))
         calls.append(real(onnx, shape, batch_size, threads, **kw))
         return calls[-1]
 
-    monkeypatch.setattr(measure, "latency_onnx", spy)
+    monkeypatch.setattr(timing, "latency_onnx", spy)
     ms = budget.Target("latency", 1.0, batch_size=4, threads=2).cost(model, (1, 4, 4))
     assert len(calls) == 2, "the cost is one ONNX Runtime measurement"
     (onnx, shape, batch_size, threads), timed = calls

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_run_safety import _invoke, _tree  # the same CLI runner and file snapshot as the making commands' cases
 
-from edgeprune import runs
+from edgeprune import files, runs
 
 TRAIN = ["-q", "train", "-m", "lenet5", "-d", "synthetic", "-e", "1", "--measure-runs", "2", "-b", "64"]
 DETECT = ["-q", "detect", "train", "--frames", "40", "-e", "1", "--sizes", "64", "--width", "4"]
@@ -113,12 +113,12 @@ def test_a_failed_portfolio_overwrite_leaves_the_old_one(world, monkeypatch):
     tmp_path, runs_dir, _ = world
     assert _portfolio(runs_dir, tmp_path / "pf", "--keep-all").exit_code == 0
     before = _tree(tmp_path)
-    from edgeprune import measure
+    from edgeprune import timing
 
     def fail(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(measure, "latency_onnx_interleaved", fail)
+    monkeypatch.setattr(timing, "latency_onnx_interleaved", fail)
     result = _portfolio(runs_dir, tmp_path / "pf", "--overwrite")
     assert result.exit_code != 0
     assert _tree(tmp_path) == before
@@ -188,11 +188,11 @@ def test_a_glob_character_in_a_name_touches_no_other_run(tmp_path):
 
 def _no_work(monkeypatch):
     """Fail the test if any command gets as far as its work."""
-    from edgeprune import measure
+    from edgeprune import timing
     from edgeprune.detection import detector
     from edgeprune.partition import bench
 
-    for module, name in ((measure, "latency_onnx_interleaved"), (detector, "train"), (bench, "run"),
+    for module, name in ((timing, "latency_onnx_interleaved"), (detector, "train"), (bench, "run"),
                          (bench, "source_model")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("worked before checking the output"))
 
@@ -243,14 +243,14 @@ def test_run_making_deployment_commands_check_the_runs_dir_first(world, monkeypa
 
 def test_a_full_disk_during_prune_is_one_line_and_leaves_no_finished_run(tmp_path, monkeypatch):
     """The disk fills up while the pruned model is saved: one line, and nothing there looks like a finished run."""
-    real = runs.atomic_write
+    real = files.atomic_write
 
     def full(path, write, binary=True):
         if Path(path).name == runs.MODEL:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, write, binary)
 
-    monkeypatch.setattr(runs, "atomic_write", full)
+    monkeypatch.setattr(files, "atomic_write", full)
     out = _one_line_error(_invoke("-q", "prune", "--method", "magnitude", "--sparsity", "0.5", "-m",
                                   "conftest:small_vgg", "-d", "synthetic", "-e", "1", "--measure-runs", "2",
                                   "-b", "64", "--runs-dir", tmp_path, "--name", "r"))

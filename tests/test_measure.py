@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from edgeprune import measure
+from edgeprune import measure, timing
 from edgeprune.errors import ConfigError
 
 
@@ -35,8 +35,8 @@ def test_effective_macs_weigh_layers_by_density(tiny):
 def test_latency_percentiles_are_ordered(tiny):
     from edgeprune.export import to_onnx_bytes
 
-    t = measure.latency_torch(tiny, (1, 8, 8), batch_size=2, threads=1, runs=7, warmup=1)
-    o = measure.latency_onnx(to_onnx_bytes(tiny, (1, 8, 8)), (1, 8, 8), batch_size=2, runs=7, warmup=1)
+    t = timing.latency_torch(tiny, (1, 8, 8), batch_size=2, threads=1, runs=7, warmup=1)
+    o = timing.latency_onnx(to_onnx_bytes(tiny, (1, 8, 8)), (1, 8, 8), batch_size=2, runs=7, warmup=1)
     for lat, rt in ((t, "torch"), (o, "onnxruntime")):
         assert lat.runtime == rt and lat.runs == 7 and lat.threads == 1 and lat.batch_size == 2
         assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms
@@ -49,7 +49,7 @@ def test_interleaved_latency_times_every_model_every_round(tiny, tmp_path):
     wide = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
     (tmp_path / "wide.onnx").write_bytes(to_onnx_bytes(wide, (1, 32, 32)))
     rounds = []
-    got = measure.latency_onnx_interleaved({"small": (small, (1, 8, 8)), "wide": (tmp_path / "wide.onnx", (1, 32, 32))},
+    got = timing.latency_onnx_interleaved({"small": (small, (1, 8, 8)), "wide": (tmp_path / "wide.onnx", (1, 32, 32))},
                                            batch_size=2, threads=1, rounds=3, runs=4, warmup=1,
                                            progress=lambda done, total: rounds.append((done, total)))
     assert rounds == [(1, 3), (2, 3), (3, 3)]
@@ -58,7 +58,7 @@ def test_interleaved_latency_times_every_model_every_round(tiny, tmp_path):
         assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms
     assert got["wide"].p50_ms > got["small"].p50_ms  # 64-channel convs at 32×32 vs a few hundred MACs
     with pytest.raises(ConfigError, match="rounds >= 1, got 0"):
-        measure.latency_onnx_interleaved({"small": (small, (1, 8, 8))}, rounds=0)
+        timing.latency_onnx_interleaved({"small": (small, (1, 8, 8))}, rounds=0)
 
 
 def test_interleaved_latency_lets_spinning_threads_settle_only_with_several_threads(tiny, monkeypatch):
@@ -66,29 +66,29 @@ def test_interleaved_latency_lets_spinning_threads_settle_only_with_several_thre
 
     onnx = to_onnx_bytes(tiny, (1, 8, 8))
     pauses = []
-    monkeypatch.setattr(measure.time, "sleep", pauses.append)
+    monkeypatch.setattr(timing.time, "sleep", pauses.append)
     two = {"a": (onnx, (1, 8, 8)), "b": (onnx, (1, 8, 8))}
-    measure.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0)
-    assert pauses == [measure.SETTLE_S] * 6  # before every model's block in every round
+    timing.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0)
+    assert pauses == [timing.SETTLE_S] * 6  # before every model's block in every round
     pauses.clear()
-    measure.latency_onnx_interleaved(two, threads=1, rounds=3, runs=2, warmup=0)
-    measure.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0, settle_s=0)
+    timing.latency_onnx_interleaved(two, threads=1, rounds=3, runs=2, warmup=0)
+    timing.latency_onnx_interleaved(two, threads=2, rounds=3, runs=2, warmup=0, settle_s=0)
     assert pauses == []  # one thread: no worker threads to wait for; settle_s=0 turns it off
     with pytest.raises(ConfigError, match="settle_s must be >= 0 seconds, got -1"):
-        measure.latency_onnx_interleaved(two, threads=2, settle_s=-1)
+        timing.latency_onnx_interleaved(two, threads=2, settle_s=-1)
 
 
 def test_latency_ratio_is_first_over_second_and_takes_exactly_two(tiny, monkeypatch):
     from edgeprune.export import to_onnx_bytes
 
     onnx = to_onnx_bytes(tiny, (1, 8, 8))
-    fake = {"x": measure.Latency("onnxruntime", 1, 1, 3.0, 3.0, 3.0, 3.0, 1, 0),
-            "y": measure.Latency("onnxruntime", 1, 1, 2.0, 2.0, 2.0, 2.0, 1, 0)}
-    monkeypatch.setattr(measure, "latency_onnx_interleaved", lambda pair, *a: {n: fake[n] for n in pair})
-    assert measure.latency_ratio_onnx({"x": (onnx, (1, 8, 8)), "y": (onnx, (1, 8, 8))}) == pytest.approx(1.5)
-    assert measure.latency_ratio_onnx({"y": (onnx, (1, 8, 8)), "x": (onnx, (1, 8, 8))}) == pytest.approx(2 / 3)
+    fake = {"x": timing.Latency("onnxruntime", 1, 1, 3.0, 3.0, 3.0, 3.0, 1, 0),
+            "y": timing.Latency("onnxruntime", 1, 1, 2.0, 2.0, 2.0, 2.0, 1, 0)}
+    monkeypatch.setattr(timing, "latency_onnx_interleaved", lambda pair, *a: {n: fake[n] for n in pair})
+    assert timing.latency_ratio_onnx({"x": (onnx, (1, 8, 8)), "y": (onnx, (1, 8, 8))}) == pytest.approx(1.5)
+    assert timing.latency_ratio_onnx({"y": (onnx, (1, 8, 8)), "x": (onnx, (1, 8, 8))}) == pytest.approx(2 / 3)
     with pytest.raises(ConfigError, match="compares two models, got 1"):
-        measure.latency_ratio_onnx({"x": (onnx, (1, 8, 8))})
+        timing.latency_ratio_onnx({"x": (onnx, (1, 8, 8))})
 
 
 def test_profile_round_trips_through_json(tiny):

@@ -5,8 +5,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from edgeprune import export, models, structure, surgery
+from edgeprune.dead import dead_channels, remove_dead
 from edgeprune.measure import count_params
-from edgeprune.structure import dead_channels, remove_dead
 
 X = torch.randn(1, 3, 32, 32)
 

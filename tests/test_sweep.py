@@ -9,6 +9,7 @@ import yaml
 
 from edgeprune import sweep
 from edgeprune.errors import ConfigError
+from edgeprune.sweep import run as sweep_run
 
 DATA = {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 3, "size": 32, "batch_size": 16}
 RUN_FILES = {"config.json", "model.pt", "model.onnx", "report.json", "log.jsonl"}
@@ -121,7 +122,7 @@ def test_quantize_skips_per_level_methods_and_waits_for_the_run_it_copies(tmp_pa
     spec = sweep.load_spec(_spec(tmp_path, quantize="int8", methods=[
         {"name": "imp", "levels": 2, "fraction": 0.5}, {"name": "taylor", "max_drop": 1.0}]))
     cells = sweep.cells(spec)
-    stages = sweep._stages(cells)
+    stages = sweep_run._stages(cells)
     assert {c.name: stages[c.name] for c in cells} == {
         "conftest_Tiny-dense-seed0": 0, "conftest_Tiny-imp-fraction=0.5-levels=2-seed0": 0,
         "conftest_Tiny-taylor-max_drop=1.0-seed0": 1, "conftest_Tiny-dense-seed0-int8": 1,

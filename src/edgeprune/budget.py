@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from . import export, measure
+from . import export, measure, timing
 from .errors import ConfigError
 
 METRICS = {"latency": "ms", "size": "MiB", "macs": "MACs", "params": "parameters"}
@@ -49,7 +49,7 @@ class Target:
         return float(measure.count_macs(model, input_shape)[0])
 
     def latency(self, onnx: bytes, input_shape: tuple[int, ...], runs: int = PROBE_RUNS) -> float:
-        return measure.latency_onnx(onnx, input_shape, self.batch_size, self.threads, runs=runs, warmup=10).p50_ms
+        return timing.latency_onnx(onnx, input_shape, self.batch_size, self.threads, runs=runs, warmup=10).p50_ms
 
     def describe(self, value: float | None = None) -> str:
         v = self.value if value is None else value

@@ -8,7 +8,7 @@ removes the lowest-scored channels of the whole model (`structure.take_lowest`) 
 target asks.
 Those per-channel costs are linear (a layer losing inputs and outputs at once is counted twice), so the budget
 that lands is bisected on the exact count of what a choice keeps (`kept_cost`); the cut itself: masks zero the
-chosen channels' weights and `structure.remove_dead` removes them, their constant outputs folded into the next
+chosen channels' weights and `dead.remove_dead` removes them, their constant outputs folded into the next
 layers.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import masks, measure, structure
+from . import dead, masks, measure, structure
 from .errors import ConfigError
 
 IMPORTANCES = ("taylor", "bn_scale", "magnitude")
@@ -116,7 +116,7 @@ class Channels:
     def cut(self, model: nn.Module, removed: Sequence[set[int]]) -> nn.Module:
         """Zero the removed channels of `model` (this model or a copy of it): masks on the rows of every coupled
         conv and linear layer (`masks.apply` combines them with those in force), and the scale and shift of every
-        coupled norm layer, so that each channel outputs exactly 0 and `structure.remove_dead` removes it
+        coupled norm layer, so that each channel outputs exactly 0 and `dead.remove_dead` removes it
         exactly (a constant would be folded only approximately next to zero-padded borders)."""
         order = {id(m): n for n, m in self.model.named_modules()}
         chosen = {}
@@ -187,13 +187,13 @@ class Channels:
              ) -> tuple[list[set[int]], nn.Module, dict]:
         """The channels to remove so that the physically smaller model's cost is closest to dense / `target`
         (channels go in `round_to` quanta), `removed` among them: chosen by score at the budget `budget_for`
-        finds, checked on a copy through `structure.remove_dead`. Returns the choice, the smaller copy and what
+        finds, checked on a copy through `dead.remove_dead`. Returns the choice, the smaller copy and what
         was measured."""
         self.rescore(removed)
         budget = self.budget_for(target)
         choice = self.choose(budget)
         trial = self.cut(masks.baked_copy(self.model).cpu(), choice)
-        small, report = structure.remove_dead(trial, self.x)
+        small, report = dead.remove_dead(trial, self.x)
         got = cost_of(small, self.input_shape, self.cost)
         return choice, small, {"dense": self.dense, "goal": self.dense / target, "counted": self.kept_cost(choice),
                                "cost": got, "ratio": self.dense / got, "target": target, "budget": budget,

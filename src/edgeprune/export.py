@@ -23,8 +23,8 @@ from torch import nn
 
 from . import masks as masks_mod
 from .errors import CheckpointError, ExportError
+from .files import atomic_write, torch_load, torch_save
 from .ort import ort_session
-from .runs import atomic_write, torch_load, torch_save
 
 FORMAT = "edgeprune.model/1"
 

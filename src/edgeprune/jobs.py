@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import budget, data, export, kinds, masks, runs
+from . import budget, data, export, files, kinds, masks, runs
 from .errors import ConfigError
 from .lifecycle import (  # noqa: F401  (public: jobs.build, jobs.load ...)
     build,
@@ -170,7 +170,7 @@ def _pruned(cfg: RunConfig, method: registry.Method, opts, target: budget.Target
     if rf.mode == "resume" and saved.is_file():
         pruned, extra = export.load(saved)
         if (rf.path / runs.MASKS).is_file():
-            masks.apply(pruned, runs.torch_load(rf.path / runs.MASKS, "masks"))
+            masks.apply(pruned, files.torch_load(rf.path / runs.MASKS, "masks"))
         return pruned, extra["pruning"]
     searched = search_budget(cfg, method, opts, bundle, target, progress) if target is not None else None
     if searched is not None:
@@ -198,8 +198,8 @@ def _pruner(cfg: RunConfig, method: registry.Method, opts, model: nn.Module, bun
     pruner = method.entry(opts, cfg.train, bundle.train, bundle.input_shape, save, progress)
     checkpoint = rf.path / runs.CHECKPOINT
     if checkpoint.is_file():
-        if any(n.endswith("_orig") for n in runs.torch_load(checkpoint, "checkpoint").get("param_names", ())):
-            masks.apply(model, runs.torch_load(rf.path / runs.MASKS, "masks"))
+        if any(n.endswith("_orig") for n in files.torch_load(checkpoint, "checkpoint").get("param_names", ())):
+            masks.apply(model, files.torch_load(rf.path / runs.MASKS, "masks"))
         if saved.is_file():
             pruner.info = export.load(saved)[1]["pruning"]
     else:

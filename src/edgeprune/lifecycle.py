@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data, export, masks, measure, models, runs, threads
+from . import data, export, files, masks, measure, models, runs, threads, timing
 from .errors import ConfigError
 from .methods import registry
 from .record import EXECUTION_FIELDS, RunConfig, RunReport, read_config, read_report
@@ -52,7 +52,7 @@ def finish(model: nn.Module, bundle: data.DataBundle, cfg: RunConfig, run_dir: P
     export.save_model(model, run_dir / runs.MODEL, extra=extra)
     save_masks(model, run_dir)
     onnx_bytes = export.to_onnx_bytes(model, bundle.input_shape)
-    runs.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
+    files.atomic_write(run_dir / runs.ONNX, lambda f: f.write(onnx_bytes))
     real = None if bundle.synthetic else bundle.test
     prof = measure.profile(
         model, bundle.input_shape, **asdict(cfg.measure), loader=real, data_name=bundle.name,
@@ -72,7 +72,7 @@ def save_masks(model: nn.Module, run_dir: Path) -> None:
     kept = {f"{name}.{p}" if name else p: getattr(m, f"{p}_mask").bool()
             for name, m, p in masks.masked_modules(model)}
     if kept:
-        runs.torch_save(run_dir / runs.MASKS, kept)
+        files.torch_save(run_dir / runs.MASKS, kept)
 
 
 def run_folder(cfg: RunConfig, run_dir: str | Path, overwrite: bool, resume: bool):
@@ -155,5 +155,5 @@ def speedup_now(source: Path, run_dir: Path, input_shape: tuple[int, ...]) -> fl
     was taken when it finished, under another load. None where the source has no model.onnx."""
     if not (source / runs.ONNX).is_file():
         return None
-    return measure.latency_ratio_onnx({"source": (source / runs.ONNX, input_shape),
+    return timing.latency_ratio_onnx({"source": (source / runs.ONNX, input_shape),
                                        "shrunk": (run_dir / runs.ONNX, input_shape)})

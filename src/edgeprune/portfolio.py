@@ -190,11 +190,13 @@ def _build(paths: Sequence[str | Path], out: Path, *, keep_all: bool, batch_size
            runs: int, progress: Callable[[int, int], None] | None, profile: str | Path | None,
            warn: Callable[[str], None] | None) -> Manifest:
     """`build` into the folder `out`, already locked and checked free (runs.open_run)."""
+    from . import files as files_mod
     from . import runs as runs_mod
     from .detection.detector import FAMILY
-    from .measure import environment, latency_onnx_interleaved
+    from .measure import environment
     from .report.collect import find
     from .report.plots import pareto_front
+    from .timing import latency_onnx_interleaved
 
     families = [Path(p) for p in paths if (Path(p) / FAMILY).is_file()]
     if families:
@@ -263,7 +265,7 @@ def _build(paths: Sequence[str | Path], out: Path, *, keep_all: bool, batch_size
         data=first.data, input_name=name, input_shape=shape, datatype=dtype, classes=classes, batch_size=batch_size,
         threads=threads, variants=sorted(variants, key=lambda v: v.p50_ms), dropped=dropped,
         timing={"rounds": rounds, "runs": runs, "interleaved": True}, environment=environment())
-    runs_mod.write_json(out / MANIFEST, manifest.to_dict())
+    files_mod.write_json(out / MANIFEST, manifest.to_dict())
     return manifest
 
 
@@ -272,6 +274,7 @@ def build_detectors(families: Sequence[Path], profile: str | Path | None, out: P
     """The portfolio in `out` (locked and checked free by the caller) of every member of the detector `families`
     (one class set, members named apart), with the ROMA `profile` measured on exactly those detectors (from
     another machine: rescaled by a ratio measured now, `warn` told; see detection.profile.load)."""
+    from . import files as files_mod
     from . import runs as runs_mod
     from .detection import profile as prof
     from .detection.detector import runners
@@ -307,7 +310,7 @@ def build_detectors(families: Sequence[Path], profile: str | Path | None, out: P
         environment=environment(), task="detect",
         detection={"canvas": CANVAS, "class_ids": p.classes, "input_sizes": {d.name: d.input_size for d in detectors},
                    "profile": p.to_dict()})
-    runs_mod.write_json(out / MANIFEST, manifest.to_dict())
+    files_mod.write_json(out / MANIFEST, manifest.to_dict())
     return manifest
 
 

@@ -1,9 +1,9 @@
 """INT8 by ONNX Runtime's quantisation tools, with the format chosen on this machine.
 
 `quantize` makes the candidate formats (QDQ U8S8 and S8S8, QOperator U8S8; per-tensor and per-channel weights)
-from one calibration, times them here (batch 1, 1 thread, interleaved; `measure.latency_onnx_interleaved`) and keeps
+from one calibration, times them here (batch 1, 1 thread, interleaved; `timing.latency_onnx_interleaved`) and keeps
 the fastest whose top-1 agreement with fp32 on the calibration images is within `AGREEMENT_TOLERANCE` of the best,
-recording the choice, every candidate and the CPU's integer-kernel features. It sits above `measure` (it times) and
+recording the choice, every candidate and the CPU's integer-kernel features. It sits above `timing` (it times) and
 `export` (which keeps what every layer needs to know of an INT8 graph: `precision_of`).
 """
 
@@ -21,8 +21,8 @@ import torch
 
 from .errors import ExportError
 from .export import QUANT_MODES, silenced_stdout
-from .measure import latency_onnx_interleaved
 from .ort import ort_session
+from .timing import latency_onnx_interleaved
 
 QUANT_FORMATS = ("auto", "qdq", "qoperator")
 # The candidates `format="auto"` measures: (format, activations, per-channel weights). QOperator with signed

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__, measure, runs, threads
+from . import __version__, files, measure, runs, threads
 from .checks import check_types
 from .errors import CheckpointError, ConfigError
 from .measure import Profile
@@ -88,11 +88,11 @@ class RunConfig:
 
 def read_config(path: str | Path) -> RunConfig:
     """The RunConfig saved at `path` (a config.json)."""
-    return RunConfig.from_dict(runs.read_json(path), where=str(path))
+    return RunConfig.from_dict(files.read_json(path), where=str(path))
 
 
 def write_config(path: str | Path, cfg: RunConfig) -> Path:
-    return runs.write_json(path, cfg.to_dict())
+    return files.write_json(path, cfg.to_dict())
 
 
 @dataclass
@@ -165,8 +165,8 @@ def read_report(path: str | Path) -> RunReport:
     """The RunReport at `path` (a report.json, or the run folder holding it)."""
     path = Path(path)
     path = path / runs.REPORT if path.is_dir() else path
-    return RunReport.from_dict(runs.read_json(path), where=str(path))
+    return RunReport.from_dict(files.read_json(path), where=str(path))
 
 
 def write_report(path: str | Path, report: RunReport) -> Path:
-    return runs.write_json(path, report.to_dict())
+    return files.write_json(path, report.to_dict())

@@ -2,7 +2,8 @@
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written artifact. An existing run is never overwritten
-unless the caller asks for it.
+unless the caller asks for it (`files.py` writes each file so; this module names, checks, locks and stages the
+folders).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
-import io
 import json
 import os
 import shutil
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import formats
 from .errors import CheckpointError, ConfigError, RunBusyError, RunExistsError, RunFinished, RunWriteError
+from .files import jsonable, read_json, write_json
 
 CONFIG = "config.json"
 MODEL = "model.pt"
@@ -39,68 +38,10 @@ CHECKPOINT = "checkpoint.pt"
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
-    """Call `write(fileobj)` on a temporary file beside `path`, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved artifact gets the user's usual mode
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=_jsonable), binary=False)
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist; is {path.parent} an edgeprune run folder?") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
-
-
-def torch_save(path: str | Path, obj: Any) -> Path:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
-
-
-def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
-    """Load a torch file saved by edgeprune (tensors and plain containers only, never pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated/corrupt zip archives
-        raise CheckpointError(
-            f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "re-create it, or resume from an earlier copy"
-        ) from None
-
-
 def append_log(run_dir: str | Path, record: dict) -> None:
     """Append one JSON line; a line is small enough that an interrupt loses at most that line."""
     with open(Path(run_dir) / LOG, "a") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
+        f.write(json.dumps(record, default=jsonable) + "\n")
 
 
 NAME_HELP = "a run name is one folder name inside --runs-dir, e.g. 'resnet20-synflow-90'"
@@ -325,7 +266,7 @@ def open_run(run_dir: str | Path, config: Any, *, overwrite: bool = False, resum
 
 def _prepare(final: Path, config: Any, *, overwrite: bool, resume: bool,
              compare: Callable[[dict, dict], list[str]] | None, kind: str = "run", option: str = "--name") -> RunFolder:
-    new = json.loads(json.dumps(config, default=_jsonable))
+    new = json.loads(json.dumps(config, default=jsonable))
     if resume:
         if not (final / CONFIG).is_file():
             raise CheckpointError(f"cannot resume: {final} holds no started run ({CONFIG} is missing); "
@@ -413,14 +354,3 @@ def _clean_strays(final: Path) -> None:
         for tmp in final.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, tuple | set):
-        return list(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

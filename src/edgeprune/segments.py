@@ -308,7 +308,7 @@ def _declare(model: onnx.ModelProto, probed: dict[str, np.ndarray]) -> None:
 
 def save(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write a block (or any model under 2 GB) atomically."""
-    from .runs import atomic_write
+    from .files import atomic_write
 
     data = model.SerializeToString()
     return atomic_write(path, lambda f: f.write(data))

@@ -18,7 +18,7 @@ from . import zoo_ops
 from .errors import UnsupportedModelError
 
 # Layers that pass a channel on without mixing it with others. A constant cannot be folded through anything
-# else (structure.remove_dead); a failed check names the others in the group (attention, pooling over channels).
+# else (dead.remove_dead); a failed check names the others in the group (attention, pooling over channels).
 CHANNELWISE = {
     OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.BN, OPTYPE.DEPTHWISE_CONV, OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
     OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.SLICE, OPTYPE.PRELU, OPTYPE.IN, OPTYPE.UNBIND, OPTYPE.EXPAND,

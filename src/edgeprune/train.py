@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, EdgePruneError
+from .files import torch_load, torch_save
 from .progress import Reporter, reporter
-from .runs import CHECKPOINT, append_log, torch_load, torch_save
+from .runs import CHECKPOINT, append_log
 
 SCHEDULES = ("cosine", "step", "constant")
 

@@ -48,11 +48,11 @@ def test_shrink_makes_a_smaller_equivalent_run_and_leaves_the_source(tmp_path):
 
 
 def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch):
-    from edgeprune import measure
+    from edgeprune import timing
 
     source = _sparse_run(tmp_path, {"name": "magnitude", "sparsity": 0.97})
     timed = []
-    real = measure.latency_onnx_interleaved
+    real = timing.latency_onnx_interleaved
 
     def spy(models, *args, **kwargs):
         timed.append({name: path for name, (path, _) in models.items()})
@@ -60,7 +60,7 @@ def test_shrink_times_source_and_shrunk_model_side_by_side(tmp_path, monkeypatch
         timed.append(got)
         return got
 
-    monkeypatch.setattr(measure, "latency_onnx_interleaved", spy)
+    monkeypatch.setattr(timing, "latency_onnx_interleaved", spy)
     report = jobs.run(shrink.config(source), tmp_path / "small", progress=False)
     assert timed[0] == {"source": source / "model.onnx", "shrunk": tmp_path / "small" / "model.onnx"}
     v = report.vs_source

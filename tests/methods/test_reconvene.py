@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune import export, jobs, models, structure
+from edgeprune import export, jobs, models
+from edgeprune.dead import dead_channels
 from edgeprune.errors import ConfigError
 from edgeprune.methods.pai import prune_at_init
 from edgeprune.methods.reconvene import ReconveneOptions, reconvene
@@ -66,7 +67,7 @@ def test_dead_conversion_removes_exactly_the_empty_channels():
     opts = ReconveneOptions(criterion="magnitude", sparsity=0.98, conversion="dead")
     reference = _small()
     prune_at_init(reference, opts.pai(), None, SHAPE, progress=False)
-    dead = structure.dead_channels(reference)
+    dead = dead_channels(reference)
     model = _small()
     info = reconvene(model, opts, None, SHAPE, progress=False)
     assert any(g["width_after"] < g["width_before"] for g in info["groups"])

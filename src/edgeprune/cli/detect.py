@@ -142,7 +142,8 @@ def run(
     from ..detection.detector import runners
     from ..detection.realtime import trace
     from ..errors import ConfigError
-    from ..runs import check_output_file, write_json
+    from ..files import write_json
+    from ..runs import check_output_file
 
     check_output_file(json_out, "--json")
     _seed(seed)

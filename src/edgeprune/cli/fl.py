@@ -49,7 +49,8 @@ def run_cmd(
 
     from .. import reaper
     from ..federated.spec import check as check_spec
-    from ..runs import check_output_file, write_json
+    from ..files import write_json
+    from ..runs import check_output_file
 
     reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # what a killed run left
     check_output_file(out, "--out")

@@ -81,8 +81,9 @@ def bench_cmd(
     from .. import reaper
     from ..checks import name as plain_name
     from ..checks import number
+    from ..files import write_json
     from ..partition import bench
-    from ..runs import check_writable, write_json
+    from ..runs import check_writable
 
     plain_name(tier, "--tier")
     number(warmup, "--warmup", at_least=0, integer=True)
@@ -140,8 +141,9 @@ def plan_cmd(
     --target-latency 40[/]
     """
     from ..checks import number
+    from ..files import write_json
     from ..partition import bench, plan
-    from ..runs import check_output_file, write_json
+    from ..runs import check_output_file
 
     check_output_file(out, "--out")
     if plot is not None:
@@ -223,8 +225,9 @@ def run_cmd(
     Example: [bold]edgeprune partition run tv:vgg16 --plan plan.json --rank 1[/]
     """
     from .. import reaper
+    from ..files import write_json
     from ..partition import bench, offload, records
-    from ..runs import check_output_file, write_json
+    from ..runs import check_output_file
 
     reaper.reap_and_say(lambda m: console.print(f"[yellow]{m}[/]"))  # what a killed run left
     if not plan_file.is_file():

@@ -58,8 +58,9 @@ def measure_cmd(
     Example: [bold]edgeprune measure runs/demo -b 1 -b 32 -t 1 -t 2[/]
     """
     from .. import saved
+    from ..files import write_json
     from ..report import profile_table
-    from ..runs import check_output_file, write_json
+    from ..runs import check_output_file
 
     check_output_file(json_out, "--json")
     prof = saved.profile(path, batch_sizes=batch_size or [1], threads=threads or [1], timed_runs=runs,

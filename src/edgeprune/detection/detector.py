@@ -170,7 +170,7 @@ def save_family(model, sizes: Sequence[int], folder: str | Path, extra: dict) ->
     import copy
 
     from ..export import save_model, to_onnx
-    from ..runs import write_json
+    from ..files import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

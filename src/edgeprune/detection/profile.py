@@ -132,7 +132,7 @@ def measure(detectors: Sequence, stream: Stream, size_bins: Sequence[float] = SI
 
 
 def save(profile: Profile, path: str | Path) -> None:
-    from ..runs import write_json
+    from ..files import write_json
 
     write_json(Path(path), json.loads(json.dumps(profile.to_dict(), allow_nan=True)))
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from .. import data, export, measure, quantization, runs
+from .. import data, export, files, measure, quantization, runs
 from ..errors import ConfigError
 from ..lifecycle import (
     data_fields,
@@ -82,7 +82,7 @@ def quantize(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, re
         # --per-channel insists on it; without it the format is chosen (quantization.quantize: timed on this machine)
         int8, chosen = quantization.quantize(source / runs.ONNX, q["mode"], calibration, q["per_channel"] or None)
         seconds = time.perf_counter() - t0
-        runs.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
+        files.atomic_write(rf.path / runs.ONNX, lambda f: f.write(int8))
         m = cfg.measure
         # parameters, MACs and the fp32 state_dict sizes stay the source's (the weights it was quantised from);
         # what ships, and so what is measured again, is the INT8 model.onnx

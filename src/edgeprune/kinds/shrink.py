@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data, masks, measure, runs
+from .. import data, files, masks, measure, runs
 from ..errors import ConfigError
 from ..lifecycle import (
     finish,
@@ -54,7 +54,7 @@ def shrink(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resu
     if resume:
         raise ConfigError("shrink has nothing to resume (it takes seconds); run it again with --overwrite")
     model, extra = load(source)
-    masks.apply(model, runs.torch_load(source / runs.MASKS, "masks"))
+    masks.apply(model, files.torch_load(source / runs.MASKS, "masks"))
     bundle = data.loaders(**cfg.data)
     with thread_policy(cfg, run_dir, resume) as cfg, run_folder(cfg, run_dir, overwrite, resume) as rf:
         small, info = dnnshifter.shrink(model, tuple(extra["input_shape"]), **{

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import masks, runs, scores
+from .. import files, masks, runs, scores
 from ..errors import ConfigError
 from ..progress import Prefixed, Reporter
 from ..record import RunReport, read_report
@@ -78,7 +78,7 @@ class _Snapshot(Callback):
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         if step == self.at:
-            runs.torch_save(self.path, weights_state(model))
+            files.torch_save(self.path, weights_state(model))
 
 
 def level_dir(run_dir: Path, level: int) -> Path:
@@ -106,7 +106,7 @@ def run(
     names = list(masks.prunable(model, opts.include, opts.exclude))
     rewind_path = run_dir / REWIND
     if opts.rewind_iter == 0 and not rewind_path.exists():
-        runs.torch_save(rewind_path, weights_state(model))
+        files.torch_save(rewind_path, weights_state(model))
     steps = len(train_loader) if train_cfg.steps_per_epoch is None else min(len(train_loader),
                                                                               train_cfg.steps_per_epoch)
     if opts.rewind_iter > train_cfg.epochs * steps:
@@ -126,7 +126,7 @@ def run(
                 alive=masks.current(model, names),
             )
             masks.apply(model, keep)
-            rewind(model, runs.torch_load(rewind_path, "rewind weights"))
+            rewind(model, files.torch_load(rewind_path, "rewind weights"))
         out.mkdir(parents=True, exist_ok=True)
         callbacks = [_Snapshot(opts.rewind_iter, rewind_path)] if level == 0 and opts.rewind_iter > 0 else []
         hist = fit(model, train_loader, train_cfg, run_dir=out, resume=(out / runs.CHECKPOINT).exists(),
@@ -140,5 +140,5 @@ def run(
 
 def _load_level(model: nn.Module, out: Path) -> None:
     if (out / runs.MASKS).exists():  # level 0 is dense
-        masks.apply(model, runs.torch_load(out / runs.MASKS, "masks"))
-    rewind(model, runs.torch_load(out / runs.MODEL, "model file")["state_dict"])
+        masks.apply(model, files.torch_load(out / runs.MASKS, "masks"))
+    rewind(model, files.torch_load(out / runs.MODEL, "model file")["state_dict"])

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import masks, structure, surgery
+from ..dead import dead_channels
 from ..errors import ConfigError
 from ..progress import Reporter
 from .pai import PaIOptions, make_scorer, prune_at_init
@@ -121,7 +122,7 @@ def reconvene(
                 continue
             kept = structure.density_to_width(cs, 1 - sparsity[tuple(g)], opts.width_rule)
         else:
-            dead = torch.stack([structure.dead_channels(model)[n] for n in g]).all(0)
+            dead = torch.stack([dead_channels(model)[n] for n in g]).all(0)
             kept = (~dead).nonzero().flatten().tolist() or [0]
         keep.update({n: kept for n in g})
 

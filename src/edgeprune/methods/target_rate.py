@@ -15,7 +15,7 @@ decay; AGP: channel masks along the cubic schedule (by the L2 norm). The target 
 model: its conv/linear weights (`--target-compression`) or its MACs (`--macs-compression`), landed by bisecting the
 choice's budget on an exact count of what it keeps; widths stay multiples of `--round-to`, so the landing is as
 close as those quanta allow. The cut zeroes the chosen channels (weights masked, norm scale and shift 0) and
-`structure.remove_dead` removes them after training: the smaller model computes what the masked one did.
+`dead.remove_dead` removes them after training: the smaller model computes what the masked one did.
 
 GSM's decay must fit the run's length: the paper trains hundreds of epochs with a small decay, and a weight left
 outside the top Q shrinks by about exp(−decay · Σ_t lr_t / (1 − momentum)) over the run. A fixed 1e-3 over 2 epochs
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import channels, masks, scores, structure
+from .. import channels, dead, masks, scores
 from ..errors import ConfigError
 from ..progress import Reporter
 from ..train import Callback, TrainConfig, lr_factor, steps_per_epoch
@@ -214,12 +214,12 @@ class Trainer(Callback):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """After training: the structured variant's model, physically smaller (its cut channels removed by
-        `structure.remove_dead`, their outputs being 0: the same function as the masked model), the one the final
+        `dead.remove_dead`, their outputs being 0: the same function as the masked model), the one the final
         cut's landing already made where this run made the cut; else `model` itself."""
         if not self.opts.structured:
             return model
         if self.small is None:  # resumed after the cut: remove it from the masked model
-            self.small, report = structure.remove_dead(model, torch.zeros(1, *self.input_shape))
+            self.small, report = dead.remove_dead(model, torch.zeros(1, *self.input_shape))
             self.info["structured"]["max_abs_error"] = report.max_abs_error
         return self.small.to(next(model.parameters()).device)
 

@@ -34,7 +34,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .. import export, measure, runs, structure, surgery
+from .. import export, measure, runs, structure, surgery, timing
 from ..budget import Target
 from ..data import DataBundle
 from ..errors import ConfigError, unknown_name
@@ -177,7 +177,7 @@ def _measure(model: nn.Module, bundle: DataBundle, shape: tuple[int, ...], runs:
     model.cpu()
     onnx = export.to_onnx_bytes(model, shape, check=False)
     return {"params": measure.count_params(model)[0], "macs": measure.count_macs(model, shape)[0],
-            "ort_b1_ms": measure.latency_onnx(onnx, shape, 1, 1, runs=runs).p50_ms,
+            "ort_b1_ms": timing.latency_onnx(onnx, shape, 1, 1, runs=runs).p50_ms,
             "val_accuracy": evaluate(model, bundle.val, device=device)["accuracy"]}
 
 

@@ -30,10 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError, ConfigError, EdgePruneError
+from ..files import torch_load, torch_save, write_json
 from ..models import ModelSpec
 from ..models.chain import EXIT_MODEL, AuxHead, Chain, ExitModel, cut
 from ..progress import Reporter, reporter
-from ..runs import CHECKPOINT, torch_load, torch_save, write_json
+from ..runs import CHECKPOINT
 from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
 from .step import local_step

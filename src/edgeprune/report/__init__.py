@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .. import runs
+from .. import files
 from ..errors import ConfigError
 from ..progress import Reporter
 from . import html, sections, tables
@@ -64,7 +64,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edg
     intro = sections.intro(rows, unfinished, timing)
 
     def text(name: str, s: str) -> Path:
-        return runs.atomic_write(out / name, lambda f: f.write(s), binary=False)
+        return files.atomic_write(out / name, lambda f: f.write(s), binary=False)
 
     written = {"csv": text("results.csv", tables.results_csv(rows)),
                "md": text("results.md", tables.markdown(title, parts, intro))}
@@ -73,6 +73,6 @@ def write_report(paths: Sequence[str | Path], out: str | Path, title: str = "edg
         written["pairs"] = text("pairs.csv", tables.pairs_csv(all_pairs))
     for s in parts:
         for p in s.plots:
-            written[Path(p.file).stem] = runs.atomic_write(out / p.file, lambda f, b=p.png: f.write(b))
+            written[Path(p.file).stem] = files.atomic_write(out / p.file, lambda f, b=p.png: f.write(b))
     written["html"] = text("report.html", html.page(title, parts, intro))
     return written

@@ -17,7 +17,7 @@ from .collect import RunRow
 @dataclass
 class Retime:
     """Re-measure the ONNX Runtime latency of every collected run round-robin in one pass (see
-    measure.latency_onnx_interleaved), so that ratios between runs are taken under the same conditions
+    timing.latency_onnx_interleaved), so that ratios between runs are taken under the same conditions
     instead of at the different times (and loads) at which each run finished. The runs are not modified."""
 
     rounds: int = 6
@@ -37,7 +37,7 @@ def retime(rows: list[RunRow], opts: Retime | None = None, progress: Reporter | 
     are dropped, so that stale and fresh timings never meet in a ratio. A run without a model.onnx keeps no
     ONNX Runtime latency. `progress` (see edgeprune.progress) follows the rounds of each setting. Returns what was
     done (settings, rounds, seconds, runs without a model.onnx)."""
-    from ..measure import latency_onnx_interleaved
+    from ..timing import latency_onnx_interleaved
 
     opts = opts or Retime()
     report = reporter(progress)

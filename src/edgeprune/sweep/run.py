@@ -1,0 +1,148 @@
+"""Running a sweep: what each cell needs (skip a finished one, resume an interrupted one, redo a failed one),
+the cells in stages of which starts from which, and `sweep.json` rewritten as each cell lands."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from .. import files, jobs, runs
+from ..errors import ConfigError, EdgePruneError
+from ..progress import Reporter, reporter
+from ..record import EXECUTION_FIELDS
+from . import executors
+from .executors import EXECUTORS, stamp
+from .spec import Cell, SweepSpec, cells, load_spec
+
+SPEC = "spec.yaml"
+SWEEP = "sweep.json"
+
+
+def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, executor: str = "local",
+              address: str | None = None, progress: Reporter | None = None, connect_timeout: float = 15.0,
+              num_cpus: int | None = None) -> dict:
+    """Run every unfinished cell of a sweep; return the summary (also `<out>/sweep.json`).
+
+    `address` joins a running Ray cluster (executor "ray"); without it a local Ray instance with `num_cpus`
+    (default: all cores) runs the cells and is shut down after. The summary's `counts["failed"]` says how
+    many cells failed; each failure is recorded with its error and does not stop the others. The cells are
+    task "sweep <name>" of `progress`, and each finished cell a note. A second sweep into the same folder
+    at the same time is refused.
+    """
+    report = reporter(progress)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise ConfigError("an address joins a Ray cluster: pass --executor ray with it")
+    if isinstance(spec_or_path, SweepSpec):
+        spec, text = spec_or_path, yaml.safe_dump(spec_or_path.to_dict(), sort_keys=False)
+    else:
+        spec, text = load_spec(spec_or_path), Path(spec_or_path).read_text()
+    if executor == "ray" and spec.device.startswith("cuda") and not spec.resources.gpus:
+        raise ConfigError(f"device {spec.device!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
+    folder = Path(out or spec.folder).resolve()
+    with runs.locked(folder, "sweep"):
+        return _run_locked(spec, text, folder, executor, address, connect_timeout, num_cpus, report)
+
+
+def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address: str | None,
+                connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
+    todo = cells(spec, folder)
+    before = _read_statuses(folder / SWEEP)
+    plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) for c in todo}
+
+    t0 = time.perf_counter()
+    summary = {"name": spec.name, "out": str(folder), "executor": executor, "address": address,
+               "spec": spec.to_dict(), "started": stamp(), "finished": None, "seconds": None, "counts": {},
+               "cells": {}}
+    for c in todo:
+        summary["cells"][c.name] = {
+            "command": c.cfg.command, "model": c.cfg.model, "method": c.cfg.method, "seed": c.cfg.train.seed,
+            **({"status": "skipped", "seconds": before.get(c.name, {}).get("seconds")} if plan[c.name] == "finished"
+               else {"status": "pending"}),
+        }
+    run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo if plan[c.name] != "finished"]
+
+    def save() -> None:
+        summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
+        files.write_json(folder / SWEEP, summary)
+
+    task, done = f"sweep {spec.name}", len(todo) - len(run)
+    with executors.start(executor, spec.resources, address, connect_timeout, num_cpus) as execute:
+        report.update(task, done, len(todo))
+        folder.mkdir(parents=True, exist_ok=True)
+        files.atomic_write(folder / SPEC, lambda f: f.write(text), binary=False)
+        save()
+
+        def record(cell: Cell, result: dict) -> None:
+            nonlocal done
+            summary["cells"][cell.name].update(result)
+            save()
+            if result["status"] != "running":
+                done += 1
+                report.update(task, done, len(todo))
+                error = result.get("error")
+                report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
+                            + (f": {error['type']}: {error['message']}" if error else ""))
+
+        # a cell that starts from another cell's run (a trained-run method from the dense cell, an INT8 copy from
+        # its cell) waits for it: the cells run in stages of that dependency (a Ray executor runs a batch at once)
+        stages = _stages(todo)
+        for stage in sorted(set(stages.values())):
+            execute([r for r in run if stages[r[0].name] == stage], record)
+    summary["finished"], summary["seconds"] = stamp(), time.perf_counter() - t0
+    save()
+    report.end(task)
+    return summary
+
+
+def _stages(todo: list[Cell]) -> dict[str, int]:
+    """Each cell's stage: 0 for a cell on its own, else one more than the cell whose run it starts from."""
+    stages: dict[str, int] = {}
+    for c in todo:  # cells() lists a cell after the one it starts from
+        source = c.cfg.method.get("source")
+        stages[c.name] = 0 if source is None else stages.get(Path(source).name, -1) + 1
+    return stages
+
+
+def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
+    """finished | resume | fresh; a finished cell run with another config stops the sweep before it starts."""
+    if not run_dir.exists():
+        return "fresh"
+    changed = _changed(cell.cfg, run_dir)
+    if (run_dir / runs.REPORT).exists():
+        if changed:
+            raise ConfigError(f"{run_dir} is a finished run with a different {', '.join(changed)} than cell "
+                              f"{cell.name} of this spec; write the sweep to another --out, or delete that folder")
+        return "finished"
+    failed = (before or {}).get("status") == "failed"  # a failed cell starts again; an interrupted one resumes
+    progress = any(run_dir.rglob(runs.CHECKPOINT)) or any(run_dir.glob(f"*/{runs.REPORT}"))  # IMP: its levels
+    return "resume" if (run_dir / runs.CONFIG).is_file() and changed == [] and progress and not failed else "fresh"
+
+
+def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:
+    """The config fields in which `run_dir` differs from `cfg` (None: it records no config)."""
+    if not (run_dir / runs.CONFIG).is_file():
+        return None
+    try:
+        old = _plain(jobs.RunConfig.from_dict(files.read_json(run_dir / runs.CONFIG)))
+    except EdgePruneError:
+        return ["config.json (unreadable)"]
+    new = _plain(cfg)
+    return [k for k in new if k not in EXECUTION_FIELDS and old.get(k) != new[k]]
+
+
+def _plain(cfg: jobs.RunConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
+def _read_statuses(path: Path) -> dict:
+    try:
+        return files.read_json(path).get("cells", {})
+    except EdgePruneError:
+        return {}
+

@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from edgeprune import data, export, models
 from edgeprune.cli import app
 from edgeprune.errors import CheckpointError, ConfigError, UnsupportedModelError
 from edgeprune.models.chain import AuxHead, cut
-from edgeprune.neuroflux import memory, plan
+from edgeprune.neuroflux import memory, plan, watch
 from edgeprune.neuroflux import train as nf
 from edgeprune.train import TrainConfig
 
@@ -153,6 +155,7 @@ def test_block_training_caches_resumes_and_saves_the_exit(tmp_path, fmnist, monk
     best = max(whole.info["val_accuracy"].values())
     assert whole.info["val_accuracy"][whole.exit] >= best - 0.01
     assert not (tmp_path / "whole" / nf.CACHE).exists()  # the cache is removed once training is done
+    _check_memory_record(whole.info["memory"], _two_blocks_budget())
 
     # interrupted after the first block: its cache is on disk, and resuming does not train it again
     real = nf._train_block
@@ -172,6 +175,7 @@ def test_block_training_caches_resumes_and_saves_the_exit(tmp_path, fmnist, monk
     resumed = _run(tmp_path / "cut", fmnist, resume=True)
     assert trained == [1]
     assert resumed.exit == whole.exit and resumed.info["val_accuracy"] == whole.info["val_accuracy"]
+    _check_memory_record(resumed.info["memory"], _two_blocks_budget())  # block 0's figure read from neuroflux.json
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(resumed.model(x), whole.model(x))
 
@@ -179,6 +183,48 @@ def test_block_training_caches_resumes_and_saves_the_exit(tmp_path, fmnist, monk
     export.save_model(whole.model, tmp_path / "exit.pt")
     again = export.load_model(tmp_path / "exit.pt").eval()
     assert torch.equal(again(x), whole.model(x))
+
+
+def _check_memory_record(memory: dict, budget: int) -> None:
+    """What a run records of the memory it held: the budget's meaning, the baseline, every block's increment."""
+    assert memory["budget"] == budget and memory["meaning"].startswith("budget bounds the increment")
+    assert memory["allocator"].startswith(f"glibc M_MMAP_THRESHOLD={watch.MMAP_THRESHOLD}")
+    assert [b["block"] for b in memory["blocks"]] == [0, 1]
+    for b in memory["blocks"]:
+        assert 0 <= b["train_peak_increment"] < 4 * budget  # a real measurement: lenet5 blocks hold a few MiB
+        assert b["increment_over_budget"] == pytest.approx(b["train_peak_increment"] / budget)
+    assert memory["peak_increment"] == max(b["train_peak_increment"] for b in memory["blocks"])
+    assert memory["within_budget"] == (memory["peak_increment"] <= budget)
+    assert memory["process_peak_rss"] >= memory["baseline_rss"] > 50 * 2**20  # python + torch at least
+
+
+_HEAP = """
+import sys, torch
+from edgeprune.neuroflux import watch
+if sys.argv[1] == "pin":
+    watch.bound_heap()
+big = torch.ones(2**20); del big  # 4 MiB freed: glibc's own rule raises its mmap threshold to that
+before = watch.status("VmRSS")
+t = torch.ones(2**18)  # 1 MiB, touched
+held = watch.status("VmRSS")
+del t
+print(held - before, watch.status("VmRSS") - before)
+"""
+
+
+def test_the_allocator_rule_is_set_in_the_training_process_itself():
+    assert watch.bound_heap() == f"glibc M_MMAP_THRESHOLD={watch.MMAP_THRESHOLD} (mallopt, in the training process)"
+
+    def freed(mode: str) -> tuple[int, int]:
+        done = subprocess.run([sys.executable, "-c", _HEAP, mode], capture_output=True, text=True, check=True)
+        return tuple(int(v) for v in done.stdout.split())
+
+    # glibc's default: a freed 1 MiB activation stays resident (the next block's peak lands on top of it) ...
+    held, after = freed("default")
+    assert held >= 2**19 and after >= held - 2**16
+    # ... pinned as the training process pins it: it leaves the resident set when freed
+    held, after = freed("pin")
+    assert held >= 2**19 and after < 2**16
 
 
 def test_resume_refuses_another_plan_and_a_lost_cache(tmp_path, fmnist, monkeypatch):

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 def neuroflux(
     memory_budget: Annotated[str, typer.Option(help="Training memory budget, e.g. 96MiB, 1.5GiB or 200MB: every "
                                                "block (its layers, auxiliary heads, optimiser state and one batch's "
-                                               "activations) is planned to fit it.")],
+                                               "activations) is planned to fit it. It bounds what training adds to "
+                                               "the process's resident set, not the process's total (Python, torch "
+                                               "and the data set come on top): report.json records both.")],
     exit_tolerance: Annotated[float, typer.Option(help="Choose the earliest exit within this many accuracy points "
                                                   "of the best exit (on the validation split).")] = 1.0,
     val_size: Annotated[int, typer.Option(help="Validation samples carved from the training split, on which the "

@@ -12,6 +12,7 @@ from ..progress import Reporter
 from ..record import RunConfig, RunReport, write_report
 from ..runs import REPORT
 from .train import Settings, train
+from .watch import bound_heap
 
 
 def settings_of(cfg: RunConfig) -> Settings:
@@ -33,6 +34,7 @@ def run(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume:
         progress: Reporter | None = None) -> RunReport:
     """Train cfg.model block-wise under the memory budget of cfg.method, save the chosen exit as the run's model."""
     settings = settings_of(cfg)
+    bound_heap()  # before the data set and the model are allocated: the whole run follows one allocator rule
     # caching a block's outputs fixes its inputs: the later blocks see the images un-augmented, so all do
     bundle = data.loaders(**{**cfg.data, "augment": False, "val_size": settings.val_size})
     model = lifecycle.fresh_model(cfg, bundle)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgePruneError
+from .watch import MMAP_THRESHOLD
 
 MOMENTUM_BUFFERS = 1  # SGD with momentum keeps one buffer the size of each parameter
 PROBE_BATCHES = (2, 4)  # batch norm in training needs more than one value per channel
@@ -185,7 +186,7 @@ def measure_peak(model_spec: dict, image_shape: Sequence[int], first: int, stop:
            "batch": batch, "mode": mode, "device": device, "steps": steps, "lr": lr, "momentum": momentum}
     # glibc returns blocks above this size to the system when they are freed, so the resident set follows what is
     # allocated (its default threshold adapts upwards, and freed tensors then linger in the heap at random)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # as the training process (watch.py)
     done = subprocess.run([sys.executable, "-m", __name__, json.dumps(job)], capture_output=True, text=True,
                           timeout=900, env=env)
     if done.returncode != 0:

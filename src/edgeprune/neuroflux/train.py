@@ -37,6 +37,7 @@ from ..progress import Reporter, reporter
 from ..runs import CHECKPOINT
 from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
+from . import watch
 from .step import local_step
 
 STATE = "neuroflux.json"
@@ -91,6 +92,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
     `val_set` are datasets of (image, label); `cfg.lr` was chosen for batch `base_batch`. State and cache go to
     `work_dir` (its checkpoint.pt holds the weights of the blocks done)."""
     report = reporter(progress)
+    allocator = watch.bound_heap()  # this process's allocator follows the measured rule from here on (watch.py)
     spec = getattr(model, "edgeprune_spec", None)
     if spec is None:
         raise ConfigError("NeuroFlux needs a model made by edgeprune.models.create (its exit is saved by name)")
@@ -113,6 +115,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
     labels = _labels(train_set, cache / "train_labels.npy"), _labels(val_set, cache / "val_labels.npy")
     t_start = time.perf_counter() - (done[-1]["seconds"] if done else 0.0)
     cpu_start = time.process_time() - (done[-1]["cpu_seconds"] if done else 0.0)
+    memory = watch.Record(settings.budget, allocator, watch.status("VmRSS"), [])
     for b, block in enumerate(plan.blocks):
         if b < len(done):
             continue
@@ -120,10 +123,13 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
         for m in (*layers, *block_heads):
             m.to(dev)
         source = _Source(b, train_set, val_set, cache, plan, settings.cache_dtype, labels)
+        window = watch.Window.open()
         stats = _train_block(b, len(plan.blocks), layers, block_heads, block, source, cfg, dev, report)
+        increment, _ = window.close()
         last = b == len(plan.blocks) - 1
         exits = _cache_block(b, layers, block_heads, block, source, cache, plan, settings.cache_dtype, dev, report,
                              write_train=not last)
+        memory.add(b, increment, watch.status("VmHWM") if window.reset else None)
         weights.append({part: [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in mods]
                         for part, mods in (("layers", layers), ("heads", block_heads))})
         torch_save(work / CHECKPOINT, {"blocks": weights})
@@ -131,6 +137,7 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
             m.to("cpu")
         done.append({"block": b, "first": block.first, "stop": block.stop, "batch": block.batch, "lr": block.lr,
                      "val_accuracy": {str(block.first + k): a for k, a in enumerate(exits)}, **stats,
+                     "memory": memory.blocks[-1],
                      "seconds": time.perf_counter() - t_start, "cpu_seconds": time.process_time() - cpu_start})
         write_json(work / STATE, {"plan": _fingerprint(plan), "blocks": done})
         if b > 0:  # the previous block's outputs have been read for the last time
@@ -150,8 +157,17 @@ def train(model: nn.Module, train_set, val_set, num_classes: int, image_shape: t
     info = {"plan": plan.to_dict(), "blocks": done, "val_accuracy": accuracy, "exit": chosen,
             "exit_tolerance_pts": settings.exit_tolerance, "best_val_accuracy": best,
             "params_full": full_params, "params_exit": exit_params, "params_x_fewer": full_params / exit_params,
-            "seconds": done[-1]["seconds"]}
+            "seconds": done[-1]["seconds"], "memory": _memory(memory, done)}
     return Result(exit_model.eval(), chosen, info)
+
+
+def _memory(record: watch.Record, done: list[dict]) -> dict:
+    """The run's memory record, with the blocks a resumed run trained before it was interrupted (their figures
+    from neuroflux.json; the process peak and baseline are this process's)."""
+    trained_here = {m["block"] for m in record.blocks}
+    record.blocks = sorted([d["memory"] for d in done if "memory" in d and d["block"] not in trained_here]
+                           + record.blocks, key=lambda m: m["block"])
+    return record.to_dict()
 
 
 def _init(head: nn.Module) -> None:

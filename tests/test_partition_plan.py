@@ -197,3 +197,33 @@ def test_a_run_sends_the_dtype_its_plan_chose(mini, dtype):
     assert got["wire"] == dtype
     # the answer is close to the whole model's but not bit-exact: the activations were rounded on the way
     assert 0 < got["max_abs_error"] <= (5e-3 if dtype == "fp16" else 0.1)
+
+
+def test_cli_multi_tensor_cuts_and_wire_dtypes(tmp_path, mini):
+    from test_partition import _bad, runner
+
+    from edgeprune.cli import app
+
+    path = tmp_path / "mini.onnx"
+    path.write_bytes(mini)
+    seg = segments.load(mini, "mini", 3)
+    r = runner.invoke(app, ["partition", "cuts", str(path), "--max-tensors", "3"])
+    assert r.exit_code == 0 and f"{len(seg.cuts)} cuts, {seg.n_blocks} blocks" in r.output, r.output
+    r = runner.invoke(app, ["-q", "partition", "bench", str(path), "--tier", "dev", "--warmup", "1",
+                            "--max-tensors", "3", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "links.csv").write_text("dev,edge,20,1\n")
+    edge = bench.load(tmp_path / "bench-dev.json") | {"tier": "edge"}
+    import json
+
+    (tmp_path / "bench-edge.json").write_text(json.dumps(edge))
+    args = ["partition", "plan", str(tmp_path / "bench-dev.json"), str(tmp_path / "bench-edge.json"), "--network",
+            str(tmp_path / "links.csv"), "-k", "50", "--out", str(tmp_path / "plan.json")]
+    r = runner.invoke(app, [*args, "--wire", "fp32,int8"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "plan.json").read_text())
+    assert rec["max_tensors"] == 3 and {p["wire"] for p in rec["plans"]} == {"fp32", "int8"}
+    assert "--wire 'fp64': choose among fp32, fp16, int8" in _bad([*args, "--wire", "fp64"])
+    zero = "--max-tensors must be an integer >= 1, got 0"
+    assert zero in _bad(["partition", "cuts", str(path), "--max-tensors", "0"])
+    assert zero in _bad(["partition", "bench", str(path), "--tier", "d", "--max-tensors", "0"])

@@ -15,7 +15,7 @@ _TL = ("?", {"bytes": "int0", "down_ms": "num+", "up_ms": "num+"})
 BENCH = {
     "model": "str", "onnx_sha256": "str", "input": ("?", "str"), "input_shape": ["int+"], "input_bytes": "int0",
     "tier": "str", "threads": "int+", "device": "dict", "slowdown": ("?", "dict"),
-    "blocks": [{"index": "int0", "output_shape": ["int+"], "output_bytes": "int0", "ms": "num+",
+    "blocks": [{"index": "int0", "output_shape": ("?", ["int+"]), "output_bytes": "int0", "ms": "num+",
                 "median_ms": ("?", "num+"), "tl": _TL}],
     "whole_ms": "num>0", "sum_blocks_ms": "num>0",
 }

@@ -14,8 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 WIRES = ("fp32", "fp16", "int8")
 ITEMSIZE = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def parse(text: str, option: str = "--wire") -> tuple[str, ...]:
+    """The transfer dtypes a comma-separated option names (`fp32,fp16`, or `all`), refused in one line if one is
+    unknown or none is given."""
+    names = list(WIRES) if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in WIRES]
+    if bad or not names:
+        raise ConfigError(f"{option} {text!r}: choose among {', '.join(WIRES)} (comma-separated), or all")
+    return tuple(dict.fromkeys(names))
 
 
 def _check(wire: str) -> None:

@@ -88,8 +88,8 @@ def bench_cmd(
     from .. import reaper
     from ..checks import name as plain_name
     from ..checks import number
-    from ..partition import bench
-    from ..runs import check_writable, write_json
+    from ..partition import bench, records
+    from ..runs import check_writable
 
     plain_name(tier, "--tier")
     number(warmup, "--warmup", at_least=0, integer=True)
@@ -108,11 +108,11 @@ def bench_cmd(
         with _progress() as progress:
             rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown,
                             max_tensors=max_tensors)
-        rec["weights_seed"] = seed if bench.by_name(source) else None
-        path = write_json(bench.path_for(folder, tier), rec)
-        slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
-        console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
-                      f"blocks {rec['sum_blocks_ms']:.2f} ms ({rec['blocks_over_whole']:.2f}x){slow}; wrote {path}")
+        rec.weights_seed = seed if bench.by_name(source) else None
+        path = records.write(bench.path_for(folder, tier), rec)
+        slow = f", quota slowdown {rec.slowdown['slowdown']:.2f}x measured" if rec.slowdown else ""
+        console.print(f"{name} on {tier}: {len(rec.blocks)} blocks, whole model {rec.whole_ms:.2f} ms, sum of "
+                      f"blocks {rec.sum_blocks_ms:.2f} ms ({rec.blocks_over_whole:.2f}x){slow}; wrote {path}")
 
 
 @partition.command("plan")
@@ -134,6 +134,8 @@ def plan_cmd(
     raw_blocks: Annotated[bool, typer.Option("--raw-blocks", help="Price blocks at their own measured times, not "
                                                                   "scaled to sum to the whole model's.")] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="How many plans to show.")] = 5,
+    planner: Annotated[str, typer.Option(help="The planner that makes the plans: scission (every ordered split, "
+                                              "priced), or one declared in $EDGEPRUNE_PLANNERS.")] = "scission",
     wire: Annotated[str, typer.Option(help="Transfer dtypes to choose among with the cut, comma-separated: fp32, "
                                            "fp16, int8 (symmetric, a scale per tensor), or all.")] = "fp32",
     variants: Annotated[Path | None, typer.Option(help="A portfolio: choose the variant and the cut together (the "
@@ -151,9 +153,9 @@ def plan_cmd(
     --target-latency 40[/]
     """
     from ..checks import number
-    from ..partition import bench, plan
+    from ..partition import bench, plan, records
     from ..partition import wire as wires
-    from ..runs import check_output_file, write_json
+    from ..runs import check_output_file
 
     dtypes = wires.parse(wire)
     check_output_file(out, "--out")
@@ -171,7 +173,7 @@ def plan_cmd(
         raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "
                           "latency the choice must meet")
     opts = plan.Options(device or (), edge or (), cloud or (), tl, split, blocks or (), max_upload or (),
-                        max_time or (), raw_blocks, top, dtypes)
+                        max_time or (), raw_blocks, top, dtypes, planner)
     recs = [bench.load(p) for p in benches]
     links = plan.read_network(network)
     if variants is None:
@@ -189,9 +191,9 @@ def plan_cmd(
         chosen, rows = plan.choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_latency)
         _variant_table(rows, chosen, target_latency)
         ranked, rec = results[chosen]
-        rec.update(variant=chosen, portfolio=str(variants), target_latency_ms=target_latency, variants=rows)
+        rec.variant, rec.portfolio, rec.target_latency_ms, rec.variants = chosen, str(variants), target_latency, rows
 
-    table = Table(title=f"{rec['model']}: the {len(ranked)} fastest plans (predicted)")
+    table = Table(title=f"{rec.model}: the {len(ranked)} fastest plans (predicted)")
     for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):
         table.add_column(col, justify="right" if col != "plan" else "left")
     for i, p in enumerate(ranked, 1):
@@ -199,10 +201,10 @@ def plan_cmd(
         table.add_row(str(i), p.label, f"{p.total_ms:.1f}", f"{sum(p.compute_ms):.1f}", f"{link_ms:.1f}",
                       " + ".join(f"{h.bytes:,}" for h in p.hops) or "-")
     console.print(table)
-    write_json(out, rec)
+    records.write(out, rec)
     console.print(f"wrote {out}")
     if plot is not None:
-        plan.plot(ranked, plot, f"{rec['model']}, predicted; links from {network.name}")
+        plan.plot(ranked, plot, f"{rec.model}, predicted; links from {network.name}")
         console.print(f"wrote {plot}")
 
 
@@ -245,12 +247,12 @@ def run_cmd(
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
     check_output_file(out, "--out")
-    record = records.load(plan_file, "plan")
+    record = records.read_plan(plan_file)
     variants = bench.portfolio_models(source)
     if variants is None:
         data, _ = bench.source_model(source, _shape(input_shape), num_classes, seed)
-    elif record.get("variant") in variants:
-        data = variants[record["variant"]]
+    elif record.variant in variants:
+        data = variants[record.variant]
     else:
         raise ConfigError(f"{source} is a portfolio, but {plan_file} names no variant of it; plan with `partition "
                           f"plan --variants {source} --target-latency MS`, or run a variant's run or ONNX file")

@@ -99,10 +99,9 @@ def measure(values: int = 1 << 18, runs: int = 30, warmup: int = 3, seed: int = 
     return out
 
 
-def codec_ms(sender: dict, receiver: dict, wire: str, values: int) -> float:
-    """Encoding on the tier of bench record `sender` plus decoding on that of `receiver`, for `values` values; 0 for
-    bench files made before the codecs were timed."""
-    s, r = sender.get("wire"), receiver.get("wire")
-    if not s or not r:
+def codec_ms(sender: dict | None, receiver: dict | None, wire: str, values: int) -> float:
+    """Encoding on a tier whose bench measured `sender` (its `wire`, from `measure`) plus decoding on one that
+    measured `receiver`, for `values` values; 0 for bench files made before the codecs were timed (None)."""
+    if not sender or not receiver:
         return 0.0
-    return values * (s[wire]["encode_ns"] + r[wire]["decode_ns"]) / 1e6
+    return values * (sender[wire]["encode_ns"] + receiver[wire]["decode_ns"]) / 1e6

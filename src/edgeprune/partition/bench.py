@@ -78,8 +78,9 @@ def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
 
 
 def checked(path: Path, what: str | None = None) -> bytes:
-    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model or is an INT8 one
-    (a quantised graph's blocks cannot be cut apart at its float activations)."""
+    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model. An INT8 model (QDQ or
+    QOperator) is cut like an fp32 one: a cut may carry a float tensor or a quantised (uint8/int8) one, which
+    travels as it is (wire.encode); the transfer layer and the fp16/int8 transfer dtypes apply to float cuts only."""
     import onnx
 
     what = what or str(path)
@@ -90,11 +91,6 @@ def checked(path: Path, what: str | None = None) -> bytes:
     except Exception as e:  # protobuf's DecodeError, onnx's ValidationError: a truncated or foreign file
         raise ConfigError(f"{what} is not a readable ONNX model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); export it again") from None
-    from ..export import precision_of
-
-    if precision_of(data) != "fp32":
-        raise ConfigError(f"{what} is an INT8 model: partitioning times and cuts fp32 models only; give its fp32 "
-                          "source run (the one `edgeprune quantize` was run on)")
     return data
 
 
@@ -141,7 +137,8 @@ def run(
 
     outs = chain(None)
     calls = {"whole": lambda: whole.run(None, {seg.input: x})}
-    tl_cuts = [i for i, a in enumerate(outs[:-1]) if len(a) == 1 and transfer.eligible(a[0].shape[1:])]
+    tl_cuts = [i for i, a in enumerate(outs[:-1])  # the layer pools one float32 map (not an INT8 graph's uint8)
+               if len(a) == 1 and a[0].dtype == np.float32 and transfer.eligible(a[0].shape[1:])]
     tl_bytes = {}
     for i in tl_cuts:
         shape = outs[i][0].shape[1:]

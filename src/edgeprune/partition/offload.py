@@ -60,12 +60,14 @@ def _encode(arrays: Sequence[np.ndarray], dtype: str = "fp32") -> tuple[bytes, d
     return wire.encode(arrays, dtype)
 
 
-def _decode(body: bytes, shape_header: str, dtype: str = "fp32", scale_header: str = "") -> list[np.ndarray]:
-    return wire.decode(body, shape_header, dtype, scale_header)
+def _decode(body: bytes, shape_header: str, dtype: str = "fp32", scale_header: str = "",
+            elem_header: str = "") -> list[np.ndarray]:
+    return wire.decode(body, shape_header, dtype, scale_header, elem_header)
 
 
 def _decode_response(r) -> list[np.ndarray]:
-    return _decode(r.content, r.headers["x-shape"], r.headers.get("x-dtype", "fp32"), r.headers.get("x-scale", ""))
+    return _decode(r.content, r.headers["x-shape"], r.headers.get("x-dtype", "fp32"), r.headers.get("x-scale", ""),
+                   r.headers.get("x-elem", ""))
 
 
 def _feeds(sess, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,8 +98,8 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
             client.get(f"{next_url}/health").raise_for_status()
         return {"ready": True}
 
-    def work(body: bytes, shape: str, dtype: str, scale: str) -> tuple[bytes, dict[str, str]]:
-        a = _decode(body, shape, dtype, scale)
+    def work(body: bytes, shape: str, dtype: str, scale: str, elem: str) -> tuple[bytes, dict[str, str]]:
+        a = _decode(body, shape, dtype, scale, elem)
         if sess is not None:
             a = sess.run(None, _feeds(sess, a))
         if client is not None:
@@ -114,12 +116,13 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
     async def segment(request: Request) -> Response:
         body, shape = await request.body(), request.headers.get("x-shape", "")
         dtype, scale = request.headers.get("x-dtype", "fp32"), request.headers.get("x-scale", "")
+        elem = request.headers.get("x-elem", "")
         try:
-            _decode(body, shape, dtype, scale)
+            _decode(body, shape, dtype, scale, elem)
         except ValueError as e:
             raise HTTPException(422, f"body of {len(body)} bytes does not match x-shape {shape!r}: {e}") from None
         # ONNX Runtime and the sleeps block: off the event loop
-        out, headers = await run_in_threadpool(work, body, shape, dtype, scale)
+        out, headers = await run_in_threadpool(work, body, shape, dtype, scale, elem)
         return Response(out, media_type="application/octet-stream", headers=headers)
 
     return app

@@ -90,6 +90,10 @@ def plan_model(recs: Sequence[Bench], links: Mapping[frozenset[str], Link], opts
             if last.output_shape is None:
                 raise ConfigError(f"--split {split} --tl: {len(last.output_shapes or ())} tensors cross that cut "
                                   f"({last.output}); the transfer layer pools one; choose a single-tensor cut")
+            if last.output_dtypes != ["float32"]:
+                raise ConfigError(f"--split {split} --tl: the tensor crossing that cut ({last.output}) is "
+                                  f"{last.output_dtypes[0]}, an INT8 graph's quantised activation; the transfer layer "
+                                  "pools float32 maps; choose a cut where a float tensor crosses, or drop --tl")
             transfer.check(last.output_shape[:], f"{split} ({last.output})")
         constraints.append(Constraint(f"--split {split}" + (" --tl" if tl else ""),
                                       lambda p: p.stages[0].stop == split and (p.tl or not tl)))

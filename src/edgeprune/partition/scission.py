@@ -95,8 +95,9 @@ def price(stages: list[Stage], benches: Mapping[str, Bench], links: Mapping[froz
             at = sender.blocks[cut - 1].tl
             sent = at.bytes
             tl_ms = at.down_ms + receiver.blocks[cut - 1].tl.up_ms
-        values = sent // 4  # float32 activations
-        sent = values * wire.ITEMSIZE[dtype]
+        values = sent // 4  # re-coded only where every tensor crossing is float32 (_wires)
+        if dtype != "fp32":
+            sent = values * wire.ITEMSIZE[dtype]
         hops.append(Hop(src.tier, dst.tier, cut, sent, link.rtt_ms, (link.seconds(sent) + link.seconds(result_bytes))
                         * 1e3, tl_ms, hop.request_ms(sender.request, receiver.request), dtype,
                         wire.codec_ms(sender.wire, receiver.wire, dtype, values)))

@@ -22,14 +22,22 @@ it decided on, so every decision can be logged and checked.
   latencies (graph + decoding), to ROMA, which estimates every detector's real-time AP from them (never from
   labels) and switches with hysteresis. The requests are taken as the frames of a stream at `fps` that the
   active detector kept up with. Its tables are the profile recorded in the portfolio (or `profile=PATH`).
+
+A policy is a `Policy` dataclass declared with `@register(name, tasks=...)`: its fields after `manifest` are its
+parameters (checked by type in `make`, shown by the API), `decide` is called once per window. The built-in ones
+are below; others are imported from the `edgeprune.policies` entry-point group and from `$EDGEPRUNE_POLICIES`
+(comma-separated modules), or by importing their module (tests/plugin_policy.py is the complete example). The
+server, its API's schema and `make` know a policy only from this registry.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -39,7 +47,7 @@ from ..errors import ConfigError
 from ..portfolio import Manifest
 
 DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
-POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
+TASKS = ("classify", "detect")
 # upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
 MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
 MIN_FPS = 1e-3  # one frame in about 17 minutes: below it a frame's period overflows the decision arithmetic
@@ -75,6 +83,46 @@ class Decision:
     time: float = field(default_factory=time.time)
 
 
+_POLICIES: dict[str, type] = {}
+_loaded = False
+
+
+def register(name: str, tasks: Sequence[str] = TASKS) -> Callable[[type], type]:
+    """Declare a `Policy` subclass as policy `name`, for portfolios of `tasks` (classify, detect)."""
+
+    def add(cls: type) -> type:
+        if name in _POLICIES and _POLICIES[name] is not cls:
+            raise ValueError(f"a policy named {name!r} is already registered")
+        cls.tasks = tuple(tasks)
+        _POLICIES[name] = cls
+        return cls
+
+    return add
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from importlib.metadata import entry_points
+
+    modules = [*(ep.value for ep in entry_points(group="edgeprune.policies")),
+               *filter(None, os.environ.get("EDGEPRUNE_POLICIES", "").split(","))]
+    for module in modules:
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as e:
+            raise ConfigError(f"cannot import serving-policy module {module!r} ({e}); check $EDGEPRUNE_POLICIES "
+                              "or the package that declares it") from None
+
+
+def names(task: str | None = None) -> list[str]:
+    """The policies registered (in the order declared), or those for portfolios of `task`."""
+    _load()
+    return [n for n, cls in _POLICIES.items() if task is None or task in cls.tasks]
+
+
 @dataclass
 class Policy:
     """Base: `params()` for the API, `decide(window)` once per window."""
@@ -82,6 +130,7 @@ class Policy:
     manifest: Manifest
     name: str = "fixed"
     reads_outputs: ClassVar[bool] = False  # whether the server must keep each request's output in the window
+    tasks: ClassVar[tuple[str, ...]] = TASKS  # the portfolios it chooses for (set by `register`)
 
     def params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("manifest", "name") and not k.startswith("_")}
@@ -90,6 +139,7 @@ class Policy:
         raise NotImplementedError
 
 
+@register("fixed")
 @dataclass
 class Fixed(Policy):
     variant: str | None = None
@@ -107,6 +157,7 @@ class Fixed(Policy):
         return Decision(self.name, window.variant, want, True, {"variant": self.variant}, "fixed by the API")
 
 
+@register("accuracy-floor")
 @dataclass
 class AccuracyFloor(Policy):
     accuracy: float = 0.0
@@ -140,6 +191,7 @@ class _Slowdown:
         return ratio
 
 
+@register("latency")
 @dataclass
 class Latency(Policy):
     budget_ms: float = 10.0
@@ -186,6 +238,7 @@ class Latency(Policy):
         return Decision(self.name, active.id, want, met, inputs, reason)
 
 
+@register("realtime", tasks=("classify",))
 @dataclass
 class Realtime(Policy):
     fps: float = 30.0
@@ -259,6 +312,7 @@ def expected_realtime_accuracy(accuracy: float, latency_ms: float | Sequence[flo
     return float(np.mean(same * accuracy + (1 - same) * chance)) if answered.any() else 0.0
 
 
+@register("roma", tasks=("detect",))
 @dataclass
 class Roma(Policy):
     profile: str = ""  # a ROMA profile of the portfolio's detectors; default: the one the portfolio records
@@ -309,10 +363,6 @@ class Roma(Policy):
         return Decision(self.name, window.variant, want, True, {**inputs, "requests": len(seen)}, last["reason"])
 
 
-_BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency, "realtime": Realtime,
-            "roma": Roma}
-
-
 def _typed(policy: str, key: str, declared, v):
     """`v` as parameter `key` of `policy` declares it, or a ConfigError naming it: no coercion (a string is not a
     number, 2.5 is not a count), null only where the parameter's default is null."""
@@ -322,11 +372,12 @@ def _typed(policy: str, key: str, declared, v):
             return None
         raise ConfigError(f"policy {policy!r}: {key} cannot be null; leave it out for its default "
                           f"({declared.default!r})")
-    if declared.type == "str":  # an optional string (fixed's variant) is checked by its policy, naming the choices
+    hint = declared.type if isinstance(declared.type, str) else getattr(declared.type, "__name__", str(declared.type))
+    if hint == "str":  # an optional string (fixed's variant) is checked by its policy, naming the choices
         if not isinstance(v, str):
             raise ConfigError(f"policy {policy!r}: {key} must be a string, got {shown}")
         return v
-    kind = {"float": float, "int": int}.get(declared.type)
+    kind = {"float": float, "int": int}.get(hint)
     if kind is None:
         return v
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -344,9 +395,9 @@ def _typed(policy: str, key: str, declared, v):
 
 def make(manifest: Manifest, name: str, **params) -> Policy:
     """The policy `name` with `params` (the keyword names of its class), each checked."""
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    cls = _BY_NAME[name]
+    if name not in names():
+        raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(names())}")
+    cls = _POLICIES[name]
     declared = {f.name: f for f in fields(cls)}  # dataclasses.fields leaves out ClassVars (reads_outputs)
     allowed = sorted(k for k in declared if k not in ("manifest", "name") and not k.startswith("_"))
     unknown = sorted(set(params) - set(allowed))

@@ -257,3 +257,36 @@ def test_a_plugin_planner_plans_through_the_library_and_the_command(tmp_path, mo
     assert got.planner == "halves" and [p.label for p in got.plans] == ["dev[0-1] > edge[2-3]"]
     assert got.plans[0].total_ms == pytest.approx(ranked[0].total_ms)
     assert "--planner 'nope': no such planner; choose from halves, scission" in _bad([*args, "--planner", "nope"])
+
+
+def test_committed_bench_records_and_an_old_plan_file_still_load(tmp_path):
+    """Bench records of earlier versions (the committed benchmark results) and a plan file without the fields
+    added since (wire, request and codec costs, planner) read as typed records and price as before."""
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    slow = json.loads((results / "partition_slowdevice.json").read_text())["benches"]
+    benches = {t: records.Bench.from_dict(b).calibrated() for t, b in slow.items()}
+    assert benches["device"].request is None and benches["device"].max_tensors == 1
+    link = {frozenset(("device", "edge")): plan.Link("device", "edge", 67.0, 8.0)}
+    ranked = plan.best(plan.enumerate_plans(benches, {"device": "device", "edge": "edge"}, link), k=3)
+    assert all(h.request_ms == 0 and h.codec_ms == 0 for p in ranked for h in p.hops)
+    for m in json.loads((results / "partition.json").read_text())["models"]:
+        assert all(records.Bench.from_dict(b).blocks for b in m["benches"].values())
+    old = {"format": records.PLAN_FORMAT, "model": "m", "onnx_sha256": "abc", "input_shape": [1, 8, 8],
+           "clock": "predicted", "tl": False,
+           "tiers": {"dev": {"role": "device", "threads": 1, "device": {"cpu_quota": None}, "slowdown": None}},
+           "links": [{"source": "dev", "destination": "edge", "rtt_ms": 5.0, "bandwidth_mbps": 8.0}],
+           "constraints": [], "plans": [{"label": "dev[0] > edge[1]", "total_ms": 7.5, "tl": False,
+                                         "stages": [{"tier": "dev", "role": "device", "first": 0, "stop": 1,
+                                                     "compute_ms": 1.0},
+                                                    {"tier": "edge", "role": "edge", "first": 1, "stop": 2,
+                                                     "compute_ms": 0.5}],
+                                         "hops": [{"source": "dev", "destination": "edge", "cut": 1, "bytes": 100,
+                                                   "rtt_ms": 5.0, "transfer_ms": 1.0, "tl_ms": 0.0}]}]}
+    (tmp_path / "plan.json").write_text(json.dumps(old))
+    got = records.read_plan(tmp_path / "plan.json")
+    assert got.planner == "scission" and got.max_tensors == 1 and got.plans[0].wire == "fp32"
+    assert got.plans[0].label == "dev[0] > edge[1]" and got.plans[0].total_ms == 7.5
+    assert got.link("edge", "dev").rtt_ms == 5.0

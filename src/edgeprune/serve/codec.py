@@ -322,6 +322,7 @@ class ClassifyCodec:
     """A classifier portfolio's outputs: one FP32 row of class scores per sample, as the graph computed it."""
 
     task = "classify"
+    quality = "accuracy"  # what a variant's `accuracy` measures, as the status page names it
 
     def output_specs(self, manifest) -> list[dict]:
         return [{"name": "output", "datatype": "FP32", "shape": [-1, manifest.classes]}]
@@ -345,6 +346,7 @@ class DetectCodec:
     flattened with each row tagged by its sample (as torchvision's batched NMS does)."""
 
     task = "detect"
+    quality = "profiled AP@0.5"
 
     def output_specs(self, manifest) -> list[dict]:
         return [{"name": "boxes", "datatype": "FP32", "shape": [-1, 4]},

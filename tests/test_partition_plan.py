@@ -290,3 +290,5 @@ def test_committed_bench_records_and_an_old_plan_file_still_load(tmp_path):
     assert got.planner == "scission" and got.max_tensors == 1 and got.plans[0].wire == "fp32"
     assert got.plans[0].label == "dev[0] > edge[1]" and got.plans[0].total_ms == 7.5
     assert got.link("edge", "dev").rtt_ms == 5.0
+    with pytest.raises(ConfigError, match="no link between 'dev' and 'cloud'"):
+        got.link("dev", "cloud")

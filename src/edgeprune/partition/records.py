@@ -263,7 +263,11 @@ class PlanFile:
         return self.plans[rank - 1]
 
     def link(self, source: str, destination: str) -> Link:
-        return next(lk for lk in self.links if {lk.source, lk.destination} == {source, destination})
+        found = next((lk for lk in self.links if {lk.source, lk.destination} == {source, destination}), None)
+        if found is None:
+            raise ConfigError(f"the plan file has no link between {source!r} and {destination!r}, which its plan "
+                              "crosses; write it again with `edgeprune partition plan`")
+        return found
 
     def to_dict(self) -> dict:
         d = {"format": self.format, "model": self.model, "onnx_sha256": self.onnx_sha256,

@@ -367,9 +367,9 @@ def test_loading_an_inactive_variant_outside_preloaded_mode_is_a_409_that_says_w
 def test_a_plugin_policy_serves_through_the_server_and_its_api(portfolio_dir, monkeypatch):  # noqa: F811
     """The server, its PUT /v2/portfolio/policy and its OpenAPI document know a policy from the registry alone:
     tests/plugin_policy.py, named in $EDGEPRUNE_POLICIES, is served like a built-in."""
-    from edgeprune.serve import policy
+    from edgeprune.serve import registry
 
-    monkeypatch.setattr(policy, "_loaded", False)
+    monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setenv("EDGEPRUNE_POLICIES", "plugin_policy")
     with Running(serve.build(portfolio_dir, policy="most-accurate", active="r70")) as c:
         state = c.get("/v2/portfolio/policy").json()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from common import RESULTS, measured, write_results
 
 from edgeprune import measure, models, segments
 from edgeprune.export import to_onnx_bytes
-from edgeprune.partition import bench, offload, plan
+from edgeprune.partition import bench, offload, plan, records
 
 MODELS = ("tv:vgg16", "tv:resnet18", "tv:mobilenet_v2")
 SHAPE = (3, 224, 224)
@@ -69,8 +70,9 @@ def one_model(name: str) -> dict:
     print(f"{name}: benching", flush=True)
     benches = {"device": bench.run(data, name, "device", DEVICE_THREADS, DEVICE_QUOTA),
                "edge": bench.run(data, name, "edge", EDGE_THREADS)}
-    n = len(benches["device"]["blocks"])
-    result = {"model": name, "blocks": n, "benches": benches, "runs": [], "tl_runs": []}
+    n = len(benches["device"].blocks)
+    result = {"model": name, "blocks": n, "benches": {t: b.to_dict() for t, b in benches.items()}, "runs": [],
+              "tl_runs": []}
     for bw in BANDWIDTHS:
         plans = plan.enumerate_plans(benches, ROLES, links(bw))
         top = plan.best(plans, k=3)
@@ -84,8 +86,8 @@ def one_model(name: str) -> dict:
             result["tl_runs"] = run_plans(data, benches, [best_tl], bw, RUNS)
         plan.plot(top, RESULTS / f"partition_plans_{name.removeprefix('tv:')}_{bw:g}mbps.png",
                   f"{name} 3x224x224: top plans at {bw:g} Mbit/s, RTT {RTT_MS:g} ms (predicted)")
-    tl = [b["tl"] for b in benches["device"]["blocks"] if b["tl"] is not None]
-    ratios = [b["output_bytes"] / b["tl"]["bytes"] for b in benches["device"]["blocks"] if b["tl"] is not None]
+    tl = [b.tl for b in benches["device"].blocks if b.tl is not None]
+    ratios = [b.output_bytes / b.tl.bytes for b in benches["device"].blocks if b.tl is not None]
     result["tl_cuts"], result["tl_byte_ratios"] = len(tl), sorted(set(ratios))
     result["sweep"] = []
     for bw in SWEEP:
@@ -149,8 +151,8 @@ def pruned_vs_dense() -> None:
         plans = plan.enumerate_plans(benches, ROLES, links(8.0))
         best = run_plans(data, benches, plan.best(plans, k=1), 8.0, RUNS)[0]
         local = run_plans(data, benches, [p for p in plans if len(p.stages) == 1], 8.0, 10)[0]
-        rows.append({"model": label, "onnx_mb": len(data) / 1e6, "blocks": len(benches["device"]["blocks"]),
-                     "slowdown": benches["device"]["slowdown"]["slowdown"], "best": best, "device_only": local})
+        rows.append({"model": label, "onnx_mb": len(data) / 1e6, "blocks": len(benches["device"].blocks),
+                     "slowdown": benches["device"].slowdown["slowdown"], "best": best, "device_only": local})
     env = measure.environment()
     lines = ["# Pruned + partitioned: a Reconvene variant against the dense model, same tiers and link", "",
              measured("partition.py --pruned", env, "onnxruntime") + ": in-house VGG-16 at 3x224x224 (1000 "
@@ -182,20 +184,21 @@ def slow_device(name: str = "tv:vgg16", slowdown: float = 4.0) -> None:
     plans = plan.enumerate_plans(benches, ROLES, links(8.0))
     top = run_plans(data, benches, plan.best(plans, k=3), 8.0, RUNS)
     local = run_plans(data, benches, [p for p in plans if len(p.stages) == 1], 8.0, 10)[0]
-    dev = benches["device"]["device"]
+    dev = benches["device"].device
     env = measure.environment()
     lines = [f"# Best plan vs device-only, device {slowdown:g}x slower than this machine", "",
              measured("partition.py --slow-device", env, "onnxruntime") + f": {name} at {'x'.join(map(str, SHAPE))}, "
              f"fresh weights. Device = {DEVICE_THREADS} thread under a CPU quota of {dev['cpu_quota']:.3f} CPU, fitted "
              f"to the {dev['cpu_share_free']:.2f} CPU the model got unconfined (achieved slowdown, measured: "
-             f"{benches['device']['slowdown']['slowdown']:.2f}x); edge = {EDGE_THREADS} threads. Link 8 Mbit/s (tc tbf "
+             f"{benches['device'].slowdown['slowdown']:.2f}x); edge = {EDGE_THREADS} threads. Link 8 Mbit/s (tc tbf "
              f"between network namespaces), RTT {RTT_MS:g} ms slept by the application. Predicted from block times "
              "scaled to the whole model's (plan.calibrated); measured = median at the device.", "",
              "| plan | predicted ms | measured ms | error | speed-up vs device-only (measured) |",
              "|---|---|---|---|---|"]
     lines += [f"| `{g['plan']}` | {g['predicted_ms']:.0f} | {g['measured_ms']:.0f} | {g['error']:+.0%} | "
               f"{local['measured_ms'] / g['measured_ms']:.2f}x |" for g in [*top, local]]
-    write_results("partition_slowdevice", lines, {"environment": env, "benches": benches, "runs": top,
+    saved = {t: b.to_dict() for t, b in benches.items()}
+    write_results("partition_slowdevice", lines, {"environment": env, "benches": saved, "runs": top,
                                                   "device_only": local, "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0})
 
 
@@ -209,7 +212,7 @@ SCALE_SLOWDOWN, VGG_SLOWDOWN = 2.0, 8.0
 def _run_top(data: bytes, benches: dict, ranked: list[plan.Plan], link: dict, runs: int) -> list[dict]:
     """Run each plan for real; beside its prediction, the prediction without the per-hop request cost."""
     rec = plan.record(ranked, benches, ROLES, link, [], False)
-    bare = {t: b | {"request": None} for t, b in benches.items()}
+    bare = {t: replace(b, request=None) for t, b in benches.items()}
     out = []
     for rank, p in enumerate(ranked, 1):
         got = offload.execute(data, rec, rank, runs, WARMUP)
@@ -241,8 +244,8 @@ def planner(vgg16: bool = True) -> None:
                    "edge": plan.calibrated(bench.run(data, name, "edge", EDGE_THREADS))}
         link = {frozenset(ROLES): plan.Link("device", "edge", FAST_RTT_MS, FAST_MBPS)}
         top = plan.best(plan.enumerate_plans(benches, ROLES, link), k=3)
-        scales.append({"model": name, "shape": shape, "request": {t: b["request"] for t, b in benches.items()},
-                       "slowdown": benches["device"]["slowdown"], "runs": _run_top(data, benches, top, link, RUNS)})
+        scales.append({"model": name, "shape": shape, "request": {t: b.request for t, b in benches.items()},
+                       "slowdown": benches["device"].slowdown, "runs": _run_top(data, benches, top, link, RUNS)})
     load["after_scales"] = os.getloadavg()
     payload = {"environment": env, "load": load, "scales": scales}
     if vgg16:
@@ -256,9 +259,9 @@ def planner(vgg16: bool = True) -> None:
         plans = plan.enumerate_plans(benches, ROLES, link)
         vgg = _run_top(data, benches, plan.best(plans, k=3), link, RUNS)
         local = _run_top(data, benches, [p for p in plans if len(p.stages) == 1], link, 10)[0]
-        payload["vgg16"] = {"runs": vgg, "device_only": local, "device": benches["device"]["device"],
-                            "slowdown": benches["device"]["slowdown"], "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0,
-                            "request": {t: b["request"] for t, b in benches.items()}}
+        payload["vgg16"] = {"runs": vgg, "device_only": local, "device": benches["device"].device,
+                            "slowdown": benches["device"].slowdown, "rtt_ms": RTT_MS, "bandwidth_mbps": 8.0,
+                            "request": {t: b.request for t, b in benches.items()}}
     load["end"] = os.getloadavg()
     lines = ["# The planner's cost model: predicted vs measured with the per-hop request cost", "",
              measured("partition.py --planner" + ("" if vgg16 else "-scales"), env, "onnxruntime")
@@ -363,7 +366,7 @@ def render(payload: dict) -> list[str]:
              "calibrated |", "|---|---|---|---|---|---|---|"]
     errors = []
     for r in results:
-        cal = {t: plan.calibrated(b) for t, b in r["benches"].items()}
+        cal = {t: records.Bench.from_dict(b).calibrated() for t, b in r["benches"].items()}
         for g in r["runs"]:
             g["calibrated_ms"] = plan.price(_stages(g["plan"]), cal, links(g["bandwidth_mbps"]), g["tl"]).total_ms
             errors.append((g["error"], g["measured_ms"] / g["calibrated_ms"] - 1))

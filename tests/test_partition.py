@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from edgeprune import emulate, segments
 from edgeprune.cli import app
 from edgeprune.errors import ConfigError
 from edgeprune.export import ort_session, to_onnx_bytes
-from edgeprune.partition import bench, offload, plan, transfer
+from edgeprune.partition import bench, offload, plan, records, transfer
 
 runner = CliRunner()
 
@@ -22,16 +23,19 @@ runner = CliRunner()
 # ---------------------------------------------------------------------------------------------- plan (priced)
 
 
-def fake_bench(tier: str, ms: list[float], shapes: list[tuple[int, ...]], input_bytes: int = 4000) -> dict:
-    """A bench record with chosen block times and output shapes (fp32); transfer-layer timings of 1 and 2 ms."""
+def fake_bench(tier: str, ms: list[float], shapes: list[tuple[int, ...]], input_bytes: int = 4000,
+               **fields) -> records.Bench:
+    """A bench record with chosen block times and output shapes (fp32); transfer-layer timings of 1 and 2 ms;
+    `fields` replace the record's."""
     blocks = []
     for i, (t, s) in enumerate(zip(ms, shapes, strict=True)):
         nbytes = int(np.prod(s)) * 4
         blocks.append({"index": i, "output": f"t{i}", "output_shape": list(s), "output_bytes": nbytes, "ms": t,
                        "tl": {"bytes": nbytes // 4, "down_ms": 1.0, "up_ms": 2.0} if transfer.eligible(s) else None})
-    return {"format": bench.FORMAT, "model": "m", "onnx_sha256": "abc", "input_shape": [1, 10, 100],
-            "input_bytes": input_bytes, "tier": tier, "threads": 1, "device": {"cpu_quota": None}, "slowdown": None,
-            "blocks": blocks, "whole_ms": sum(ms), "sum_blocks_ms": sum(ms)}
+    return records.Bench.from_dict({
+        "format": bench.FORMAT, "model": "m", "onnx_sha256": "abc", "input_shape": [1, 10, 100],
+        "input_bytes": input_bytes, "tier": tier, "threads": 1, "device": {"cpu_quota": None}, "slowdown": None,
+        "blocks": blocks, "whole_ms": sum(ms), "sum_blocks_ms": sum(ms)} | fields)
 
 
 SHAPES = [(4, 10, 10), (4, 5, 5), (100,), (10,)]  # 1600 bytes (TL-able), 400 (odd sides), 400 (2-D), 40 (the answer)
@@ -71,10 +75,10 @@ def test_cost_is_compute_plus_rtt_plus_bytes_over_bandwidth_each_way():
 
 
 def test_calibration_scales_blocks_to_the_whole_models_time():
-    b = fake_bench("dev", [40, 30, 20, 10], SHAPES) | {"whole_ms": 50.0}
+    b = fake_bench("dev", [40, 30, 20, 10], SHAPES, whole_ms=50.0)
     c = plan.calibrated(b)
-    assert [x["ms"] for x in c["blocks"]] == [20, 15, 10, 5] and c["calibration"] == 0.5
-    assert [x["ms"] for x in b["blocks"]] == [40, 30, 20, 10]  # the bench given is unchanged
+    assert [x.ms for x in c.blocks] == [20, 15, 10, 5] and c.calibration == 0.5
+    assert [x.ms for x in b.blocks] == [40, 30, 20, 10]  # the bench given is unchanged
     plans = {p.label: p for p in plan.enumerate_plans({"dev": c}, {"dev": "device"}, LINKS)}
     assert plans["dev[0-3]"].total_ms == 50
 
@@ -144,7 +148,7 @@ def test_roles():
     assert plan.assign_roles(recs, device=["vm"], cloud=["gpu"]) == {"vm": "device", "gpu": "cloud"}
     with pytest.raises(ConfigError, match="--edge 'x' has no bench file"):
         plan.assign_roles(recs, device=["pi"], edge=["x"])
-    other = fake_bench("vm", [1, 1, 1, 1], SHAPES) | {"onnx_sha256": "def"}
+    other = fake_bench("vm", [1, 1, 1, 1], SHAPES, onnx_sha256="def")
     with pytest.raises(ConfigError, match="bench files of different models"):
         plan.check_benches([recs[0], other])
 
@@ -190,16 +194,17 @@ def test_bench_times_every_block_fed_real_outputs(small_onnx):
     data, _ = small_onnx
     rec = bench.run(data, "small", "edge", threads=1, runs=30, warmup=1)
     seg = segments.load(data)
-    assert len(rec["blocks"]) == seg.n_blocks == 12
-    assert [b["output_bytes"] for b in rec["blocks"][:-1]] == [c.bytes for c in seg.cuts]
-    assert rec["blocks"][-1]["output_bytes"] == 40 and rec["input_bytes"] == 8 * 8 * 4
-    assert all(b["ms"] > 0 and b["median_ms"] > 0 for b in rec["blocks"])
+    assert len(rec.blocks) == seg.n_blocks == 12
+    assert [b.output_bytes for b in rec.blocks[:-1]] == [c.bytes for c in seg.cuts]
+    assert rec.blocks[-1].output_bytes == 40 and rec.input_bytes == 8 * 8 * 4
+    assert all(b.ms > 0 and b.median_ms > 0 for b in rec.blocks)
     # 4-D even maps can take the transfer layer; after the global pool (1x1) and flatten (2-D) they cannot
-    tl = [b["tl"] is not None for b in rec["blocks"]]
+    tl = [b.tl is not None for b in rec.blocks]
     assert tl == [True] * 9 + [False] * 3
-    assert rec["blocks"][4]["tl"]["bytes"] * 4 == rec["blocks"][4]["output_bytes"]
-    assert rec["runs"] == 30 and rec["clock"] == "wall" and rec["device"] == {"cpu_quota": None}
-    assert rec["sum_blocks_ms"] == pytest.approx(sum(b["ms"] for b in rec["blocks"]))
+    assert rec.blocks[4].tl.bytes * 4 == rec.blocks[4].output_bytes
+    assert rec.runs == 30 and rec.clock == "wall" and rec.device == {"cpu_quota": None}
+    assert rec.sum_blocks_ms == pytest.approx(sum(b.ms for b in rec.blocks))
+    assert records.Bench.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec  # its file reads back the same
     with pytest.raises(ConfigError, match="at least 30"):
         bench.run(data, "small", "edge", runs=10)
 
@@ -275,15 +280,15 @@ def test_cpu_quota_holds_this_process_to_its_share():
 # ---------------------------------------------------------------------------------------------- real runs
 
 
-def _record(data: bytes, roles_links, tl=False, constraints=()) -> dict:
+def _record(data: bytes, roles_links, tl=False, constraints=()) -> records.PlanFile:
     """A plan record from a fast (un-timed) bench: the run does not depend on how the plan was priced."""
     seg = segments.load(data)
     shapes = [c.shape for c in seg.cuts] + [(10,)]
-    benches = {"dev": fake_bench("dev", [1.0] * seg.n_blocks, shapes, 256) | {"onnx_sha256": _sha(data)},
-               "edge": fake_bench("edge", [1.0] * seg.n_blocks, shapes, 256) | {"onnx_sha256": _sha(data)}}
+    benches = {"dev": fake_bench("dev", [1.0] * seg.n_blocks, shapes, 256, onnx_sha256=_sha(data)),
+               "edge": fake_bench("edge", [1.0] * seg.n_blocks, shapes, 256, onnx_sha256=_sha(data))}
     roles, links = roles_links
     ranked = plan.best(plan.enumerate_plans(benches, roles, links, tl), constraints, 3)
-    return plan.record(ranked, benches, roles, links, constraints, tl) | {"input_shape": [1, 8, 8]}
+    return replace(plan.record(ranked, benches, roles, links, constraints, tl), input_shape=[1, 8, 8])
 
 
 def _sha(data: bytes) -> str:
@@ -319,7 +324,7 @@ def test_run_over_namespaces_shapes_the_link_and_cleans_up():
     data = to_onnx_bytes(randomize_bn(small_vgg()).eval(), (1, 64, 64))
     link = ({"dev": "device", "edge": "edge"}, {frozenset(("dev", "edge")): plan.Link("dev", "edge", 10.0, 4.0)})
     after_conv = [plan.Constraint("split 1", lambda p: p.stages[0].stop == 1 and len(p.stages) == 2)]
-    rec = _record(data, link, constraints=after_conv) | {"input_shape": [1, 64, 64]}
+    rec = replace(_record(data, link, constraints=after_conv), input_shape=[1, 64, 64])
     got = offload.execute(data, rec, rank=1, runs=2, warmup=1)
     assert got["link"] == "namespaces+veth, tc tbf" and got["max_abs_error"] <= 1e-5
     # 16x64x64 floats (262 kB) at 4 Mbit/s take 0.52 s, less the 16 kB bucket tbf lets through at once
@@ -334,7 +339,7 @@ def test_transfer_layer_run_changes_only_what_crosses(small_onnx):
     data, _ = small_onnx
     tl_at_2 = [plan.Constraint("tl", lambda p: p.tl and p.stages[0].stop == 2)]
     rec = _record(data, TWO, tl=True, constraints=tl_at_2)
-    assert rec["plans"][0]["hops"][0]["bytes"] == 16 * 4 * 4 * 4
+    assert rec.plans[0].hops[0].bytes == 16 * 4 * 4 * 4
     got = offload.execute(data, rec, rank=1, runs=2, warmup=0, allow_namespaces=False)
     assert got["tl"] and got["max_abs_error"] > 0  # the edge sees an up-sampled approximation
 
@@ -380,7 +385,7 @@ def test_cli_bad_input_is_one_line(tmp_path, small_onnx):
     seg = segments.load(small_onnx[0])
     shapes = [c.shape for c in seg.cuts] + [(10,)]
     for tier in ("dev", "edge"):
-        (tmp_path / f"bench-{tier}.json").write_text(json.dumps(fake_bench(tier, [1.0] * 12, shapes)))
+        (tmp_path / f"bench-{tier}.json").write_text(json.dumps(fake_bench(tier, [1.0] * 12, shapes).to_dict()))
     benches = [str(tmp_path / "bench-dev.json"), str(tmp_path / "bench-edge.json")]
     (tmp_path / "links.csv").write_text("dev,edge,20,8\n")
     (tmp_path / "other.csv").write_text("dev,cloud,20,8\n")
@@ -399,7 +404,7 @@ def test_cli_bad_input_is_one_line(tmp_path, small_onnx):
 def test_no_namespaces_warns_and_labels_the_link_modelled(tmp_path, small_onnx, monkeypatch):
     data, path = small_onnx
     rec = _record(data, TWO, constraints=[plan.Constraint("split", lambda p: p.stages[0].stop == 3)])
-    (tmp_path / "plan.json").write_text(json.dumps(rec))
+    records.write(tmp_path / "plan.json", rec)
     monkeypatch.setattr(emulate, "namespaces_unavailable", lambda: "not root")
     r = runner.invoke(app, ["partition", "run", path, "--plan", str(tmp_path / "plan.json"), "--runs", "2",
                             "--warmup", "0", "--out", str(tmp_path / "r.json")])
@@ -426,7 +431,7 @@ def test_tier_quota_is_applied_from_outside_the_namespace(small_onnx):
     """Inside `ip netns exec` /sys has no cgroup mounts: the orchestrator puts each tier's process under its quota."""
     data, _ = small_onnx
     rec = _record(data, TWO, constraints=[plan.Constraint("split", lambda p: p.stages[0].stop == 6)])
-    rec["tiers"]["dev"]["device"] = {"cpu_quota": 0.5}
+    rec.tiers["dev"].device = {"cpu_quota": 0.5}
     got = offload.execute(data, rec, rank=1, runs=2, warmup=0)
     assert got["link"] == "namespaces+veth, tc tbf" and got["max_abs_error"] <= 1e-5
     assert not list(emulate.cpu_controller()[1].glob(f"edgeprune-{os.getpid()}-*"))
@@ -502,7 +507,7 @@ def test_plan_chooses_the_most_accurate_variant_whose_fastest_plan_meets_the_tar
     benches = []
     for vid, scale in (("wide", 4.0), ("narrow", 1.0)):  # wide: 4x the compute of narrow on every tier
         for tier, ms in (("dev", 5.0), ("edge", 1.0)):
-            rec = fake_bench(tier, [ms * scale] * len(shapes), shapes) | {"model": vid, "onnx_sha256": shas[vid]}
+            rec = fake_bench(tier, [ms * scale] * len(shapes), shapes, model=vid, onnx_sha256=shas[vid]).to_dict()
             path = tmp_path / vid / f"bench-{tier}.json"
             path.parent.mkdir(exist_ok=True)
             path.write_text(json.dumps(rec))
@@ -527,7 +532,7 @@ def test_plan_chooses_the_most_accurate_variant_whose_fastest_plan_meets_the_tar
     assert "go together" in _bad([*args])
     assert "no bench files for variant(s) narrow" in _bad(
         [*args[:2], *[b for b in benches if "/wide/" in b], *args[len(benches) + 2:], "--target-latency", "1000"])
-    (tmp_path / "other.json").write_text(json.dumps(fake_bench("cloud", [1.0] * len(shapes), shapes)))
+    (tmp_path / "other.json").write_text(json.dumps(fake_bench("cloud", [1.0] * len(shapes), shapes).to_dict()))
     assert "which is no variant of the portfolio" in _bad([*args, str(tmp_path / "other.json"), "--target-latency",
                                                            "1000"])
     (tmp_path / "plain.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "variant"}))

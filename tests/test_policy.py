@@ -2,7 +2,7 @@ import pytest
 
 from edgeprune.errors import ConfigError
 from edgeprune.portfolio import Manifest, Variant
-from edgeprune.serve import policy
+from edgeprune.serve import policy, registry
 from edgeprune.serve.policy import Window, expected_realtime_accuracy
 
 
@@ -142,3 +142,16 @@ def test_bad_policy_parameters_are_named(manifest, name, params, message):
         policy.make(manifest, name, **params)
     assert message in str(e.value)
     assert isinstance(e.value, ConfigError) or type(e.value).__name__ == "PortfolioError"
+
+
+def test_a_plugin_policy_is_one_file_named_in_the_environment(manifest, monkeypatch):
+    """tests/plugin_policy.py is the whole policy: naming it in $EDGEPRUNE_POLICIES (or importing it) registers
+    it; `make` checks its parameters by their declared types like a built-in's."""
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setenv("EDGEPRUNE_POLICIES", "plugin_policy")
+    assert policy.names() == ["fixed", "accuracy-floor", "latency", "realtime", "roma", "most-accurate"]
+    assert "most-accurate" in policy.names("classify") and "most-accurate" not in policy.names("detect")
+    assert policy.make(manifest, "most-accurate").decide(window("small", 1.0)).want == "dense"
+    assert policy.make(manifest, "most-accurate", max_ms=2.5).decide(window("small", 1.0)).want == "mid"
+    with pytest.raises(ConfigError, match="policy 'most-accurate': max_ms must be a number"):
+        policy.make(manifest, "most-accurate", max_ms="fast")

@@ -362,3 +362,21 @@ def test_loading_an_inactive_variant_outside_preloaded_mode_is_a_409_that_says_w
         r = c.post("/v2/repository/models/r70/load")
         assert r.status_code == 409 and "PUT /v2/portfolio/policy" in r.json()["error"], r.text
         assert c.post("/v2/repository/models/dense/load").status_code == 200  # the active one: nothing to do
+
+
+def test_a_plugin_policy_serves_through_the_server_and_its_api(portfolio_dir, monkeypatch):  # noqa: F811
+    """The server, its PUT /v2/portfolio/policy and its OpenAPI document know a policy from the registry alone:
+    tests/plugin_policy.py, named in $EDGEPRUNE_POLICIES, is served like a built-in."""
+    from edgeprune.serve import registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setenv("EDGEPRUNE_POLICIES", "plugin_policy")
+    with Running(serve.build(portfolio_dir, policy="most-accurate", active="r70")) as c:
+        state = c.get("/v2/portfolio/policy").json()
+        assert state["name"] == "most-accurate" and state["params"] == {"max_ms": 1e6}
+        r = c.put("/v2/portfolio/policy", json={"name": "most-accurate", "params": {"max_ms": 1e5}})
+        assert r.status_code == 200 and r.json()["params"] == {"max_ms": 1e5}
+        r = c.put("/v2/portfolio/policy", json={"name": "fastest"})
+        assert r.status_code == 400 and "Input should be 'fixed', 'accuracy-floor'" in r.text
+        enum = c.get("/openapi.json").json()["components"]["schemas"]["PolicyRequest"]["properties"]["name"]["enum"]
+        assert enum == ["fixed", "accuracy-floor", "latency", "realtime", "most-accurate"]  # roma: detectors only

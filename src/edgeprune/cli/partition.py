@@ -21,6 +21,9 @@ InputShape = Annotated[str, typer.Option(help="C,H,W for a model name (a run's O
 NumClasses = Annotated[int, typer.Option(help="Outputs of a model built by name (ImageNet's 1000 by default).")]
 Seed = Annotated[int, typer.Option(help="Seed of the weights of a model built by name (recorded in the bench file): "
                                         "every command given the same name and seed builds the same model.")]
+MaxTensors = Annotated[int, typer.Option(help="Also cut where up to this many activations cross (a minimum cut "
+                                              "by bytes, as DADS): branchy models (Inception, DenseNet) get cut "
+                                              "points inside their branches; the tensors of a cut travel together.")]
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -36,22 +39,25 @@ def _shape(text: str) -> tuple[int, ...]:
 @partition.command("cuts")
 @handled
 def cuts_cmd(source: Source, input_shape: InputShape = "3,224,224", num_classes: NumClasses = 1000,
-             seed: Seed = 0) -> None:
-    """List a model's valid cut points: where exactly one activation crosses.
+             seed: Seed = 0, max_tensors: MaxTensors = 1) -> None:
+    """List a model's valid cut points: where exactly one activation crosses (up to --max-tensors).
 
-    Example: [bold]edgeprune partition cuts tv:resnet18[/]
+    Example: [bold]edgeprune partition cuts tv:resnet18[/]; [bold]edgeprune partition cuts tv:inception_v3
+    --input-shape 3,299,299 --max-tensors 8[/]
     """
     from .. import segments
+    from ..checks import number
     from ..partition import bench, transfer
 
+    number(max_tensors, "--max-tensors", at_least=1, integer=True)
     data, name = bench.source_model(source, _shape(input_shape), num_classes, seed)
-    seg = segments.load(data, name)
+    seg = segments.load(data, name, max_tensors)
     table = Table(title=f"{name}: {len(seg.cuts)} cuts, {seg.n_blocks} blocks")
     for col in ("cut", "after node", "op", "shape", "bytes", "transfer layer"):
         table.add_column(col)
     for i, c in enumerate(seg.cuts, 1):
-        table.add_row(str(i), c.node, c.op, "x".join(map(str, c.shape)), f"{c.bytes:,}",
-                      "yes" if transfer.eligible(c.shape) else "")
+        table.add_row(str(i), c.node, c.op, " + ".join("x".join(map(str, s)) for s in c.shapes), f"{c.bytes:,}",
+                      "yes" if c.single and transfer.eligible(c.shape) else "")
     console.print(table)
 
 
@@ -71,6 +77,7 @@ def bench_cmd(
     seed: Seed = 0,
     runs: Annotated[int, typer.Option(help="Timed passes over the blocks (at least 30).")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed passes first.")] = 5,
+    max_tensors: MaxTensors = 1,
     out: Annotated[Path, typer.Option(help="Folder for bench-<tier>.json.")] = Path("."),
 ) -> None:
     """Time every block of a model on this machine as one tier, fed real activations; write bench-<tier>.json
@@ -81,12 +88,12 @@ def bench_cmd(
     from .. import reaper
     from ..checks import name as plain_name
     from ..checks import number
-    from ..files import write_json
-    from ..partition import bench
+    from ..partition import bench, records
     from ..runs import check_writable
 
     plain_name(tier, "--tier")
     number(warmup, "--warmup", at_least=0, integer=True)
+    number(max_tensors, "--max-tensors", at_least=1, integer=True)
     for option, value in (("--cpu-quota", cpu_quota), ("--slowdown", slowdown)):
         if value is not None:
             number(value, option, above=0)
@@ -99,12 +106,13 @@ def bench_cmd(
         check_writable(folder, "--out")
     for name, (data, folder) in todo.items():
         with progress_bars() as progress:
-            rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown)
-        rec["weights_seed"] = seed if bench.by_name(source) else None
-        path = write_json(bench.path_for(folder, tier), rec)
-        slow = f", quota slowdown {rec['slowdown']['slowdown']:.2f}x measured" if rec["slowdown"] else ""
-        console.print(f"{name} on {tier}: {len(rec['blocks'])} blocks, whole model {rec['whole_ms']:.2f} ms, sum of "
-                      f"blocks {rec['sum_blocks_ms']:.2f} ms ({rec['blocks_over_whole']:.2f}x){slow}; wrote {path}")
+            rec = bench.run(data, name, tier, threads, cpu_quota, runs, warmup, progress, slowdown=slowdown,
+                            max_tensors=max_tensors)
+        rec.weights_seed = seed if bench.by_name(source) else None
+        path = records.write(bench.path_for(folder, tier), rec)
+        slow = f", quota slowdown {rec.slowdown['slowdown']:.2f}x measured" if rec.slowdown else ""
+        console.print(f"{name} on {tier}: {len(rec.blocks)} blocks, whole model {rec.whole_ms:.2f} ms, sum of "
+                      f"blocks {rec.sum_blocks_ms:.2f} ms ({rec.blocks_over_whole:.2f}x){slow}; wrote {path}")
 
 
 @partition.command("plan")
@@ -126,6 +134,10 @@ def plan_cmd(
     raw_blocks: Annotated[bool, typer.Option("--raw-blocks", help="Price blocks at their own measured times, not "
                                                                   "scaled to sum to the whole model's.")] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="How many plans to show.")] = 5,
+    planner: Annotated[str, typer.Option(help="The planner that makes the plans: scission (every ordered split, "
+                                              "priced), or one declared in $EDGEPRUNE_PLANNERS.")] = "scission",
+    wire: Annotated[str, typer.Option(help="Transfer dtypes to choose among with the cut, comma-separated: fp32, "
+                                           "fp16, int8 (symmetric, a scale per tensor), or all.")] = "fp32",
     variants: Annotated[Path | None, typer.Option(help="A portfolio: choose the variant and the cut together (the "
                                                        "bench files are its variants', from `partition bench "
                                                        "PORTFOLIO`); needs --target-latency.")] = None,
@@ -141,10 +153,11 @@ def plan_cmd(
     --target-latency 40[/]
     """
     from ..checks import number
-    from ..files import write_json
-    from ..partition import bench, plan
+    from ..partition import bench, plan, records
+    from ..partition import wire as wires
     from ..runs import check_output_file
 
+    dtypes = wires.parse(wire)
     check_output_file(out, "--out")
     if plot is not None:
         from matplotlib.figure import Figure
@@ -160,7 +173,7 @@ def plan_cmd(
         raise ConfigError("--variants and --target-latency go together: the portfolio to choose from and the "
                           "latency the choice must meet")
     opts = plan.Options(device or (), edge or (), cloud or (), tl, split, blocks or (), max_upload or (),
-                        max_time or (), raw_blocks, top)
+                        max_time or (), raw_blocks, top, dtypes, planner)
     recs = [bench.load(p) for p in benches]
     links = plan.read_network(network)
     if variants is None:
@@ -178,9 +191,9 @@ def plan_cmd(
         chosen, rows = plan.choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_latency)
         _variant_table(rows, chosen, target_latency)
         ranked, rec = results[chosen]
-        rec.update(variant=chosen, portfolio=str(variants), target_latency_ms=target_latency, variants=rows)
+        rec.variant, rec.portfolio, rec.target_latency_ms, rec.variants = chosen, str(variants), target_latency, rows
 
-    table = Table(title=f"{rec['model']}: the {len(ranked)} fastest plans (predicted)")
+    table = Table(title=f"{rec.model}: the {len(ranked)} fastest plans (predicted)")
     for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):
         table.add_column(col, justify="right" if col != "plan" else "left")
     for i, p in enumerate(ranked, 1):
@@ -188,10 +201,10 @@ def plan_cmd(
         table.add_row(str(i), p.label, f"{p.total_ms:.1f}", f"{sum(p.compute_ms):.1f}", f"{link_ms:.1f}",
                       " + ".join(f"{h.bytes:,}" for h in p.hops) or "-")
     console.print(table)
-    write_json(out, rec)
+    records.write(out, rec)
     console.print(f"wrote {out}")
     if plot is not None:
-        plan.plot(ranked, plot, f"{rec['model']}, predicted; links from {network.name}")
+        plan.plot(ranked, plot, f"{rec.model}, predicted; links from {network.name}")
         console.print(f"wrote {plot}")
 
 
@@ -235,12 +248,12 @@ def run_cmd(
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need --runs >= 1 and --warmup >= 0, got {runs} and {warmup}")
     check_output_file(out, "--out")
-    record = records.load(plan_file, "plan")
+    record = records.read_plan(plan_file)
     variants = bench.portfolio_models(source)
     if variants is None:
         data, _ = bench.source_model(source, _shape(input_shape), num_classes, seed)
-    elif record.get("variant") in variants:
-        data = variants[record["variant"]]
+    elif record.variant in variants:
+        data = variants[record.variant]
     else:
         raise ConfigError(f"{source} is a portfolio, but {plan_file} names no variant of it; plan with `partition "
                           f"plan --variants {source} --target-latency MS`, or run a variant's run or ONNX file")

@@ -6,15 +6,14 @@ Per batch the device sends its activations and the labels, the edge runs forward
 step, and sends back the gradient with respect to those activations, through which the device back-propagates its
 own layers. Both sides use SGD, which is per-parameter: the split run takes exactly the steps of the unsplit one.
 
-The wire: gRPC unary calls on the service `edgeprune.Edge`, without generated stubs; each message is a dict of
-tensors and plain values, `torch.save`d, and read back with `weights_only=True` (no pickled code crosses the wire).
-`python -m edgeprune.federated.split serve` is an edge server's process; it prints the port it listens on.
+The wire (rpc.py, whose names are re-exported here): gRPC unary calls on the service `edgeprune.Edge`, each
+message a dict of tensors and plain values. `python -m edgeprune.federated.split serve` is an edge server's
+process; it prints the port it listens on.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
@@ -22,11 +21,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent import futures
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import grpc
 import torch
 from torch import nn
 
@@ -34,18 +31,11 @@ from .. import reaper
 from ..errors import CheckpointError, ConfigError, EdgePruneError
 from ..models import ModelSpec, create
 from ..partition.finetune import chain
+from .rpc import METHODS, SERVICE, EdgeClient, EdgeRefused, EdgeUnreachable, pack, serve, unpack
 
-SERVICE = "edgeprune.Edge"
-METHODS = ("Configure", "Step", "Pull", "Restore", "Resume", "Health")
-
-
-class EdgeUnreachable(EdgePruneError):
-    """An edge server did not answer after the retries."""
-
-
-class EdgeRefused(EdgePruneError):
-    """An edge server refused a request (unknown device, a checkpoint of another model, ...)."""
-
+__all__ = ["METHODS", "SERVICE", "Edge", "EdgeClient", "EdgeRefused", "EdgeSession", "EdgeUnreachable", "Optim",
+           "RoundStats", "check_split", "fingerprint", "halves", "main", "pack", "serve", "start_edge",
+           "stop_edge", "train_round", "unpack", "valid_splits"]
 
 # ------------------------------------------------------------------------------------------------- the halves
 
@@ -84,19 +74,6 @@ class Optim:
 def fingerprint(spec: ModelSpec, split: int, state: dict[str, torch.Tensor]) -> dict:
     """What identifies the edge half of a model: its spec, the split and its tensors' names and shapes."""
     return {"spec": spec.to_dict(), "split": split, "tensors": [[k, list(v.shape)] for k, v in state.items()]}
-
-
-# ------------------------------------------------------------------------------------------------- the wire
-
-
-def pack(message: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(message, buf)
-    return buf.getvalue()
-
-
-def unpack(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 # ------------------------------------------------------------------------------------------------- the edge
@@ -213,80 +190,7 @@ class Edge:
         return {"edge": self.name, "devices": sorted(self.sessions)}
 
 
-def _handler(target: object, service: str, methods: Sequence[str]) -> grpc.GenericRpcHandler:
-    def wrap(method):
-        def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                return pack(method(unpack(request)))
-            except EdgePruneError as e:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(e).__name__}: {e}")
-            except (KeyError, RuntimeError, ValueError) as e:  # a malformed message: say what, keep serving
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(e).__name__}: {str(e)[:300]}")
-
-        return grpc.unary_unary_rpc_method_handler(call)
-
-    return grpc.method_handlers_generic_handler(
-        service, {name: wrap(getattr(target, name.lower())) for name in methods})
-
-
-def serve(target: object, address: str = "127.0.0.1:0", service: str = SERVICE,
-          methods: Sequence[str] = METHODS, also: Sequence[str] = ()) -> tuple[grpc.Server, int]:
-    """Serve `target`'s methods (an Edge's by default) on a gRPC server at `address` (port 0: any free one; or
-    `unix:PATH`) and the addresses in `also`; returns the server and the port of `address`."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
-    server.add_generic_rpc_handlers((_handler(target, service, methods),))
-    port = server.add_insecure_port(address)
-    for extra in also:
-        server.add_insecure_port(extra)
-    server.start()
-    return server, port
-
-
-# Activations of a batch of 100 at VGG-5's first layer are 13 MB; gRPC's default cap is 4 MB.
-_OPTIONS = [("grpc.max_send_message_length", 512 << 20), ("grpc.max_receive_message_length", 512 << 20)]
-
-
 # ------------------------------------------------------------------------------------------------- the device
-
-
-@dataclass
-class EdgeClient:
-    """Calls an edge at `address`; retries an unreachable edge `retries` times with doubling backoff. `rtt_ms`: a
-    round-trip time slept before each call, for links emulated on a kernel without netem (see emulate)."""
-
-    address: str
-    retries: int = 3
-    backoff_s: float = 0.2
-    timeout_s: float = 600.0
-    rtt_ms: float = 0.0
-    service: str = SERVICE
-    _channel: grpc.Channel | None = field(default=None, repr=False)
-
-    def call(self, method: str, message: dict) -> dict:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address, options=_OPTIONS)
-        rpc = self._channel.unary_unary(f"/{self.service}/{method}")
-        delay = self.backoff_s
-        time.sleep(self.rtt_ms / 1e3)
-        for attempt in range(self.retries + 1):
-            try:
-                return unpack(rpc(pack(message), timeout=self.timeout_s))
-            except grpc.RpcError as e:
-                if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
-                    kind, _, text = e.details().partition(": ")
-                    raise (CheckpointError if kind == "CheckpointError" else EdgeRefused)(text) from None
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise EdgeUnreachable(f"edge {self.address} did not answer {method} ({e.code().name}) after "
-                                          f"{attempt + 1} tries; check that its server runs and the address is "
-                                          "right") from None
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
 
 @dataclass

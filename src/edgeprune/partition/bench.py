@@ -19,7 +19,7 @@ from ..errors import ConfigError, EdgePruneError
 from ..export import ort_session
 from ..progress import Reporter, reporter
 from . import hop, transfer, wire
-from .records import BENCH_FORMAT
+from .records import BENCH_FORMAT, Bench, Block, TransferTiming, read_bench
 
 FORMAT = BENCH_FORMAT
 
@@ -78,8 +78,9 @@ def portfolio_models(source: str | Path) -> dict[str, bytes] | None:
 
 
 def checked(path: Path, what: str | None = None) -> bytes:
-    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model or is an INT8 one
-    (a quantised graph's blocks cannot be cut apart at its float activations)."""
+    """The bytes of ONNX file `path`, refused in one line if it is not a readable ONNX model. An INT8 model (QDQ or
+    QOperator) is cut like an fp32 one: a cut may carry a float tensor or a quantised (uint8/int8) one, which
+    travels as it is (wire.encode); the transfer layer and the fp16/int8 transfer dtypes apply to float cuts only."""
     import onnx
 
     what = what or str(path)
@@ -90,11 +91,6 @@ def checked(path: Path, what: str | None = None) -> bytes:
     except Exception as e:  # protobuf's DecodeError, onnx's ValidationError: a truncated or foreign file
         raise ConfigError(f"{what} is not a readable ONNX model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); export it again") from None
-    from ..export import precision_of
-
-    if precision_of(data) != "fp32":
-        raise ConfigError(f"{what} is an INT8 model: partitioning times and cuts fp32 models only; give its fp32 "
-                          "source run (the one `edgeprune quantize` was run on)")
     return data
 
 
@@ -102,8 +98,8 @@ def run(
     onnx_model: bytes, name: str, tier: str, threads: int = 1, cpu_quota: float | None = None, runs: int = 30,
     warmup: int = 5, progress: Reporter | None = None, seed: int = 0, slowdown: float | None = None,
     max_tensors: int = 1,
-) -> dict:
-    """Time every block of `onnx_model` as tier `tier` and return the bench record (see module docstring).
+) -> Bench:
+    """Time every block of `onnx_model` as tier `tier` and return its bench record (records.Bench).
 
     One sample runs the blocks as a chain, each fed the previous one's output (timing blocks one at a time, over and
     over, finds their weights in cache and underestimated a chain 3x), then the transfer layers of every eligible
@@ -141,7 +137,8 @@ def run(
 
     outs = chain(None)
     calls = {"whole": lambda: whole.run(None, {seg.input: x})}
-    tl_cuts = [i for i, a in enumerate(outs[:-1]) if len(a) == 1 and transfer.eligible(a[0].shape[1:])]
+    tl_cuts = [i for i, a in enumerate(outs[:-1])  # the layer pools one float32 map (not an INT8 graph's uint8)
+               if len(a) == 1 and a[0].dtype == np.float32 and transfer.eligible(a[0].shape[1:])]
     tl_bytes = {}
     for i in tl_cuts:
         shape = outs[i][0].shape[1:]
@@ -186,34 +183,30 @@ def run(
     for i in range(seg.n_blocks):
         nodes = seg.block(i).graph.node
         out = outs[i]
-        blocks.append({
-            "index": i, "first_node": nodes[0].name, "last_node": nodes[-1].name, "nodes": len(nodes),
-            "output": "+".join(seg.boundaries(i + 1)), "output_op": nodes[-1].op_type,
-            "output_shape": list(out[0].shape[1:]) if len(out) == 1 else None,  # None: several tensors cross
-            "output_shapes": [list(a.shape[1:]) for a in out], "output_dtypes": [str(a.dtype) for a in out],
-            "output_bytes": sum(int(a.nbytes) for a in out), "ms": ms[f"block {i}"],
-            "median_ms": float(np.median(times[f"block {i}"])),
-            "tl": ({"bytes": tl_bytes[i], "down_ms": ms[f"tl down {i}"], "up_ms": ms[f"tl up {i}"]}
-                   if i in tl_cuts else None),
-        })
-    total = sum(b["ms"] for b in blocks)
-    return {
-        "format": FORMAT, "model": name, "onnx_sha256": hashlib.sha256(onnx_model).hexdigest(),
-        "input": seg.input, "input_shape": list(seg.input_shape), "input_bytes": int(x.nbytes),
-        "tier": tier, "threads": threads, "max_tensors": max_tensors,
-        "device": (quota.describe() | (fitted or {})) if quota is not None else {"cpu_quota": None},
-        "slowdown": slowdown, "clock": "wall", "runs": runs, "warmup": warmup,
-        "statistic": "mean", "request": request, "wire": codecs,
-        "blocks": blocks, "whole_ms": ms["whole"], "sum_blocks_ms": total, "blocks_over_whole": total / ms["whole"],
-        "environment": measure.environment(),
-    }
+        blocks.append(Block(
+            index=i, first_node=nodes[0].name, last_node=nodes[-1].name, nodes=len(nodes),
+            output="+".join(seg.boundaries(i + 1)), output_op=nodes[-1].op_type,
+            output_shape=list(out[0].shape[1:]) if len(out) == 1 else None,  # None: several tensors cross
+            output_shapes=[list(a.shape[1:]) for a in out], output_dtypes=[str(a.dtype) for a in out],
+            output_bytes=sum(int(a.nbytes) for a in out), ms=ms[f"block {i}"],
+            median_ms=float(np.median(times[f"block {i}"])),
+            tl=(TransferTiming(tl_bytes[i], ms[f"tl down {i}"], ms[f"tl up {i}"]) if i in tl_cuts else None),
+        ))
+    total = sum(b.ms for b in blocks)
+    return Bench(
+        model=name, onnx_sha256=hashlib.sha256(onnx_model).hexdigest(),
+        input=seg.input, input_shape=list(seg.input_shape), input_bytes=int(x.nbytes),
+        tier=tier, threads=threads, max_tensors=max_tensors,
+        device=(quota.describe() | (fitted or {})) if quota is not None else {"cpu_quota": None},
+        slowdown=slowdown, clock="wall", runs=runs, warmup=warmup, statistic="mean", request=request, wire=codecs,
+        blocks=blocks, whole_ms=ms["whole"], sum_blocks_ms=total, blocks_over_whole=total / ms["whole"],
+        environment=measure.environment(),
+    )
 
 
-def load(path: str | Path) -> dict:
-    """A bench file, checked to be one, field by field."""
-    from .records import load as load_record
-
-    return load_record(path, "bench")
+def load(path: str | Path) -> Bench:
+    """A bench file, checked to be one, field by field (records.read_bench)."""
+    return read_bench(path)
 
 
 def path_for(out_dir: str | Path, tier: str) -> Path:

@@ -113,10 +113,9 @@ def measure(quota=None, runs: int = 30, warmup: int = 10) -> dict:
     return out
 
 
-def request_ms(sender: dict, receiver: dict) -> float:
-    """The fixed cost of one request from the tier of bench record `sender` to that of `receiver`; 0 for bench
-    files made before it was measured."""
-    s, r = sender.get("request"), receiver.get("request")
-    if not s or not r:
+def request_ms(sender: dict | None, receiver: dict | None) -> float:
+    """The fixed cost of one request from a tier whose bench measured `sender` (its `request`, from `measure`) to
+    one that measured `receiver`; 0 for bench files made before it was measured (None)."""
+    if not sender or not receiver:
         return 0.0
-    return max(0.0, s["send_ms"] + r["serve_ms"] - (s["free_ms"] + r["free_ms"]) / 2)
+    return max(0.0, sender["send_ms"] + receiver["serve_ms"] - (sender["free_ms"] + receiver["free_ms"]) / 2)

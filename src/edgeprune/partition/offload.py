@@ -30,6 +30,7 @@ from .. import emulate, reaper, segments
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from . import transfer, wire
+from .records import Plan, PlanFile, Stage, Tier
 
 PORT = 8000
 READY_S = 120.0
@@ -59,12 +60,14 @@ def _encode(arrays: Sequence[np.ndarray], dtype: str = "fp32") -> tuple[bytes, d
     return wire.encode(arrays, dtype)
 
 
-def _decode(body: bytes, shape_header: str, dtype: str = "fp32", scale_header: str = "") -> list[np.ndarray]:
-    return wire.decode(body, shape_header, dtype, scale_header)
+def _decode(body: bytes, shape_header: str, dtype: str = "fp32", scale_header: str = "",
+            elem_header: str = "") -> list[np.ndarray]:
+    return wire.decode(body, shape_header, dtype, scale_header, elem_header)
 
 
 def _decode_response(r) -> list[np.ndarray]:
-    return _decode(r.content, r.headers["x-shape"], r.headers.get("x-dtype", "fp32"), r.headers.get("x-scale", ""))
+    return _decode(r.content, r.headers["x-shape"], r.headers.get("x-dtype", "fp32"), r.headers.get("x-scale", ""),
+                   r.headers.get("x-elem", ""))
 
 
 def _feeds(sess, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,8 +98,8 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
             client.get(f"{next_url}/health").raise_for_status()
         return {"ready": True}
 
-    def work(body: bytes, shape: str, dtype: str, scale: str) -> tuple[bytes, dict[str, str]]:
-        a = _decode(body, shape, dtype, scale)
+    def work(body: bytes, shape: str, dtype: str, scale: str, elem: str) -> tuple[bytes, dict[str, str]]:
+        a = _decode(body, shape, dtype, scale, elem)
         if sess is not None:
             a = sess.run(None, _feeds(sess, a))
         if client is not None:
@@ -113,12 +116,13 @@ def make_app(model: str | None, threads: int, back: _Link, next_url: str | None,
     async def segment(request: Request) -> Response:
         body, shape = await request.body(), request.headers.get("x-shape", "")
         dtype, scale = request.headers.get("x-dtype", "fp32"), request.headers.get("x-scale", "")
+        elem = request.headers.get("x-elem", "")
         try:
-            _decode(body, shape, dtype, scale)
+            _decode(body, shape, dtype, scale, elem)
         except ValueError as e:
             raise HTTPException(422, f"body of {len(body)} bytes does not match x-shape {shape!r}: {e}") from None
         # ONNX Runtime and the sleeps block: off the event loop
-        out, headers = await run_in_threadpool(work, body, shape, dtype, scale)
+        out, headers = await run_in_threadpool(work, body, shape, dtype, scale, elem)
         return Response(out, media_type="application/octet-stream", headers=headers)
 
     return app
@@ -210,46 +214,42 @@ def main(argv: Sequence[str] | None = None) -> None:
 # ------------------------------------------------------------------------------------------------ orchestration
 
 
-def segment_models(onnx_model: bytes, plan: dict, folder: Path, max_tensors: int = 1) -> list[Path | None]:
+def segment_models(onnx_model: bytes, plan: Plan, folder: Path, max_tensors: int = 1) -> list[Path | None]:
     """Write each stage's blocks (with the transfer layer where the plan has one) to `folder`; None for a device
     that runs no block (it sends the input). `max_tensors` must be the one the bench files were made with."""
     seg = segments.load(onnx_model, "model", max_tensors)
-    stages = plan["stages"]
     paths: list[Path | None] = []
-    for k, st in enumerate(stages):
-        if st["stop"] == st["first"]:
+    for k, st in enumerate(plan.stages):
+        if st.stop == st.first:
             paths.append(None)
             continue
-        model = seg.span(st["first"], st["stop"])
-        if plan["tl"] and k == 0:
-            cut = seg.cuts[st["stop"] - 1]
+        model = seg.span(st.first, st.stop)
+        if plan.tl and k == 0:
+            cut = seg.cuts[st.stop - 1]
             transfer.check(cut.shape, cut.tensor)
             model = transfer.with_down(model, cut.shape)
-        if plan["tl"] and k == 1:
-            cut = seg.cuts[st["first"] - 1]
+        if plan.tl and k == 1:
+            cut = seg.cuts[st.first - 1]
             model = transfer.with_up(model, cut.shape)
-        paths.append(segments.save(model, folder / f"stage{k}-{st['tier']}.onnx"))
+        paths.append(segments.save(model, folder / f"stage{k}-{st.tier}.onnx"))
     return paths
 
 
-def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warmup: int = 3,
+def execute(onnx_model: bytes, record: PlanFile, rank: int = 1, runs: int = 20, warmup: int = 3,
             progress: Reporter | None = None, allow_namespaces: bool = True) -> dict:
     """Run plan number `rank` of a plan record (plan.record) for real and measure its end-to-end latency at the
     device (median of `runs` requests after `warmup`). Everything started is stopped, everything made is removed."""
     import hashlib
 
     progress = reporter(progress)
-    if hashlib.sha256(onnx_model).hexdigest() != record["onnx_sha256"]:
+    if hashlib.sha256(onnx_model).hexdigest() != record.onnx_sha256:
         raise ConfigError("the model given is not the one the plan was made for (ONNX sha256 differs); run the "
                           "plan on the model its bench files timed (a model built by name: with the same --seed, "
                           "--input-shape and --num-classes as `partition bench`)")
-    if not 1 <= rank <= len(record["plans"]):
-        raise ConfigError(f"--rank {rank}: the plan file has plans 1-{len(record['plans'])}")
-    plan = record["plans"][rank - 1]
-    stages, hops = plan["stages"], plan["hops"]
-    tiers = record["tiers"]
-    links = {frozenset((lk["source"], lk["destination"])): lk for lk in record["links"]}
-    hop_links = [links[frozenset((h["source"], h["destination"]))] for h in hops]
+    plan = record.plan(rank)
+    stages, hops = plan.stages, plan.hops
+    tiers = record.tiers
+    hop_links = [record.link(h.source, h.destination) for h in hops]
     why_not = emulate.namespaces_unavailable() if (hops and allow_namespaces) else None
     modelled = bool(hops) and (why_not is not None or not allow_namespaces)
     if hops and why_not is not None:
@@ -265,7 +265,7 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
         procs.append(proc)
         reaper.track_process(proc.pid)
-        fraction = tiers[stages[k]["tier"]]["device"].get("cpu_quota")
+        fraction = tiers[stages[k].tier].device.get("cpu_quota")
         if fraction:  # from here, where the cgroup mounts are visible (see CpuQuota.add)
             quotas.append(emulate.CpuQuota(fraction, name=f"edgeprune-{os.getpid()}-{k}"))
             quotas[-1].add(proc.pid)
@@ -273,11 +273,11 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-partition-") as tmp:
         folder = Path(tmp)
-        models = segment_models(onnx_model, plan, folder, record.get("max_tensors", 1))
+        models = segment_models(onnx_model, plan, folder, record.max_tensors)
         try:
             if hops and not modelled:
-                chain = emulate.Chain([s["tier"] for s in stages],
-                                      [emulate.LinkSpec(lk["bandwidth_mbps"], lk["rtt_ms"]) for lk in hop_links])
+                chain = emulate.Chain([s.tier for s in stages],
+                                      [emulate.LinkSpec(lk.bandwidth_mbps, lk.rtt_ms) for lk in hop_links])
                 chain.__enter__()
             prefix = (lambda i: chain.prefix(i)) if chain is not None else (lambda i: [])
             hosts = chain.address if chain is not None else ["127.0.0.1"] * len(stages)
@@ -286,25 +286,25 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
             for k in range(len(stages) - 1, 0, -1):  # the last tier first, so each tier's next one is up
                 cmd = [*prefix(k), sys.executable, "-m", __name__, "serve", *_tier_args(stages[k], tiers, models[k]),
                        "--host", "0.0.0.0" if chain is not None else "127.0.0.1", "--port", str(ports[k]),
-                       "--rtt-ms", str(hop_links[k - 1]["rtt_ms"])]
+                       "--rtt-ms", str(hop_links[k - 1].rtt_ms)]
                 if modelled:
-                    cmd += ["--modelled-mbps", str(hop_links[k - 1]["bandwidth_mbps"])]
+                    cmd += ["--modelled-mbps", str(hop_links[k - 1].bandwidth_mbps)]
                 if k + 1 < len(stages):
-                    cmd += ["--next-url", url[k + 1], "--next-rtt-ms", str(hop_links[k]["rtt_ms"]),
-                            "--next-dtype", hops[k].get("wire", "fp32")]
+                    cmd += ["--next-url", url[k + 1], "--next-rtt-ms", str(hop_links[k].rtt_ms),
+                            "--next-dtype", hops[k].wire]
                     if modelled:
-                        cmd += ["--next-modelled-mbps", str(hop_links[k]["bandwidth_mbps"])]
+                        cmd += ["--next-modelled-mbps", str(hop_links[k].bandwidth_mbps)]
                 start(cmd, k)
             out = folder / "device.json"
             cmd = [*prefix(0), sys.executable, "-m", __name__, "device", *_tier_args(stages[0], tiers, models[0]),
-                   "--input-shape", ",".join(map(str, record["input_shape"])), "--runs", str(runs),
+                   "--input-shape", ",".join(map(str, record.input_shape)), "--runs", str(runs),
                    "--warmup", str(warmup), "--out", str(out)]
             if hops:
-                cmd += ["--url", url[1], "--rtt-ms", str(hop_links[0]["rtt_ms"]), "--dtype",
-                        hops[0].get("wire", "fp32")]
+                cmd += ["--url", url[1], "--rtt-ms", str(hop_links[0].rtt_ms), "--dtype",
+                        hops[0].wire]
                 if modelled:
-                    cmd += ["--modelled-mbps", str(hop_links[0]["bandwidth_mbps"])]
-            progress.note(f"running plan {rank}: {plan['label']} ({runs} requests)")
+                    cmd += ["--modelled-mbps", str(hop_links[0].bandwidth_mbps)]
+            progress.note(f"running plan {rank}: {plan.label} ({runs} requests)")
             device = start(cmd, 0, stdin=subprocess.PIPE)
             _, stderr = device.communicate("go\n")
             if device.returncode != 0:
@@ -326,22 +326,22 @@ def execute(onnx_model: bytes, record: dict, rank: int = 1, runs: int = 20, warm
                 q.close()
             if chain is not None:
                 chain.close()
-    ref = _reference(onnx_model, record["input_shape"])
+    ref = _reference(onnx_model, record.input_shape)
     return {
-        "plan": plan["label"], "rank": rank, "predicted_ms": plan["total_ms"],
+        "plan": plan.label, "rank": rank, "predicted_ms": plan.total_ms,
         "measured_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "latencies_ms": times,
         "runs": runs, "warmup": warmup, "clock": "wall",
         "link": ("none" if not hops else "modelled (loopback, bytes/bandwidth slept)" if modelled
                  else "namespaces+veth, tc tbf"),
         "rtt": ("none" if not hops else "application (half before each send)"
                 + ("" if netem else "; kernel has no netem")),
-        "max_abs_error": float(np.abs(final - ref).max()), "tl": plan["tl"], "wire": plan.get("wire", "fp32"),
+        "max_abs_error": float(np.abs(final - ref).max()), "tl": plan.tl, "wire": plan.wire,
     }
 
 
-def _tier_args(stage: dict, tiers: dict, model: Path | None) -> list[str]:
-    t = tiers[stage["tier"]]
-    return ["--threads", str(t["threads"])] + (["--model", str(model)] if model is not None else [])
+def _tier_args(stage: Stage, tiers: dict[str, Tier], model: Path | None) -> list[str]:
+    t = tiers[stage.tier]
+    return ["--threads", str(t.threads)] + (["--model", str(model)] if model is not None else [])
 
 
 def _reference(onnx_model: bytes, input_shape: Sequence[int]) -> np.ndarray:

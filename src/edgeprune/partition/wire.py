@@ -14,8 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 WIRES = ("fp32", "fp16", "int8")
 ITEMSIZE = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def parse(text: str, option: str = "--wire") -> tuple[str, ...]:
+    """The transfer dtypes a comma-separated option names (`fp32,fp16`, or `all`), refused in one line if one is
+    unknown or none is given."""
+    names = list(WIRES) if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in WIRES]
+    if bad or not names:
+        raise ConfigError(f"{option} {text!r}: choose among {', '.join(WIRES)} (comma-separated), or all")
+    return tuple(dict.fromkeys(names))
 
 
 def _check(wire: str) -> None:
@@ -25,11 +37,24 @@ def _check(wire: str) -> None:
 
 def encode(arrays: Sequence[np.ndarray], wire: str = "fp32") -> tuple[bytes, dict[str, str]]:
     """The tensors as one body (one after the other) and the headers that describe them: `x-shape`
-    (`1,64,8,8;1,32,8,8`), `x-dtype`, and for int8 `x-scale` (one per tensor)."""
+    (`1,64,8,8;1,32,8,8`), `x-dtype`, and for int8 `x-scale` (one per tensor).
+
+    fp32 sends the tensors as computed: float ones as float32, and the quantised (uint8/int8) activations of an
+    INT8 graph in their own dtype, named in `x-elem` (`float32;uint8`; absent when all are float32). fp16 and int8
+    re-code float tensors only: a tensor that is not float is refused (the planner offers them only where every
+    tensor crossing is float32)."""
     _check(wire)
-    parts, scales = [], []
+    parts, scales, elems = [], [], []
     for a in arrays:
+        a = np.asarray(a)
+        if wire == "fp32" and a.dtype.kind in "iub":
+            parts.append(np.ascontiguousarray(a).tobytes())
+            elems.append(a.dtype.name)
+            continue
+        if a.dtype.kind != "f":
+            raise ValueError(f"a {a.dtype} tensor cannot travel as {wire}: send it as fp32 (as computed)")
         a = np.ascontiguousarray(a, dtype=np.float32)
+        elems.append("float32")
         if wire == "fp16":
             parts.append(a.astype(np.float16).tobytes())
         elif wire == "int8":
@@ -42,25 +67,36 @@ def encode(arrays: Sequence[np.ndarray], wire: str = "fp32") -> tuple[bytes, dic
     headers = {"x-shape": ";".join(",".join(map(str, a.shape)) for a in arrays), "x-dtype": wire}
     if scales:
         headers["x-scale"] = ";".join(repr(s) for s in scales)
+    if any(e != "float32" for e in elems):
+        headers["x-elem"] = ";".join(elems)
     return b"".join(parts), headers
 
 
-def decode(body: bytes, shape_header: str, wire: str = "fp32", scale_header: str = "") -> list[np.ndarray]:
-    """The float32 tensors of a body made by `encode`."""
+def decode(body: bytes, shape_header: str, wire: str = "fp32", scale_header: str = "",
+           elem_header: str = "") -> list[np.ndarray]:
+    """The tensors of a body made by `encode`: float32, or for fp32 with `x-elem` each in the dtype it names."""
     _check(wire)
     shapes = [tuple(int(v) for v in part.split(",")) for part in shape_header.split(";")]
     sizes = [int(np.prod(s)) for s in shapes]
-    dtype = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}[wire]
-    flat = np.frombuffer(body, dtype=dtype)
-    if flat.size != sum(sizes):
-        raise ValueError(f"{flat.size} {wire} values for shapes of {sum(sizes)} in all")
+    coded = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "int8": np.dtype(np.int8)}[wire]
+    if elem_header:
+        if wire != "fp32":
+            raise ValueError(f"x-elem is for fp32 bodies, not {wire}")
+        dtypes = [np.dtype(e) for e in elem_header.split(";")]
+        if len(dtypes) != len(shapes) or any(d.kind not in "fiub" for d in dtypes):
+            raise ValueError(f"x-elem {elem_header!r} does not name a numeric dtype per tensor")
+    else:
+        dtypes = [coded] * len(shapes)
+    if len(body) != sum(n * d.itemsize for n, d in zip(sizes, dtypes, strict=True)):
+        got = f"{len(body)} bytes" if elem_header else f"{len(body) / coded.itemsize:g} {wire} values"
+        raise ValueError(f"{got} for shapes of {sum(sizes)} in all")
     scales = [float(v) for v in scale_header.split(";")] if wire == "int8" else [1.0] * len(shapes)
     if len(scales) != len(shapes):
         raise ValueError(f"{len(scales)} int8 scale(s) for {len(shapes)} tensor(s)")
-    offsets = np.cumsum([0, *sizes])
-    out = []
-    for o, n, s, k in zip(offsets, sizes, shapes, scales, strict=False):
-        a = flat[o:o + n].reshape(s)
+    out, offset = [], 0
+    for n, s, k, d in zip(sizes, shapes, scales, dtypes, strict=True):
+        a = np.frombuffer(body, dtype=d, count=n, offset=offset).reshape(s)
+        offset += n * d.itemsize
         out.append(a if wire == "fp32" else a.astype(np.float32) * np.float32(k) if wire == "int8"
                    else a.astype(np.float32))
     return out
@@ -87,10 +123,9 @@ def measure(values: int = 1 << 18, runs: int = 30, warmup: int = 3, seed: int = 
     return out
 
 
-def codec_ms(sender: dict, receiver: dict, wire: str, values: int) -> float:
-    """Encoding on the tier of bench record `sender` plus decoding on that of `receiver`, for `values` values; 0 for
-    bench files made before the codecs were timed."""
-    s, r = sender.get("wire"), receiver.get("wire")
-    if not s or not r:
+def codec_ms(sender: dict | None, receiver: dict | None, wire: str, values: int) -> float:
+    """Encoding on a tier whose bench measured `sender` (its `wire`, from `measure`) plus decoding on one that
+    measured `receiver`, for `values` values; 0 for bench files made before the codecs were timed (None)."""
+    if not sender or not receiver:
         return 0.0
-    return values * (s[wire]["encode_ns"] + r[wire]["decode_ns"]) / 1e6
+    return values * (sender[wire]["encode_ns"] + receiver[wire]["decode_ns"]) / 1e6

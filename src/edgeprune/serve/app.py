@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -36,6 +37,7 @@ from .. import __version__
 from ..errors import EdgePruneError
 from ..portfolio import ROUTED
 from . import codec, status
+from . import policy as policy_mod
 from .codec import BadRequest
 from .control import MAX_BATCH, MAX_BODY_BYTES, Server, conflict_status  # noqa: F401  (re-exported)
 
@@ -44,8 +46,18 @@ class PolicyRequest(BaseModel):
     """`{"name": <policy>, "params": {...}}`; nothing else."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Literal["fixed", "accuracy-floor", "latency", "realtime", "roma"]
+    name: str  # a registered policy (policy.names())
     params: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        known = policy_mod.names()
+        if name not in known:
+            expected = " or ".join([", ".join(repr(n) for n in known[:-1]), repr(known[-1])] if len(known) > 1
+                                   else [repr(n) for n in known])
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return name
 
 
 class ErrorBody(BaseModel):
@@ -323,10 +335,9 @@ def create_app(server: Server, grpc_port: int | None = None, grpc_host: str = "1
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
             # the policies this portfolio's task takes (realtime scores classifiers, roma chooses detectors)
-            other = "realtime" if m.task == "detect" else "roma"
-            name_schema = schemas.get("PolicyRequest", {}).get("properties", {}).get("name", {})
-            if "enum" in name_schema:
-                name_schema["enum"] = [p for p in name_schema["enum"] if p != other]
+            name_schema = schemas.get("PolicyRequest", {}).get("properties", {}).get("name")
+            if name_schema is not None:
+                name_schema["enum"] = policy_mod.names(m.task)
             app.openapi_schema = schema
         return app.openapi_schema
 

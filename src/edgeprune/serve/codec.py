@@ -313,3 +313,71 @@ def binary_body(inputs: list[tuple[dict, bytes]], **request: Any) -> tuple[bytes
     head = json.dumps({**request, "inputs": [entry for entry, _ in inputs]}).encode()
     return b"".join([head, *(raw for _, raw in inputs)]), {
         "Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+# ------------------------------------------------------------------------------------------------ one codec per task
+
+
+class ClassifyCodec:
+    """A classifier portfolio's outputs: one FP32 row of class scores per sample, as the graph computed it."""
+
+    task = "classify"
+    quality = "accuracy"  # what a variant's `accuracy` measures, as the status page names it
+
+    def output_specs(self, manifest) -> list[dict]:
+        return [{"name": "output", "datatype": "FP32", "shape": [-1, manifest.classes]}]
+
+    def config_dims(self, spec: dict) -> list[int]:
+        """Triton's dims of an output: the batch dimension is implied by max_batch_size and left out."""
+        return spec["shape"][1:] or [-1]
+
+    def decode(self, manifest, vid: str, y: np.ndarray) -> np.ndarray:
+        return y
+
+    def detections(self, y: Any) -> int | None:
+        return None
+
+    def outputs(self, y: np.ndarray) -> list[Tensor]:
+        return [Tensor("output", "FP32", list(y.shape), y)]
+
+
+class DetectCodec:
+    """A detector portfolio's outputs: the graph's raw maps decoded (NMS) per sample into ragged detections, answered
+    flattened with each row tagged by its sample (as torchvision's batched NMS does)."""
+
+    task = "detect"
+    quality = "profiled AP@0.5"
+
+    def output_specs(self, manifest) -> list[dict]:
+        return [{"name": "boxes", "datatype": "FP32", "shape": [-1, 4]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1]},
+                {"name": "classes", "datatype": "INT64", "shape": [-1]},
+                {"name": "batch_index", "datatype": "INT64", "shape": [-1]}]
+
+    def config_dims(self, spec: dict) -> list[int]:
+        return spec["shape"]  # one row per detection, not per sample: no batch dimension
+
+    def decode(self, manifest, vid: str, y: Any) -> list:
+        """Detections per sample (a caller waits for the decoding too, and the profile timed both)."""
+        from ..detection.detector import decode
+
+        size = manifest.detection["input_sizes"][vid]
+        return [decode(out, size) for out in y]
+
+    def detections(self, y: list) -> int:
+        return sum(len(d) for d in y)
+
+    def outputs(self, y: list) -> list[Tensor]:
+        index = np.repeat(np.arange(len(y)), [len(d) for d in y]).astype(np.int64)
+        boxes = np.concatenate([d.boxes for d in y]).reshape(-1, 4).astype(np.float32)
+        columns = (("boxes", boxes, "FP32"), ("scores", np.concatenate([d.scores for d in y]), "FP32"),
+                   ("classes", np.concatenate([d.classes for d in y]), "INT64"), ("batch_index", index, "INT64"))
+        return [Tensor(n, t, list(a.shape), a) for n, a, t in columns]
+
+
+TASK_CODECS = {"classify": ClassifyCodec(), "detect": DetectCodec()}
+
+
+def for_task(task: str) -> ClassifyCodec | DetectCodec:
+    """The codec of a portfolio's task (its manifest's `task`)."""
+    return TASK_CODECS[task]

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError, EdgePruneError
 from ..portfolio import ROUTED, Manifest
+from . import codec
 from . import policy as policy_mod
 from .codec import BadRequest, Decoded, Tensor
 from .metrics import Metrics
@@ -88,12 +89,13 @@ class Server:
     def is_ready(self, model: str) -> bool:
         return model == ROUTED or model in self.sessions.loaded()
 
+    @property
+    def task(self) -> codec.ClassifyCodec | codec.DetectCodec:
+        """The codec of the portfolio's task: its outputs, their decoding and their form on the wire."""
+        return codec.for_task(self.manifest.task)
+
     def output_specs(self) -> list[dict]:
-        if self.manifest.task != "detect":
-            return [{"name": "output", "datatype": "FP32", "shape": [-1, self.manifest.classes]}]
-        return [{"name": "boxes", "datatype": "FP32", "shape": [-1, 4]}, {"name": "scores", "datatype": "FP32",
-                "shape": [-1]}, {"name": "classes", "datatype": "INT64", "shape": [-1]},
-                {"name": "batch_index", "datatype": "INT64", "shape": [-1]}]
+        return self.task.output_specs(self.manifest)
 
     def metadata(self, model: str) -> dict:
         m = self.manifest
@@ -108,11 +110,8 @@ class Server:
         """Triton's model configuration (what `get_model_config` reads): the batch dimension is implied by
         max_batch_size and left out of dims."""
         m = self.manifest
-        outputs = [{"name": o["name"], "data_type": f"TYPE_{o['datatype']}", "dims": o["shape"][1:] or [-1]}
+        outputs = [{"name": o["name"], "data_type": f"TYPE_{o['datatype']}", "dims": self.task.config_dims(o)}
                    for o in self.output_specs()]
-        if m.task == "detect":  # one row per detection, not per sample: no batch dimension
-            outputs = [{"name": o["name"], "data_type": f"TYPE_{o['datatype']}", "dims": o["shape"]}
-                       for o in self.output_specs()]
         return {"name": model, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "version_policy":
                 {"latest": {"num_versions": 1}}, "max_batch_size": MAX_BATCH,
                 "input": [{"name": m.input_name, "data_type": f"TYPE_{m.datatype}", "format": "FORMAT_NONE",
@@ -180,11 +179,7 @@ class Server:
         Returns the variant and its output: an array, or a detector's Detections per sample."""
         t0 = time.perf_counter()
         vid, y = self.sessions.infer(x, None if model == ROUTED else model)
-        if self.manifest.task == "detect":  # a caller waits for the decoding too, and the profile timed both
-            from ..detection.detector import decode
-
-            size = self.manifest.detection["input_sizes"][vid]
-            y = [decode(out, size) for out in y]
+        y = self.task.decode(self.manifest, vid, y)  # a caller waits for a detector's decoding, as profiled
         ms = (time.perf_counter() - t0) * 1e3
         self.metrics.latency.labels(vid).observe(ms / 1e3)
         self._recent[vid].append(ms)
@@ -194,15 +189,10 @@ class Server:
 
     def outputs(self, vid: str, y: Any) -> list[Tensor]:
         """The protocol's outputs of `y`, what `run` returned for variant `vid`."""
-        if self.manifest.task != "detect":
-            return [Tensor("output", "FP32", list(y.shape), y)]
-        # ragged per-sample detections flattened, each tagged with its sample (as torchvision's batched NMS does)
-        index = np.repeat(np.arange(len(y)), [len(d) for d in y]).astype(np.int64)
-        boxes = np.concatenate([d.boxes for d in y]).reshape(-1, 4).astype(np.float32)
-        self.metrics.detections.labels(vid).inc(len(index))
-        columns = (("boxes", boxes, "FP32"), ("scores", np.concatenate([d.scores for d in y]), "FP32"),
-                   ("classes", np.concatenate([d.classes for d in y]), "INT64"), ("batch_index", index, "INT64"))
-        return [Tensor(n, t, list(a.shape), a) for n, a, t in columns]
+        found = self.task.detections(y)
+        if found is not None:
+            self.metrics.detections.labels(vid).inc(found)
+        return self.task.outputs(y)
 
     # the control loop -------------------------------------------------------------------------------------
     def _observe(self, vid: str, ms: float, y: Any) -> None:

@@ -22,6 +22,12 @@ it decided on, so every decision can be logged and checked.
   latencies (graph + decoding), to ROMA, which estimates every detector's real-time AP from them (never from
   labels) and switches with hysteresis. The requests are taken as the frames of a stream at `fps` that the
   active detector kept up with. Its tables are the profile recorded in the portfolio (or `profile=PATH`).
+
+A policy is a `Policy` dataclass declared with `@register(name, tasks=...)`: its fields after `manifest` are its
+parameters (checked by type in `make`, shown by the API), `decide` is called once per window. The built-in ones
+are below; others are imported from the `edgeprune.policies` entry-point group and from `$EDGEPRUNE_POLICIES`
+(comma-separated modules), or by importing their module (tests/plugin_policy.py is the complete example). The
+server, its API's schema and `make` know a policy only from the registry (registry.py).
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ import collections
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..portfolio import Manifest
+from .registry import TASKS, make, names, register  # noqa: F401  (make and names re-exported: policy.make(...))
 
 DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
-POLICIES = ("fixed", "accuracy-floor", "latency", "realtime", "roma")
 # upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
 MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
 MIN_FPS = 1e-3  # one frame in about 17 minutes: below it a frame's period overflows the decision arithmetic
@@ -82,6 +88,7 @@ class Policy:
     manifest: Manifest
     name: str = "fixed"
     reads_outputs: ClassVar[bool] = False  # whether the server must keep each request's output in the window
+    tasks: ClassVar[tuple[str, ...]] = TASKS  # the portfolios it chooses for (set by `register`)
 
     def params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("manifest", "name") and not k.startswith("_")}
@@ -90,6 +97,7 @@ class Policy:
         raise NotImplementedError
 
 
+@register("fixed")
 @dataclass
 class Fixed(Policy):
     variant: str | None = None
@@ -107,6 +115,7 @@ class Fixed(Policy):
         return Decision(self.name, window.variant, want, True, {"variant": self.variant}, "fixed by the API")
 
 
+@register("accuracy-floor")
 @dataclass
 class AccuracyFloor(Policy):
     accuracy: float = 0.0
@@ -140,6 +149,7 @@ class _Slowdown:
         return ratio
 
 
+@register("latency")
 @dataclass
 class Latency(Policy):
     budget_ms: float = 10.0
@@ -186,6 +196,7 @@ class Latency(Policy):
         return Decision(self.name, active.id, want, met, inputs, reason)
 
 
+@register("realtime", tasks=("classify",))
 @dataclass
 class Realtime(Policy):
     fps: float = 30.0
@@ -259,6 +270,7 @@ def expected_realtime_accuracy(accuracy: float, latency_ms: float | Sequence[flo
     return float(np.mean(same * accuracy + (1 - same) * chance)) if answered.any() else 0.0
 
 
+@register("roma", tasks=("detect",))
 @dataclass
 class Roma(Policy):
     profile: str = ""  # a ROMA profile of the portfolio's detectors; default: the one the portfolio records
@@ -307,52 +319,3 @@ class Roma(Policy):
         last = self._roma.decisions[-1]
         inputs = {k: v for k, v in last.items() if k not in ("active", "want", "reason")}
         return Decision(self.name, window.variant, want, True, {**inputs, "requests": len(seen)}, last["reason"])
-
-
-_BY_NAME = {"fixed": Fixed, "accuracy-floor": AccuracyFloor, "latency": Latency, "realtime": Realtime,
-            "roma": Roma}
-
-
-def _typed(policy: str, key: str, declared, v):
-    """`v` as parameter `key` of `policy` declares it, or a ConfigError naming it: no coercion (a string is not a
-    number, 2.5 is not a count), null only where the parameter's default is null."""
-    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-    if v is None:
-        if declared.default is None:
-            return None
-        raise ConfigError(f"policy {policy!r}: {key} cannot be null; leave it out for its default "
-                          f"({declared.default!r})")
-    if declared.type == "str":  # an optional string (fixed's variant) is checked by its policy, naming the choices
-        if not isinstance(v, str):
-            raise ConfigError(f"policy {policy!r}: {key} must be a string, got {shown}")
-        return v
-    kind = {"float": float, "int": int}.get(declared.type)
-    if kind is None:
-        return v
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ConfigError(f"policy {policy!r}: {key} must be a number ({kind.__name__}), got {shown}")
-    try:
-        finite = math.isfinite(v)
-    except OverflowError:  # an int past any float (JSON 10**400)
-        finite = False
-    if not finite:
-        raise ConfigError(f"policy {policy!r}: {key} must be a finite number ({kind.__name__}), got {shown}")
-    if kind is int and v != int(v):
-        raise ConfigError(f"policy {policy!r}: {key} counts and must be a whole number, got {shown}")
-    return kind(v)
-
-
-def make(manifest: Manifest, name: str, **params) -> Policy:
-    """The policy `name` with `params` (the keyword names of its class), each checked."""
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    cls = _BY_NAME[name]
-    declared = {f.name: f for f in fields(cls)}  # dataclasses.fields leaves out ClassVars (reads_outputs)
-    allowed = sorted(k for k in declared if k not in ("manifest", "name") and not k.startswith("_"))
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"policy {name!r} takes {', '.join(allowed) or 'no parameters'}; not {', '.join(unknown)}")
-    typed = {}
-    for k, v in params.items():
-        typed[k] = _typed(name, k, declared[k], v)
-    return cls(manifest, **typed)

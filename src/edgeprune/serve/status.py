@@ -8,6 +8,7 @@ from __future__ import annotations
 from html import escape
 
 from ..portfolio import Manifest
+from .codec import for_task
 
 _SCRIPT = """
 let last = null;
@@ -58,7 +59,7 @@ def page(manifest: Manifest, mode: str) -> str:
         f"<td>{100 * v.accuracy:.2f} %</td><td>{v.params:,}</td><td>{v.p50_ms:.3f}</td><td>{v.p90_ms:.3f}</td>"
         '<td class="p50">-</td><td class="p99">-</td><td class="n">0</td></tr>'
         for v in manifest.variants)
-    quality = "profiled AP@0.5" if manifest.task == "detect" else "accuracy"
+    quality = for_task(manifest.task).quality
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgeprune serve</title>
 <style>

@@ -197,7 +197,7 @@ def plan_cmd(
     for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):
         table.add_column(col, justify="right" if col != "plan" else "left")
     for i, p in enumerate(ranked, 1):
-        link_ms = sum(h.rtt_ms + h.transfer_ms + h.tl_ms for h in p.hops)
+        link_ms = sum(h.ms for h in p.hops)  # round trip, transfer, transfer layer, request cost and codec
         table.add_row(str(i), p.label, f"{p.total_ms:.1f}", f"{sum(p.compute_ms):.1f}", f"{link_ms:.1f}",
                       " + ".join(f"{h.bytes:,}" for h in p.hops) or "-")
     console.print(table)

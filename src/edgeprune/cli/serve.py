@@ -24,7 +24,8 @@ def serve(
                                                   "(0-65535; 0: a free one).")] = None,
     switch_mode: Annotated[str, typer.Option(help="preloaded (every variant in memory), reload (new session at "
                                              "switch time) or masks (one dense-shaped PyTorch model).")] = "preloaded",
-    policy: Annotated[str, typer.Option(help="fixed, accuracy-floor, latency, realtime, roma (detectors).")] = "fixed",
+    policy: Annotated[str, typer.Option(help="fixed, accuracy-floor, latency, realtime, roma (detectors), or a "
+                                        "policy a plugin registered (serve/registry.py).")] = "fixed",
     policy_params: Annotated[str, typer.Option(help='The policy\'s parameters as JSON, e.g. \'{"budget_ms": 5}\'; '
                                                'at run time: PUT /v2/portfolio/policy {"name": "fixed", "params": '
                                                '{"variant": "r95"}}.')] = "{}",

@@ -295,7 +295,8 @@ def prune_iteratively(
         if on is None:  # round 1 combines with any masks the model already has, so read back what is in force
             apply(model, {n: c.view_as(s).to(s.dtype if s.is_floating_point() else torch.float32)
                           for (n, s), c in zip(scores.items(), chosen, strict=True)})
-            on = [_live(m) for m in current(model, names).values()]
+            if k < rounds:  # not after a single round (SNIP, GraSP): the lists cost a nonzero pass per weight
+                on = [_live(m) for m in current(model, names).values()]
         else:
             on = _drop(model, names, on, chosen)
         if progress:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,15 +49,28 @@ TARGET_S = {("synflow", "vgg16"): 10.0, ("snip", "vgg16"): 1.0}
 AUTO_WITHIN = 1.2
 SPIN_LIMIT_S = 3600
 SETTLE_S = 1.0  # idle before every timed step: the previous step's worker threads stop spinning
-SHORT_REPEATS = 5  # busy repeats of the steps of a few seconds, whose medians load noise moves most
+SHORT_REPEATS = 5  # busy repeats of the steps of a few seconds, whose medians load noise moves most (--short-repeats)
+CAP = 2.0  # beside the busy core a fixed-count run is stopped at CAP × the fastest run of its step so far (--cap)
 SHORT = {("snip", "resnet20"), ("snip", "resnet56"), ("snip", "vgg16"), ("grasp", "resnet20")}
 SPIN = f"import time\nt = time.time()\nwhile time.time() - t < {SPIN_LIMIT_S}: pass"
 
 
-def worker(settings: list, repeats: int, dump: str | None) -> None:
+class _TimeUp(Exception):
+    pass
+
+
+def _time_up(signum, frame):
+    raise _TimeUp
+
+
+def worker(settings: list, repeats: int, dump: str | None, cap: float | None = None) -> None:
     """In a fresh process on one implementation's sources: time every (criterion, model, thread specs) setting,
     the specs interleaved; one JSON line per (setting, spec). With `dump`, the masks of the first timed SynFlow
-    run go to that folder."""
+    run go to that folder. With `cap`, a timed run of a fixed count (never auto's, the one judged) is stopped
+    (SIGALRM, between torch operations) once it takes `cap` × the fastest completed run of its setting so far and
+    recorded as that time, censored: a lower bound, enough to show that count is not the best (the 2-thread runs
+    beside a busy core took 4-16× as long in issue 30's first run)."""
+    signal.signal(signal.SIGALRM, _time_up)
     import torch
 
     from edgeprune import data, masks, models, scores, threads
@@ -67,6 +81,8 @@ def worker(settings: list, repeats: int, dump: str | None) -> None:
         times = {str(s): [] for s in specs}
         loads = {str(s): [] for s in specs}
         resolved = {str(s): [] for s in specs}
+        censored = {str(s): [] for s in specs}
+        fastest = None
         # An untimed first run pays one-off costs (allocator, kernels); SynFlow's 100 rounds amortise them.
         for i in range(-1 if criterion != "synflow" else 0, repeats):
             for spec in (specs[i % len(specs):] + specs[:i % len(specs)]) if i >= 0 else specs[:1]:
@@ -76,21 +92,32 @@ def worker(settings: list, repeats: int, dump: str | None) -> None:
                 torch.manual_seed(0)
                 model = models.create(model_name, 10, shape[0])
                 load = os.getloadavg()[0]
+                limit = cap * fastest if cap and fastest and i >= 0 and spec != "auto" else None
                 t0 = time.perf_counter()
-                kept = masks.prune_iteratively(model, scores.scorer(criterion, batch, input_shape=shape), 0.1,
-                                               rounds=scores.default_rounds(criterion))
+                try:
+                    if limit:
+                        signal.setitimer(signal.ITIMER_REAL, limit)
+                    kept = masks.prune_iteratively(model, scores.scorer(criterion, batch, input_shape=shape), 0.1,
+                                                   rounds=scores.default_rounds(criterion))
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    stopped = False
+                except _TimeUp:
+                    stopped = True
                 elapsed = time.perf_counter() - t0
                 if i < 0:
                     continue
+                if not stopped:
+                    fastest = elapsed if fastest is None else min(fastest, elapsed)
                 times[str(spec)].append(elapsed)
                 loads[str(spec)].append(load)
                 resolved[str(spec)].append(n)
-                if dump and criterion == "synflow" and not Path(dump, f"{model_name}.pt").exists():
+                censored[str(spec)].append(stopped)
+                if dump and criterion == "synflow" and not stopped and not Path(dump, f"{model_name}.pt").exists():
                     torch.save(kept, Path(dump, f"{model_name}.pt"))
         for spec in specs:
             print(json.dumps({"criterion": criterion, "model": model_name, "threads": spec,
                               "resolved": resolved[str(spec)], "times_s": times[str(spec)],
-                              "loadavg_at_start": loads[str(spec)]}), flush=True)
+                              "censored": censored[str(spec)], "loadavg_at_start": loads[str(spec)]}), flush=True)
 
 
 def kept_differently(dump_a: Path, dump_b: Path, model: str) -> tuple[int, int]:
@@ -101,18 +128,20 @@ def kept_differently(dump_a: Path, dump_b: Path, model: str) -> tuple[int, int]:
     return sum(int((a[n] != b[n]).sum()) for n in a), sum(int(m.sum()) for m in a.values())
 
 
-def run_worker(impl: str, src: Path, settings: list, repeats: int, dump: Path | None = None) -> list[dict]:
+def run_worker(impl: str, src: Path, settings: list, repeats: int, dump: Path | None = None,
+               cap: float | None = None) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(src))
     cmd = [sys.executable, __file__, "--worker", "--repeats", str(repeats), json.dumps(settings)]
-    out = subprocess.run(cmd + (["--dump", str(dump)] if dump else []), env=env, check=True, capture_output=True,
-                         text=True).stdout
+    cmd += (["--dump", str(dump)] if dump else []) + (["--cap", str(cap)] if cap else [])
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     rows = [dict(json.loads(line), impl=impl) for line in out.splitlines() if line.startswith("{")]
     for r in rows:
         print(r, flush=True)
     return rows
 
 
-def measure_all(repeats: int, quiet_rows: Path | None = None) -> tuple[list[dict], dict]:
+def measure_all(repeats: int, quiet_rows: Path | None = None, busy_repeats: int | None = None,
+                short_repeats: int = SHORT_REPEATS, cap: float | None = CAP) -> tuple[list[dict], dict]:
     ours = ROOT / "src"
     shape = dict(MODELS)[QUIET_MODEL]
     rows, exact = [], {}
@@ -141,9 +170,10 @@ def measure_all(repeats: int, quiet_rows: Path | None = None) -> tuple[list[dict
         time.sleep(1.0)  # spinning before anything is sampled or timed
         for model, shp in MODELS:  # the small models first: a run cut short still has them
             for crit in CRITERIA:
+                n = busy_repeats or repeats
                 rows += [dict(r, condition="busy") for r in run_worker(
                     "new", ours, [[crit, model, list(shp), list(THREADS)]],
-                    max(repeats, SHORT_REPEATS) if (crit, model) in SHORT else repeats)]
+                    max(n, short_repeats) if (crit, model) in SHORT else n, cap=cap)]
                 PARTIAL.write_text(json.dumps(rows))
     finally:
         spinner.kill()
@@ -158,11 +188,12 @@ def _merge(rows: list[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for r in rows:
         key = (r["impl"], r["condition"], r["criterion"], r["model"], r["threads"])
+        r = dict(r, censored=r.get("censored", [False] * len(r["times_s"])))
         if key in out:
-            for f in ("times_s", "loadavg_at_start", "resolved"):
+            for f in ("times_s", "loadavg_at_start", "resolved", "censored"):
                 out[key][f] = out[key][f] + r[f]
         else:
-            out[key] = dict(r)
+            out[key] = r
     return list(out.values())
 
 
@@ -200,10 +231,16 @@ def busy_table(rows: list[dict]) -> list[str]:
                 continue
             one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
             best = min(one["median_s"], two["median_s"])
-            lines.append(f"| {crit} | {model} | {one['median_s']:.2f} | {two['median_s']:.2f} | "
-                         f"{auto['median_s']:.2f} ({'/'.join(map(str, sorted(set(auto['resolved']))))}) | "
-                         f"{auto['median_s'] / best:.2f} | {_load([one, two, auto])} |")
+            lines.append(f"| {crit} | {model} | {_s(one)} | {_s(two)} | "
+                         f"{_s(auto)} ({'/'.join(map(str, sorted(set(auto['resolved']))))}) | "
+                         f"{'≥ ' if any(auto['censored']) else ''}{auto['median_s'] / best:.2f} | "
+                         f"{_load([one, two, auto])} |")
     return lines
+
+
+def _s(row: dict) -> str:
+    """A median in seconds, '≥ ' before it where some of its runs were stopped at the cap (lower bounds)."""
+    return f"{'≥ ' if any(row.get('censored', ())) else ''}{row['median_s']:.2f}"
 
 
 def verdicts(rows: list[dict], exact: dict) -> list[str]:
@@ -240,10 +277,16 @@ def main() -> None:
                         "mask comparison, if it was made")
     parser.add_argument("--quiet-rows", type=Path, help="take the quiet part from this file (PARTIAL of an earlier "
                         "run) and measure the rest")
+    parser.add_argument("--busy-repeats", type=int, help="repeats of each step beside the busy core (default: "
+                        "--repeats)")
+    parser.add_argument("--short-repeats", type=int, default=SHORT_REPEATS, help="at least this many beside the busy "
+                        f"core for the steps of a few seconds (default {SHORT_REPEATS})")
+    parser.add_argument("--cap", type=float, default=CAP, help="beside the busy core, stop a run at this multiple of "
+                        f"the fastest run of its step so far, recorded as a lower bound (default {CAP}; 0: never)")
     parser.add_argument("settings", nargs="?")
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.settings), args.repeats, args.dump)
+        worker(json.loads(args.settings), args.repeats, args.dump, args.cap or None)
         return
     t0 = time.perf_counter()
     if args.render:  # the rows a cut-short run left in PARTIAL
@@ -252,7 +295,8 @@ def main() -> None:
             r["median_s"] = statistics.median(r["times_s"])
         exact = {QUIET_MODEL: tuple(args.masks)} if args.masks else {}
     else:
-        rows, exact = measure_all(args.repeats, args.quiet_rows)
+        rows, exact = measure_all(args.repeats, args.quiet_rows, args.busy_repeats, args.short_repeats,
+                                  args.cap or None)
     from edgeprune import measure
 
     env = measure.environment()
@@ -261,11 +305,16 @@ def main() -> None:
              f"to score and mask a freshly initialised model to density 0.1, median of {args.repeats}. SNIP and "
              "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. Command: "
              f"`PYTHONPATH=src nice -n 5 python benchmarks/prune_time.py --repeats {args.repeats}"
+             + (f" --busy-repeats {args.busy_repeats}" if args.busy_repeats else "")
+             + f" --short-repeats {args.short_repeats} --cap {args.cap:g}"
              + (" (cut short at the deadline; written by `--render` from the rows it had measured)"
                 if args.render else "")
              + (" --quiet-rows FILE` (the quiet part measured by an earlier run of the same command, cut short "
                 "after it; the SynFlow masks compared in this one)" if args.quiet_rows else "`")
-             + f"; steps of a few seconds take {SHORT_REPEATS} repeats beside the busy core, each timed step "
+             + f"; beside the busy core each step takes {args.busy_repeats or args.repeats} repeats (those of a "
+             f"few seconds at least {args.short_repeats}), and a fixed-count run is stopped once it takes "
+             f"{args.cap:g}× the fastest completed run of its step so far: its time is then a lower bound, and a "
+             "median with such runs in it is marked ≥. Each timed step "
              f"follows {SETTLE_S:g} s idle. *auto* is "
              "`threads.resolve('auto')` just before each timed step; the count it chose is in brackets. The load "
              "column is the 1-minute load average at the start of the measurements: the 2 cores are shared with "

@@ -105,7 +105,9 @@ def _order_statistic(host: list[np.ndarray], n: int, r: int):
         sample = np.concatenate([h[::step] for h in host])
         j = min(sample.size - 1, int(r / n * sample.size + 4 * np.sqrt(sample.size)) + 16)
         bound = np.partition(sample, j)[j]
-        low = np.concatenate([h[h <= bound] for h in host])
+        # flatnonzero + take, not h[h <= bound]: boolean indexing that keeps a few per cent at random branches
+        # on every entry (14M doubles: ~30 against ~60 ms on one core)
+        low = np.concatenate([h.take(np.flatnonzero(h <= bound)) for h in host])
         if low.size > r:
             low.partition(r)
             return low[r]
@@ -293,7 +295,8 @@ def prune_iteratively(
         if on is None:  # round 1 combines with any masks the model already has, so read back what is in force
             apply(model, {n: c.view_as(s).to(s.dtype if s.is_floating_point() else torch.float32)
                           for (n, s), c in zip(scores.items(), chosen, strict=True)})
-            on = [_live(m) for m in current(model, names).values()]
+            if k < rounds:  # not after a single round (SNIP, GraSP): the lists cost a nonzero pass per weight
+                on = [_live(m) for m in current(model, names).values()]
         else:
             on = _drop(model, names, on, chosen)
         if progress:
@@ -315,7 +318,7 @@ def _drop(model: nn.Module, names: list[str], on: list[torch.Tensor], chosen: li
             module = model.get_submodule(pname.rpartition(".")[0])
             attr = pname.rpartition(".")[2]
             candidates, keep_h = _host(idx), _host(keep)
-            dropped = torch.from_numpy(candidates[~keep_h]).to(idx.device).long()
+            dropped = torch.from_numpy(candidates.take(np.flatnonzero(~keep_h))).to(idx.device).long()
             getattr(module, f"{attr}_mask").view(-1).index_fill_(0, dropped, 0)
             getattr(module, attr).view(-1).index_fill_(0, dropped, 0)
             kept.append(torch.from_numpy(candidates[keep_h]).to(idx.device))

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgeprune import runs
 from edgeprune.errors import ConfigError
-from edgeprune.train import Callback, TrainConfig, TrainingDiverged, evaluate, fit
+from edgeprune.train import Callback, TrainConfig, TrainingDiverged, evaluate, fit, lr_factor
 
 
 def _loader(n=96, seed=0):
@@ -79,8 +79,27 @@ def test_masked_weights_stay_zero_under_momentum_and_weight_decay():
     assert torch.any(model.conv.weight[mask == 1] != 0)
 
 
-@pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0}, {"schedule": "linear"}, {"steps_per_epoch": 0}])
+@pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0}, {"schedule": "linear"}, {"steps_per_epoch": 0},
+                                 {"epochs": 2, "warmup_epochs": 3}, {"warmup_epochs": -0.5}])
 def test_bad_train_config(bad):
     with pytest.raises(ConfigError) as e:
         TrainConfig(**bad)
     assert str(next(iter(bad.values()))) in str(e.value)
+
+
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    steps = 10
+    warm = lr_factor(TrainConfig(epochs=4, schedule="step", warmup_epochs=0.5), steps)
+    assert [warm(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    assert warm(20) == pytest.approx(0.1) and warm(30) == pytest.approx(0.01)  # milestones at 50 % and 75 %
+    cosine, plain = (lr_factor(TrainConfig(epochs=4, warmup_epochs=w), steps) for w in (1, 0))
+    assert cosine(4) == pytest.approx(0.5 * plain(4))  # the schedule is not delayed by the warm-up
+    assert [cosine(t) for t in range(10, 40)] == [plain(t) for t in range(10, 40)]
+    assert plain(0) == 1.0
+
+
+def test_fit_trains_under_the_warmup(tmp_path):
+    # 6 batches an epoch, warm-up over both epochs: after epoch 1 the optimiser is at step 7 of 12
+    hist = fit(_model(), _loader(), TrainConfig(epochs=2, lr=0.1, warmup_epochs=2, schedule="constant"),
+               run_dir=tmp_path, progress=False)
+    assert [e["lr"] for e in hist.epochs] == pytest.approx([0.1 * 7 / 12, 0.1])

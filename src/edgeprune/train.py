@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     steps_per_epoch: int | None = None  # cap batches per epoch (short budgets)
+    warmup_epochs: float = 0.0  # the lr rises linearly from lr/W to lr over the first W = this × batches per epoch
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -56,6 +57,8 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
             raise ConfigError(f"steps per epoch must be positive, got {self.steps_per_epoch}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise ConfigError(f"warm-up epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
@@ -102,16 +105,22 @@ def steps_per_epoch(loader, cfg: TrainConfig) -> int:
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The learning rate at step t (from 0) is cfg.lr × factor(t)."""
+    """The learning rate at step t (from 0) is cfg.lr × factor(t): the schedule's factor, times a linear warm-up
+    (step t+1 of W runs at (t+1)/W) over the first W = round(warmup_epochs × steps_per_epoch) steps, as open_lth
+    warms up: the schedule itself is not delayed."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     bounds = [m * cfg.epochs * steps_per_epoch for m in cfg.milestones]
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
-    def factor(step: int) -> float:
+    def schedule(step: int) -> float:
         if cfg.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
         if cfg.schedule == "step":
             return cfg.gamma ** sum(step >= b for b in bounds)
         return 1.0
+
+    def factor(step: int) -> float:
+        return schedule(step) * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
 
     return factor
 

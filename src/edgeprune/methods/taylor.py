@@ -167,9 +167,10 @@ def finetune(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, opts:
     if opts.finetune_steps == 0:
         return
     epochs = math.ceil(opts.finetune_steps / len(bundle.train))
-    # the source's optimiser settings at the fine-tuning rate; a seed per step, so steps see different batches
+    # the source's optimiser settings at the fine-tuning rate, no warm-up (the model is trained already); a seed
+    # per step, so steps see different batches
     cfg = replace(train_cfg, epochs=epochs, steps_per_epoch=math.ceil(opts.finetune_steps / epochs),
-                  lr=opts.finetune_lr, schedule="cosine", seed=train_cfg.seed + step)
+                  lr=opts.finetune_lr, schedule="cosine", seed=train_cfg.seed + step, warmup_epochs=0.0)
     fit(model, bundle.train, cfg, device=device, progress=progress)
 
 

@@ -195,6 +195,8 @@ def _training(config: dict) -> Training:
             f"{t.get('weight_decay')}), {t.get('schedule')} schedule")
     if t.get("steps_per_epoch"):
         text += f", at most {t['steps_per_epoch']} batches per epoch"
+    if t.get("warmup_epochs"):
+        text += f", linear warm-up over {t['warmup_epochs']:g} epoch(s)"
     if t.get("label_smoothing"):
         text += f", label smoothing {t['label_smoothing']}"
     return Training(data_text, text, seed, key)

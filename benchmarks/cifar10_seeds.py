@@ -131,10 +131,11 @@ def progress(sweep: str, runs: Path) -> str:
         return f"{sweep}: not started"
     state = json.loads(path.read_text())
     cells = state.get("cells") or {}
-    done = sum(1 for c in cells.values() if (c or {}).get("status") == "done")
-    text = f"{sweep}: {done} of {len(cells)} cells done"
-    for name, c in cells.items():
-        if (c or {}).get("status") != "done":
+    # a cell is done once its run holds report.json: a rerun of the sweep marks such a cell "skipped", not "done"
+    finished = {name for name in cells if (runs / sweep / name / "report.json").is_file()}
+    text = f"{sweep}: {len(finished)} of {len(cells)} cells done"
+    for name in cells:
+        if name not in finished:
             epochs = _checkpoint_epochs(runs / sweep / name)
             if epochs:
                 text += f", {name} at epoch {epochs}"

@@ -141,7 +141,8 @@ def run_worker(impl: str, src: Path, settings: list, repeats: int, dump: Path | 
 
 
 def measure_all(repeats: int, quiet_rows: Path | None = None, busy_repeats: int | None = None,
-                short_repeats: int = SHORT_REPEATS, cap: float | None = CAP) -> tuple[list[dict], dict]:
+                short_repeats: int = SHORT_REPEATS, cap: float | None = CAP,
+                quiet_only: bool = False) -> tuple[list[dict], dict]:
     ours = ROOT / "src"
     shape = dict(MODELS)[QUIET_MODEL]
     rows, exact = [], {}
@@ -165,6 +166,10 @@ def measure_all(repeats: int, quiet_rows: Path | None = None, busy_repeats: int 
                 run_worker(impl, src, [["synflow", QUIET_MODEL, list(shape), ["auto"]]], 1, dumps[impl])
         exact[QUIET_MODEL] = kept_differently(dumps["before"], dumps["new"], QUIET_MODEL)
     rows = _merge(rows)
+    if quiet_only:
+        for r in rows:
+            r["median_s"] = statistics.median(r["times_s"])
+        return rows, exact
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(1.0)  # spinning before anything is sampled or timed
@@ -253,12 +258,14 @@ def verdicts(rows: list[dict], exact: dict) -> list[str]:
         out.append(f"- SynFlow-100 masks on {model}, now against `{BASELINE}` (both float64): {differ} of {kept} "
                    f"weights differ: {'identical' if differ == 0 else 'NOT identical'}")
     ratios = []
-    for crit in CRITERIA:
+    for crit in CRITERIA if any(r["condition"] == "busy" for r in rows) else ():
         for model, _ in MODELS:
             if not _measured(rows, crit, model):
                 continue
             one, two, auto = (_get(rows, "new", "busy", crit, model, t) for t in THREADS)
             ratios.append((auto["median_s"] / min(one["median_s"], two["median_s"]), crit, model))
+    if not ratios:
+        return out
     worst = max(ratios)
     out.append(f"- busy: auto is at worst {worst[0]:.2f}× the best fixed count ({worst[1]} on {worst[2]}), target "
                f"≤ {AUTO_WITHIN}×: {'met' if worst[0] <= AUTO_WITHIN else 'missed'} on the {len(ratios)} of "
@@ -283,6 +290,9 @@ def main() -> None:
                         f"core for the steps of a few seconds (default {SHORT_REPEATS})")
     parser.add_argument("--cap", type=float, default=CAP, help="beside the busy core, stop a run at this multiple of "
                         f"the fastest run of its step so far, recorded as a lower bound (default {CAP}; 0: never)")
+    parser.add_argument("--quiet-only", action="store_true", help="only the quiet part (before issue 30 against "
+                        "now, and the SynFlow masks compared), written to results/prune_time_quiet.{md,json}: a "
+                        "re-measurement when the machine is idle, beside the full run's prune_time.md")
     parser.add_argument("settings", nargs="?")
     args = parser.parse_args()
     if args.worker:
@@ -296,11 +306,12 @@ def main() -> None:
         exact = {QUIET_MODEL: tuple(args.masks)} if args.masks else {}
     else:
         rows, exact = measure_all(args.repeats, args.quiet_rows, args.busy_repeats, args.short_repeats,
-                                  args.cap or None)
+                                  args.cap or None, args.quiet_only)
     from edgeprune import measure
 
     env = measure.environment()
-    lines = ["# Pruning time alone, quiet and beside a busy core", "",
+    title = "quiet, nothing else of this benchmark running" if args.quiet_only else "quiet and beside a busy core"
+    lines = [f"# Pruning time alone, {title}", "",
              measured("prune_time.py", env, "torch") + f" in {(time.perf_counter() - t0) / 60:.0f} min: seconds "
              f"to score and mask a freshly initialised model to density 0.1, median of {args.repeats}. SNIP and "
              "GraSP read one synthetic batch of 128; SynFlow is data-free with 100 rounds. Command: "
@@ -309,6 +320,7 @@ def main() -> None:
              + f" --short-repeats {args.short_repeats} --cap {args.cap:g}"
              + (" (cut short at the deadline; written by `--render` from the rows it had measured)"
                 if args.render else "")
+             + (" --quiet-only" if args.quiet_only else "")
              + (" --quiet-rows FILE` (the quiet part measured by an earlier run of the same command, cut short "
                 "after it; the SynFlow masks compared in this one)" if args.quiet_rows else "`")
              + f"; beside the busy core each step takes {args.busy_repeats or args.repeats} repeats (those of a "
@@ -322,11 +334,14 @@ def main() -> None:
              "was idle.", "",
              f"Quiet, {QUIET_MODEL}: the code before issue 30 and now, alternating one repeat at a time:", ""]
     lines += quiet_table(rows)
-    lines += ["", "Beside a busy core (another process spins on one core), 1 / 2 / auto threads interleaved "
-              "within every repeat:", ""]
-    lines += busy_table(rows) + [""] + verdicts(rows, exact)
-    write_results("prune_time", lines, {"environment": env, "baseline": BASELINE, "repeats": args.repeats,
-                                        "rows": rows, "synflow_masks_kept_differently": exact})
+    if not args.quiet_only:
+        lines += ["", "Beside a busy core (another process spins on one core), 1 / 2 / auto threads interleaved "
+                  "within every repeat:", ""]
+        lines += busy_table(rows)
+    lines += [""] + verdicts(rows, exact)
+    write_results("prune_time_quiet" if args.quiet_only else "prune_time", lines,
+                  {"environment": env, "baseline": BASELINE, "repeats": args.repeats, "rows": rows,
+                   "synflow_masks_kept_differently": exact})
 
 
 if __name__ == "__main__":

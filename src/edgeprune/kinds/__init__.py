@@ -18,12 +18,11 @@ registers from its own module, imported before use (or named in $EDGEPRUNE_KINDS
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import plugins
 from ..errors import ConfigError, unknown_name
 
 # the modules that declare the built-in kinds, imported on first use
@@ -85,11 +84,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in [*BUILTIN, *filter(None, os.environ.get("EDGEPRUNE_KINDS", "").split(","))]:
-        try:
-            importlib.import_module(module.strip())
-        except ImportError as e:
-            raise ConfigError(f"cannot import run-kind module {module!r} ({e}); check $EDGEPRUNE_KINDS") from None
+    plugins.import_declared(BUILTIN, "run-kind", "EDGEPRUNE_KINDS")
 
 
 def names(*, in_sweeps: bool | None = None) -> list[str]:

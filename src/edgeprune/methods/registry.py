@@ -29,12 +29,11 @@ the modules of the `edgeprune.methods` entry-point group, and those named in $ED
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import plugins
 from ..errors import ConfigError, unknown_name
 
 KINDS = ("init", "levels", "in_training", "trained")
@@ -110,16 +109,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from importlib.metadata import entry_points
-
-    modules = [*BUILTIN, *(ep.value for ep in entry_points(group="edgeprune.methods")),
-               *filter(None, os.environ.get("EDGEPRUNE_METHODS", "").split(","))]
-    for module in modules:
-        try:
-            importlib.import_module(module.strip())
-        except ImportError as e:
-            raise ConfigError(f"cannot import pruning-method module {module!r} ({e}); check $EDGEPRUNE_METHODS "
-                              "or the package that declares it") from None
+    plugins.import_declared(BUILTIN, "pruning-method", "EDGEPRUNE_METHODS", "edgeprune.methods")
 
 
 def list_methods(kind: str | None = None) -> list[str]:

@@ -14,12 +14,11 @@ A new planner is one module that declares itself with `@register("name")`. Built
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .. import plugins
 from ..errors import ConfigError
 from .records import Bench, Link, Plan
 
@@ -72,16 +71,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from importlib.metadata import entry_points
-
-    modules = [*BUILTIN, *(ep.value for ep in entry_points(group="edgeprune.planners")),
-               *filter(None, os.environ.get("EDGEPRUNE_PLANNERS", "").split(","))]
-    for module in modules:
-        try:
-            importlib.import_module(module.strip())
-        except ImportError as e:
-            raise ConfigError(f"cannot import planner module {module!r} ({e}); check $EDGEPRUNE_PLANNERS or the "
-                              "package that declares it") from None
+    plugins.import_declared(BUILTIN, "planner", "EDGEPRUNE_PLANNERS", "edgeprune.planners")
 
 
 def names() -> list[str]:

@@ -5,13 +5,12 @@ for; `names` and `make` are all the server, its API and the command line know of
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
+from .. import plugins
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -44,16 +43,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from importlib.metadata import entry_points
-
-    modules = [*BUILTIN, *(ep.value for ep in entry_points(group="edgeprune.policies")),
-               *filter(None, os.environ.get("EDGEPRUNE_POLICIES", "").split(","))]
-    for module in modules:
-        try:
-            importlib.import_module(module.strip())
-        except ImportError as e:
-            raise ConfigError(f"cannot import serving-policy module {module!r} ({e}); check $EDGEPRUNE_POLICIES "
-                              "or the package that declares it") from None
+    plugins.import_declared(BUILTIN, "serving-policy", "EDGEPRUNE_POLICIES", "edgeprune.policies")
 
 
 def names(task: str | None = None) -> list[str]:

@@ -181,17 +181,9 @@ def plan_cmd(
     else:
         from .. import portfolio
 
-        manifest = portfolio.load(variants)
-        results: dict = {}
-        for vid, group in plan.by_variant(recs, benches, {v.id: v.sha256 for v in manifest.variants}).items():
-            try:
-                results[vid] = plan.plan_model(group, links, opts)
-            except plan.NoPlanError as e:  # this variant has none; another may
-                results[vid] = e
-        chosen, rows = plan.choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_latency)
-        _variant_table(rows, chosen, target_latency)
-        ranked, rec = results[chosen]
-        rec.variant, rec.portfolio, rec.target_latency_ms, rec.variants = chosen, str(variants), target_latency, rows
+        ranked, rec, rows = plan.plan_portfolio(recs, benches, links, opts, portfolio.load(variants), target_latency)
+        rec.portfolio = str(variants)
+        _variant_table(rows, rec.variant, target_latency)
 
     table = Table(title=f"{rec.model}: the {len(ranked)} fastest plans (predicted)")
     for col in ("#", "plan", "predicted ms", "compute ms", "link ms", "bytes sent"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import planners
@@ -17,6 +18,9 @@ from .constraints import Constraint, NoPlanError, best, block_constraint, limit_
 from .planners import Options
 from .records import PLAN_FORMAT, Bench, Hop, Link, Plan, PlanFile, Stage, Tier, read_network
 from .scission import ROLES, enumerate_plans, price
+
+if TYPE_CHECKING:
+    from ..portfolio import Manifest
 
 FORMAT = PLAN_FORMAT
 __all__ = ["Constraint", "Hop", "Link", "NoPlanError", "Options", "Plan", "PlanFile", "Stage", "ROLES", "best",
@@ -99,6 +103,23 @@ def plan_model(recs: Sequence[Bench], links: Mapping[frozenset[str], Link], opts
                                       lambda p: p.stages[0].stop == split and (p.tl or not tl)))
     ranked = best(planner(by_tier, roles, links, opts), constraints, opts.top)
     return ranked, record(ranked, by_tier, roles, links, constraints, tl, opts.planner)
+
+
+def plan_portfolio(recs: Sequence[Bench], paths: Sequence[str | Path], links: Mapping[frozenset[str], Link],
+                   opts: Options, manifest: Manifest, target_ms: float) -> tuple[list[Plan], PlanFile, list[dict]]:
+    """Choose the variant and the cut together: every variant of `manifest` planned from its own bench files
+    (`recs`, read from `paths`), then the most accurate whose fastest plan meets `target_ms` (choose_variant).
+    (the chosen variant's plans, its plan file naming the variant and the target, a row per variant)."""
+    results: dict[str, tuple[list[Plan], PlanFile] | NoPlanError] = {}
+    for vid, group in by_variant(recs, paths, {v.id: v.sha256 for v in manifest.variants}).items():
+        try:
+            results[vid] = plan_model(group, links, opts)
+        except NoPlanError as e:  # this variant has none; another may
+            results[vid] = e
+    chosen, rows = choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_ms)
+    ranked, rec = results[chosen]  # choose_variant picks a variant that has plans
+    rec.variant, rec.target_latency_ms, rec.variants = chosen, target_ms, rows
+    return ranked, rec, rows
 
 
 def by_variant(recs: Sequence[Bench], paths: Sequence[str | Path], variants: Mapping[str, str]) -> dict[str, list]:

@@ -177,3 +177,22 @@ def test_compare_retimes_side_by_side_and_says_what_the_table_shows(tmp_path):
     size_x = float(line.split("× smaller")[0].rsplit(" ", 1)[-1])
     saved = {r: json.loads((tmp_path / r / "report.json").read_text())["profile"] for r in ("dense", "rec")}
     assert size_x == pytest.approx(saved["dense"]["bytes_fp32"] / saved["rec"]["bytes_fp32"], abs=0.05) and size_x > 2
+
+
+def test_neuroflux_flags_are_its_settings_fields():
+    """Every NeuroFlux setting is a --flag with its field's type, default and help; the budget is required (one
+    line, exit 2)."""
+    import dataclasses
+
+    import typer.main
+
+    from edgeprune.neuroflux.options import Settings
+
+    command = typer.main.get_command(app).commands["neuroflux"]
+    params = {p.name: p for p in command.params}
+    for f in dataclasses.fields(Settings):
+        p = params[f.name]
+        assert p.opts == [f"--{f.name.replace('_', '-')}"] and p.help == f.metadata["help"]
+        assert p.required if f.metadata.get("required") else (not p.required and p.default == f.default)
+    missing = runner.invoke(app, ["neuroflux", "-d", "synthetic"])
+    assert missing.exit_code == 2 and "--memory-budget" in missing.output

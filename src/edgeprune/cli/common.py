@@ -8,8 +8,10 @@ Only what parsing needs is imported at module level: `--help`, `--version` and a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -147,6 +149,36 @@ def training_options(fn):
               for n, a, d in TRAINING_OPTIONS]
     fn.__signature__ = sig.replace(parameters=own + shared)
     return fn
+
+
+def options_of(cls: type):
+    """Give `fn(..., **args)` a --flag for every field of dataclass `cls` that carries help text
+    (field metadata "help"; "required": no default), typed, defaulted and explained as the field is, ahead of the
+    options it already has: the command's flags are generated from the options it fills, never written twice."""
+    hints = typing.get_type_hints(cls)
+
+    def add(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        flags = []
+        for f in dataclasses.fields(cls):
+            if "help" not in f.metadata or f.name in taken:
+                continue
+            required = f.metadata.get("required", False)
+            hint = hints[f.name]
+            if required:  # a required flag is never None: the type without it
+                hint = next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
+            option = typer.Option(f"--{f.name.replace('_', '-')}", help=f.metadata["help"])
+            flags.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[hint, option],
+                                           default=inspect.Parameter.empty if required else f.default))
+        rest = [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]
+        # required flags first (a keyword-only parameter without a default may come anywhere, but reads best there)
+        flags.sort(key=lambda p: p.default is not inspect.Parameter.empty)
+        fn.__signature__ = sig.replace(parameters=own + flags + rest)
+        return fn
+
+    return add
 
 
 def start_run(command: str, args: dict, method: dict | None = None) -> None:

@@ -15,66 +15,22 @@ Reconstructed choices (NeuroFlux's method section was not readable; each is an o
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import ConfigError, EdgePruneError
+from ..errors import EdgePruneError
 from ..models.chain import AuxHead, Chain
 from .memory import Cost, block_bytes, cost
-
-LR_SCALINGS = ("sqrt", "linear", "none")
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+from .options import LR_SCALINGS, Options, parse_bytes  # noqa: F401  (the callers that knew them here)
 
 
 class BudgetTooSmall(EdgePruneError):
     """No block can train under the memory budget."""
 
 
-def parse_bytes(text: str | int, what: str = "--memory-budget") -> int:
-    """'96MiB', '1.5GiB', '200MB', '4096' (bytes) -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m and m.group(2).lower()
-    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise ConfigError(f"{what} {text!r} is not a positive size; write e.g. 96MiB, 1.5GiB or 200MB")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-@dataclass
-class Options:
-    min_batch: int = 8
-    max_batch: int = 512
-    aux_min_width: int = 8
-    aux_max_width: int = 64
-    aux_pool: int = 2
-    aux_hidden: int = 128
-    homogeneity: float = 0.5
-    lr_scaling: str = "sqrt"
-    headroom: float = 0.1  # the budget's share kept free for the accountant's error (about ±15 % per block)
-
-    def __post_init__(self) -> None:
-        for name in ("min_batch", "max_batch", "aux_min_width", "aux_max_width", "aux_pool",
-                     "aux_hidden"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.min_batch < 2:
-            raise ConfigError(f"min-batch {self.min_batch}: batch norm needs at least 2 samples per batch")
-        if self.max_batch < self.min_batch:
-            raise ConfigError(f"max-batch {self.max_batch} is below min-batch {self.min_batch}; raise it")
-        if self.aux_max_width < self.aux_min_width:
-            raise ConfigError(f"aux-max-width {self.aux_max_width} is below aux-min-width {self.aux_min_width}")
-        if not 0 < self.homogeneity <= 1:
-            raise ConfigError(f"homogeneity must be in (0, 1], got {self.homogeneity}")
-        if not 0 <= self.headroom < 1:
-            raise ConfigError(f"headroom must be in [0, 1) (a share of the budget kept free), got {self.headroom}")
-        if self.lr_scaling not in LR_SCALINGS:
-            raise ConfigError(f"lr-scaling {self.lr_scaling!r}: choose from {', '.join(LR_SCALINGS)}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from ..runs import CHECKPOINT
 from ..train import TrainConfig, TrainingDiverged, lr_factor, resolve_device
 from . import plan as planner
 from . import watch
+from .options import Settings
 from .step import local_step
 
 STATE = "neuroflux.json"
@@ -47,35 +48,6 @@ CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 class CacheTooLarge(EdgePruneError):
     """The block outputs would not fit on the cache's disk."""
-
-
-@dataclass
-class Settings(planner.Options):
-    """NeuroFlux's options: the planner's, and the budget, the exit rule, the validation split and the cache."""
-
-    memory_budget: str | None = None  # e.g. "96MiB"
-    exit_tolerance: float = 1.0  # accuracy points below the best exit that the earliest chosen exit may be
-    val_size: int = 1000  # validation samples carved from the training split (exit selection)
-    cache_dtype: str = "float32"  # float16 halves the cache, at a rounding of the cached activations
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.memory_budget is None:
-            raise ConfigError("NeuroFlux needs a memory budget: pass --memory-budget, e.g. 96MiB")
-        planner.parse_bytes(self.memory_budget)
-        if not self.exit_tolerance >= 0:
-            raise ConfigError(f"exit-tolerance must be >= 0 points, got {self.exit_tolerance}")
-        if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
-            raise ConfigError(f"val-size must be a positive number of samples, got {self.val_size!r}")
-        if self.cache_dtype not in CACHE_DTYPES:
-            raise ConfigError(f"cache-dtype {self.cache_dtype!r}: choose from {', '.join(CACHE_DTYPES)}")
-
-    @property
-    def budget(self) -> int:
-        return planner.parse_bytes(self.memory_budget)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -109,7 +109,7 @@ CLAIMS = [
           "VGG-16, IMP with rewinding then removal of zeroed structures", "dnnshifter", ("cifar10_dnnshifter",),
           _dnnshifter),
     Claim("Taylor filter pruning", "VGG16 9x faster and 80 % smaller (Jetson TX2, crack images)",
-          "transfer learning, iterative Taylor pruning and fine-tuning", "taylor", ("cifar10_dense",), _pending),
+          "transfer learning, iterative Taylor pruning and fine-tuning", "taylor", ("cifar10_taylor",), _pending),
     Claim("Target compression rate", "VGG: FLOPs -76.2 %, parameters -94.1 %, 'satisfactory accuracy'",
           "VGG on CIFAR-10, one training run", "target_rate", ("cifar10_target_rate",), _target_rate),
     Claim("DRIVE", "beats SNIP and SynFlow in accuracy, approaches IMP; 43-869x faster than IMP at pruning",

@@ -3,6 +3,12 @@ oracle that knows the labels, at several frame rates and load levels (issue 15).
 
     nice -n 5 python benchmarks/realtime_stream.py          # -> results/realtime_stream.{md,json,png}
 
+With --runs, the portfolio is those finished runs instead (e.g. issue 31's CIFAR-10 variants: dense, Taylor and
+their INT8 copies from specs/cifar10_taylor.yaml), the stream comes from their data set's test split, and --out
+names the results:
+
+    python benchmarks/realtime_stream.py --runs benchmarks/runs/cifar10_taylor/* --out realtime_stream_cifar10
+
 The stream: test images that the variants' accuracy was not measured on (the accuracy uses the first 2,000 of
 the loader's fixed permutation; the stream draws from the rest), each held for a scene of a random length
 (geometric, mean M frames), so that a stale answer stays right until the scene changes.
@@ -61,16 +67,20 @@ def make_runs() -> list[Path]:
     return [RUNS / n for n in VARIANTS]
 
 
-def stream(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scene images, each frame's scene index, each frame's label)."""
+def stream(frames: int, seed: int = 0, dataset: str = "fashion-mnist",
+           held_out: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scene images, each frame's scene index, each frame's label). The scenes skip the first `held_out` test
+    images of the fixed permutation (those the variants' accuracy was measured on) where enough are left."""
     from edgeprune import data
 
-    test = data.loaders("fashion-mnist", test_subset=10_000, batch_size=256).test.dataset  # the fixed permutation
+    size = len(data.loaders(dataset, batch_size=256).test.dataset)
+    test = data.loaders(dataset, test_subset=size, batch_size=256).test.dataset  # all of it, the fixed permutation
     rng = np.random.default_rng(seed)
     lengths = []
     while sum(lengths) < frames:
         lengths.append(int(rng.geometric(1 / MEAN_SCENE)))
-    picks = rng.choice(np.arange(2000, len(test)), size=len(lengths), replace=False)  # not in the accuracy set
+    start = held_out if len(test) - held_out >= len(lengths) else 0
+    picks = rng.choice(np.arange(start, len(test)), size=len(lengths), replace=False)
     images = np.stack([test[int(i)][0].numpy() for i in picks]).astype(np.float32)
     labels = np.array([int(test[int(i)][1]) for i in picks])
     scene = np.repeat(np.arange(len(lengths)), lengths)[:frames]
@@ -158,10 +168,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=10000)
     ap.add_argument("--fps", type=float, nargs="+", default=[250, 500, 1000, 2000, 4000])
     ap.add_argument("--hogs", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs", type=Path, nargs="+", help="finished runs to serve, all of one data set (default: "
+                    "train the Fashion-MNIST variants named in VARIANTS)")
+    ap.add_argument("--out", default="realtime_stream", help="results/<OUT>.{md,json,png}")
     args = ap.parse_args()
-    folder = HERE / "runs" / "realtime_portfolio"
-    manifest = portfolio.build(make_runs(), folder, keep_all=True, overwrite=True, rounds=6, runs=20)
-    images, scene, labels = stream(args.frames)
+    folder = HERE / "runs" / f"{args.out}_portfolio"
+    runs = args.runs or make_runs()
+    dataset, held_out, described = _data_of(runs) if args.runs else ("fashion-mnist", 2000, FASHION_TEXT)
+    manifest = portfolio.build(runs, folder, keep_all=True, overwrite=True, rounds=6, runs=20)
+    images, scene, labels = stream(args.frames, dataset=dataset, held_out=held_out)
     rows = []
     for hogs in args.hogs:
         traces = trace(folder, manifest, images, hogs)
@@ -175,14 +190,39 @@ def main() -> None:
                          "switches": state["switches"], "oracle": oracle(right),
                          "latency_p50_ms": {v: float(np.median(t[0])) for v, t in traces.items()}})
     env = environment()
-    payload = {"environment": env, "frames": args.frames, "mean_scene_frames": MEAN_SCENE,
+    payload = {"environment": env, "frames": args.frames, "mean_scene_frames": MEAN_SCENE, "variants_text": described,
+               "runs": [str(r) for r in runs], "out": args.out,
                "variants": [{"id": v.id, "accuracy": v.accuracy, "p50_ms": v.p50_ms} for v in manifest.variants],
                "rows": rows}
-    plot(rows, args.hogs)
-    write_results("realtime_stream", report(payload), payload)
+    plot(rows, args.hogs, args.out)
+    write_results(args.out, report(payload), payload)
 
 
-def plot(rows: list[dict], hogs: list[int]) -> None:
+FASHION_TEXT = ("Variants trained briefly on Fashion-MNIST (LeNet-5: 5,000 images, 2 epochs; ResNet-20 and its "
+                "Reconvene 0.9: 10,000 images, 2 epochs); offline accuracy on 2,000 test images, the stream from other "
+                "test images.")
+
+
+def _data_of(runs: list[Path]) -> tuple[str, int, str]:
+    """(data set, test images the accuracies were measured on, a sentence saying so) of finished runs."""
+    import json
+
+    configs = [json.loads((r / "config.json").read_text()) for r in runs]
+    reports = [json.loads((r / "report.json").read_text()) for r in runs]
+    names = {c["data"]["name"] for c in configs}
+    if len(names) != 1:
+        raise SystemExit(f"--runs: one data set, please; these were trained on {', '.join(sorted(names))}")
+    name = names.pop()
+    held = max(c["data"].get("test_subset") or 0 for c in configs)
+    copies = {r.get("data_copy") for r in reports} - {None}
+    label = f"{name} ({', '.join(sorted(copies))})" if copies else name
+    where = (f"offline accuracy on the first {held} test images, the stream from the others" if held else
+             "offline accuracy on the whole test split, which the stream also draws from (a stream of unseen images "
+             "would need the accuracy measured on part of it)")
+    return name, held, (f"Variants: the finished runs {', '.join(r.name for r in runs)}, on {label}; {where}.")
+
+
+def plot(rows: list[dict], hogs: list[int], out: str = "realtime_stream") -> None:
     import matplotlib
     import matplotlib.ticker
 
@@ -205,17 +245,15 @@ def plot(rows: list[dict], hogs: list[int]) -> None:
     axes[0][0].set_ylabel("delivered real-time accuracy (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "realtime_stream.png", dpi=110)
+    fig.savefig(RESULTS / f"{out}.png", dpi=110)
 
 
 def report(p: dict) -> list[str]:
     lines = ["# Real-time accuracy on a stream: the `realtime` policy against fixed variants and an oracle", "",
              f"{measured('realtime_stream.py', p['environment'], 'onnxruntime')}, a loaded machine. "
              f"{p['frames']} frames, scenes of mean {p['mean_scene_frames']} frames (the policy's β = 1/mean). "
-             "Variants trained briefly on Fashion-MNIST (LeNet-5: 5,000 images, 2 epochs; ResNet-20 and its "
-             "Reconvene 0.9: 10,000 images, 2 epochs); offline accuracy on 2,000 test images, the stream from other "
-             "test images. Trace-driven replay with latencies measured at each load level (see the script). "
-             "![plot](realtime_stream.png)", "",
+             f"{p.get('variants_text', FASHION_TEXT)} Trace-driven replay with latencies measured at each load level "
+             f"(see the script). ![plot]({p.get('out', 'realtime_stream')}.png)", "",
              "| variant | offline accuracy | profiled p50 ms |", "|---|---|---|"]
     lines += [f"| {v['id']} | {100 * v['accuracy']:.2f} % | {v['p50_ms']:.3f} |" for v in p["variants"]]
     lines += ["", "| busy processes | fps | best fixed | best fixed acc. | realtime acc. | switches | oracle acc. | "

@@ -103,3 +103,9 @@ def test_fit_trains_under_the_warmup(tmp_path):
     hist = fit(_model(), _loader(), TrainConfig(epochs=2, lr=0.1, warmup_epochs=2, schedule="constant"),
                run_dir=tmp_path, progress=False)
     assert [e["lr"] for e in hist.epochs] == pytest.approx([0.1 * 7 / 12, 0.1])
+
+
+def test_a_warmup_too_short_to_ramp_is_refused():
+    with pytest.raises(ConfigError, match="too few to ramp"):
+        lr_factor(TrainConfig(epochs=2, warmup_epochs=0.1), 4)  # 0.4 of a batch: the first step would run at lr
+    assert lr_factor(TrainConfig(epochs=2, warmup_epochs=0.5), 4)(0) == pytest.approx(0.5)  # 2 batches

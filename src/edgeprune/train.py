@@ -38,7 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     steps_per_epoch: int | None = None  # cap batches per epoch (short budgets)
-    warmup_epochs: float = 0.0  # the lr rises linearly from lr/W to lr over the first W = this × batches per epoch
+    warmup_epochs: float = 0.0  # the schedule × a linear ramp (t+1)/W over the first W = this × batches per epoch
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -105,12 +105,16 @@ def steps_per_epoch(loader, cfg: TrainConfig) -> int:
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The learning rate at step t (from 0) is cfg.lr × factor(t): the schedule's factor, times a linear warm-up
-    (step t+1 of W runs at (t+1)/W) over the first W = round(warmup_epochs × steps_per_epoch) steps, as open_lth
-    warms up: the schedule itself is not delayed."""
+    """The learning rate at step t (from 0) is cfg.lr × factor(t): the schedule's factor, times a linear ramp
+    (t+1)/W over the first W = ceil(warmup_epochs × steps_per_epoch) steps (a ConfigError where that is under 2).
+    The ramp multiplies the schedule, which it does not delay (as open_lth's warm-up, whose ramp t/W starts at 0;
+    here the first step runs at 1/W): under cosine the rate peaks a little below cfg.lr."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     bounds = [m * cfg.epochs * steps_per_epoch for m in cfg.milestones]
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = math.ceil(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.warmup_epochs > 0 and warmup < 2:  # a ramp of one step runs at the full rate: no warm-up at all
+        raise ConfigError(f"warm-up epochs {cfg.warmup_epochs:g} are {warmup} batch(es) at {steps_per_epoch} batches "
+                          f"an epoch, too few to ramp; give at least {2 / steps_per_epoch:.3g}, or 0 for none")
 
     def schedule(step: int) -> float:
         if cfg.schedule == "cosine":

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,9 +106,9 @@ WeightDecay = Annotated[float, typer.Option(help="L2 weight decay.")]
 Schedule = Annotated[str, typer.Option(help="cosine, step (×0.1 at 50 % and 75 %) or constant.")]
 LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the loss.")]
 StepsPerEpoch = Annotated[int | None, typer.Option(help="Cap the batches per epoch.")]
-WarmupEpochs = Annotated[float, typer.Option(help="Raise the learning rate linearly up to --lr over this many "
-                                             "epochs (fractions allowed), then follow --schedule; 1-2 lets "
-                                             "VGG-16 with batch norm train at lr 0.1.")]
+WarmupEpochs = Annotated[float, typer.Option(help="Multiply --schedule by a linear ramp from 1/W to 1 over "
+                                             "the first W batches, W = this many epochs' worth (fractions "
+                                             "allowed); 1-2 lets VGG-16 with batch norm train at lr 0.1.")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")]
 NumClasses = Annotated[int | None, typer.Option(help="Check the data set has this many classes.")]
 InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
@@ -145,6 +146,9 @@ def training_options(fn):
     """Give `fn(..., **args)` the training options as keyword parameters typer can see."""
     sig = inspect.signature(fn, eval_str=True)  # resolve the postponed annotations typer needs
     own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    clash = sorted({p.name for p in own} & {n for n, _, _ in TRAINING_OPTIONS})
+    if clash:
+        raise TypeError(f"{fn.__name__}: option(s) {', '.join(clash)} clash with the training options; rename them")
     shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
               for n, a, d in TRAINING_OPTIONS]
     fn.__signature__ = sig.replace(parameters=own + shared)
@@ -167,11 +171,17 @@ def options_of(cls: type):
                 continue
             required = f.metadata.get("required", False)
             hint = hints[f.name]
-            if required:  # a required flag is never None: the type without it
-                hint = next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
+            if required and typing.get_origin(hint) in (typing.Union, types.UnionType):  # never None: drop it
+                hint = typing.Union[tuple(a for a in typing.get_args(hint) if a is not type(None))]  # noqa: UP007
             option = typer.Option(f"--{f.name.replace('_', '-')}", help=f.metadata["help"])
+            if required:
+                default = inspect.Parameter.empty
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = f.default
             flags.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[hint, option],
-                                           default=inspect.Parameter.empty if required else f.default))
+                                           default=default))
         rest = [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]
         # required flags first (a keyword-only parameter without a default may come anywhere, but reads best there)
         flags.sort(key=lambda p: p.default is not inspect.Parameter.empty)

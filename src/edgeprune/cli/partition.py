@@ -181,8 +181,8 @@ def plan_cmd(
     else:
         from .. import portfolio
 
-        ranked, rec, rows = plan.plan_portfolio(recs, benches, links, opts, portfolio.load(variants), target_latency)
-        rec.portfolio = str(variants)
+        ranked, rec, rows = plan.plan_portfolio(recs, benches, links, opts, portfolio.load(variants), target_latency,
+                                                portfolio=variants)
         _variant_table(rows, rec.variant, target_latency)
 
     table = Table(title=f"{rec.model}: the {len(ranked)} fastest plans (predicted)")

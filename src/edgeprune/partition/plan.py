@@ -106,10 +106,12 @@ def plan_model(recs: Sequence[Bench], links: Mapping[frozenset[str], Link], opts
 
 
 def plan_portfolio(recs: Sequence[Bench], paths: Sequence[str | Path], links: Mapping[frozenset[str], Link],
-                   opts: Options, manifest: Manifest, target_ms: float) -> tuple[list[Plan], PlanFile, list[dict]]:
+                   opts: Options, manifest: Manifest, target_ms: float,
+                   portfolio: str | Path | None = None) -> tuple[list[Plan], PlanFile, list[dict]]:
     """Choose the variant and the cut together: every variant of `manifest` planned from its own bench files
     (`recs`, read from `paths`), then the most accurate whose fastest plan meets `target_ms` (choose_variant).
-    (the chosen variant's plans, its plan file naming the variant and the target, a row per variant)."""
+    (the chosen variant's plans, its plan file naming the variant, the target, `portfolio` (the folder, as
+    `partition run` reads it back) and a row per variant)."""
     results: dict[str, tuple[list[Plan], PlanFile] | NoPlanError] = {}
     for vid, group in by_variant(recs, paths, {v.id: v.sha256 for v in manifest.variants}).items():
         try:
@@ -119,6 +121,7 @@ def plan_portfolio(recs: Sequence[Bench], paths: Sequence[str | Path], links: Ma
     chosen, rows = choose_variant(results, {v.id: v.accuracy for v in manifest.variants}, target_ms)
     ranked, rec = results[chosen]  # choose_variant picks a variant that has plans
     rec.variant, rec.target_latency_ms, rec.variants = chosen, target_ms, rows
+    rec.portfolio = None if portfolio is None else str(portfolio)
     return ranked, rec, rows
 
 

@@ -34,67 +34,21 @@ from __future__ import annotations
 
 import collections
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..portfolio import Manifest
-from .registry import TASKS, make, names, register  # noqa: F401  (make and names re-exported: policy.make(...))
+from .interface import TASKS, Decision, Policy, Window  # noqa: F401  (re-exported: a policy imports them here)
+from .registry import make, names, register  # noqa: F401  (make and names re-exported: policy.make(...))
 
 DECISIONS_KEPT = 100  # the newest decisions the roma policy keeps in memory
 # upper bounds of the parameters: past them a policy's arithmetic overflows (1e308 frames/s) or means nothing
 MAX_MS, MAX_FPS, MAX_COUNT = 1e6, 1e4, 10**6
 MIN_FPS = 1e-3  # one frame in about 17 minutes: below it a frame's period overflows the decision arithmetic
-
-
-@dataclass
-class Window:
-    """What the active variant did since the last decision."""
-
-    variant: str
-    latencies_ms: list[float]  # inference time of each request (not queueing, not HTTP)
-    seconds: float
-    # each request's output, for policies that read them: an array, or a detector's Detections per sample
-    outputs: list = field(default_factory=list)
-
-    @property
-    def p90_ms(self) -> float:
-        return float(np.percentile(self.latencies_ms, 90))
-
-    @property
-    def p50_ms(self) -> float:
-        return float(np.percentile(self.latencies_ms, 50))
-
-
-@dataclass
-class Decision:
-    policy: str
-    active: str
-    want: str
-    budget_met: bool
-    inputs: dict
-    reason: str
-    time: float = field(default_factory=time.time)
-
-
-@dataclass
-class Policy:
-    """Base: `params()` for the API, `decide(window)` once per window."""
-
-    manifest: Manifest
-    name: str = "fixed"
-    reads_outputs: ClassVar[bool] = False  # whether the server must keep each request's output in the window
-    tasks: ClassVar[tuple[str, ...]] = TASKS  # the portfolios it chooses for (set by `register`)
-
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("manifest", "name") and not k.startswith("_")}
-
-    def decide(self, window: Window) -> Decision:
-        raise NotImplementedError
 
 
 @register("fixed")

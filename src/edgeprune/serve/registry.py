@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from .. import plugins
 from ..errors import ConfigError
+from .interface import TASKS
 
 if TYPE_CHECKING:
     from ..portfolio import Manifest
-    from .policy import Policy
+    from .interface import Policy
 
 BUILTIN = ("edgeprune.serve.policy",)
-TASKS = ("classify", "detect")
 
 
 _POLICIES: dict[str, type] = {}

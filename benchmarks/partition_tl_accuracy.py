@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
 from common import measured, write_results
 
-from edgeprune import lifecycle, measure, models
+from edgeprune import lifecycle, measure, models, record, runs
 from edgeprune.data import loaders
 from edgeprune.partition import finetune
 from edgeprune.train import TrainConfig, evaluate, fit
@@ -102,7 +101,7 @@ def main() -> None:
 
 def _label(run: str, dataset: str) -> str:
     """The data set as the run recorded reading it: "cifar10 (JPEG q75 copy)" where it read that copy."""
-    copy_read = json.loads((Path(run) / "report.json").read_text()).get("data_copy")
+    copy_read = record.read_report(Path(run) / runs.REPORT).data_copy
     return f"{dataset} ({copy_read})" if copy_read else dataset
 
 

@@ -205,16 +205,16 @@ FASHION_TEXT = ("Variants trained briefly on Fashion-MNIST (LeNet-5: 5,000 image
 
 def _data_of(runs: list[Path]) -> tuple[str, int, str]:
     """(data set, test images the accuracies were measured on, a sentence saying so) of finished runs."""
-    import json
+    from edgeprune import lifecycle, record
+    from edgeprune import runs as runs_mod
 
-    configs = [json.loads((r / "config.json").read_text()) for r in runs]
-    reports = [json.loads((r / "report.json").read_text()) for r in runs]
-    names = {c["data"]["name"] for c in configs}
+    configs = [lifecycle.source_config(r) for r in runs]
+    names = {c.data["name"] for c in configs}
     if len(names) != 1:
         raise SystemExit(f"--runs: one data set, please; these were trained on {', '.join(sorted(names))}")
     name = names.pop()
-    held = max(c["data"].get("test_subset") or 0 for c in configs)
-    copies = {r.get("data_copy") for r in reports} - {None}
+    held = max(c.data.get("test_subset") or 0 for c in configs)
+    copies = {record.read_report(r / runs_mod.REPORT).data_copy for r in runs} - {None}
     label = f"{name} ({', '.join(sorted(copies))})" if copies else name
     where = (f"offline accuracy on the first {held} test images, the stream from the others" if held else
              "offline accuracy on the whole test split, which the stream also draws from (a stream of unseen images "

@@ -83,7 +83,7 @@ def train_reply(job: Job, msg: Message, context: Context) -> Message:
     move = None
     if cfg["move-device"] == k:
         move = (cfg["move-iteration"], cfg["move-to"])
-    client = None
+    client, optim = None, job.optim.at(cfg["server-round"])
     if job.workers:
         client = sp.EdgeClient(job.workers[k], service=devices.SERVICE)
     elif address:
@@ -92,12 +92,12 @@ def train_reply(job: Job, msg: Message, context: Context) -> Message:
         if job.workers:
             reply = client.call("Train", {"model": job.model, "state": model.state_dict(), "split": split,
                                           "edge": address, "data": job.data, "device": k, "devices": job.devices,
-                                          "round": cfg["server-round"], "optim": asdict(job.optim), "move": move})
+                                          "round": cfg["server-round"], "optim": asdict(optim), "move": move})
             model.load_state_dict(reply["state"])
             stats = sp.RoundStats(**reply["stats"])
         else:
             stats = sp.train_round(model, split, device_batches(job.data, k, job.devices, cfg["server-round"]),
-                                   job.optim, device=f"device{k}", edge=client, move=move)
+                                   optim, device=f"device{k}", edge=client, move=move)
     except EdgePruneError as e:  # the round goes on without this device; the server records why
         return Message(Error(code=1, reason=f"device {k}: {type(e).__name__}: {e}"), reply_to=msg)
     finally:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from ..checks import mapping, number
 from ..errors import ConfigError
+from . import shares
 
 SPEC_KEYS = {"model": True, "data": True, "rounds": True, "devices": True, "edges": False, "optim": False,
              "moves": False, "seed": False, "test_subset": False, "rtt_ms": False}
 DEVICE_KEYS = {"split": True, "edge": False, "factor": False, "mbps": False}
-OPTIM_KEYS = {"lr": False, "momentum": False, "weight_decay": False}
+OPTIM_KEYS = {"lr": False, "momentum": False, "weight_decay": False, "decay_round": False}
 MOVE_KEYS = {"round": True, "device": True, "iteration": True, "to": True}
 DATA_NUMBERS = {"subset": 1, "batch_size": 1, "test_subset": 1}  # (key: least value) where the data spec holds them
 
@@ -28,6 +29,7 @@ def check(spec: object) -> dict:
             number(data[key], f"data.{key}", at_least=least, integer=True)
     if "seed" in data:
         number(data["seed"], "data.seed", at_least=0, integer=True)
+    shares.check(data)
     number(spec["rounds"], "rounds", at_least=1, integer=True)
     number(spec.get("seed", 0), "seed", at_least=0, integer=True)
     number(spec.get("rtt_ms", 0.0), "rtt_ms", at_least=0)
@@ -52,6 +54,8 @@ def check(spec: object) -> dict:
     number(optim.get("lr", 0.01), "optim.lr", above=0)
     number(optim.get("momentum", 0.9), "optim.momentum", at_least=0, below=1)
     number(optim.get("weight_decay", 0.0), "optim.weight_decay", at_least=0)
+    number(optim.get("decay_round", 0), "optim.decay_round", at_least=0, integer=True,
+           hint="the first round at lr x 0.1 (FedAdapt: half the rounds); 0 never decays")
     moves = spec.get("moves", [])
     if not isinstance(moves, list):
         raise ConfigError(f"moves must be a list of moves, e.g. [{{round: 2, device: 0, iteration: 2, to: edge1}}]; "

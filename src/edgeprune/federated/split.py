@@ -61,14 +61,22 @@ def halves(model: nn.Module, split: int) -> tuple[nn.Sequential, nn.Sequential]:
 
 @dataclass(frozen=True)
 class Optim:
-    """SGD settings both halves use (FedAdapt: lr 0.01, momentum 0.9)."""
+    """SGD settings both halves use (FedAdapt: lr 0.01, momentum 0.9, lr x 0.1 after half the rounds:
+    `decay_round`, the first round at the lower rate; 0 never decays)."""
 
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    decay_round: int = 0
 
     def make(self, params: Iterable[nn.Parameter]) -> torch.optim.SGD:
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def at(self, round_: int) -> Optim:
+        """The settings of round `round_` (1-based): lr x 0.1 from `decay_round` on."""
+        if self.decay_round and round_ >= self.decay_round:
+            return replace(self, lr=self.lr * 0.1, decay_round=0)
+        return self
 
 
 def fingerprint(spec: ModelSpec, split: int, state: dict[str, torch.Tensor]) -> dict:

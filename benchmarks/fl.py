@@ -111,17 +111,21 @@ def real_run(job: dict, policy, evaluate, bandwidth) -> dict:
     return {"rounds": rounds, "total_s": sum(r["round_s"] for r in rounds), "accuracy": rounds[-1]["accuracy"]}
 
 
-def make_agent() -> tuple:
+def make_agent(model: dict = MODEL, shape: tuple = (1, 28, 28), steps: int = PPO_STEPS, discrete: bool = False,
+               episode: int = 100, rollout: int = 100, batch: int = 50, bandwidth=None) -> tuple:
     """The cost model measured here, FedAdapt's groups, its environment and a PPO agent trained on it (and the
-    seconds that took): what this benchmark and fl_emulated.py share."""
+    seconds that took): what this benchmark, fl_emulated.py and fl_cifar10.py share. `discrete`, `episode` (steps
+    an episode), `rollout` and `batch`: see fedadapt.FedAdaptEnv and fedadapt.train_ppo; `bandwidth`: the links
+    the agent trains on (default `training_bandwidth`)."""
     torch.manual_seed(0)
-    cost = fedadapt.measure(create(**MODEL), (1, 28, 28), batch=DATA["batch_size"], repeats=20)
+    cost = fedadapt.measure(create(**model), shape, batch=DATA["batch_size"], repeats=20)
     base = [cost.iteration_s(cost.n, f, MBPS) for f in FACTORS]
     groups = fedadapt.group(base, 3, seed=0)
-    env = fedadapt.FedAdaptEnv(cost, FACTORS, groups, training_bandwidth, rtt_ms=RTT_MS, stop_at_baseline=False,
-                               see_links=SEE_LINKS)
+    env = fedadapt.FedAdaptEnv(cost, FACTORS, groups, bandwidth or training_bandwidth, rtt_ms=RTT_MS,
+                               stop_at_baseline=False,
+                               see_links=SEE_LINKS, discrete=discrete, steps=episode)
     t0 = time.perf_counter()
-    agent = fedadapt.train_ppo(env, timesteps=PPO_STEPS, seed=0)
+    agent = fedadapt.train_ppo(env, timesteps=steps, seed=0, rollout=rollout, batch=batch)
     return cost, groups, env, agent, time.perf_counter() - t0
 
 
@@ -221,15 +225,16 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
                            "ppo_steps": PPO_STEPS, "ppo_train_s": ppo_s, "data": DATA, "test_subset": TEST_SUBSET}
 
 
-def fedfly_part(lines: list[str], payload: dict) -> None:
-    share = {**DATA, "subset": FEDFLY_IMAGES, "batch_size": 50, "seed": 1}
-    bundle = loaders(**share, test_subset=TEST_SUBSET, augment=False)
+def fedfly_part(lines: list[str], payload: dict, model_spec: dict = MODEL, data_spec: dict = DATA,
+                data_name: str = "Fashion-MNIST", test_subset: int = TEST_SUBSET) -> None:
+    share = {**data_spec, "subset": FEDFLY_IMAGES, "batch_size": 50, "seed": 1}
+    bundle = loaders(**share, test_subset=test_subset, augment=False)
     rounds = 5
     data = [list(shares.device_batches(share, 0, 1, r)) for r in range(rounds)]
 
     def model():
         torch.manual_seed(0)
-        return create(**MODEL)
+        return create(**model_spec)
 
     torch.set_num_threads(1)
     edges = [sp.start_edge(f"edge{i}") for i in range(2)]
@@ -256,7 +261,7 @@ def fedfly_part(lines: list[str], payload: dict) -> None:
         }
     lines += ["", "## FedFly", "",
               f"One device, VGG-5 split after layer 3, {rounds} rounds of {len(data[0])} iterations "
-              f"({FEDFLY_IMAGES} Fashion-MNIST images, batch 50); the edge moves to a second edge server (another "
+              f"({FEDFLY_IMAGES} {data_name} images, batch 50); the edge moves to a second edge server (another "
               "process). clock: wall (this machine, no speed factor, loopback). Medians of 3 interleaved repeats.", ""]
     table, targets = fedfly_tables(summary, "checkpoint, send, restore")
     lines += table

@@ -156,13 +156,40 @@ def test_cost_model_measures_every_layer_of_vgg5():
     assert cost.options() == [1, 2, 3, 4, 5, 7]
 
 
-def toy_env(mbps: float, steps: int = 20):
+def toy_env(mbps: float, steps: int = 20, **kw):
     from edgeprune.federated.fedadapt import CostModel, FedAdaptEnv
 
     # 7 layers of 1 s except the FC block; 1 MB crosses any cut
     cost = CostModel([1.0] * 5 + [0.1, 0.1], [1_000_000] * 7, [1.0] * 5 + [0.1, 0.1], batch=100)
-    return FedAdaptEnv(cost, factors=[1.0, 10.0, 10.0], groups=[0, 1, 1], bandwidth=lambda t, rng: [mbps] * 3,
-                       steps=steps)
+    bandwidth = kw.pop("bandwidth", lambda t, rng: [mbps] * 3)
+    return FedAdaptEnv(cost, factors=[1.0, 10.0, 10.0], groups=[0, 1, 1], bandwidth=bandwidth, steps=steps, **kw)
+
+
+def test_discrete_actions_are_indices_among_the_split_options():
+    pytest.importorskip("gymnasium")
+    env = toy_env(80.0, discrete=True)
+    assert env.action_space.nvec.tolist() == [6, 6]  # options 1-5 and 7 (no offloading), per group
+    assert env.splits_of([5, 0]) == [7, 1]
+    _, _, _, _, info = env.step([5, 0])
+    assert info["splits"] == [7, 1]
+
+
+@pytest.mark.slow
+def test_ppo_with_discrete_actions_offloads_over_a_fast_link_and_not_over_a_slow_one():
+    pytest.importorskip("stable_baselines3")
+    from edgeprune.federated.fedadapt import train_ppo
+
+    def episode_link(t, rng):  # one link per episode, fast or slow, that the agent sees
+        if t == 0:
+            episode_link.mbps = float(rng.choice([0.1, 80.0]))
+        return [episode_link.mbps] * 3
+
+    env = toy_env(80.0, bandwidth=episode_link, see_links=True, stop_at_baseline=False, discrete=True)
+    agent = train_ppo(env, timesteps=6000, seed=0)
+    for mbps, slow_group in ((80.0, 1), (0.1, 7)):  # 80 s to send 1 MB at 0.1 Mbit/s: keep every layer
+        times = env.times([7, 7], [mbps] * 3)
+        action, _ = agent.predict(env.observe([7, 7], times, [mbps] * 3), deterministic=True)
+        assert env.splits_of(action)[1] == slow_group
 
 
 def test_env_state_action_and_reward_follow_fedadapt():
@@ -266,3 +293,19 @@ def test_fl_run_refuses_a_bad_spec_in_one_line(tmp_path, spec, message):
     result = CliRunner().invoke(app, ["fl", "run", str(path)])
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_learning_rate_decays_tenfold_from_decay_round_on():
+    optim = sp.Optim(lr=0.01, momentum=0.9, decay_round=11)
+    assert optim.at(1) == optim and optim.at(10).lr == 0.01
+    assert optim.at(11).lr == pytest.approx(0.001) and optim.at(20).lr == pytest.approx(0.001)
+    assert optim.at(11).make([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"] == pytest.approx(0.001)
+    assert sp.Optim(lr=0.01).at(99).lr == 0.01  # decay_round 0: never
+
+
+def test_a_bad_decay_round_is_refused_in_one_line():
+    from edgeprune.federated.spec import check
+
+    with pytest.raises(ConfigError, match="optim.decay_round must be an integer >= 0"):
+        check({"model": {"name": "vgg5"}, "data": {"name": "synthetic"}, "rounds": 2, "devices": [{"split": 3}],
+               "optim": {"decay_round": 1.5}})

@@ -9,6 +9,8 @@
   normalised by its no-offloading time, and its offloading state (the FLOP share run on the device); with
   `see_links`, also its link. Action, per group, a target FLOP share in [0, 1] (the agent acts in [-1, 1]), mapped
   to the split whose share is closest; FedAdapt's last two layers (the FC block) form one option, no offloading.
+  With `discrete`, the action is instead the index of the group's split among the same options: on VGG-5's cost
+  model, PPO trained on the continuous share never learnt to offload (benchmarks/results/fl_cifar10.md).
   Reward: sum over devices of (b-t)/b if t < b else -(t-b)/t, b being the device's no-offloading time. An episode
   ends when the slowest device is no faster than without offloading (FedAdapt's rule; `stop_at_baseline=False`
   runs every episode to its length). Bandwidths may change during an episode.
@@ -110,16 +112,22 @@ class FedAdaptEnv(gym.Env):
 
     def __init__(self, cost: CostModel, factors: Sequence[float], groups: Sequence[int],
                  bandwidth: Callable[[int, np.random.Generator], Sequence[float]], rtt_ms: float = 0.0,
-                 steps: int = 100, noise: float = 0.0, stop_at_baseline: bool = True, see_links: bool = False):
+                 steps: int = 100, noise: float = 0.0, stop_at_baseline: bool = True, see_links: bool = False,
+                 discrete: bool = False):
         self.cost, self.factors, self.groups = cost, list(factors), list(groups)
         self.g = max(groups) + 1
         self.bandwidth, self.rtt_ms, self.steps, self.noise = bandwidth, rtt_ms, steps, noise
-        self.stop_at_baseline, self.see_links = stop_at_baseline, see_links
+        self.stop_at_baseline, self.see_links, self.discrete = stop_at_baseline, see_links, discrete
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, ((3 if see_links else 2) * self.g,), np.float32)
-        # FedAdapt's action is a share in [0, 1]; the agent acts in [-1, 1] (share = (a + 1) / 2) so that a fresh
-        # Gaussian policy, centred on 0, starts in the middle of the shares as FedAdapt's sigmoid actor does, not
-        # at the edge where every layer but the first is offloaded
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.g,), np.float32)
+        if discrete:
+            # per group, the index of its split among cost.options(): the same choices as the continuous share,
+            # which maps to the closest of them, but each one a separate action a policy can learn to prefer
+            self.action_space = gym.spaces.MultiDiscrete([len(cost.options())] * self.g)
+        else:
+            # FedAdapt's action is a share in [0, 1]; the agent acts in [-1, 1] (share = (a + 1) / 2) so that a
+            # fresh Gaussian policy, centred on 0, starts in the middle of the shares as FedAdapt's sigmoid actor
+            # does, not at the edge where every layer but the first is offloaded
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (self.g,), np.float32)
         self.rng = np.random.default_rng(0)
         self._t = 0
         self._mbps: Sequence[float] = []
@@ -133,8 +141,11 @@ class FedAdaptEnv(gym.Env):
         return self.observe(splits, self._times(splits), self._mbps), {}
 
     def splits_of(self, action: Sequence[float]) -> list[int]:
-        """Each group's action in [-1, 1], a target FLOP share (a + 1) / 2 -> the option whose share is closest."""
+        """Each group's action in [-1, 1], a target FLOP share (a + 1) / 2 -> the option whose share is closest;
+        with `discrete`, each group's action is the index of its option."""
         opts = self.cost.options()
+        if self.discrete:
+            return [opts[int(a)] for a in action]
         shares = np.array([self.cost.share(k) for k in opts])
         return [opts[int(np.argmin(np.abs(shares - (float(a) + 1) / 2)))] for a in np.clip(action, -1, 1)]
 
@@ -188,12 +199,16 @@ def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
     return list(min(itertools.product(env.cost.options(), repeat=env.g), key=cost))
 
 
-def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0):
+def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0, rollout: int = 100, batch: int = 50):
     """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`; its initial std, 1 in
-    the agent's [-1, 1], is FedAdapt's 0.5 in shares (SB3 then learns it, where FedAdapt keeps it fixed)."""
+    the agent's [-1, 1], is FedAdapt's 0.5 in shares (SB3 then learns it, where FedAdapt keeps it fixed).
+    `rollout`: environment steps per update. With links drawn once per episode, a rollout of one episode fits every
+    update to that episode's links and the policy collapses onto one split whatever the links (measured on VGG-5's
+    cost model); a rollout of many episodes (e.g. 2,000 steps, 20 episodes, with `batch` 100) learns to offload
+    over a fast link and not over a slow one."""
     from stable_baselines3 import PPO
 
-    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=100, batch_size=50, n_epochs=10, gamma=0.9,
+    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=rollout, batch_size=batch, n_epochs=10, gamma=0.9,
                clip_range=0.2, seed=seed, device="cpu", verbose=0,
                policy_kwargs={"net_arch": {"pi": [64, 32], "vf": [64, 32]}, "activation_fn": nn.Tanh,
                               "log_std_init": 0.0}).learn(timesteps)

@@ -100,7 +100,12 @@ def rounds_to_resplit(splits_per_round: list[list[int]], drop: int = DROP) -> in
 def real_run(job: dict, policy, evaluate, bandwidth) -> dict:
     """A Flower run; per round its splits, its time on the modelled clock (measured compute and bytes, the
     device factors, the links of `bandwidth(round)`) and the global model's test accuracy."""
-    run = flower.simulate(apps.Job(**job), policy, evaluate)
+    return price(flower.simulate(apps.Job(**job), policy, evaluate), bandwidth)
+
+
+def price(run: dict, bandwidth) -> dict:
+    """A Flower run's rounds on the modelled clock: per round its splits, the slowest device's time, every
+    device's (measured compute x factor, edge compute, bytes over `bandwidth(round)`), the global accuracy."""
     rounds = []
     for rec in run["history"]:
         mbps = bandwidth(rec["round"])

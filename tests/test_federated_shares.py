@@ -77,3 +77,23 @@ def test_fl_run_refuses_a_bad_partition_before_starting(tmp_path):
     result = CliRunner().invoke(app, ["fl", "run", str(path)])
     assert result.exit_code == 2
     assert "data.alpha -1 must be a positive number" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_a_non_iid_job_runs_through_fl_run_and_a_starving_skew_is_refused_before_it_starts():
+    pytest.importorskip("flwr")
+    from edgeprune.federated.flower import run_spec
+
+    data = {"name": "synthetic", "shape": [1, 28, 28], "size": 64, "batch_size": 8, "seed": 0,
+            "partition": "dirichlet", "alpha": 0.5}
+    spec = {"model": {"name": "vgg5", "num_classes": 10, "in_channels": 1, "image_size": 28}, "data": data,
+            "rounds": 1, "test_subset": 16, "devices": [{"split": 7}, {"split": 7}], "optim": {"decay_round": 1}}
+    result = run_spec(spec, emulation="modelled")
+    (r,) = result["history"]
+    assert r["dropped"] == [] and sorted(r["devices"]) == [0, 1]
+    # each device ran one pass over its own Dirichlet share, in batches of 8
+    sizes = [len(p) for p in parts(data, 2)]
+    assert [r["devices"][k]["iterations"] for k in (0, 1)] == [-(-n // 8) for n in sizes]
+    starving = {**spec, "data": {**data, "size": 16, "alpha": 0.01}, "devices": [{"split": 7}] * 4}
+    with pytest.raises(ConfigError, match="left a device with fewer than one batch"):
+        run_spec(starving, emulation="modelled")

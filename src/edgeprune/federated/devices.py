@@ -59,7 +59,7 @@ class Device:
         if m.get("data"):
             from .shares import device_batches
 
-            device_batches(m["data"], 0, 1, 0)
+            device_batches(m["data"], 0, m.get("devices", 1), 0)
         model = create(**m["model"]).train()
         x = torch.randn(m["batch"], *m["input_shape"])
         y = torch.zeros(m["batch"], dtype=torch.long)
@@ -179,7 +179,7 @@ class Emulation:
         self.workers.append(socket)
         probe = {"model": self.model, "batch": self.batch, "input_shape": list(self.input_shape),
                  "min_s": self.probe_s}
-        free = self.client(k).call("Probe", {**probe, "data": self.data,
+        free = self.client(k).call("Probe", {**probe, "data": self.data, "devices": len(self.devices),
                                              "slowdown": d.factor if d.factor > 1 else None})
         record = {"device": k, "factor": d.factor, "mbps": d.mbps, "rtt_ms": self.rtt_ms, "free_ms": free["ms"],
                   "namespace": chain.namespaces[0], "edges": addresses}

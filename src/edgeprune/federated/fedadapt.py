@@ -200,8 +200,9 @@ def oracle(env: FedAdaptEnv, mbps: Sequence[float]) -> list[int]:
 
 
 def train_ppo(env: FedAdaptEnv, timesteps: int = 10_000, seed: int = 0, rollout: int = 100, batch: int = 50):
-    """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`; its initial std, 1 in
-    the agent's [-1, 1], is FedAdapt's 0.5 in shares (SB3 then learns it, where FedAdapt keeps it fixed).
+    """A PPO agent (stable-baselines3) with FedAdapt's hyper-parameters, trained on `env`; with continuous actions
+    its initial std, 1 in the agent's [-1, 1], is FedAdapt's 0.5 in shares (SB3 then learns it, where FedAdapt keeps
+    it fixed); with discrete ones (`env.discrete`) each group's split is drawn from a categorical distribution.
     `rollout`: environment steps per update. With links drawn once per episode, a rollout of one episode fits every
     update to that episode's links and the policy collapses onto one split whatever the links (measured on VGG-5's
     cost model); a rollout of many episodes (e.g. 2,000 steps, 20 episodes, with `batch` 100) learns to offload

@@ -53,12 +53,14 @@ def train(make_model: Callable[[], nn.Module], split: int, batches: Callable[[in
         move = (where[1], destination) if where is not None and where[0] == r else None
         if move is not None and restart:
             # the round runs up to the move; then the server half is lost and, with it, all training so far
-            stats = sp.train_round(model, split, batches(r)[:move[0]], optim, device=device, edge=edge, lan=lan)
+            stats = sp.train_round(model, split, batches(r)[:move[0]], optim.at(r + 1), device=device, edge=edge,
+                                   lan=lan)
             record["iterations"] += stats.iterations
             edge.close()
             edge, model, where, r = sp.EdgeClient(destination, rtt_ms=rtt_ms), make_model(), None, 0
             continue
-        stats = sp.train_round(model, split, batches(r), optim, device=device, edge=edge, move=move, lan=lan)
+        stats = sp.train_round(model, split, batches(r), optim.at(r + 1), device=device, edge=edge, move=move,
+                               lan=lan)
         record["iterations"] += stats.iterations
         if stats.moved_to:
             edge.close()

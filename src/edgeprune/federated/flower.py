@@ -25,7 +25,7 @@ from ..progress import Reporter, reporter
 from . import devices
 from . import split as sp
 from .apps import Job, Move, Policy, client_app, describe, serve_rounds
-from .shares import train_set
+from .shares import loader_spec, shares, train_set
 from .spec import check as check_spec
 
 
@@ -35,7 +35,9 @@ def _check_model_takes_data(spec: dict) -> None:
         model = create(**spec["model"])
     except TypeError as e:
         raise ConfigError(f"the FL spec's model {spec['model']!r} is not a model's options ({e})") from None
-    x = train_set(json.dumps(spec["data"], sort_keys=True))[0][0]
+    key = json.dumps(spec["data"], sort_keys=True)
+    x = train_set(key)[0][0]
+    shares(key, len(spec["devices"]))  # a skew that starves a device is refused here, not inside every round
     try:
         with torch.no_grad():
             model.eval()(x[None])
@@ -137,7 +139,7 @@ def run_spec(spec: dict, engine: str = "simulation", emulation: str = "auto",
                   seed=int(spec.get("seed", 0)), workers=emulated.workers if emulated is not None else [],
                   moves=[Move(m["round"], m["device"], m["iteration"], address[m["to"]])
                          for m in spec.get("moves", [])])
-        test = {"data": spec["data"], "test_subset": spec.get("test_subset")}
+        test = {"data": loader_spec(spec["data"]), "test_subset": spec.get("test_subset")}
         if engine == "deployment":
             from . import deploy
 

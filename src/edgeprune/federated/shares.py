@@ -43,7 +43,7 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     """Every sample's label, read from the tensors where the set holds them (no image is decoded)."""
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
-    held = getattr(dataset, "labels", None)
+    held = getattr(dataset, "labels", getattr(dataset, "targets", None))  # ours; torchvision's (ImageFolder)
     if held is None and isinstance(dataset, torch.utils.data.TensorDataset):
         held = dataset.tensors[-1]
     if held is None:

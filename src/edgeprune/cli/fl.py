@@ -30,8 +30,10 @@ def register(app: typer.Typer) -> None:
 @fl.command("run")
 @handled
 def run_cmd(
-    spec: Annotated[Path, typer.Argument(help="A YAML job: model, data, rounds, devices (split, edge), edges, "
-                                              "optim, moves, seed, test_subset.")],
+    spec: Annotated[Path, typer.Argument(help="A YAML job: model, data (with partition: iid or dirichlet and "
+                                              "alpha for non-IID shares), rounds, devices (split, edge), edges, "
+                                              "optim (lr, momentum, weight_decay, decay_round), moves, seed, "
+                                              "test_subset.")],
     out: Annotated[Path | None, typer.Option(help="Write the round history and job to this JSON file.")] = None,
     engine: Annotated[str, typer.Option(help="simulation: Flower's Simulation Engine (Ray) in this process; "
                                              "deployment: a SuperLink and one SuperNode per device, as processes "

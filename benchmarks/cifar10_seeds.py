@@ -125,10 +125,14 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def progress(sweep: str, runs: Path) -> str:
-    """Where a sweep stands: cells done of all, and the epochs a cell in training has checkpointed."""
+    """Where a sweep stands: cells done of all, and the epochs a cell in training has checkpointed; read from the
+    run folders, else from their carried copies (benchmarks/carry.py)."""
     path = runs / sweep / "sweep.json"
+    if not path.is_file() and (runs.parent / "carried" / sweep / "sweep.json").is_file():
+        runs = runs.parent / "carried"
+        path = runs / sweep / "sweep.json"
     if not path.is_file():
-        return f"{sweep}: not started"
+        return f"{sweep}: not started on this machine"
     state = json.loads(path.read_text())
     cells = state.get("cells") or {}
     # a cell is done once its run holds report.json: a rerun of the sweep marks such a cell "skipped", not "done"

@@ -1,0 +1,94 @@
+"""Carry the CIFAR-10 sweeps' small cells between machines whose disks do not outlive the checkout.
+
+`benchmarks/runs/` is git-ignored: a sweep cut off on a machine that is then wiped starts again from epoch 1. This
+copies every run folder of the sweeps under `benchmarks/runs/` whose files total at most `--max-mib` (ResNet-20's
+cells, 2-5 MiB each; a VGG-16 cell's checkpoint is about 120 MiB and stays behind) into `benchmarks/carried/`,
+which is committed (replacing a carried cell of another config), and copies them back where the run folder is
+missing or has fewer finished epochs of the same config. A carried cell is the run folder itself (its
+`checkpoint.pt` holds the optimiser and the epoch), so `edgeprune sweep` goes on from it as from any interrupted
+run; a finished cell's `report.json` and model come with it. Cells that start from another run (Taylor, INT8)
+record that run's absolute path, so they resume only in a checkout at the same path.
+
+    python benchmarks/carry.py save       # before the machine goes: runs/ -> carried/ (then git add and commit)
+    python benchmarks/carry.py restore    # on a fresh checkout: carried/ -> runs/, then run the sweep again
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RUNS, CARRIED = HERE / "runs", HERE / "carried"
+SWEEPS = ("cifar10_dense", "cifar10_taylor", "cifar10_pai", "cifar10_drive", "cifar10_target_rate",
+          "cifar10_dnnshifter")
+
+
+def epochs(folder: Path) -> int:
+    """Epochs a run folder has finished (its log's lines), or a large number once it has a report."""
+    if (folder / "report.json").exists():
+        return 1 << 30
+    log = folder / "log.jsonl"
+    return sum(1 for line in log.read_text().splitlines() if line.strip()) if log.exists() else 0
+
+
+def size_mib(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def cells(root: Path) -> list[Path]:
+    """Run folders (a config.json) of the CIFAR-10 sweeps under `root`."""
+    return sorted(c for s in SWEEPS for c in (root / s).glob("*/") if (c / "config.json").exists())
+
+
+def copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("direction", choices=["save", "restore"])
+    ap.add_argument("--max-mib", type=float, default=16.0, help="carry only cells this small (default 16)")
+    args = ap.parse_args()
+    src, dst = (RUNS, CARRIED) if args.direction == "save" else (CARRIED, RUNS)
+    for cell in cells(src):
+        target = dst / cell.relative_to(src)
+        if args.direction == "save" and size_mib(cell) > args.max_mib:
+            print(f"left behind (over {args.max_mib:g} MiB): {cell.relative_to(src)}")
+            continue
+        same_config = target.exists() and (target / "config.json").read_text() == (cell / "config.json").read_text()
+        if target.exists() and not same_config and args.direction == "restore":
+            print(f"kept {cell.relative_to(src)} in runs/: its config differs from the carried one's")
+            continue
+        if same_config and epochs(target) >= epochs(cell):
+            continue  # carried/ is as far on; on save, a cell whose config changed (a new spec) replaces it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # the sweep's status file, which says which cells failed (a failed cell restarts from scratch): always the
+        # source's, so a stale 'failed' never throws away a checkpoint carried later
+        if (cell.parent / "sweep.json").exists():
+            shutil.copy2(cell.parent / "sweep.json", target.parent / "sweep.json")
+        copy(cell, target)
+        if args.direction == "restore" and str(RUNS.resolve()) not in (target / "config.json").read_text() \
+                and "/benchmarks/runs/" in (target / "config.json").read_text():
+            print(f"note: {cell.relative_to(src)} names runs under another checkout's path; a cell that starts "
+                  "from another run (Taylor, INT8) resumes only in a checkout at that same path")
+        done = epochs(cell)
+        print(f"{args.direction}d {cell.relative_to(src)}: "
+              f"{'finished' if done >= 1 << 30 else f'{done} epoch(s)'}, {size_mib(cell):.1f} MiB")
+    if args.direction == "save":
+        (CARRIED / "README.md").write_text(
+            "# Carried sweep cells\n\nWritten by `python benchmarks/carry.py save`: the CIFAR-10 sweeps' small "
+            "run folders, so that a sweep interrupted on a machine that is then wiped resumes on the next "
+            "(`python benchmarks/carry.py restore`, then `edgeprune sweep` again). See benchmarks/README.md.\n\n"
+            + "".join(f"- `{c.relative_to(CARRIED)}`: "
+                      f"{'finished' if epochs(c) >= 1 << 30 else f'{epochs(c)} epoch(s) of training'}\n"
+                      for c in cells(CARRIED)))
+
+
+if __name__ == "__main__":
+    main()

@@ -68,10 +68,6 @@ def main() -> None:
         if same_config and epochs(target) >= epochs(cell):
             continue  # carried/ is as far on; on save, a cell whose config changed (a new spec) replaces it
         target.parent.mkdir(parents=True, exist_ok=True)
-        # the sweep's status file, which says which cells failed (a failed cell restarts from scratch): always the
-        # source's, so a stale 'failed' never throws away a checkpoint carried later
-        if (cell.parent / "sweep.json").exists():
-            shutil.copy2(cell.parent / "sweep.json", target.parent / "sweep.json")
         copy(cell, target)
         if args.direction == "restore" and str(RUNS.resolve()) not in (target / "config.json").read_text() \
                 and "/benchmarks/runs/" in (target / "config.json").read_text():
@@ -80,6 +76,13 @@ def main() -> None:
         done = epochs(cell)
         print(f"{args.direction}d {cell.relative_to(src)}: "
               f"{'finished' if done >= 1 << 30 else f'{done} epoch(s)'}, {size_mib(cell):.1f} MiB")
+    # each sweep's status file, which says which cells failed (a failed cell restarts from scratch): always the
+    # source's, so a stale 'failed' never throws away a checkpoint carried later
+    for sweep in {c.parent for c in cells(src)}:
+        if (sweep / "sweep.json").exists() and (dst / sweep.name).is_dir():
+            # the sweep reads back only the cells' statuses; the paths it recorded name this machine's checkout
+            text = (sweep / "sweep.json").read_text().replace(str(RUNS.resolve()), "benchmarks/runs")
+            (dst / sweep.name / "sweep.json").write_text(text)
     if args.direction == "save":
         (CARRIED / "README.md").write_text(
             "# Carried sweep cells\n\nWritten by `python benchmarks/carry.py save`: the CIFAR-10 sweeps' small "

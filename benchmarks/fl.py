@@ -65,15 +65,20 @@ def dropping(round_: int, drop: int = DROP) -> list[float]:
     return [MBPS] * 3 + [DROPPED_MBPS if round_ >= drop else MBPS] * 2
 
 
-def training_bandwidth(step: int, rng: np.random.Generator) -> list[float]:
-    """What the agent trains on: per episode, each device's link log-uniform in 5-100 Mbit/s. Trial runs (not
-    committed) of other settings: 2-100 or 10-100 Mbit/s with tenfold drops mid-episode (20-30k steps) and 2-100
-    without (20k) also ended with an agent that never offloads; 10-100 without drops (15k) offloaded the slowest
-    group at every bandwidth, the drop included."""
+def training_bandwidth(step: int, rng: np.random.Generator, every: int = 0) -> list[float]:
+    """What the agent trains on: per episode (and with `every`, again every that many steps of it), each device's
+    link log-uniform in 5-100 Mbit/s. Trial runs (not committed) of other settings: 2-100 or 10-100 Mbit/s with
+    tenfold drops mid-episode (20-30k steps) and 2-100 without (20k) also ended with an agent that never offloads;
+    10-100 without drops (15k) offloaded the slowest group at every bandwidth, the drop included."""
     state = training_bandwidth.__dict__
-    if step == 0:
+    if step == 0 or (every and step % every == 0):
         state["base"] = list(np.exp(rng.uniform(np.log(5), np.log(100), len(FACTORS))))
     return state["base"]
+
+
+def on_env(env, agent):
+    """A trained agent as a policy of `env_schedule`."""
+    return lambda obs, mbps: env.splits_of(agent.predict(obs, deterministic=True)[0])
 
 
 def env_schedule(env, policy, bandwidth) -> list[dict]:
@@ -137,11 +142,8 @@ def make_agent(model: dict = MODEL, shape: tuple = (1, 28, 28), steps: int = PPO
 def fedadapt_part(lines: list[str], payload: dict) -> None:
     cost, groups, env, agent, ppo_s = make_agent()
 
-    def ppo(obs, mbps):
-        return env.splits_of(agent.predict(obs, deterministic=True)[0])
-
     policies = {"classic FL": lambda obs, mbps: [cost.n] * env.g, f"fixed split {FIXED_SPLIT}":
-                lambda obs, mbps: [FIXED_SPLIT] * env.g, "FedAdapt (PPO)": ppo,
+                lambda obs, mbps: [FIXED_SPLIT] * env.g, "FedAdapt (PPO)": on_env(env, agent),
                 "oracle": lambda obs, mbps: fedadapt.oracle(env, mbps)}
     sched = {(name, sname): env_schedule(env, p, bw) for name, p in policies.items()
              for sname, bw in (("steady", steady), ("drop", dropping))}

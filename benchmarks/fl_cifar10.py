@@ -24,11 +24,11 @@ Results: benchmarks/results/fl_cifar10.{md,json}.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,14 +51,6 @@ ALPHA = 0.5
 # sees the state a run starts in (no offloading) and links that change under a split it chose.
 AGENT = {"episode": 20, "rollout": 2000, "batch": 100}
 RELINK = 10
-
-
-def training_links(step: int, rng) -> list[float]:
-    """Each device's link log-uniform in 5-100 Mbit/s (fl.py's), re-drawn every RELINK steps of an episode."""
-    state = training_links.__dict__
-    if step % RELINK == 0 or "base" not in state:
-        state["base"] = list(np.exp(rng.uniform(np.log(5), np.log(100), len(FACTORS))))
-    return state["base"]
 DATA_NAME = "CIFAR-10 (JPEG q75 copy)"
 
 
@@ -73,10 +65,6 @@ def drop_sentence(saving: float, oracle_saving: float) -> str:
 
 def accuracy_curve(rounds: list[dict]) -> str:
     return " ".join(f"{100 * r['accuracy']:.1f}" for r in rounds)
-
-
-def policy_on_env(env, agent):
-    return lambda obs, mbps: env.splits_of(agent.predict(obs, deterministic=True)[0])
 
 
 def main() -> None:
@@ -101,16 +89,17 @@ def main() -> None:
 
     t_start = time.perf_counter()
     # --- the agents, on the modelled environment
+    links = functools.partial(modelled.training_bandwidth, every=RELINK)
     torch.set_num_threads(1)  # the cost model is one thread's CPU time, as the devices' measured times are
     cost, groups, env, agent, ppo_s = modelled.make_agent(MODEL, SHAPE, args.ppo_steps, discrete=True,
-                                                          bandwidth=training_links, **AGENT)
+                                                          bandwidth=links, **AGENT)
     *_, cont_env, cont_agent, cont_s = modelled.make_agent(MODEL, SHAPE, args.ppo_steps, discrete=False,
-                                                           bandwidth=training_links, **AGENT)
+                                                           bandwidth=links, **AGENT)
     modelled.ROUNDS, modelled.DROP = rounds, drop  # env_schedule's horizon and drop
     policies = {"classic FL": lambda obs, mbps: [cost.n] * env.g,
                 f"fixed split {modelled.FIXED_SPLIT}": lambda obs, mbps: [modelled.FIXED_SPLIT] * env.g,
-                "FedAdapt (PPO, discrete)": policy_on_env(env, agent),
-                "FedAdapt (PPO, continuous share)": policy_on_env(cont_env, cont_agent),
+                "FedAdapt (PPO, discrete)": modelled.on_env(env, agent),
+                "FedAdapt (PPO, continuous share)": modelled.on_env(cont_env, cont_agent),
                 "oracle": lambda obs, mbps: fedadapt.oracle(env, mbps)}
     sched = {(name, sname): modelled.env_schedule(env, p, bw) for name, p in policies.items()
              for sname, bw in (("steady", steady), ("drop", dropping))}
@@ -119,17 +108,14 @@ def main() -> None:
                    for name in policies}
 
     # --- real Flower runs
-    def oracle_policy(bandwidth):
-        def choose(round_: int, record: dict) -> list[int]:
-            chosen = fedadapt.oracle(env, bandwidth(round_ + 1))
-            return [chosen[g] for g in groups]
-        return choose
-
     test = loaders("cifar10", batch_size=500, augment=False).test
 
     def acc(model):
         return evaluate(model, test)
 
+    policies_of = {None: lambda bandwidth: None,  # classic FL: no policy, no offloading
+                   "ppo": lambda bandwidth: fedadapt.AgentPolicy(agent, env, bandwidth),
+                   "oracle": lambda bandwidth: fedadapt.OraclePolicy(env, bandwidth)}
     edge, address = sp.start_edge("edge", threads=1)
     runs: dict[str, dict] = {}
     try:
@@ -143,8 +129,7 @@ def main() -> None:
                           dropping),
                          (f"oracle, devices 3-4 drop to {DROPPED_MBPS:g} Mbit/s at round {drop}", "oracle", dropping)]
             for name, kind, bandwidth in plan:
-                policy = (None if kind is None else fedadapt.AgentPolicy(agent, env, bandwidth) if kind == "ppo"
-                          else oracle_policy(bandwidth))
+                policy = policies_of[kind](bandwidth)
                 t0 = time.perf_counter()
                 run = flower.simulate(job, policy, acc)
                 key = f"{partition}: {name}"

@@ -94,20 +94,14 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
     cost, groups, env, agent, ppo_s = modelled.make_agent()
     n = len(FACTORS)
 
-    def per_device(group_splits: list[int]) -> list[int]:
-        return [group_splits[g] for g in groups]
-
     def fixed(split: int):
         return lambda round_, record: [split] * n
-
-    def oracle(bandwidth):
-        return lambda round_, record: per_device(fedadapt.oracle(env, bandwidth(round_ + 1)))
 
     runs_to_do = [  # the oracle with the drop is left out for time: it is on the environment in fl.md
         ("classic FL", "steady", fixed(cost.n), steady),
         (f"fixed split {FIXED_SPLIT}", "steady", fixed(FIXED_SPLIT), steady),
         ("FedAdapt (PPO)", "steady", None, steady),
-        ("oracle (cost model)", "steady", oracle(steady), steady),
+        ("oracle (cost model)", "steady", fedadapt.OraclePolicy(env, steady), steady),
         ("FedAdapt (PPO)", "drop", None, dropping),
     ]
     test = loaders(DATA["name"], batch_size=500, subset=DATA["subset"], test_subset=TEST_SUBSET, augment=False).test
@@ -130,7 +124,7 @@ def fedadapt_part(lines: list[str], payload: dict) -> None:
     acc_gap = 100 * (classic["accuracy"] - adapt["accuracy"])
     resplit = modelled.rounds_to_resplit([r["splits"] for r in real["FedAdapt (PPO)", "drop"]["rounds"]], DROP)
     # what the oracle would choose, round by round, with the drop (by the cost model; not run, for time)
-    oracle_drop = [[cost.n] * n] + [per_device(fedadapt.oracle(env, dropping(r))) for r in range(2, ROUNDS + 1)]
+    oracle_drop = [[cost.n] * n] + [env.per_device(fedadapt.oracle(env, dropping(r))) for r in range(2, ROUNDS + 1)]
     oracle_resplit = modelled.rounds_to_resplit(oracle_drop, DROP)
     vs_oracle = real["FedAdapt (PPO)", "steady"]["total_s"] / real["oracle (cost model)", "steady"]["total_s"]
 

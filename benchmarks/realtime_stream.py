@@ -159,8 +159,8 @@ def paired_interval(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: i
     """95 % interval of mean(a) - mean(b) over the same frames (`a`, `b`: whether each frame was answered right),
     by a block bootstrap over segments of SEGMENT frames (frames within a scene are not independent)."""
     diff = a.astype(float) - b.astype(float)
-    blocks = np.array([diff[s:s + SEGMENT].sum() for s in range(0, len(diff), SEGMENT)])
-    sizes = np.array([len(diff[s:s + SEGMENT]) for s in range(0, len(diff), SEGMENT)])
+    starts = np.arange(0, len(diff), SEGMENT)
+    blocks, sizes = np.add.reduceat(diff, starts), np.diff(np.append(starts, len(diff)))
     pick = np.random.default_rng(seed).integers(0, len(blocks), (resamples, len(blocks)))
     means = blocks[pick].sum(axis=1) / sizes[pick].sum(axis=1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

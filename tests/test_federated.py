@@ -213,6 +213,17 @@ def test_oracle_offloads_over_a_fast_link_and_keeps_layers_over_a_slow_one():
     assert oracle(toy_env(0.1), [0.1] * 3) == [7, 7]  # 80 s to send 1 MB
 
 
+def test_the_oracle_policy_gives_each_device_its_groups_split_for_the_next_rounds_links():
+    pytest.importorskip("gymnasium")
+    from edgeprune.federated.fedadapt import OraclePolicy
+
+    env = toy_env(80.0)
+    links = {2: [80.0] * 3, 3: [0.1] * 3}  # the link drops in round 3
+    policy = OraclePolicy(env, lambda round_: links[round_])
+    assert policy(1, {}) == [7, 1, 1]  # after round 1, for round 2: the slow group offloads
+    assert policy(2, {}) == [7, 7, 7]  # for round 3, at 0.1 Mbit/s: it keeps every layer
+
+
 @pytest.mark.slow
 def test_ppo_learns_to_offload_the_slow_group():
     pytest.importorskip("stable_baselines3")

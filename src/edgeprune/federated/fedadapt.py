@@ -16,7 +16,7 @@
   runs every episode to its length). Bandwidths may change during an episode.
 - Policies: `train_ppo` (stable-baselines3 PPO, FedAdapt's 64-32 tanh networks, gamma 0.9, clip 0.2, lr 3e-4, std
   starting at FedAdapt's 0.5), `oracle` (every combination of group splits, fastest round); a fixed split is a
-  constant list. `AgentPolicy` runs an agent in a Flower run (apps.Policy).
+  constant list. `AgentPolicy` and `OraclePolicy` run the agent and the oracle in a Flower run (apps.Policy).
 """
 
 from __future__ import annotations
@@ -149,6 +149,10 @@ class FedAdaptEnv(gym.Env):
         shares = np.array([self.cost.share(k) for k in opts])
         return [opts[int(np.argmin(np.abs(shares - (float(a) + 1) / 2)))] for a in np.clip(action, -1, 1)]
 
+    def per_device(self, group_splits: Sequence[int]) -> list[int]:
+        """Each device's split, from its group's."""
+        return [group_splits[g] for g in self.groups]
+
     def times(self, group_splits: Sequence[int], mbps: Sequence[float]) -> list[float]:
         """Each device's modelled iteration time with these group splits, at these bandwidths."""
         return [self.cost.iteration_s(group_splits[g], f, b, self.rtt_ms)
@@ -246,5 +250,15 @@ class AgentPolicy:
             self.baseline = times
         group_splits = [record["splits"][self.env.groups.index(g)] for g in range(self.env.g)]
         action, _ = self.agent.predict(self.env.observe(group_splits, times, mbps, self.baseline), deterministic=True)
-        chosen = self.env.splits_of(action)
-        return [chosen[g] for g in self.env.groups]
+        return self.env.per_device(self.env.splits_of(action))
+
+
+class OraclePolicy:
+    """The exhaustive oracle in a Flower run (apps.Policy): after each round, the group splits with the fastest
+    next round by the cost model, given that round's links `bandwidth(round + 1)` (which no real agent knows)."""
+
+    def __init__(self, env: FedAdaptEnv, bandwidth: Callable[[int], Sequence[float]]):
+        self.env, self.bandwidth = env, bandwidth
+
+    def __call__(self, round_: int, record: dict) -> list[int]:
+        return self.env.per_device(oracle(self.env, self.bandwidth(round_ + 1)))

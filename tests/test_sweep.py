@@ -129,6 +129,25 @@ def test_quantize_skips_per_level_methods_and_waits_for_the_run_it_copies(tmp_pa
         "conftest_Tiny-taylor-max_drop=1.0-seed0-int8": 2}
 
 
+def test_one_at_a_time_each_models_chain_finishes_before_the_next_model_starts(tmp_path):
+    # a cheap model's dense run, the Taylor run from it and both INT8 copies come before an expensive model's
+    # first cell; Ray gets whole stages (every dense run at once)
+    spec = sweep.load_spec(_spec(tmp_path, quantize="int8", models=["resnet20", "vgg16"],
+                                 methods=[{"name": "taylor", "max_drop": 1.0}]))
+    cells = sweep.cells(spec)
+    run = [(c, tmp_path / c.name, False) for c in cells if c.name != "resnet20-dense-seed0"]  # that one finished
+    [local] = sweep_run._batches(cells, run, "local")
+    assert [r[0].name for r in local] == [
+        "resnet20-taylor-max_drop=1.0-seed0", "resnet20-dense-seed0-int8", "resnet20-taylor-max_drop=1.0-seed0-int8",
+        "vgg16-dense-seed0", "vgg16-taylor-max_drop=1.0-seed0", "vgg16-dense-seed0-int8",
+        "vgg16-taylor-max_drop=1.0-seed0-int8"]
+    assert [[r[0].name for r in b] for b in sweep_run._batches(cells, run, "ray")] == [
+        ["vgg16-dense-seed0"], ["resnet20-taylor-max_drop=1.0-seed0", "vgg16-taylor-max_drop=1.0-seed0",
+                                "resnet20-dense-seed0-int8", "vgg16-dense-seed0-int8"],
+        ["resnet20-taylor-max_drop=1.0-seed0-int8", "vgg16-taylor-max_drop=1.0-seed0-int8"]]
+    assert sweep_run._batches(cells, [], "local") == []
+
+
 def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
     spec = sweep.load_spec(_spec(tmp_path, models=["resnet20", {"name": "vgg16", "data": {"size": 8}}], seeds=[0, 1],
                                  methods=[

@@ -89,15 +89,34 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address
                 report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
                             + (f": {error['type']}: {error['message']}" if error else ""))
 
-        # a cell that starts from another cell's run (a trained-run method from the dense cell, an INT8 copy from
-        # its cell) waits for it: the cells run in stages of that dependency (a Ray executor runs a batch at once)
-        stages = _stages(todo)
-        for stage in sorted(set(stages.values())):
-            execute([r for r in run if stages[r[0].name] == stage], record)
+        for batch in _batches(todo, run, executor):
+            execute(batch, record)
     summary["finished"], summary["seconds"] = stamp(), time.perf_counter() - t0
     save()
     report.end(task)
     return summary
+
+
+def _batches(todo: list[Cell], run: list, executor: str) -> list[list]:
+    """The cells to run, in the batches the executor gets them. A cell that starts from another cell's run (a
+    trained-run method from the dense cell, an INT8 copy from its cell) waits for it. Ray runs a whole stage of
+    that dependency at once; one at a time (local), each chain (a model and seed's dense run, what starts from it,
+    their INT8 copies) finishes before the next chain starts, in the spec's order, so a cheap model's cells are
+    all done before an expensive model's first epoch."""
+    stages, roots = _stages(todo), _roots(todo)
+    if executor == "local":
+        first = {name: i for i, name in reversed(list(enumerate(roots[c.name] for c in todo)))}
+        return [sorted(run, key=lambda r: (first[roots[r[0].name]], stages[r[0].name]))] if run else []
+    return [[r for r in run if stages[r[0].name] == stage] for stage in sorted(set(stages.values()))]
+
+
+def _roots(todo: list[Cell]) -> dict[str, str]:
+    """Each cell's chain: the cell that the cells it starts from start from, or itself."""
+    roots: dict[str, str] = {}
+    for c in todo:  # cells() lists a cell after the one it starts from
+        source = c.cfg.method.get("source")
+        roots[c.name] = c.name if source is None else roots.get(Path(source).name, Path(source).name)
+    return roots
 
 
 def _stages(todo: list[Cell]) -> dict[str, int]:

@@ -138,7 +138,8 @@ def test_detect_train_overwrite_replaces_a_family(tmp_path, items):
     assert "already exists" in _one_line_error(_invoke(*DETECT, "--out", tmp_path / "fam"))
     result = _invoke(*DETECT[:-1], "8", "--out", tmp_path / "fam", "--overwrite")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "fam" / "family.json").read_text())["training"]["width"] == 8
+    training = json.loads((tmp_path / "fam" / "family.json").read_text())["training"]
+    assert training["width"] == 8 and training["stream"]["segment_frames"] == 2 and training["stream"]["frames"] == 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fam"]
 
 
@@ -773,6 +774,7 @@ def test_a_truncated_model_onnx_is_one_line_for_quantize(world):
     (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
     (["--sizes", "160000"], "--sizes must be at most 1024 px"),
     (["--sizes", "64,64"], "--sizes names a size twice"),
+    (["--segment-frames", "0"], "--segment-frames must be"),
 ])
 def test_detect_train_refuses_a_negative_seed_and_sizes_out_of_reach(tmp_path, args, says):
     out = _one_line_error(_invoke("detect", "train", "--out", tmp_path / "f", "--frames", 40, "-e", 1, *args))

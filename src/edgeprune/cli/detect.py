@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..detection.stream import SEGMENT_FRAMES
 from .common import console, handled, progress_bars
 
 Seed = Annotated[int, typer.Option(help="Seed of the stream.")]
@@ -56,11 +57,14 @@ def train(
     sizes: Annotated[str, typer.Option(help="Input sizes of the family, multiples of 16.")] = "64,80,96,128",
     width: Annotated[int, typer.Option(help="TinyDet's base width (channels of its first stage).")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one cycle).")] = 3e-3,
+    segment_frames: Annotated[int, typer.Option(
+        help="Frames per training segment: each segment draws new objects, so short segments show the detector "
+             "more items, sizes and speeds for the same frames.")] = SEGMENT_FRAMES,
     seed: Annotated[int, typer.Option(help="Seed of the training stream and the initialisation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing family folder.")] = False,
 ) -> None:
-    """Train one TinyDet on frames of a synthetic stream (segments of every kind, 20 frames each) at every input
-    size, and export it at each size (checked in ONNX Runtime).
+    """Train one TinyDet on frames of a synthetic stream (segments of every kind in turn, new objects in each) at
+    every input size, and export it at each size (checked in ONNX Runtime).
 
     Example: [bold]edgeprune detect train --out runs/tinydet --frames 6000 -e 3[/]
     """
@@ -70,14 +74,20 @@ def train(
     from ..detection.detector import train as fit
 
     cfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, lr=lr, width=width, seed=_seed(seed))
+    from ..checks import number
+
     cfg.check(frames)
+    number(segment_frames, "--segment-frames", at_least=1, integer=True)
     with runs.open_run(out, None, overwrite=overwrite, kind="detector family", option="--out") as folder:
-        stream = st.make(st.training_segments(frames), seed=seed, pool="train")
+        stream = st.make(st.training_segments(frames, segment_frames), seed=seed, pool="train")
         with progress_bars() as progress:
             model, seconds = fit(stream, cfg, lambda s, n, loss: progress.update("training", s, n,
                                                                                   f"loss {loss:.3f}"))
+        # the stream as its arguments, not segment by segment (10,000 segments at 20,000 frames in pairs)
+        described = {"synthetic": True, "frames": frames, "segment_frames": segment_frames, "seed": seed,
+                     "pool": "train", "canvas": st.CANVAS, "kinds": sorted({s.name for s in stream.segments})}
         save_family(model, cfg.sizes, folder.path, {"training": {**vars(cfg), "frames": frames, "seconds": seconds,
-                                                                 "stream": stream.describe()}})
+                                                                 "stream": described}})
     console.print(f"wrote {out}: TinyDet at {', '.join(map(str, cfg.sizes))} px, trained {seconds:.0f} s on "
                   f"{frames} synthetic frames")
 

@@ -7,7 +7,8 @@ which is committed (replacing a carried cell of another config), and copies them
 missing or has fewer finished epochs of the same config. A carried cell is the run folder itself (its
 `checkpoint.pt` holds the optimiser and the epoch), so `edgeprune sweep` goes on from it as from any interrupted
 run; a finished cell's `report.json` and model come with it. Cells that start from another run (Taylor, INT8)
-record that run's absolute path, so they resume only in a checkout at the same path.
+record that run's absolute path; the sweep matches them by the run's folder name, so a checkout at another path
+finds them finished too.
 
     python benchmarks/carry.py save       # before the machine goes: runs/ -> carried/ (then git add and commit)
     python benchmarks/carry.py restore    # on a fresh checkout: carried/ -> runs/, then run the sweep again

@@ -35,7 +35,9 @@ PROFILE = HERE / "runs" / "roma" / "profile.json"
 
 
 def family(frames: int, epochs: int, width: int, segment_frames: int, folder: Path = FAMILY) -> dict:
-    """Train the family into `folder` (reused while it exists with the same training); what the training was."""
+    """Train the family into `folder` (reused while it exists with the same training, e.g. one that
+    `edgeprune detect train --out FOLDER --frames F -e E --width W --segment-frames S` made); what the training
+    was."""
     import json
 
     asked = {"frames": frames, "epochs": epochs, "width": width, "segment_frames": segment_frames}
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="TinyDet's base width")
     ap.add_argument("--segment-frames", type=int, default=st.SEGMENT_FRAMES,
                     help="frames per training segment (each draws new objects)")
+    ap.add_argument("--family", type=Path, default=FAMILY, help="the family folder: trained there unless it holds "
+                    "a family of this training")
     ap.add_argument("--per-segment", type=int, default=300)
     ap.add_argument("--profile-per-segment", type=int, default=200)
     ap.add_argument("--calibration-per-segment", type=int, default=150)
@@ -79,8 +83,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=30)
     args = ap.parse_args()
     started = time.time()
-    training = family(args.train_frames, args.epochs, args.width, args.segment_frames)
-    detectors = runners(FAMILY)
+    training = family(args.train_frames, args.epochs, args.width, args.segment_frames, args.family)
+    detectors = runners(args.family)
     profile_stream = st.make(st.scenario("calibration", args.profile_per_segment), seed=1, pool="val")
     profile = prof.measure(detectors, profile_stream)
     prof.save(profile, PROFILE)

@@ -116,6 +116,10 @@ def test_quantize_adds_an_int8_copy_of_every_cell_made_after_it(tmp_path):
         ops = {n.op_type for n in onnx.load(out / f"{name}-int8" / "model.onnx").graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ: made by ONNX Runtime's static quantisation
     assert sweep.run_sweep(path, progress=False)["counts"] == {"skipped": 4}  # the INT8 cells count as finished
+    # the sweep folder moved (another checkout, or carried to another machine): its cells, whose INT8 copies
+    # record the absolute path of the run they copy, are still the same finished cells
+    out.rename(tmp_path / "moved")
+    assert sweep.run_sweep(path, out=tmp_path / "moved", progress=False)["counts"] == {"skipped": 4}
 
 
 def test_quantize_skips_per_level_methods_and_waits_for_the_run_it_copies(tmp_path):

@@ -86,8 +86,9 @@ def train(
         # the stream as its arguments, not segment by segment (10,000 segments at 20,000 frames in pairs)
         described = {"synthetic": True, "frames": frames, "segment_frames": segment_frames, "seed": seed,
                      "pool": "train", "canvas": st.CANVAS, "kinds": sorted({s.name for s in stream.segments})}
-        save_family(model, cfg.sizes, folder.path, {"training": {**vars(cfg), "frames": frames, "seconds": seconds,
-                                                                 "stream": described}})
+        save_family(model, cfg.sizes, folder.path, {"training": {**vars(cfg), "frames": frames,
+                                                                 "segment_frames": segment_frames,
+                                                                 "seconds": seconds, "stream": described}})
     console.print(f"wrote {out}: TinyDet at {', '.join(map(str, cfg.sizes))} px, trained {seconds:.0f} s on "
                   f"{frames} synthetic frames")
 

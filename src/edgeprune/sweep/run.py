@@ -156,7 +156,13 @@ def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:
 
 
 def _plain(cfg: jobs.RunConfig) -> dict:
-    return json.loads(json.dumps(cfg.to_dict(), default=str))
+    """The config as JSON values; a source run (a cell of the same sweep) by its folder's name, so that a sweep
+    folder moved or carried to another checkout still finds its finished cells the same."""
+    plain = json.loads(json.dumps(cfg.to_dict(), default=str))
+    method = plain.get("method")
+    if isinstance(method, dict) and isinstance(method.get("source"), str):
+        method["source"] = Path(method["source"]).name
+    return plain
 
 
 def _read_statuses(path: Path) -> dict:

@@ -6,9 +6,9 @@ cells, 2-5 MiB each; a VGG-16 cell's checkpoint is about 120 MiB and stays behin
 which is committed (replacing a carried cell of another config), and copies them back where the run folder is
 missing or has fewer finished epochs of the same config. A carried cell is the run folder itself (its
 `checkpoint.pt` holds the optimiser and the epoch), so `edgeprune sweep` goes on from it as from any interrupted
-run; a finished cell's `report.json` and model come with it. Cells that start from another run (Taylor, INT8)
-record that run's absolute path; the sweep matches them by the run's folder name, so a checkout at another path
-finds them finished too.
+run; a finished cell's `report.json` and model come with it. The JSON records name runs by this checkout's absolute
+path (a Taylor or INT8 cell's source run, sweep.json's folders): carried, they say `benchmarks/runs/...`, and a
+restore writes the new checkout's path back in (the sweep matches a source run by its folder's name either way).
 
     python benchmarks/carry.py save       # before the machine goes: runs/ -> carried/ (then git add and commit)
     python benchmarks/carry.py restore    # on a fresh checkout: carried/ -> runs/, then run the sweep again
@@ -43,12 +43,31 @@ def cells(root: Path) -> list[Path]:
     return sorted(c for s in SWEEPS for c in (root / s).glob("*/") if (c / "config.json").exists())
 
 
+LOCAL, PORTABLE = str(RUNS.resolve()), "benchmarks/runs"
+
+
+def relocate(records: list[Path], to_portable: bool) -> None:
+    """Rewrite the run paths in JSON `records`: this checkout's absolute runs folder to `benchmarks/runs`
+    (to_portable), or back (a JSON string that starts with `benchmarks/runs/`)."""
+    old, new = (LOCAL, PORTABLE) if to_portable else (f'"{PORTABLE}/', f'"{LOCAL}/')
+    for record in records:
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, new))
+
+
 def copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
+
+
+def _config(cell: Path) -> str:
+    """A cell's config.json with this checkout's runs folder written portably, to compare a run with its carried
+    copy."""
+    return (cell / "config.json").read_text().replace(LOCAL, PORTABLE)
 
 
 def main() -> None:
@@ -62,7 +81,7 @@ def main() -> None:
         if args.direction == "save" and size_mib(cell) > args.max_mib:
             print(f"left behind (over {args.max_mib:g} MiB): {cell.relative_to(src)}")
             continue
-        same_config = target.exists() and (target / "config.json").read_text() == (cell / "config.json").read_text()
+        same_config = target.exists() and _config(target) == _config(cell)
         if target.exists() and not same_config and args.direction == "restore":
             print(f"kept {cell.relative_to(src)} in runs/: its config differs from the carried one's")
             continue
@@ -70,10 +89,8 @@ def main() -> None:
             continue  # carried/ is as far on; on save, a cell whose config changed (a new spec) replaces it
         target.parent.mkdir(parents=True, exist_ok=True)
         copy(cell, target)
-        if args.direction == "restore" and str(RUNS.resolve()) not in (target / "config.json").read_text() \
-                and "/benchmarks/runs/" in (target / "config.json").read_text():
-            print(f"note: {cell.relative_to(src)} names runs under another checkout's path; a cell that starts "
-                  "from another run (Taylor, INT8) resumes only in a checkout at that same path")
+        if args.direction == "restore":
+            relocate(list(target.rglob("*.json")), to_portable=False)
         done = epochs(cell)
         print(f"{args.direction}d {cell.relative_to(src)}: "
               f"{'finished' if done >= 1 << 30 else f'{done} epoch(s)'}, {size_mib(cell):.1f} MiB")
@@ -81,10 +98,11 @@ def main() -> None:
     # source's, so a stale 'failed' never throws away a checkpoint carried later
     for sweep in {c.parent for c in cells(src)}:
         if (sweep / "sweep.json").exists() and (dst / sweep.name).is_dir():
-            # the sweep reads back only the cells' statuses; the paths it recorded name this machine's checkout
-            text = (sweep / "sweep.json").read_text().replace(str(RUNS.resolve()), "benchmarks/runs")
-            (dst / sweep.name / "sweep.json").write_text(text)
-    if args.direction == "save":
+            shutil.copyfile(sweep / "sweep.json", dst / sweep.name / "sweep.json")
+            if args.direction == "restore":
+                relocate([dst / sweep.name / "sweep.json"], to_portable=False)
+    if args.direction == "save":  # every carried record, including cells carried before and kept as they were
+        relocate(list(CARRIED.rglob("*.json")), to_portable=True)
         (CARRIED / "README.md").write_text(
             "# Carried sweep cells\n\nWritten by `python benchmarks/carry.py save`: the CIFAR-10 sweeps' small "
             "run folders, so that a sweep interrupted on a machine that is then wiped resumes on the next "

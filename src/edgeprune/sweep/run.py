@@ -105,7 +105,9 @@ def _batches(todo: list[Cell], run: list, executor: str) -> list[list]:
     all done before an expensive model's first epoch."""
     stages, roots = _stages(todo), _roots(todo)
     if executor == "local":
-        first = {name: i for i, name in reversed(list(enumerate(roots[c.name] for c in todo)))}
+        first: dict[str, int] = {}  # each chain's place: where its first cell is listed
+        for i, c in enumerate(todo):
+            first.setdefault(roots[c.name], i)
         return [sorted(run, key=lambda r: (first[roots[r[0].name]], stages[r[0].name]))] if run else []
     return [[r for r in run if stages[r[0].name] == stage] for stage in sorted(set(stages.values()))]
 

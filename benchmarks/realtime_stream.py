@@ -186,6 +186,7 @@ def main() -> None:
     ap.add_argument("--out", default="realtime_stream", help="results/<OUT>.{md,json,png}")
     args = ap.parse_args()
     folder = HERE / "runs" / f"{args.out}_portfolio"
+    load = {"start": os.getloadavg()[0]}
     runs = args.runs or make_runs()
     dataset, held_out, described = _data_of(runs) if args.runs else ("fashion-mnist", 2000, FASHION_TEXT)
     manifest = portfolio.build(runs, folder, keep_all=True, overwrite=True, rounds=6, runs=20)
@@ -205,7 +206,8 @@ def main() -> None:
                          "realtime_minus_best_95": paired_interval(policy_right, right[best]),
                          "latency_p50_ms": {v: float(np.median(t[0])) for v, t in traces.items()}})
     env = environment()
-    payload = {"environment": env, "frames": args.frames, "mean_scene_frames": MEAN_SCENE, "variants_text": described,
+    payload = {"environment": env, "load_average": load, "frames": args.frames, "mean_scene_frames": MEAN_SCENE,
+               "variants_text": described,
                "runs": [str(r) for r in runs], "out": args.out,
                "variants": [{"id": v.id, "accuracy": v.accuracy, "p50_ms": v.p50_ms} for v in manifest.variants],
                "rows": rows}
@@ -263,9 +265,18 @@ def plot(rows: list[dict], hogs: list[int], out: str = "realtime_stream") -> Non
     fig.savefig(RESULTS / f"{out}.png", dpi=110)
 
 
+def _load_text(p: dict) -> str:
+    """The machine's own load around the run, besides the busy processes the script starts at each level."""
+    load = p.get("load_average")
+    if not load:
+        return "other load not recorded"
+    return (f"1-minute load average {load['start']:.1f} at the start (other work on the machine; the busy processes "
+            "of each load level come on top, and raise the average from then on)")
+
+
 def report(p: dict) -> list[str]:
     lines = ["# Real-time accuracy on a stream: the `realtime` policy against fixed variants and an oracle", "",
-             f"{measured('realtime_stream.py', p['environment'], 'onnxruntime')}, a loaded machine. "
+             f"{measured('realtime_stream.py', p['environment'], 'onnxruntime')}, {_load_text(p)}. "
              f"{p['frames']} frames, scenes of mean {p['mean_scene_frames']} frames (the policy's β = 1/mean). "
              f"{p.get('variants_text', FASHION_TEXT)} Trace-driven replay with latencies measured at each load level "
              f"(see the script). ![plot]({p.get('out', 'realtime_stream')}.png)", "",

@@ -161,6 +161,10 @@ def test_sweep_then_report_from_the_command_line(tmp_path):
     result = _invoke("report", tmp_path / "s", "--out", tmp_path / "rep")
     assert result.exit_code == 0, result.output
     assert "conftest_Tiny-magnitude-0.5-seed0" in (tmp_path / "rep" / "report.html").read_text()
+    result = _invoke("-q", "sweep", tmp_path / "s.yaml", "--only", "vgg16-*")
+    assert result.exit_code == 2 and "--only 'vgg16-*' matches no cell" in result.output, result.output
+    result = _invoke("-q", "sweep", tmp_path / "s.yaml", "--only", "*magnitude*", "--device", "cpu")
+    assert result.exit_code == 0 and "1 not selected" in result.output, result.output
 
 
 def test_compare_retimes_side_by_side_and_says_what_the_table_shows(tmp_path):

@@ -122,6 +122,46 @@ def test_quantize_adds_an_int8_copy_of_every_cell_made_after_it(tmp_path):
     assert sweep.run_sweep(path, out=tmp_path / "moved", progress=False)["counts"] == {"skipped": 4}
 
 
+def test_only_runs_the_matching_cells_and_what_they_start_from(tmp_path):
+    path = _spec(tmp_path, methods=[{"name": "magnitude", "sparsities": [0.5]},
+                                    {"name": "random", "sparsities": [0.5]}], quantize={"calibration": 8})
+    out = tmp_path / "t"
+    summary = sweep.run_sweep(path, only=["*magnitude*-int8"], progress=False)
+    ran = {"conftest_Tiny-magnitude-0.5-seed0", "conftest_Tiny-magnitude-0.5-seed0-int8"}  # the INT8 copy's source
+    assert {k for k, v in _statuses(out).items() if v == "done"} == ran
+    assert {k for k, v in _statuses(out).items() if v == "not selected"} == {
+        "conftest_Tiny-dense-seed0", "conftest_Tiny-random-0.5-seed0", "conftest_Tiny-dense-seed0-int8",
+        "conftest_Tiny-random-0.5-seed0-int8"}
+    assert summary["counts"] == {"done": 2, "not selected": 4}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(ran)
+    assert sweep.run_sweep(path, progress=False)["counts"] == {"skipped": 2, "done": 4}  # the rest, later
+
+    with pytest.raises(ConfigError, match=r"--only 'vgg16-\*' matches no cell.*conftest_Tiny-dense-seed0"):
+        sweep.run_sweep(path, only=["vgg16-*"], progress=False)
+
+
+def test_a_models_device_and_the_device_option(tmp_path):
+    # a model entry may name its own device; --device overrides it, and a cell finished on another device (a GPU
+    # machine's, brought back) counts as finished here
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
+                 models=[{"name": "conftest:Tiny", "device": "cuda:0"}])
+    [cell] = sweep.cells(sweep.load_spec(path))
+    assert cell.cfg.device == "cuda:0"
+    out, name = tmp_path / "t", cell.name
+    if not torch.cuda.is_available():
+        summary = sweep.run_sweep(path, progress=False)
+        assert summary["counts"] == {"failed": 1}
+        assert "CUDA is not available here" in summary["cells"][name]["error"]["message"]
+    assert sweep.run_sweep(path, device="cpu", progress=False)["counts"] == {"done": 1}
+    assert json.loads((out / name / "config.json").read_text())["device"] == "cpu"  # where it ran
+    assert sweep.run_sweep(path, progress=False)["counts"] == {"skipped": 1}
+    for bad in ({"device": "gpu"}, {"models": [{"name": "conftest:Tiny", "device": "cuda0"}]}):
+        with pytest.raises(ConfigError, match="must be cpu, cuda, cuda:N, mps or auto"):
+            sweep.load_spec(_spec(tmp_path, name="bad", **bad))
+    with pytest.raises(ConfigError, match="--device must be cpu, cuda"):
+        sweep.run_sweep(path, device="gpu", progress=False)
+
+
 def test_quantize_skips_per_level_methods_and_waits_for_the_run_it_copies(tmp_path):
     spec = sweep.load_spec(_spec(tmp_path, quantize="int8", methods=[
         {"name": "imp", "levels": 2, "fraction": 0.5}, {"name": "taylor", "max_drop": 1.0}]))

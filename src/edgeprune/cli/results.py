@@ -55,6 +55,13 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Sweep folder (default: the spec's `out`, else "
                                              "runs/sweeps/<name>).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="Ray: CPUs of the local instance (default: all).")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", metavar="PATTERN", help="Run only the cells whose "
+                                                   "names match this shell-style pattern, e.g. 'vgg16-*' "
+                                                   "(repeatable), and the cells they start from; quote it.")]
+    = None,
+    device: Annotated[str | None, typer.Option(help="Run the cells on this device (cpu, cuda, cuda:N) instead of "
+                                               "the spec's; a finished cell counts as finished wherever it ran.")]
+    = None,
 ) -> None:
     """Run every cell of a sweep spec as a run of its own; re-running skips finished cells.
 
@@ -62,11 +69,14 @@ def sweep(
     failed. Then `edgeprune report SWEEP_FOLDER` makes the tables and plots.
 
     Example: [bold]edgeprune sweep benchmarks/specs/smoke.yaml && edgeprune report runs/sweeps/smoke[/]
+
+    On a GPU machine, just the expensive cells: [bold]edgeprune sweep spec.yaml --only 'vgg16-*' --device cuda[/]
     """
     from ..sweep import run_sweep
 
     with progress_bars() as progress:
-        summary = run_sweep(spec, out=out, executor=executor, address=address, progress=progress, num_cpus=num_cpus)
+        summary = run_sweep(spec, out=out, executor=executor, address=address, progress=progress, num_cpus=num_cpus,
+                            only=only, device=device)
     counts = summary["counts"]
     console.print("sweep finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
                   f" — results in [bold]{summary.get('out', out)}[/]")

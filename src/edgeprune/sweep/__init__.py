@@ -11,7 +11,7 @@ on a local Ray instance or on a cluster (`address`) whose nodes all see `out` (s
 
     name: smoke                  # the folder: out, default runs/sweeps/<name>
     data: {name: fashion-mnist, subset: 1000, batch_size: 128}
-    models: [resnet20, {name: vgg16, data: {subset: 500}}]   # an entry may override data and train
+    models: [resnet20, {name: vgg16, data: {subset: 500}}]   # an entry may override data, train and device
     train: {epochs: 1}
     measure: {runs: 10, memory: false}
     seeds: [0, 1]
@@ -22,6 +22,10 @@ on a local Ray instance or on a cluster (`address`) whose nodes all see `out` (s
       - {name: neuroflux, memory_budget: [64MiB, 96MiB]}   # training under a memory budget (no sparsity)
     resources: {cpus: 1, gpus: 0}   # what each cell asks Ray for
     quantize: {mode: static, calibration: 256, per_channel: true}   # or `quantize: int8` (static, defaults)
+
+`device` (top level, or a model entry's) is where the cells train; `edgeprune sweep --device cuda --only 'vgg16-*'`
+runs just some cells somewhere else, and a cell finished on one device counts as finished on any other (a GPU
+machine's cells brought back to a CPU one).
 
 A list given for a method option expands the grid; `sparsities` is the list form of `sparsity`. Cells are
 named `<model>-<method>-<options>-<sparsity>-seed<seed>` (e.g. resnet20-reconvene-synflow-width-0.9-seed0).

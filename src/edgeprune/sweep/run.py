@@ -3,6 +3,8 @@ the cells in stages of which starts from which, and `sweep.json` rewritten as ea
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
 import time
 from collections import Counter
@@ -16,7 +18,7 @@ from ..progress import Reporter, reporter
 from ..record import EXECUTION_FIELDS
 from . import executors
 from .executors import EXECUTORS, stamp
-from .spec import Cell, SweepSpec, cells, load_spec
+from .spec import Cell, SweepSpec, cells, check_device, load_spec
 
 SPEC = "spec.yaml"
 SWEEP = "sweep.json"
@@ -24,11 +26,14 @@ SWEEP = "sweep.json"
 
 def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, executor: str = "local",
               address: str | None = None, progress: Reporter | None = None, connect_timeout: float = 15.0,
-              num_cpus: int | None = None) -> dict:
+              num_cpus: int | None = None, only: list[str] | None = None, device: str | None = None) -> dict:
     """Run every unfinished cell of a sweep; return the summary (also `<out>/sweep.json`).
 
     `address` joins a running Ray cluster (executor "ray"); without it a local Ray instance with `num_cpus`
-    (default: all cores) runs the cells and is shut down after. The summary's `counts["failed"]` says how
+    (default: all cores) runs the cells and is shut down after. `only` (shell-style patterns of cell names, e.g.
+    "vgg16-*") runs just the unfinished cells matching one, with the cells they start from; the rest stay as they
+    are, "not selected" in the summary. `device` runs the cells on that device instead of the spec's (a finished
+    cell counts as finished whichever device it ran on). The summary's `counts["failed"]` says how
     many cells failed; each failure is recorded with its error and does not stop the others. The cells are
     task "sweep <name>" of `progress`, and each finished cell a note. A second sweep into the same folder
     at the same time is refused.
@@ -42,16 +47,37 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
         spec, text = spec_or_path, yaml.safe_dump(spec_or_path.to_dict(), sort_keys=False)
     else:
         spec, text = load_spec(spec_or_path), Path(spec_or_path).read_text()
-    if executor == "ray" and spec.device.startswith("cuda") and not spec.resources.gpus:
-        raise ConfigError(f"device {spec.device!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
+    if device is not None:
+        check_device(device, "--device")
     folder = Path(out or spec.folder).resolve()
+    todo = [c if device is None else Cell(c.name, dataclasses.replace(c.cfg, device=device))
+            for c in cells(spec, folder)]
+    picked = _select(todo, only) if only else {c.name for c in todo}
+    gpu = sorted({c.cfg.device for c in todo if c.name in picked and c.cfg.device.startswith("cuda")})
+    if executor == "ray" and gpu and not spec.resources.gpus:
+        raise ConfigError(f"device {gpu[0]!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
     with runs.locked(folder, "sweep"):
-        return _run_locked(spec, text, folder, executor, address, connect_timeout, num_cpus, report)
+        return _run_locked(spec, text, folder, todo, picked, executor, address, connect_timeout, num_cpus, report)
 
 
-def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address: str | None,
-                connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
-    todo = cells(spec, folder)
+def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
+    """The names of the cells matching one of `patterns` (fnmatch), with the cells they start from."""
+    names = {c.name for c in todo}
+    picked = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        some = ", ".join(c.name for c in todo[:3])
+        raise ConfigError(f"--only {unmatched[0]!r} matches no cell of this spec (cells are named like {some}); "
+                          "quote the pattern so the shell leaves its * alone")
+    sources = {c.name: Path(c.cfg.method["source"]).name for c in todo if c.cfg.method.get("source")}
+    for c in reversed(todo):  # cells() lists a cell after the one it starts from
+        if c.name in picked and c.name in sources:
+            picked.add(sources[c.name])
+    return picked
+
+
+def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], picked: set[str], executor: str,
+                address: str | None, connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
     before = _read_statuses(folder / SWEEP)
     plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) for c in todo}
 
@@ -63,9 +89,10 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, executor: str, address
         summary["cells"][c.name] = {
             "command": c.cfg.command, "model": c.cfg.model, "method": c.cfg.method, "seed": c.cfg.train.seed,
             **({"status": "skipped", "seconds": before.get(c.name, {}).get("seconds")} if plan[c.name] == "finished"
-               else {"status": "pending"}),
+               else {"status": "pending"} if c.name in picked else {"status": "not selected"}),
         }
-    run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo if plan[c.name] != "finished"]
+    run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo
+           if plan[c.name] != "finished" and c.name in picked]
 
     def save() -> None:
         summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
@@ -136,6 +163,9 @@ def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
         return "fresh"
     changed = _changed(cell.cfg, run_dir)
     if (run_dir / runs.REPORT).exists():
+        # A finished cell is finished wherever it ran (a GPU machine's cells brought back to a CPU one, say);
+        # an interrupted one resumes only on the device it started on.
+        changed = [k for k in changed or [] if k != "device"]
         if changed:
             raise ConfigError(f"{run_dir} is a finished run with a different {', '.join(changed)} than cell "
                               f"{cell.name} of this spec; write the sweep to another --out, or delete that folder")

@@ -155,8 +155,8 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
     out = [
         Cell(_folder_name(f"{model}-{label}-seed{seed}"), jobs.RunConfig(
             command=kinds.of_method(method), model=model, data=data, train=TrainConfig(**train, seed=seed),
-            measure=dataclasses.replace(measure), method=source(model, seed, method), device=spec.device))
-        for model, data, train in _models(spec) for seed in spec.seeds for label, method in variants
+            measure=dataclasses.replace(measure), method=source(model, seed, method), device=device))
+        for model, data, train, device in _models(spec) for seed in spec.seeds for label, method in variants
     ]
     if spec.quantize is not None:
         q = {} if spec.quantize == "int8" else spec.quantize
@@ -170,17 +170,20 @@ def cells(spec: SweepSpec, folder: Path | None = None) -> list[Cell]:
     return out
 
 
-def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
-    """(model, data, train) of every models entry: a name, or {name, data, train} over the spec's own."""
+def _models(spec: SweepSpec) -> list[tuple[str, dict, dict, str]]:
+    """(model, data, train, device) of every models entry: a name, or {name, data, train, device} over the spec's
+    own."""
     known, out = models.list_models(), []
     for i, entry in enumerate(spec.models):
         where = f"models[{i}]"
         entry = {"name": entry} if isinstance(entry, str) else entry
-        _check_keys(entry, ("name", "data", "train"), where)
+        _check_keys(entry, ("name", "data", "train", "device"), where)
         name = entry.get("name")
         if not isinstance(name, str):
-            raise ConfigError(f"{where} must be a model name or {{name: ..., data: {{...}}, train: {{...}}}}; "
-                              f"got {entry!r}")
+            raise ConfigError(f"{where} must be a model name or {{name: ..., data: {{...}}, train: {{...}}, "
+                              f"device: ...}}; got {entry!r}")
+        device = entry.get("device", spec.device)
+        check_device(device, f"{where}.device" if "device" in entry else "device")
         if ":" not in name and name not in known:  # a package.module:function factory is imported when run
             raise unknown_name("model", name, known, f"in {where}")
         models.require_task(name, "classify", f"a sweep ({where})")
@@ -189,8 +192,15 @@ def _models(spec: SweepSpec) -> list[tuple[str, dict, dict]]:
         if "seed" in train:
             raise ConfigError(f"{where}.train.seed: give the seeds as `seeds: [0, 1, ...]` instead")
         _build(TrainConfig, train, f"{where}.train" if "train" in entry else "train")
-        out.append((name, data, train))
+        out.append((name, data, train, device))
     return out
+
+
+def check_device(device: object, where: str) -> None:
+    """A device name a run accepts (whether this machine has it is checked when the cell runs, not here: a spec
+    with GPU cells is still read, and its CPU cells run, on a machine without one)."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"{where} must be cpu, cuda, cuda:N, mps or auto; got {device!r}")
 
 
 def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:

@@ -2,8 +2,8 @@
 
 The device tool returns at most 8 files of 16 MiB, 64 MiB in all, from `$OUT`. `pack` gzips the finished cells
 (report.json present) of the sweep folders under a runs root, without what a finished cell can do without: its
-`checkpoint.pt` (optimiser state, for resuming) and its `model.onnx` where its model.pt can make it again (an INT8
-copy's ONNX file travels). It takes the cells in the order the patterns name them, as many as fit, and splits the
+`checkpoint.pt` and `pruned.pt` (for resuming: the optimiser's state, the pruned model before training) and its
+`model.onnx` where its model.pt can make it again (an INT8 copy's ONNX file travels). It takes the cells in the order the patterns name them, as many as fit, and splits the
 stream into `cells.tgz.NNN` parts; the cells that did not fit are printed. JSON records name the runs root as
 `benchmarks/runs`, as `carry.py` does. `unpack` joins the parts, extracts each cell into
 `benchmarks/runs/<sweep>/<cell>` (a cell already finished there is kept), exports its model.onnx again and writes
@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RUNS = HERE / "runs"
 PORTABLE = "benchmarks/runs"
-LEFT_BEHIND = ("checkpoint.pt", "model.onnx")
+LEFT_BEHIND = ("checkpoint.pt", "pruned.pt", "model.onnx")
 PART = "cells.tgz"
 MIB = 2**20
 

@@ -3,12 +3,13 @@
 The device tool returns at most 8 files of 16 MiB, 64 MiB in all, from `$OUT`. `pack` gzips the finished cells
 (report.json present) of the sweep folders under a runs root, without what a finished cell can do without: its
 `checkpoint.pt` and `pruned.pt` (for resuming: the optimiser's state, the pruned model before training) and its
-`model.onnx` where its model.pt can make it again (an INT8 copy's ONNX file travels). It takes the cells in the order the patterns name them, as many as fit, and splits the
-stream into `cells.tgz.NNN` parts; the cells that did not fit are printed. JSON records name the runs root as
-`benchmarks/runs`, as `carry.py` does. `unpack` joins the parts, extracts each cell into
-`benchmarks/runs/<sweep>/<cell>` (a cell already finished there is kept), exports its model.onnx again and writes
-this checkout's path back into its records. The sweep then counts the cell as finished (`edgeprune sweep` ignores
-the device of a finished cell), and its config.json says where it trained (`"device": "cuda"`).
+`model.onnx` where its model.pt can make it again (an INT8 copy's ONNX file travels). It takes the cells in the
+order the patterns name them, as many as fit, and splits the stream into `cells.tgz.NNN` parts; the cells that did
+not fit are printed. JSON records name the runs root as `benchmarks/runs`, as `carry.py` does. `unpack` joins the
+parts, extracts each cell into `benchmarks/runs/<sweep>/<cell>` (a cell already finished there is kept), exports its
+model.onnx again and writes this checkout's path back into its records. The sweep then counts the cell as finished
+(`edgeprune sweep` ignores the device of a finished cell), and its config.json says where it trained (`"device":
+"cuda"`).
 
     # on the GPU machine (benchmarks/gpu_cells.sh runs the sweep, then this):
     python3 benchmarks/gpu_cells.py pack /tmp/runs 'vgg16-synflow-*' 'vgg16-snip-*' --to "$OUT"

@@ -4,11 +4,12 @@ the dense one. A masked (unstructured) counterpart at the same sparsity keeps th
 physical size ratio is the same; its MACs at run time on ONNX Runtime's dense kernels are the dense model's too.
 
 The headline asks for Reconvene >= 10x smaller and >= 2x faster (ONNX Runtime, batch 1) than SNIP/SynFlow masks on
-VGG-16. Fewer MACs do not turn into the same factor of latency (fixed per-layer costs, memory traffic), so a
-configuration whose MACs fall less than 2x cannot be 2x faster in practice: this table says, before the GPU hours
-are spent, which cells can meet it. No training and no timing: shapes and counts only, so it runs on a loaded
-machine. SNIP scores on CIFAR-10 batches (JPEG q75 copy; the criterion is data-dependent), magnitude and SynFlow
-need no data; seed 0, as the sweeps'.
+VGG-16. The size half is fixed by the shapes, so this table says, before the GPU hours are spent, which cells can
+meet it. The speed half is not: batch-1 latency does not follow MACs (on Fashion-MNIST, VGG-16's Reconvene models
+were 1.3-1.8 times faster again than their MACs ratio, results/reconvene/pairs.csv), so it waits for the trained
+cells' timings. No training and no timing here: shapes and counts only, so it runs on a loaded machine. SNIP scores
+on CIFAR-10 batches (JPEG q75 copy; the criterion is data-dependent), magnitude and SynFlow need no data; seed 0, as
+the sweeps'.
 
     PYTHONPATH=src python benchmarks/reconvene_shapes.py     # a few minutes; -> results/cifar10/reconvene_shapes.md
 """
@@ -76,8 +77,10 @@ def report(p: dict) -> list[str]:
              f"timing). SNIP scored on {p['data']} ({p.get('data_copy') or 'official files'}) batches; seed 0. "
              "`params ×` and `MACs ×`: how many times fewer than the dense model, which is also the size ratio "
              "against the masked counterpart at the same sparsity (it keeps the dense shapes). The headline (issue "
-             "27) asks ≥ 10× smaller and ≥ 2× faster than the masks on VGG-16: `can meet` says whether the shapes "
-             "allow it (10× fewer parameters and at least 2× fewer MACs: latency falls less than MACs do). `layers "
+             "27) asks ≥ 10× smaller and ≥ 2× faster than the masks on VGG-16; the shapes settle the first half. "
+             "Whether it is 2× faster waits for the trained cells' timings: batch-1 latency does not follow MACs "
+             "(on Fashion-MNIST, VGG-16's Reconvene models gained 1.3–1.8 times more speed than their MACs ratio, "
+             "`../reconvene/pairs.csv`). `layers "
              "narrowed`: Reconvene's sensitivity test as reconstructed (`reference: global`, the sweeps' default) "
              "narrows only the layers sparser than the sparsity and leaves the others masked at full width; "
              "`reference: all` narrows every layer by its density.", ""]
@@ -86,11 +89,11 @@ def report(p: dict) -> list[str]:
         dense = rows[0]
         lines += [f"## {model}: dense {dense['params']:,} parameters, {dense['macs'] / 1e6:.1f} M MACs, 3×3 conv "
                   f"widths {dense['widths']}", "",
-                  "| layers narrowed | criterion | width rule | sparsity | params × | MACs × | can meet the headline | "
+                  "| layers narrowed | criterion | width rule | sparsity | params × | MACs × | ≥ 10× smaller | "
                   "3×3 conv widths |", "|---|---|---|---|---|---|---|---|"]
         for r in rows[1:]:
             pf, mf = dense["params"] / r["params"], dense["macs"] / r["macs"]
-            meet = "yes" if pf >= 10 and mf >= 2 else "no"
+            meet = "yes" if pf >= 10 else "no"
             lines.append(f"| {NARROWED[r['reference']]} | {r['criterion']} | {r['rule']} | {r['sparsity']:g} | "
                          f"{pf:.1f} | {mf:.2f} | {meet} | {r['widths']} |")
         lines.append("")

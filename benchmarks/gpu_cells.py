@@ -39,11 +39,28 @@ MIB = 2**20
 def finished_cells(root: Path, patterns: list[str]) -> list[Path]:
     """Finished run folders `root/<sweep>/<cell>`, in the order of the first pattern each matches (all, by name,
     without patterns)."""
-    found = sorted(p.parent for p in root.glob("*/*/report.json") if (p.parent / "config.json").exists())
+    found = sorted(p.parent for p in root.glob("*/*/report.json")
+                   if (p.parent / "config.json").exists() and not p.parent.name.startswith("."))
     if not patterns:
         return found
     return [c for pat in patterns for c in found if fnmatch.fnmatchcase(c.name, pat)
             and not any(fnmatch.fnmatchcase(c.name, p) for p in patterns[:patterns.index(pat)])]
+
+
+def with_sources(cells: list[Path]) -> list[list[Path]]:
+    """Each cell with the finished cells of its sweep it starts from (a Taylor run's dense run, an INT8 copy's
+    run), sources first: a cell travels only with them, or the machine it lands on would train them again."""
+    groups = []
+    for cell in cells:
+        chain, here = [cell], cell
+        while True:
+            source = (json.loads((here / "config.json").read_text()).get("method") or {}).get("source")
+            here = cell.parent / Path(source).name if source else None
+            if here is None or not (here / "report.json").exists():
+                break
+            chain.insert(0, here)
+        groups.append(chain)
+    return groups
 
 
 def _needed(f: Path) -> bool:
@@ -72,13 +89,18 @@ def pack(root: Path, to: Path, patterns: list[str], max_file: int, max_files: in
     """Write the parts; return the names of the cells packed."""
     budget = min(max_total, max_file * max_files)
     chosen, left, stream = [], [], bytearray()
-    for cell in finished_cells(root, patterns):
-        data = cell_archive(cell, root)
-        if len(stream) + len(data) > budget:
-            left.append(f"{cell.parent.name}/{cell.name} ({len(data) / MIB:.1f} MiB)")
+    for chain in with_sources(finished_cells(root, patterns)):
+        names = [f"{c.parent.name}/{c.name}" for c in chain]
+        new = [(n, c) for n, c in zip(names, chain, strict=True) if n not in chosen]
+        if not new:
             continue
-        stream += data
-        chosen.append(f"{cell.parent.name}/{cell.name}")
+        data = [cell_archive(c, root) for _, c in new]
+        if len(stream) + sum(map(len, data)) > budget:
+            left.append(f"{names[-1]} ({sum(map(len, data)) / MIB:.1f} MiB with the cells it starts from)")
+            continue
+        for (name, _), d in zip(new, data, strict=True):
+            stream += d
+            chosen.append(name)
     to.mkdir(parents=True, exist_ok=True)
     for stale in to.glob(f"{PART}.[0-9][0-9][0-9]"):  # an earlier pack's parts would corrupt the joined stream
         stale.unlink()
@@ -98,32 +120,52 @@ def unpack(parts_dir: Path, runs: Path = RUNS) -> list[Path]:
     if not parts:
         sys.exit(f"error: no {PART}.NNN parts in {parts_dir}; pass the folder the device tool put the files in")
     stream = b"".join(p.read_bytes() for p in parts)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(stream), mode="r:gz", ignore_zeros=True) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        sys.exit(f"error: the parts in {parts_dir} do not join into a whole archive ({e}); is one of "
+                 f"{PART}.000-{len(parts) - 1:03d} missing or cut short? Fetch them again")
+    from edgeprune import runs as run_folders
+    from edgeprune.errors import RunBusyError
+
     written, local = [], str(runs.resolve())
-    with tarfile.open(fileobj=io.BytesIO(stream), mode="r:gz", ignore_zeros=True) as tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        for cell_name in dict.fromkeys(_cell_of(m.name) for m in members):
-            target = runs / cell_name
-            if (target / "report.json").exists():
-                print(f"kept {cell_name}: already finished here")
-                continue
-            tmp = target.with_name(target.name + ".part")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for m in members:
-                if _cell_of(m.name) == cell_name:
-                    data = tar.extractfile(m).read()
-                    if m.name.endswith((".json", ".jsonl")):
-                        data = data.replace(f'"{PORTABLE}/'.encode(), f'"{local}/'.encode())
-                    dest = tmp / Path(m.name).relative_to(cell_name)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(data)
-            for model in tmp.rglob("model.pt"):
-                _export_onnx(model.parent)
-            if target.exists():  # an interrupted local attempt at the same cell: the finished one replaces it
-                shutil.rmtree(target)
-            tmp.rename(target)
-            written.append(target)
-            print(f"unpacked {cell_name} (trained on {json.loads((target / 'config.json').read_text())['device']})")
+    for cell_name in dict.fromkeys(_cell_of(m.name) for m, _ in members):
+        target = runs / cell_name
+        try:
+            with run_folders.locked(target):  # a sweep training this cell here holds it: leave that one be
+                if (target / "report.json").exists():
+                    print(f"kept {cell_name}: already finished here")
+                    continue
+                _write_cell(target, [(m, d) for m, d in members if _cell_of(m.name) == cell_name], local)
+        except RunBusyError:
+            print(f"kept {cell_name}: a process here is training it; unpack again once it has stopped")
+            continue
+        written.append(target)
+        print(f"unpacked {cell_name} (trained on {json.loads((target / 'config.json').read_text())['device']})")
     return written
+
+
+def _write_cell(target: Path, members: list[tuple[tarfile.TarInfo, bytes]], local: str) -> None:
+    """The cell's files into a hidden folder beside `target` (which reports and sweeps skip), its model.onnx
+    exported again, then swapped in for whatever `target` held (an interrupted attempt at the same cell)."""
+    tmp = target.with_name(f".{target.name}.unpack")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for m, data in members:
+            if m.name.endswith((".json", ".jsonl")):
+                data = data.replace(f'"{PORTABLE}/'.encode(), f'"{local}/'.encode())
+            dest = tmp / Path(m.name).relative_to(_cell_of(m.name))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        for model in tmp.rglob("model.pt"):
+            _export_onnx(model.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 def _cell_of(member: str) -> str:

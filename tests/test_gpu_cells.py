@@ -43,10 +43,22 @@ def test_packed_cells_unpack_elsewhere_as_finished_cells(tmp_path, capsys):
     packed = gpu_cells.pack(there, out, ["*magnitude*", "*dense*"], max_file=1 << 20, max_files=8, max_total=8 << 20)
     assert len(packed) == 3
 
-    written = gpu_cells.unpack(out, here)
+    only_copy = gpu_cells.pack(there, tmp_path / "copy", ["*-int8"], max_file=1 << 20, max_files=8,
+                               max_total=8 << 20)
+    assert only_copy == ["s/conftest_Tiny-magnitude-0.5-seed0", "s/conftest_Tiny-magnitude-0.5-seed0-int8"]  # its run
+
+    from edgeprune import runs
+
+    busy = here / "s" / "conftest_Tiny-dense-seed0"
+    with runs.locked(busy):  # a sweep here is training that cell: unpack leaves it alone
+        written = gpu_cells.unpack(out, here)
+    assert "a process here is training it" in capsys.readouterr().out and not busy.exists()
+    written += gpu_cells.unpack(out, here)
     assert sorted(p.name for p in written) == sorted(p.split("/")[1] for p in packed)
     int8 = here / "s" / "conftest_Tiny-magnitude-0.5-seed0-int8"
-    assert not (int8 / "checkpoint.pt").exists() and onnx.load(int8 / "model.onnx").graph.node  # exported again
+    assert not (int8 / "checkpoint.pt").exists() and onnx.load(int8 / "model.onnx").graph.node  # travelled
+    assert onnx.load(here / "s" / "conftest_Tiny-magnitude-0.5-seed0" / "model.onnx").graph.node  # exported again
+    assert not list((here / "s").glob(".*.unpack"))
     source = json.loads((int8 / "report.json").read_text())["source"]
     assert source == str((here / "s" / "conftest_Tiny-magnitude-0.5-seed0").resolve())  # this machine's path
     summary = sweep.run_sweep(spec, progress=False)  # the packed cells count as finished; the rest run here

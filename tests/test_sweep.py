@@ -140,6 +140,44 @@ def test_only_runs_the_matching_cells_and_what_they_start_from(tmp_path):
         sweep.run_sweep(path, only=["vgg16-*"], progress=False)
 
 
+def test_only_keeps_what_earlier_sweeps_recorded_of_the_cells_it_leaves(tmp_path):
+    path = _spec(tmp_path, dense=False, methods=[
+        {"name": "magnitude", "sparsities": [0.5]},
+        {"name": "magnitude", "sparsities": [0.9], "min_layer_density": 0.5},  # fails only when pruning
+    ])
+    bad, good = "conftest_Tiny-magnitude-min_layer_density=0.5-0.9-seed0", "conftest_Tiny-magnitude-0.5-seed0"
+    assert sweep.run_sweep(path, progress=False)["counts"] == {"done": 1, "failed": 1}
+    (tmp_path / "t" / good / "report.json").unlink()  # interrupted while finishing
+    summary = sweep.run_sweep(path, only=[good], progress=False)
+    assert summary["cells"][good]["status"] == "done" and summary["cells"][good]["resumed"] is True
+    left = json.loads((tmp_path / "t" / "sweep.json").read_text())["cells"][bad]
+    assert left["status"] == "not selected" and left["earlier"]["status"] == "failed"
+    assert "min_layer_density" in left["earlier"]["error"]["message"]
+
+
+def test_a_cell_finished_since_the_sweep_planned_it_is_not_run_again(tmp_path):
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}])
+    sweep.run_sweep(path, progress=False)
+    [cell] = sweep.cells(sweep.load_spec(path))
+    run_dir = tmp_path / "t" / cell.name
+    before = _files(run_dir)
+    result = sweep.run_cell(cell, run_dir, resume=False)  # planned fresh, then someone finished it meanwhile
+    assert result["status"] == "skipped" and _files(run_dir) == before
+
+
+def test_an_interrupted_cell_is_not_restarted_on_another_device(tmp_path):
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
+                 train={"epochs": 2, "lr": 0.05})
+    sweep.run_sweep(path, progress=False)
+    [cell] = sweep.cells(sweep.load_spec(path))
+    run_dir = tmp_path / "t" / cell.name
+    (run_dir / "report.json").unlink()  # interrupted: its checkpoint is there
+    before = _files(run_dir)
+    with pytest.raises(ConfigError, match=r"interrupted while training on cpu; resume it there \(--device cpu\)"):
+        sweep.run_sweep(path, device="cuda", progress=False)
+    assert _files(run_dir) == before  # nothing thrown away
+
+
 def test_a_models_device_and_the_device_option(tmp_path):
     # a model entry may name its own device; --device overrides it, and a cell finished on another device (a GPU
     # machine's, brought back) counts as finished here

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .. import jobs
+from .. import jobs, runs
 from ..errors import ConfigError
 from .spec import Cell, Resources
 
@@ -28,6 +28,8 @@ Execute = Callable[[list[tuple[Cell, Path, bool]], Callable[[Cell, dict], None]]
 def run_cell(cell: Cell, run_dir: Path, resume: bool = False) -> dict:
     """Run one cell into `run_dir` (resuming it, or replacing what is there); a failure is returned, not raised."""
     started, t0 = stamp(), time.perf_counter()
+    if not resume and (run_dir / runs.REPORT).exists():  # finished since the sweep planned it (a GPU's cell unpacked)
+        return {"status": "skipped", "error": None, "started": started, "seconds": 0.0}
     try:
         jobs.run(cell.cfg, run_dir, overwrite=not resume, resume=resume, progress=False)
     except Exception as e:  # recorded in sweep.json; the other cells go on

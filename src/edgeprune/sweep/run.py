@@ -79,7 +79,9 @@ def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
 def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], picked: set[str], executor: str,
                 address: str | None, connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
     before = _read_statuses(folder / SWEEP)
-    plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) for c in todo}
+    # cells not selected are only looked at, never refused: a finished one counts, the rest wait
+    plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) if c.name in picked
+            else "finished" if (folder / c.name / runs.REPORT).exists() else "not selected" for c in todo}
 
     t0 = time.perf_counter()
     summary = {"name": spec.name, "out": str(folder), "executor": executor, "address": address,
@@ -89,10 +91,11 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
         summary["cells"][c.name] = {
             "command": c.cfg.command, "model": c.cfg.model, "method": c.cfg.method, "seed": c.cfg.train.seed,
             **({"status": "skipped", "seconds": before.get(c.name, {}).get("seconds")} if plan[c.name] == "finished"
-               else {"status": "pending"} if c.name in picked else {"status": "not selected"}),
+               else {"status": "pending"} if c.name in picked
+               # what an earlier sweep recorded stays (a failure and its error), for the run that selects it
+               else {"status": "not selected", "earlier": _earlier(before.get(c.name))}),
         }
-    run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo
-           if plan[c.name] != "finished" and c.name in picked]
+    run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo if plan[c.name] in ("resume", "fresh")]
 
     def save() -> None:
         summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
@@ -170,9 +173,19 @@ def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
             raise ConfigError(f"{run_dir} is a finished run with a different {', '.join(changed)} than cell "
                               f"{cell.name} of this spec; write the sweep to another --out, or delete that folder")
         return "finished"
-    failed = (before or {}).get("status") == "failed"  # a failed cell starts again; an interrupted one resumes
+    failed = _earlier(before).get("status") == "failed"  # a failed cell starts again; an interrupted one resumes
     progress = any(run_dir.rglob(runs.CHECKPOINT)) or any(run_dir.glob(f"*/{runs.REPORT}"))  # IMP: its levels
+    if changed == ["device"] and progress and not failed:
+        old = files.read_json(run_dir / runs.CONFIG).get("device")
+        raise ConfigError(f"{run_dir} was interrupted while training on {old}; resume it there (--device {old}), "
+                          f"or delete that folder to start it again on {cell.cfg.device}")
     return "resume" if (run_dir / runs.CONFIG).is_file() and changed == [] and progress and not failed else "fresh"
+
+
+def _earlier(status: dict | None) -> dict:
+    """A cell's last status that says what happened to it (a "not selected" entry keeps the one before)."""
+    status = status or {}
+    return status.get("earlier") or {} if status.get("status") == "not selected" else status
 
 
 def _changed(cfg: jobs.RunConfig, run_dir: Path) -> list[str] | None:

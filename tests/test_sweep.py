@@ -249,13 +249,18 @@ def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_executor_makes_the_same_run_folders(tmp_path):
+def test_ray_executor_makes_the_same_run_folders(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     methods = [{"name": "magnitude", "sparsities": [0.5, 0.75]}]
     local = sweep.run_sweep(_spec(tmp_path, "a", dense=False, methods=methods), progress=False)
+    seen = []  # sweep.json as each record landed
+    monkeypatch.setattr(sweep_run.files, "write_json", lambda path, data, _w=sweep_run.files.write_json: (
+        seen.append({k: v["status"] for k, v in data["cells"].items()}), _w(path, data))[-1])
     remote = sweep.run_sweep(_spec(tmp_path, "b", dense=False, methods=methods), executor="ray", num_cpus=2,
                              progress=False)
     assert remote["counts"] == local["counts"] == {"done": 2}
+    for name in local["cells"]:  # each cell was marked running while it ran, as the local executor does
+        assert [s[name] for s in seen if s[name] != "pending"][0] == "running"
     for name in local["cells"]:
         a, b = tmp_path / "a" / name, tmp_path / "b" / name
         assert {p.name for p in a.iterdir()} == {p.name for p in b.iterdir()}

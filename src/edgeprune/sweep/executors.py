@@ -81,27 +81,35 @@ def _run_local(todo: list[tuple[Cell, Path, bool]], record: Callable[[Cell, dict
 
 def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
              record: Callable[[Cell, dict], None]) -> None:
+    # Each cell is a generator task: its first value says it has started (sweep.json marks it running, as the
+    # local executor does), its second is the result.
     task = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus)(_ray_cell)
     pending = {task.remote(cell, run_dir, resume, resources.threads): cell for cell, run_dir, resume in todo}
     t0 = time.perf_counter()
     try:
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ready[0])
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            cell = pending[ready]
             try:
-                result = ray.get(ready[0])
+                result = ray.get(next(ready))
+            except StopIteration:  # the task ended without a result (cannot happen: _ray_cell yields two)
+                result = {"status": "failed", "error": {"type": "RuntimeError", "message": "the task returned "
+                                                        "nothing", "traceback": ""}}
             except Exception as e:  # the task's worker died (killed, out of memory): the cell failed
                 result = {**_failure(e), "seconds": time.perf_counter() - t0}
+            if result["status"] != "running":
+                pending.pop(ready)
             record(cell, result)
     finally:
         for ref in pending:  # interrupted: the cells in flight are lost, the rest never start
             ray.cancel(ref, force=True)
 
 
-def _ray_cell(cell: Cell, run_dir: Path, resume: bool, threads: int) -> dict:
+def _ray_cell(cell: Cell, run_dir: Path, resume: bool, threads: int) -> Iterator[dict]:
+    yield {"status": "running", "started": stamp()}
     # the CPUs Ray gave the cell, not what looks free on a node that other cells share
-    return run_cell(dataclasses.replace(cell, cfg=dataclasses.replace(cell.cfg, threads=str(threads))), run_dir,
-                    resume)
+    yield run_cell(dataclasses.replace(cell, cfg=dataclasses.replace(cell.cfg, threads=str(threads))), run_dir,
+                   resume)
 
 
 def _check_reachable(address: str, timeout: float) -> None:

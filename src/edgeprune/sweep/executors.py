@@ -93,8 +93,8 @@ def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
             try:
                 result = ray.get(next(ready))
             except StopIteration:  # the task ended without a result (cannot happen: _ray_cell yields two)
-                result = {"status": "failed", "error": {"type": "RuntimeError", "message": "the task returned "
-                                                        "nothing", "traceback": ""}}
+                result = {"status": "failed", "seconds": time.perf_counter() - t0,
+                          "error": {"type": "RuntimeError", "message": "the task returned nothing", "traceback": ""}}
             except Exception as e:  # the task's worker died (killed, out of memory): the cell failed
                 result = {**_failure(e), "seconds": time.perf_counter() - t0}
             if result["status"] != "running":

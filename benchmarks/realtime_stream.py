@@ -321,12 +321,12 @@ def report(p: dict) -> list[str]:
     below = [r for r in p["rows"] if r["realtime"] < r["fixed"][r["best_fixed"]] and r.get("realtime_answers")]
     if below:
         most = [max(r["realtime_answers"], key=r["realtime_answers"].get) for r in below]
-        share = [r["realtime_answers"][m] / max(1, sum(r["realtime_answers"].values())) for r, m in zip(below, most,
-                                                                                                         strict=True)]
+        shares = [r["realtime_answers"][m] / max(1, sum(r["realtime_answers"].values()))
+                  for r, m in zip(below, most, strict=True)]
         gaps = [r["fixed"][r["best_fixed"]] - r["fixed"][m] for r, m in zip(below, most, strict=True)]
         same = sum(m == r["best_fixed"] for r, m in zip(below, most, strict=True))
         lines.append(f"Where it fell below the best fixed variant ({len(below)} settings), the variant it served most "
-                     f"({100 * min(share):.1f} % of its calls or more) was that variant in {same}, and in the others "
+                     f"({100 * min(shares):.1f} % of its calls or more) was that variant in {same}, and in the others "
                      f"one whose own fixed accuracy there was at most {100 * max(gaps):.2f} points below it: the "
                      "policy moves after its first window of measured latencies and then stays, and what is left "
                      "of the gap is a near-tie between variants, or the frames a switch moved it to, that one "

@@ -87,15 +87,26 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
+def check_device(device: object, where: str = "device") -> None:
+    """That `device` is "auto" or a device torch can name; whether this machine has it is `resolve_device`'s
+    question (a sweep spec with GPU cells is still read, and its CPU cells run, on a machine without one)."""
+    if device == "auto":
+        return
+    try:
+        if not isinstance(device, str):
+            raise TypeError(device)
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{where} must be cpu, cuda, cuda:N, mps or auto; got {device!r}") from None
+
+
 def resolve_device(device: str) -> torch.device:
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    return torch.device(device)
 
 
 def steps_per_epoch(loader, cfg: TrainConfig) -> int:

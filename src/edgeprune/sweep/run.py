@@ -16,9 +16,10 @@ from .. import files, jobs, runs
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from ..record import EXECUTION_FIELDS
+from ..train import check_device
 from . import executors
 from .executors import EXECUTORS, stamp
-from .spec import Cell, SweepSpec, cells, check_device, load_spec
+from .spec import Cell, SweepSpec, cells, load_spec
 
 SPEC = "spec.yaml"
 SWEEP = "sweep.json"
@@ -69,10 +70,9 @@ def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
         some = ", ".join(c.name for c in todo[:3])
         raise ConfigError(f"--only {unmatched[0]!r} matches no cell of this spec (cells are named like {some}); "
                           "quote the pattern so the shell leaves its * alone")
-    sources = {c.name: Path(c.cfg.method["source"]).name for c in todo if c.cfg.method.get("source")}
     for c in reversed(todo):  # cells() lists a cell after the one it starts from
-        if c.name in picked and c.name in sources:
-            picked.add(sources[c.name])
+        if c.name in picked and _source(c):
+            picked.add(_source(c))
     return picked
 
 
@@ -146,8 +146,8 @@ def _roots(todo: list[Cell]) -> dict[str, str]:
     """Each cell's chain: the cell that the cells it starts from start from, or itself."""
     roots: dict[str, str] = {}
     for c in todo:  # cells() lists a cell after the one it starts from
-        source = c.cfg.method.get("source")
-        roots[c.name] = c.name if source is None else roots.get(Path(source).name, Path(source).name)
+        source = _source(c)
+        roots[c.name] = c.name if source is None else roots.get(source, source)
     return roots
 
 
@@ -155,9 +155,15 @@ def _stages(todo: list[Cell]) -> dict[str, int]:
     """Each cell's stage: 0 for a cell on its own, else one more than the cell whose run it starts from."""
     stages: dict[str, int] = {}
     for c in todo:  # cells() lists a cell after the one it starts from
-        source = c.cfg.method.get("source")
-        stages[c.name] = 0 if source is None else stages.get(Path(source).name, -1) + 1
+        source = _source(c)
+        stages[c.name] = 0 if source is None else stages.get(source, -1) + 1
     return stages
+
+
+def _source(cell: Cell) -> str | None:
+    """The name of the cell whose run `cell` starts from (a Taylor run's dense cell, an INT8 copy's cell)."""
+    source = cell.cfg.method.get("source")
+    return None if source is None else Path(source).name
 
 
 def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:

@@ -17,7 +17,7 @@ import yaml
 from .. import jobs, kinds, models
 from ..errors import ConfigError, unknown_name
 from ..methods import registry
-from ..train import TrainConfig
+from ..train import TrainConfig, check_device
 
 QUANTIZE_KEYS = ("mode", "calibration", "per_channel")
 _BARE = ("criterion", "conversion")  # option values that name themselves in a cell name; sparsity comes last
@@ -194,13 +194,6 @@ def _models(spec: SweepSpec) -> list[tuple[str, dict, dict, str]]:
         _build(TrainConfig, train, f"{where}.train" if "train" in entry else "train")
         out.append((name, data, train, device))
     return out
-
-
-def check_device(device: object, where: str) -> None:
-    """A device name a run accepts (whether this machine has it is checked when the cell runs, not here: a spec
-    with GPU cells is still read, and its CPU cells run, on a machine without one)."""
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", device):
-        raise ConfigError(f"{where} must be cpu, cuda, cuda:N, mps or auto; got {device!r}")
 
 
 def _expand(entry: dict, where: str) -> list[tuple[str, dict]]:

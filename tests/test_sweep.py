@@ -1,5 +1,9 @@
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -246,6 +250,48 @@ def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
     assert cells[2].cfg.command == "prune" and cells[2].cfg.method == {
         "name": "reconvene", "criterion": "magnitude", "conversion": "dead", "sparsity": 0.9}
     assert cells[0].cfg.command == "train" and cells[0].cfg.measure.runs == 2
+
+
+@pytest.mark.slow
+def test_a_terminated_sweep_marks_its_cell_interrupted_and_the_same_command_resumes_it(tmp_path):
+    """`kill PID` of a background `edgeprune sweep` (a real process): it exits 143 naming the cell it stopped,
+    sweep.json says "interrupted" instead of "running", and running the same command resumes that cell."""
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
+                 train={"epochs": 400, "lr": 0.05})
+    [cell] = sweep.cells(sweep.load_spec(path))
+    out, tests = tmp_path / "t", Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(sweep.__file__).parents[2]), str(tests)])}
+    command = [sys.executable, "-m", "edgeprune", "--quiet", "sweep", str(path)]
+    proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / cell.name / "log.jsonl").exists() or _statuses(out).get(cell.name) != "running":
+            assert proc.poll() is None and time.monotonic() < deadline, "the cell never finished an epoch"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert f"1 cell(s) stopped mid-run ({cell.name}); the same sweep command resumes them" in err
+    assert _statuses(out) == {cell.name: "interrupted"}
+    assert not (out / cell.name / "report.json").exists()
+
+    done = subprocess.run([*command[:3], "sweep", str(path), "--only", cell.name], env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["cells"][cell.name]["status"] == "done" and summary["cells"][cell.name]["resumed"] is True
+
+
+def test_a_gpu_device_on_ray_needs_gpus_only_for_cells_still_to_run(tmp_path, monkeypatch):
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}])
+    monkeypatch.setitem(sys.modules, "ray", None)  # what is refused is refused before Ray starts
+    with pytest.raises(ConfigError, match="device 'cuda' needs a GPU per cell: set resources.gpus"):
+        sweep.run_sweep(path, executor="ray", device="cuda", progress=False)
+    sweep.run_sweep(path, progress=False)  # finished here: nothing left that needs a GPU
+    with pytest.raises(ConfigError, match=r"pip install 'edgeprune\[ray\]'"):
+        sweep.run_sweep(path, executor="ray", device="cuda", progress=False)
 
 
 @pytest.mark.slow

@@ -37,6 +37,11 @@ class RunBusyError(EdgePruneError):
     """Another process is writing a run of the same name."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a scheduler stopping the job), raised where Ctrl-C's KeyboardInterrupt would be, so
+    that a run stopped either way keeps its finished epochs and says so (the CLI exits 143 instead of 130)."""
+
+
 class RunFinished(EdgePruneError):
     """--resume of a run that already finished: nothing to do (the CLI says so and exits 0)."""
 

@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import signal
+import threading
 import types
 import typing
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError, EdgePruneError, RunFinished
+from ..errors import ConfigError, EdgePruneError, RunFinished, Terminated
 
 console = Console()
 err = Console(stderr=True)
@@ -28,7 +30,8 @@ state = {"debug": False, "quiet": False}  # the global flags, set by the app's c
 
 
 def handled(fn):
-    """Print an EdgePruneError as one line and exit 2 (the traceback only with --debug)."""
+    """Print an EdgePruneError as one line and exit 2 (the traceback only with --debug); Ctrl-C exits 130 and a
+    SIGTERM that `sigterm_as_interrupt` turned into Terminated 143, each with what the library noted."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,10 +45,31 @@ def handled(fn):
             err.print(f"[bold red]error:[/] {with_notes(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            err.print(with_notes(e, "interrupted"), highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            stopped = isinstance(e, Terminated)
+            err.print(with_notes(e, "terminated" if stopped else "interrupted"), highlight=False, soft_wrap=True)
+            raise typer.Exit(143 if stopped else 130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so that `kill PID` of a
+    background job stops it as Ctrl-C does (what it started is cleaned up, what it records says so); elsewhere,
+    or where something else already handles SIGTERM, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager

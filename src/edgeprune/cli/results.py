@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
-from .common import console, err, handled, progress_bars
+from .common import console, err, handled, progress_bars, sigterm_as_interrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +66,8 @@ def sweep(
     """Run every cell of a sweep spec as a run of its own; re-running skips finished cells.
 
     A failing cell is recorded with its error in sweep.json and the others go on; the exit code is 1 if any
-    failed. Then `edgeprune report SWEEP_FOLDER` makes the tables and plots.
+    failed. Ctrl-C or `kill PID` marks the cells in flight "interrupted" (exit 130 / 143); the same command
+    resumes them from their last epoch. Then `edgeprune report SWEEP_FOLDER` makes the tables and plots.
 
     Example: [bold]edgeprune sweep benchmarks/specs/smoke.yaml && edgeprune report runs/sweeps/smoke[/]
 
@@ -74,7 +75,7 @@ def sweep(
     """
     from ..sweep import run_sweep
 
-    with progress_bars() as progress:
+    with sigterm_as_interrupt(), progress_bars() as progress:
         summary = run_sweep(spec, out=out, executor=executor, address=address, progress=progress, num_cpus=num_cpus,
                             only=only, device=device)
     counts = summary["counts"]

@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -54,6 +56,9 @@ def start(kind: str, resources: Resources, address: str | None, connect_timeout:
     except ImportError:
         raise ConfigError(NEEDS_RAY) from None
     started = not ray.is_initialized()
+    # ray.init makes SIGTERM exit the driver (SystemExit); a handler the caller chose (the CLI's, which stops the
+    # sweep as Ctrl-C does) is put back after it.
+    chosen = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if started:
         if address:
             _check_reachable(address, connect_timeout)
@@ -65,6 +70,8 @@ def start(kind: str, resources: Resources, address: str | None, connect_timeout:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True, logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
+    if callable(chosen):
+        signal.signal(signal.SIGTERM, chosen)
     try:
         _check_fits(ray, resources)
         yield lambda todo, record: _run_ray(ray, resources, todo, record)

@@ -54,9 +54,6 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
     todo = [c if device is None else Cell(c.name, dataclasses.replace(c.cfg, device=device))
             for c in cells(spec, folder)]
     picked = _select(todo, only) if only else {c.name for c in todo}
-    gpu = sorted({c.cfg.device for c in todo if c.name in picked and c.cfg.device.startswith("cuda")})
-    if executor == "ray" and gpu and not spec.resources.gpus:
-        raise ConfigError(f"device {gpu[0]!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
     with runs.locked(folder, "sweep"):
         return _run_locked(spec, text, folder, todo, picked, executor, address, connect_timeout, num_cpus, report)
 
@@ -96,6 +93,9 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
                else {"status": "not selected", "earlier": _earlier(before.get(c.name))}),
         }
     run = [(c, folder / c.name, plan[c.name] == "resume") for c in todo if plan[c.name] in ("resume", "fresh")]
+    gpu = sorted({c.cfg.device for c, _, _ in run if c.cfg.device.startswith("cuda")})  # finished cells need none
+    if executor == "ray" and gpu and not spec.resources.gpus:
+        raise ConfigError(f"device {gpu[0]!r} needs a GPU per cell: set resources.gpus (e.g. 1)")
 
     def save() -> None:
         summary["counts"] = dict(Counter(r["status"] for r in summary["cells"].values()))
@@ -119,8 +119,18 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
                 report.note(f"{result['status']:>7} {cell.name} ({result['seconds']:.1f} s)"
                             + (f": {error['type']}: {error['message']}" if error else ""))
 
-        for batch in _batches(todo, run, executor):
-            execute(batch, record)
+        try:
+            for batch in _batches(todo, run, executor):
+                execute(batch, record)
+        except BaseException as e:  # Ctrl-C, SIGTERM: the cells in flight say so, and resume on the next run
+            stopped = [n for n, r in summary["cells"].items() if r["status"] == "running"]
+            for name in stopped:
+                summary["cells"][name].update(status="interrupted", interrupted=stamp())
+            save()
+            if stopped:
+                e.add_note(f"{len(stopped)} cell(s) stopped mid-run ({', '.join(stopped)}); the same sweep command "
+                           "resumes them from their last checkpoint")
+            raise
     summary["finished"], summary["seconds"] = stamp(), time.perf_counter() - t0
     save()
     report.end(task)

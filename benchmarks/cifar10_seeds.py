@@ -118,11 +118,32 @@ def _reconvene_shapes(path: Path | None = None) -> tuple[str, str]:
         ours += f"; its `reference: all` cells (every layer narrowed) up to {best(narrow_all)}"
     verdict = (f"predicted missed on size for the default cells ({most:.1f}x < 10x at best)" if most < 10 else "")
     meeting = sorted({r["sparsity"] for r in narrow_all if dense["params"] / r["params"] >= 10})
-    if verdict and meeting:
+    speed = _reconvene_speed(path.with_name("reconvene_speed.json"))
+    if speed:
+        both = [r for r in speed if r["params_x"] >= 10 and r["speed_x_b1t1"] >= 2]
+        fastest = max(speed, key=lambda r: r["speed_x_b1t1"])
+        ours += (f"; timed at initialisation against the masks (`reconvene_speed.md`, ORT batch 1): at most "
+                 f"{fastest['speed_x_b1t1']:.2f}x faster ({fastest['criterion']} {fastest['sparsity']:g}, reference "
+                 f"{fastest['reference']})")
+        if both:
+            cells = ", ".join(f"{r['criterion']} {r['sparsity']:g} reference {r['reference']} ({r['params_x']:.1f}x "
+                              f"smaller, {r['speed_x_b1t1']:.2f}x faster)" for r in both)
+            verdict += (("; " if verdict else "") + f"predicted met on size and speed by {cells}; their accuracy "
+                        "waits for training")
+        else:
+            verdict += ("; " if verdict else "") + "predicted missed: no cell is both >= 10x smaller and >= 2x faster"
+    elif verdict and meeting:
         verdict += (f"; the `reference: all` cells meet the size at sparsity {' and '.join(f'{m:g}' for m in meeting)}"
                     ", their speed and accuracy wait for training (speed does not follow MACs: "
                     "`reconvene_shapes.md`)")
     return ours, verdict
+
+
+def _reconvene_speed(path: Path) -> list[dict]:
+    """VGG-16's Reconvene cells timed at initialisation against their masks (benchmarks/reconvene_speed.py)."""
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r["model"] == "vgg16"]
 
 
 def _dnnshifter(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:

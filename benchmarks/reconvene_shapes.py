@@ -38,6 +38,17 @@ def widths(model: torch.nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
 
 
+def build(name: str, bundle, criterion: str, reference: str, rule: str, sparsity: float) -> torch.nn.Module:
+    """The sweep's Reconvene model (seed 0) at initialisation: masks scored, layers narrowed, no training."""
+    method = registry.get("reconvene")
+    torch.manual_seed(0)
+    model = create(name, bundle.num_classes, bundle.in_channels)
+    opts = method.options(criterion=criterion, conversion="width", width_rule=rule, reference=reference,
+                          sparsity=sparsity)
+    method.entry(model, opts, bundle.train, bundle.input_shape)
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["vgg16", "resnet20"])
@@ -45,7 +56,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     bundle = data.loaders(args.data, batch_size=128)
-    method = registry.get("reconvene")
     rows = []
     for name in args.models:
         dense = create(name, bundle.num_classes, bundle.in_channels)
@@ -53,12 +63,8 @@ def main() -> None:
         rows.append({"model": name, "criterion": "dense", "reference": "", "rule": "", "sparsity": 0.0,
                      "params": p0, "macs": m0, "widths": widths(dense), "seconds": 0.0})
         for reference, criterion, rule, sparsity in itertools.product(REFERENCES, CRITERIA, RULES, SPARSITIES):
-            torch.manual_seed(0)
-            model = create(name, bundle.num_classes, bundle.in_channels)
-            opts = method.options(criterion=criterion, conversion="width", width_rule=rule, reference=reference,
-                                  sparsity=sparsity)
             t0 = time.perf_counter()
-            method.entry(model, opts, bundle.train, bundle.input_shape)
+            model = build(name, bundle, criterion, reference, rule, sparsity)
             rows.append({"model": name, "criterion": criterion, "reference": reference, "rule": rule,
                          "sparsity": sparsity, "params": measure.count_params(model)[0],
                          "macs": measure.count_macs(model, bundle.input_shape)[0], "widths": widths(model),

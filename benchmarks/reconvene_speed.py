@@ -17,11 +17,12 @@ Run it on quiet cores (stop the sweeps first):
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import os
 
 import torch
-from common import measured, write_results
+from common import RESULTS, measured, write_results
 from reconvene_shapes import build
 
 from edgeprune import data, measure, timing
@@ -79,6 +80,7 @@ NARROWED = {"global": "sparser than the sparsity (default)", "all": "all (refere
 
 
 def report(p: dict) -> list[str]:
+    trained = trained_pairs()
     load = ", ".join(f"{v:.2f}" for v in p["load_average"])
     lines = ["# Reconvene against its masks, timed before training: the headline's speed half", "",
              f"{measured('reconvene_speed.py', p['environment'], 'torch', 'onnxruntime')}, load average {load} "
@@ -89,20 +91,41 @@ def report(p: dict) -> list[str]:
              "on dense kernels depends on the shapes only. The masked counterpart at the same sparsity keeps the "
              "dense shapes and runs its zeros through the same kernels, so it is timed as the dense model. "
              "`speed ×`: the masks' p50 over Reconvene's. The headline (issue 27) asks ≥ 10× smaller and ≥ 2× "
-             "faster at batch 1 on VGG-16; accuracy waits for the trained cells.", ""]
+             "faster at batch 1 on VGG-16; accuracy waits for the trained cells. `trained pair`: the same cell "
+             "after training, against its trained masks (`pai/pairs.csv`, retimed side by side there), where one "
+             "has finished: the check that the shapes predict the trained models' speed.", ""]
     for model in dict.fromkeys(r["model"] for r in p["rows"]):
         rows = [r for r in p["rows"] if r["model"] == model]
         lines += [f"## {model}: the masks (dense shapes) at {rows[0]['dense_p50_ms_b1t1']:.2f} ms at batch 1 on 1 "
                   f"thread, {rows[0]['dense_p50_ms_b32t2']:.1f} ms at batch 32 on 2 threads", "",
                   "| layers narrowed | criterion | sparsity | params × | MACs × | speed × batch 1, 1 thread | "
-                  "speed × batch 32, 2 threads | ≥ 10× smaller and ≥ 2× faster |", "|---|---|---|---|---|---|---|---|"]
+                  "speed × batch 32, 2 threads | trained pair, speed × (batch 1 / 32) | ≥ 10× smaller and ≥ 2× faster "
+                  "|", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             meet = "yes" if r["params_x"] >= 10 and r["speed_x_b1t1"] >= 2 else "no"
+            pair = trained.get(cell_name(r))
+            seen = "—" if pair is None else (f"{float(pair['latency_x_b1_t1']):.2f} / "
+                                             f"{float(pair['latency_x_b32_t2']):.2f}")
             lines.append(f"| {NARROWED[r['reference']]} | {r['criterion']} | {r['sparsity']:g} | "
                          f"{r['params_x']:.1f} | {r['macs_x']:.2f} | {r['speed_x_b1t1']:.2f} | "
-                         f"{r['speed_x_b32t2']:.2f} | {meet} |")
+                         f"{r['speed_x_b32t2']:.2f} | {seen} | {meet} |")
         lines.append("")
     return lines
+
+
+def cell_name(r: dict) -> str:
+    """The cifar10_pai sweep's name for this Reconvene cell."""
+    reference = "reference=all-" if r["reference"] == "all" else ""
+    return f"{r['model']}-reconvene-{r['criterion']}-width-{reference}width_rule=sqrt-{r['sparsity']:g}-seed0"
+
+
+def trained_pairs() -> dict[str, dict]:
+    """The trained pairs of results/cifar10/pai/pairs.csv (retimed side by side), by Reconvene run."""
+    path = RESULTS / "cifar10" / "pai" / "pairs.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["run"]: row for row in csv.DictReader(f) if row["precision"] == "fp32 vs fp32"}
 
 
 if __name__ == "__main__":

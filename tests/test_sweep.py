@@ -253,15 +253,21 @@ def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_terminated_sweep_marks_its_cell_interrupted_and_the_same_command_resumes_it(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_terminated_sweep_marks_its_cell_interrupted_and_the_same_command_resumes_it(tmp_path, executor):
     """`kill PID` of a background `edgeprune sweep` (a real process): it exits 143 naming the cell it stopped,
-    sweep.json says "interrupted" instead of "running", and running the same command resumes that cell."""
+    sweep.json says "interrupted" instead of "running", and running the same command resumes that cell. Under
+    Ray too, which installs its own SIGTERM handler and re-raises a handler's exception as a plain
+    KeyboardInterrupt."""
+    if executor == "ray":
+        pytest.importorskip("ray")
     path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
                  train={"epochs": 400, "lr": 0.05})
     [cell] = sweep.cells(sweep.load_spec(path))
     out, tests = tmp_path / "t", Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(sweep.__file__).parents[2]), str(tests)])}
-    command = [sys.executable, "-m", "edgeprune", "--quiet", "sweep", str(path)]
+    command = [sys.executable, "-m", "edgeprune", "--quiet", "sweep", str(path), "--executor", executor,
+               *(["--num-cpus", "1"] if executor == "ray" else [])]
     proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -277,11 +283,35 @@ def test_a_terminated_sweep_marks_its_cell_interrupted_and_the_same_command_resu
     assert _statuses(out) == {cell.name: "interrupted"}
     assert not (out / cell.name / "report.json").exists()
 
-    done = subprocess.run([*command[:3], "sweep", str(path), "--only", cell.name], env=env, text=True,
-                          capture_output=True, timeout=600)
+    done = subprocess.run(command, env=env, text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["cells"][cell.name]["status"] == "done" and summary["cells"][cell.name]["resumed"] is True
+
+
+def test_a_failed_cell_stopped_while_being_redone_stays_failed_so_it_starts_again(tmp_path, monkeypatch):
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
+                 train={"epochs": 2, "lr": 0.05})
+    sweep.run_sweep(path, progress=False)
+    [cell] = sweep.cells(sweep.load_spec(path))
+    out = tmp_path / "t"
+    (out / cell.name / "report.json").unlink()  # it failed after its epochs: the checkpoint is there
+    state = json.loads((out / "sweep.json").read_text())
+    failure = {"status": "failed", "error": {"type": "OSError", "message": "disk full", "traceback": ""}}
+    state["cells"][cell.name].update(failure)
+    (out / "sweep.json").write_text(json.dumps(state))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the failed cell is being redone from scratch
+    monkeypatch.setattr(sweep_run.executors.jobs, "run", stopped)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        sweep.run_sweep(path, progress=False)
+    assert f"1 cell(s) stopped mid-run ({cell.name})" in caught.value.__notes__[0]
+    recorded = json.loads((out / "sweep.json").read_text())["cells"][cell.name]
+    assert recorded["status"] == "failed" and recorded["error"] == failure["error"]
+    # so the next run starts it again instead of resuming the failed run's checkpoint
+    assert sweep_run._plan(cell, out / cell.name, recorded) == "fresh"
+    assert sweep_run._plan(cell, out / cell.name, {"status": "interrupted"}) == "resume"
 
 
 def test_a_gpu_device_on_ray_needs_gpus_only_for_cells_still_to_run(tmp_path, monkeypatch):

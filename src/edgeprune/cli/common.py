@@ -45,7 +45,8 @@ def handled(fn):
             err.print(f"[bold red]error:[/] {with_notes(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            stopped = isinstance(e, Terminated)
+            # Ray re-raises what a handler raised inside ray.wait as a plain KeyboardInterrupt: the flag says
+            stopped = isinstance(e, Terminated) or _sigterm["seen"]
             err.print(with_notes(e, "terminated" if stopped else "interrupted"), highlight=False, soft_wrap=True)
             raise typer.Exit(143 if stopped else 130) from None
 
@@ -63,13 +64,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def terminate(signum, frame) -> None:
+        _sigterm["seen"] = True
         raise Terminated()
 
+    _sigterm["seen"] = False
     old = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+_sigterm = {"seen": False}  # set by sigterm_as_interrupt's handler, read by handled
 
 
 @contextlib.contextmanager

@@ -3,11 +3,15 @@ the cells in stages of which starts from which, and `sweep.json` rewritten as ea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
+import signal
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -123,18 +127,38 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
             for batch in _batches(todo, run, executor):
                 execute(batch, record)
         except BaseException as e:  # Ctrl-C, SIGTERM: the cells in flight say so, and resume on the next run
-            stopped = [n for n, r in summary["cells"].items() if r["status"] == "running"]
-            for name in stopped:
-                summary["cells"][name].update(status="interrupted", interrupted=stamp())
-            save()
-            if stopped:
-                e.add_note(f"{len(stopped)} cell(s) stopped mid-run ({', '.join(stopped)}); the same sweep command "
-                           "resumes them from their last checkpoint")
+            with _signals_ignored():  # a second Ctrl-C does not cut this short
+                stopped = [n for n, r in summary["cells"].items()
+                           if r["status"] == "running" and not (folder / n / runs.REPORT).exists()]
+                for name in stopped:
+                    earlier = _earlier(before.get(name))
+                    if earlier.get("status") == "failed":  # a failed cell being redone: it starts again next time
+                        summary["cells"][name] = {**summary["cells"][name], **earlier}
+                    else:
+                        summary["cells"][name].update(status="interrupted", interrupted=stamp())
+                save()
+                if stopped:
+                    e.add_note(f"{len(stopped)} cell(s) stopped mid-run ({', '.join(stopped)}); the same sweep "
+                               "command resumes them (from their last finished epoch, where one was saved)")
             raise
     summary["finished"], summary["seconds"] = stamp(), time.perf_counter() - t0
     save()
     report.end(task)
     return summary
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored within the block (main thread only; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _batches(todo: list[Cell], run: list, executor: str) -> list[list]:

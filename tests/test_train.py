@@ -52,6 +52,44 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_channels_last_trains_the_same_model_and_hands_it_back_contiguous(tmp_path):
+    # "auto" is channels_last on the CPU (faster oneDNN convolutions); the weights it reaches agree with a
+    # contiguous run's to rounding, and the model comes back in the usual layout (for export and saving)
+    runs_ = {}
+    for layout in ("auto", "contiguous"):
+        model = _model()
+        fit(model, _loader(), TrainConfig(epochs=2, lr=0.05, memory_format=layout), run_dir=tmp_path / layout,
+            progress=False)
+        assert all(t.is_contiguous() for t in model.state_dict().values())
+        saved = torch.load(tmp_path / layout / runs.CHECKPOINT, weights_only=False)
+        runs_[layout] = model.state_dict(), saved["memory_format"]
+    assert runs_["auto"][1] == "channels_last" and runs_["contiguous"][1] == "contiguous"
+    for k, a in runs_["auto"][0].items():
+        torch.testing.assert_close(a, runs_["contiguous"][0][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_checkpoint_from_before_layouts_resumes_contiguous_bit_for_bit(tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, schedule="step")
+    contiguous = TrainConfig(**{**cfg.to_dict(), "memory_format": "contiguous"})
+    straight = _model()
+    fit(straight, _loader(), contiguous, run_dir=tmp_path / "a", progress=False)
+
+    class Stop(Callback):
+        def on_epoch_end(self, model, epoch, record):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # epoch 1's checkpoint, stripped of the layout as older versions wrote it
+        fit(_model(), _loader(), contiguous, run_dir=tmp_path / "b", progress=False, callbacks=[Stop()])
+    ckpt = torch.load(tmp_path / "b" / runs.CHECKPOINT, weights_only=False)
+    del ckpt["memory_format"], ckpt["config"]["memory_format"]
+    torch.save(ckpt, tmp_path / "b" / runs.CHECKPOINT)
+    resumed = _model()
+    fit(resumed, _loader(), cfg, run_dir=tmp_path / "b", resume=True, progress=False)  # "auto" now
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     fit(_model(), _loader(), TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="lr"):
@@ -80,7 +118,8 @@ def test_masked_weights_stay_zero_under_momentum_and_weight_decay():
 
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0}, {"schedule": "linear"}, {"steps_per_epoch": 0},
-                                 {"epochs": 2, "warmup_epochs": 3}, {"warmup_epochs": -0.5}])
+                                 {"epochs": 2, "warmup_epochs": 3}, {"warmup_epochs": -0.5},
+                                 {"memory_format": "nhwc"}])
 def test_bad_train_config(bad):
     with pytest.raises(ConfigError) as e:
         TrainConfig(**bad)

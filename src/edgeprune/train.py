@@ -19,6 +19,7 @@ from .progress import Reporter, reporter
 from .runs import CHECKPOINT, append_log
 
 SCHEDULES = ("cosine", "step", "constant")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 class TrainingDiverged(EdgePruneError):
@@ -39,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None  # cap batches per epoch (short budgets)
     warmup_epochs: float = 0.0  # the schedule × a linear ramp (t+1)/W over the first W = this × batches per epoch
+    # layout of 4-D weights and batches while training: "auto" is channels_last on the CPU (oneDNN's convolutions
+    # ran a ResNet-20 step 1.2-1.4x faster so), contiguous elsewhere; the model is handed back contiguous
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -59,6 +63,8 @@ class TrainConfig:
             raise ConfigError(f"steps per epoch must be positive, got {self.steps_per_epoch}")
         if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
             raise ConfigError(f"warm-up epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ConfigError(f"unknown memory_format {self.memory_format!r}; choose from {list(MEMORY_FORMATS)}")
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
@@ -167,69 +173,83 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, start = History(), 0
+    layout = memory_format(cfg, dev)
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     if resume:
         if ckpt_path is None:
             raise ConfigError("resume needs a run folder")
-        start, history = _restore(ckpt_path, model, opt, sched, cfg)
-    t_start = time.perf_counter() - history.seconds
-    for epoch in range(start, cfg.epochs):
-        _seed_epoch(train_loader, cfg.seed, epoch)
-        task = f"epoch {epoch + 1}/{cfg.epochs}"
-        report.update(task, 0, steps)
-        model.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        t0 = time.perf_counter()
-        for i, (x, y) in enumerate(train_loader):
-            if i >= steps:
-                break
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            out = model(x)
-            loss = loss_fn(out, y)
-            if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
-                    f"Lower the learning rate (now {cfg.lr}) or check the input data."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step = epoch * steps + i + 1
+        start, history, layout = _restore(ckpt_path, model, opt, sched, cfg)
+    model.to(memory_format=layout)  # in place: the optimiser's parameters stay the model's
+    try:
+        t_start = time.perf_counter() - history.seconds
+        for epoch in range(start, cfg.epochs):
+            _seed_epoch(train_loader, cfg.seed, epoch)
+            task = f"epoch {epoch + 1}/{cfg.epochs}"
+            report.update(task, 0, steps)
+            model.train()
+            seen = correct = 0
+            loss_sum = 0.0
+            t0 = time.perf_counter()
+            for i, (x, y) in enumerate(train_loader):
+                if i >= steps:
+                    break
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=layout)
+                out = model(x)
+                loss = loss_fn(out, y)
+                if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
+                        f"Lower the learning rate (now {cfg.lr}) or check the input data."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                step = epoch * steps + i + 1
+                for cb in callbacks:
+                    cb.on_step_begin(model, step)
+                opt.step()
+                sched.step()
+                for cb in callbacks:
+                    cb.on_step_end(model, step)
+                seen += y.numel()
+                loss_sum += loss.item() * y.numel()
+                correct += int((out.argmax(1) == y).sum())
+                report.update(task, i + 1, steps, f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+            if val_loader is not None:
+                val = evaluate(model, val_loader, device=str(dev), progress=False)
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                report.update(task, steps, steps, f"loss {record['train_loss']:.3f} val acc {val['accuracy']:.3f}")
+            report.end(task)
+            history.epochs.append(record)
+            history.seconds = time.perf_counter() - t_start
             for cb in callbacks:
-                cb.on_step_begin(model, step)
-            opt.step()
-            sched.step()
-            for cb in callbacks:
-                cb.on_step_end(model, step)
-            seen += y.numel()
-            loss_sum += loss.item() * y.numel()
-            correct += int((out.argmax(1) == y).sum())
-            report.update(task, i + 1, steps, f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-        }
-        if val_loader is not None:
-            val = evaluate(model, val_loader, device=str(dev), progress=False)
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            report.update(task, steps, steps, f"loss {record['train_loss']:.3f} val acc {val['accuracy']:.3f}")
-        report.end(task)
-        history.epochs.append(record)
+                cb.on_epoch_end(model, epoch + 1, record)
+            if run_dir is not None:
+                torch_save(ckpt_path, {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model, opt),
+                    "seconds": history.seconds, "config": cfg.to_dict(), "memory_format": _LAYOUTS[layout],
+                })
+                append_log(run_dir, record)
         history.seconds = time.perf_counter() - t_start
-        for cb in callbacks:
-            cb.on_epoch_end(model, epoch + 1, record)
-        if run_dir is not None:
-            torch_save(ckpt_path, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model, opt),
-                "seconds": history.seconds, "config": cfg.to_dict(),
-            })
-            append_log(run_dir, record)
-    history.seconds = time.perf_counter() - t_start
-    return history
+        return history
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """The layout training runs in: cfg.memory_format, "auto" resolved for `device`."""
+    if cfg.memory_format == "auto":
+        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    return torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
 
 
 def _seed_epoch(loader, seed: int, epoch: int) -> None:
@@ -240,7 +260,13 @@ def _seed_epoch(loader, seed: int, epoch: int) -> None:
         gen.manual_seed(seed * 1_000_003 + epoch)
 
 
-def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History]:
+_LAYOUTS = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous"}
+
+
+def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History, torch.memory_format]:
+    """The epoch, history and layout a checkpoint holds, its weights and optimiser state loaded. A run resumes in
+    the layout it started in (one written before layouts were recorded trained contiguous), so that it ends bit
+    for bit where an uninterrupted run would."""
     ckpt = torch_load(path)
     try:
         saved, now = TrainConfig(**ckpt["config"]).to_dict(), cfg.to_dict()
@@ -257,7 +283,8 @@ def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, Hist
         if isinstance(e, ConfigError):
             raise
         raise CheckpointError(f"checkpoint {path} does not match this model/run ({str(e)[:200]})") from None
-    return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0)))
+    layout = torch.channels_last if ckpt.get("memory_format") == "channels_last" else torch.contiguous_format
+    return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0))), layout
 
 
 def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:

@@ -289,6 +289,24 @@ def test_a_terminated_sweep_marks_its_cell_interrupted_and_the_same_command_resu
     assert summary["cells"][cell.name]["status"] == "done" and summary["cells"][cell.name]["resumed"] is True
 
 
+def test_a_cell_stopped_after_pruning_resumes_in_place_from_its_pruning_result(tmp_path):
+    # killed between pruning and its first checkpoint (a Ray worker cancelled): the folder holds config.json and
+    # pruned.pt. Resumed in place, its next checkpoints land where the next stop keeps them; started again as a
+    # replacement, it would train in a staging copy that a stop discards whole, every time
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}])
+    sweep.run_sweep(path, progress=False)
+    [cell] = sweep.cells(sweep.load_spec(path))
+    run_dir = tmp_path / "t" / cell.name
+    for p in run_dir.iterdir():
+        if p.name not in ("config.json", "pruned.pt", "masks.pt"):
+            p.unlink()
+    pruned = _files(run_dir)["pruned.pt"]
+    summary = sweep.run_sweep(path, progress=False)
+    assert summary["cells"][cell.name]["status"] == "done" and summary["cells"][cell.name]["resumed"] is True
+    assert _files(run_dir)["pruned.pt"] == pruned  # restored, not pruned again
+    assert not list((tmp_path / "t").glob(".*staging*"))
+
+
 def test_a_failed_cell_stopped_while_being_redone_stays_failed_so_it_starts_again(tmp_path, monkeypatch):
     path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5]}],
                  train={"epochs": 2, "lr": 0.05})

@@ -71,7 +71,8 @@ def _reconvene(results: list[dict], pairs: list[dict]) -> tuple[str, str]:
                   and p.get("precision", "fp32 vs fp32") == "fp32 vs fp32"]
         if resnet:  # beside the prediction, what the trained ResNet-20 pairs show
             ours += "; trained ResNet-20 so far: " + "; ".join(
-                f"{p['method']} {p['sparsity_requested']}: {_f(p, 'params_x'):.1f}x fewer parameters, "
+                f"{p['method']}{' (reference all)' if 'reference=all' in p['run'] else ''} {p['sparsity_requested']}: "
+                f"{_f(p, 'params_x'):.1f}x fewer parameters, "
                 f"{_f(p, 'latency_x_b1_t1'):.2f}x faster (ORT batch 1), {_f(p, 'accuracy_delta_pts'):+.2f} pts"
                 for p in resnet)
         return ours, verdict

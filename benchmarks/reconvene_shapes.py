@@ -5,11 +5,11 @@ physical size ratio is the same; its MACs at run time on ONNX Runtime's dense ke
 
 The headline asks for Reconvene >= 10x smaller and >= 2x faster (ONNX Runtime, batch 1) than SNIP/SynFlow masks on
 VGG-16. The size half is fixed by the shapes, so this table says, before the GPU hours are spent, which cells can
-meet it. The speed half is not: batch-1 latency does not follow MACs (on Fashion-MNIST, VGG-16's width-converted
-Reconvene models were 1.3-1.8 times faster again than their MACs ratio, results/reconvene/pairs.csv), so it waits
-for the trained cells' timings. No training and no timing here: shapes and counts only, so it runs on a loaded
-machine. SNIP scores on CIFAR-10 batches (JPEG q75 copy; the criterion is data-dependent), magnitude and SynFlow
-need no data; seed 0, as the sweeps'.
+meet it. The speed half does not follow from the MACs (on Fashion-MNIST, VGG-16's width-converted Reconvene models
+were 1.3-1.8 times faster again than their MACs ratio, results/reconvene/pairs.csv): reconvene_speed.py times the
+same models. No training and no timing here: shapes and counts only, so it runs on a loaded machine. SNIP scores
+on CIFAR-10 batches (JPEG q75 copy; the criterion is data-dependent), magnitude and SynFlow need no data; seed 0,
+as the sweeps'.
 
     PYTHONPATH=src python benchmarks/reconvene_shapes.py     # a few minutes; -> results/cifar10/reconvene_shapes.md
 """
@@ -84,9 +84,8 @@ def report(p: dict) -> list[str]:
              "`params ×` and `MACs ×`: how many times fewer than the dense model, which is also the size ratio "
              "against the masked counterpart at the same sparsity (it keeps the dense shapes). The headline (issue "
              "27) asks ≥ 10× smaller and ≥ 2× faster than the masks on VGG-16; the shapes settle the first half. "
-             "Whether it is 2× faster waits for the trained cells' timings: batch-1 latency does not follow MACs "
-             "(on Fashion-MNIST, VGG-16's width-converted Reconvene models gained 1.3–1.8 times more speed than "
-             "their MACs ratio, `../reconvene/pairs.csv`). `layers "
+             "The second is timed on the same models in `reconvene_speed.md`: batch-1 latency does not follow "
+             "MACs. `layers "
              "narrowed`: Reconvene's sensitivity test as reconstructed (`reference: global`, the sweeps' default) "
              "narrows only the layers sparser than the sparsity and leaves the others masked at full width; "
              "`reference: all` narrows every layer by its density.", ""]

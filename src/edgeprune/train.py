@@ -20,6 +20,7 @@ from .runs import CHECKPOINT, append_log
 
 SCHEDULES = ("cosine", "step", "constant")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+_LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 class TrainingDiverged(EdgePruneError):
@@ -173,13 +174,13 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, start = History(), 0
-    layout = memory_format(cfg, dev)
+    layout = memory_format(cfg, dev)  # a name of _LAYOUTS, recorded in the checkpoint
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     if resume:
         if ckpt_path is None:
             raise ConfigError("resume needs a run folder")
         start, history, layout = _restore(ckpt_path, model, opt, sched, cfg)
-    model.to(memory_format=layout)  # in place: the optimiser's parameters stay the model's
+    model.to(memory_format=_LAYOUTS[layout])  # in place: the optimiser's parameters stay the model's
     try:
         t_start = time.perf_counter() - history.seconds
         for epoch in range(start, cfg.epochs):
@@ -195,7 +196,7 @@ def fit(
                     break
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if x.dim() == 4:
-                    x = x.contiguous(memory_format=layout)
+                    x = x.contiguous(memory_format=_LAYOUTS[layout])
                 out = model(x)
                 loss = loss_fn(out, y)
                 if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
@@ -236,7 +237,7 @@ def fit(
                 torch_save(ckpt_path, {
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "history": history.epochs, "param_names": _param_names(model, opt),
-                    "seconds": history.seconds, "config": cfg.to_dict(), "memory_format": _LAYOUTS[layout],
+                    "seconds": history.seconds, "config": cfg.to_dict(), "memory_format": layout,
                 })
                 append_log(run_dir, record)
         history.seconds = time.perf_counter() - t_start
@@ -245,11 +246,11 @@ def fit(
         model.to(memory_format=torch.contiguous_format)
 
 
-def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
-    """The layout training runs in: cfg.memory_format, "auto" resolved for `device`."""
+def memory_format(cfg: TrainConfig, device: torch.device) -> str:
+    """The layout training runs in (channels_last or contiguous): cfg.memory_format, "auto" resolved for `device`."""
     if cfg.memory_format == "auto":
-        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    return torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
+        return "channels_last" if device.type == "cpu" else "contiguous"
+    return cfg.memory_format
 
 
 def _seed_epoch(loader, seed: int, epoch: int) -> None:
@@ -260,10 +261,7 @@ def _seed_epoch(loader, seed: int, epoch: int) -> None:
         gen.manual_seed(seed * 1_000_003 + epoch)
 
 
-_LAYOUTS = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous"}
-
-
-def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History, torch.memory_format]:
+def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, History, str]:
     """The epoch, history and layout a checkpoint holds, its weights and optimiser state loaded. A run resumes in
     the layout it started in (one written before layouts were recorded trained contiguous), so that it ends bit
     for bit where an uninterrupted run would."""
@@ -283,8 +281,8 @@ def _restore(path: Path, model, opt, sched, cfg: TrainConfig) -> tuple[int, Hist
         if isinstance(e, ConfigError):
             raise
         raise CheckpointError(f"checkpoint {path} does not match this model/run ({str(e)[:200]})") from None
-    layout = torch.channels_last if ckpt.get("memory_format") == "channels_last" else torch.contiguous_format
-    return int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0))), layout
+    return (int(ckpt["epoch"]), History(list(ckpt["history"]), float(ckpt.get("seconds", 0.0))),
+            "channels_last" if ckpt.get("memory_format") == "channels_last" else "contiguous")
 
 
 def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:

@@ -220,7 +220,12 @@ class RunFolder:
 
     def has_progress(self) -> bool:
         """Whether anything worth resuming was written (a checkpoint, or a finished IMP level)."""
-        return any(self.path.rglob(CHECKPOINT)) or any(self.path.glob(f"*/{REPORT}"))
+        return has_progress(self.path)
+
+
+def has_progress(path: Path) -> bool:
+    """Whether run folder `path` holds epochs to resume from: a checkpoint, or a finished IMP level."""
+    return any(path.rglob(CHECKPOINT)) or any(path.glob(f"*/{REPORT}"))
 
 
 @contextmanager

@@ -214,11 +214,9 @@ def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
                               f"{cell.name} of this spec; write the sweep to another --out, or delete that folder")
         return "finished"
     failed = _earlier(before).get("status") == "failed"  # a failed cell starts again; an interrupted one resumes
-    # what a resumed run goes on from in place: a checkpoint, an IMP run's finished levels, or the pruning result
-    # of a cell stopped before its first epoch (a cell started again instead would train in a staging copy that
-    # the next stop throws away whole)
-    progress = (any(run_dir.rglob(runs.CHECKPOINT)) or any(run_dir.glob(f"*/{runs.REPORT}"))
-                or (run_dir / runs.PRUNED).is_file())
+    # what a resumed run goes on from in place: its epochs, or the pruning result of a cell stopped before its
+    # first epoch (a cell started again instead would train in a staging copy that the next stop throws away whole)
+    progress = runs.has_progress(run_dir) or (run_dir / runs.PRUNED).is_file()
     if changed == ["device"] and progress and not failed:
         old = files.read_json(run_dir / runs.CONFIG).get("device")
         raise ConfigError(f"{run_dir} was interrupted while training on {old}; resume it there (--device {old}), "

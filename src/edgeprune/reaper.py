@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import signals
+
 _lock = threading.RLock()  # re-entered by a signal handler that interrupts its holder
 
 
@@ -199,15 +201,8 @@ def interrupt_promptly(say=lambda text: print(text, file=sys.stderr, flush=True)
         finally:
             os._exit(130 if signum == signal.SIGINT else 143)
 
-    if threading.current_thread() is not threading.main_thread():
+    with signals.handled_by(handler, signal.SIGINT, signal.SIGTERM):
         yield
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> None:

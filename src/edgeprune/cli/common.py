@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import inspect
 import signal
-import threading
 import types
 import typing
 from collections.abc import Iterator
@@ -58,21 +57,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so that `kill PID` of a
     background job stops it as Ctrl-C does (what it started is cleaned up, what it records says so); elsewhere,
     or where something else already handles SIGTERM, the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        yield
-        return
+    from .. import signals
 
     def terminate(signum, frame) -> None:
         _sigterm["seen"] = True
         raise Terminated()
 
     _sigterm["seen"] = False
-    old = signal.signal(signal.SIGTERM, terminate)
-    try:
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        return
+    with signals.handled_by(terminate, signal.SIGTERM):
+        yield
 
 
 _sigterm = {"seen": False}  # set by sigterm_as_interrupt's handler, read by handled

@@ -3,20 +3,17 @@ the cells in stages of which starts from which, and `sweep.json` rewritten as ea
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
 import json
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from .. import files, jobs, runs
+from .. import files, jobs, runs, signals
 from ..errors import ConfigError, EdgePruneError
 from ..progress import Reporter, reporter
 from ..record import EXECUTION_FIELDS
@@ -127,7 +124,7 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
             for batch in _batches(todo, run, executor):
                 execute(batch, record)
         except BaseException as e:  # Ctrl-C, SIGTERM: the cells in flight say so, and resume on the next run
-            with _signals_ignored():  # a second Ctrl-C does not cut this short
+            with signals.handled_by(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits
                 stopped = [n for n, r in summary["cells"].items()
                            if r["status"] == "running" and not (folder / n / runs.REPORT).exists()]
                 for name in stopped:
@@ -145,20 +142,6 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
     save()
     report.end(task)
     return summary
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored within the block (main thread only; elsewhere the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 def _batches(todo: list[Cell], run: list, executor: str) -> list[list]:

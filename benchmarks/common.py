@@ -16,8 +16,10 @@ def write_results(stem: str, lines: list[str], payload: dict) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
 
 
-def measured(script: str, env: dict, *versions: str) -> str:
+def measured(script: str, env: dict, *versions: str, load: list[float] | None = None) -> str:
     """The opening of a result's text, 'Measured DATE by `benchmarks/SCRIPT` on N CPU cores, LIB VERSION…';
-    `env` is measure.environment(), `versions` the keys of it to name (e.g. "torch", "onnxruntime")."""
+    `env` is measure.environment(), `versions` the keys of it to name (e.g. "torch", "onnxruntime"), `load` the
+    os.getloadavg() taken as the measurement ended."""
     libs = "".join(f", {v} {env[v]}" for v in versions)
-    return f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/{script}` on {env['cpu_count']} CPU cores{libs}"
+    end = "" if load is None else ", load average " + ", ".join(f"{v:.2f}" for v in load) + " when it ended"
+    return f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/{script}` on {env['cpu_count']} CPU cores{libs}{end}"

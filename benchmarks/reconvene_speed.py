@@ -82,10 +82,9 @@ NARROWED = {"global": "sparser than the sparsity (default)", "all": "all (refere
 
 def report(p: dict) -> list[str]:
     trained = trained_pairs()
-    load = ", ".join(f"{v:.2f}" for v in p["load_average"])
     lines = ["# Reconvene against its masks, timed before training: the headline's speed half", "",
-             f"{measured('reconvene_speed.py', p['environment'], 'torch', 'onnxruntime')}, load average {load} "
-             f"when it ended. ONNX Runtime p50 latency, each Reconvene model timed round-robin with the dense model "
+             f"{measured('reconvene_speed.py', p['environment'], 'torch', 'onnxruntime', load=p['load_average'])}. "
+             f"ONNX Runtime p50 latency, each Reconvene model timed round-robin with the dense model "
              f"in a pass of its own per setting ({p['rounds']} rounds × {p['runs']} calls each; the dense p50 in the "
              "headings is the first pair's). The models are the sweep's Reconvene "
              f"cells at initialisation (width rule sqrt, seed 0; SNIP scored on {p['data']}, "

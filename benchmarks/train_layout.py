@@ -86,9 +86,8 @@ def main() -> None:
 
 
 def report(p: dict) -> list[str]:
-    load = ", ".join(f"{v:.2f}" for v in p["load_average"])
     lines = ["# Training step time: contiguous against channels_last (CPU, 1 thread)", "",
-             f"{measured('train_layout.py', p['environment'], 'torch')}, load average {load} when it ended. One "
+             f"{measured('train_layout.py', p['environment'], 'torch', load=p['load_average'])}. One "
              f"training step on a batch of 128 {p['data']} images ({p.get('data_copy') or 'official files'}), 1 "
              f"torch thread; the layouts timed alternately, {p['rounds']} rounds of {p['steps']} steps each after 2 "
              "warm-up steps; medians of the pooled steps. `TrainConfig.memory_format` \"auto\" trains in "

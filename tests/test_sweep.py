@@ -234,6 +234,33 @@ def test_one_at_a_time_each_models_chain_finishes_before_the_next_model_starts(t
     assert sweep_run._batches(cells, [], "local") == []
 
 
+def test_first_puts_the_matching_cells_and_their_sources_ahead_in_the_order_of_the_patterns(tmp_path):
+    spec = sweep.load_spec(_spec(tmp_path, quantize="int8", models=["resnet20", "vgg16"],
+                                 methods=[{"name": "taylor", "max_drop": 1.0}, {"name": "snip", "sparsities": [0.9]}]))
+    cells = sweep.cells(spec)
+    run = [(c, tmp_path / c.name, False) for c in cells]
+    ranks = sweep_run._ranks(cells, ["vgg16-snip-*", "vgg16-taylor-*"])
+    [local] = sweep_run._batches(cells, run, "local", ranks)
+    names = [r[0].name for r in local]
+    # the VGG-16 SNIP chain, then the VGG-16 dense chain (its Taylor cell asked for), then ResNet-20's chains as
+    # without --first
+    assert names[:2] == ["vgg16-snip-0.9-seed0", "vgg16-snip-0.9-seed0-int8"]
+    assert names[2:6] == ["vgg16-dense-seed0", "vgg16-taylor-max_drop=1.0-seed0", "vgg16-dense-seed0-int8",
+                          "vgg16-taylor-max_drop=1.0-seed0-int8"]
+    assert names[6:] == [r[0].name for r in sweep_run._batches(cells, run, "local")[0] if "resnet20" in r[0].name]
+    ray_batches = [[r[0].name for r in b] for b in sweep_run._batches(cells, run, "ray", ranks)]
+    assert ray_batches[0] == ["vgg16-snip-0.9-seed0", "vgg16-dense-seed0", "resnet20-dense-seed0",
+                              "resnet20-snip-0.9-seed0"]
+    assert ray_batches[1][:3] == ["vgg16-snip-0.9-seed0-int8", "vgg16-taylor-max_drop=1.0-seed0",
+                                  "vgg16-dense-seed0-int8"]
+    # no --first: the spec's order, as before
+    assert sweep_run._batches(cells, run, "local", sweep_run._ranks(cells, [])) == sweep_run._batches(
+        cells, run, "local")
+    with pytest.raises(ConfigError, match=r"--first 'vgg19-\*' matches no cell.*resnet20-dense-seed0"):
+        sweep.run_sweep(_spec(tmp_path, models=["resnet20"]), first=["vgg19-*"], progress=False)
+    assert not (tmp_path / "t").exists()
+
+
 def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):
     spec = sweep.load_spec(_spec(tmp_path, models=["resnet20", {"name": "vgg16", "data": {"size": 8}}], seeds=[0, 1],
                                  methods=[
@@ -361,6 +388,20 @@ def test_ray_executor_makes_the_same_run_folders(tmp_path, monkeypatch):
         ma, mb = (torch.load(d / "masks.pt", weights_only=True) for d in (a, b))
         assert all(torch.equal(ma[k], mb[k]) for k in ma)
     assert _statuses(tmp_path / "b") == dict.fromkeys(local["cells"], "done")
+
+
+@pytest.mark.slow
+def test_ray_starts_the_first_cells_first(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    path = _spec(tmp_path, dense=False, methods=[{"name": "magnitude", "sparsities": [0.5, 0.75]},
+                                                 {"name": "random", "sparsities": [0.5, 0.75]}])
+    started = []  # the order in which cells were marked running; one CPU runs one cell at a time
+    monkeypatch.setattr(sweep_run.files, "write_json", lambda path, data, _w=sweep_run.files.write_json: (
+        started.extend(k for k, v in data["cells"].items() if v["status"] == "running" and k not in started),
+        _w(path, data))[-1])
+    sweep.run_sweep(path, executor="ray", num_cpus=1, first=["*random-0.75*", "*magnitude-0.75*"], progress=False)
+    assert started == ["conftest_Tiny-random-0.75-seed0", "conftest_Tiny-magnitude-0.75-seed0",
+                       "conftest_Tiny-magnitude-0.5-seed0", "conftest_Tiny-random-0.5-seed0"]
 
 
 @pytest.mark.timeout(120)  # a hang fails here; how fast it fails is not a unit test's business

@@ -59,6 +59,10 @@ def sweep(
                                                    "names match this shell-style pattern, e.g. 'vgg16-*' "
                                                    "(repeatable), and the cells they start from; quote it.")]
     = None,
+    first: Annotated[list[str] | None, typer.Option("--first", metavar="PATTERN", help="Run the cells matching "
+                                                    "this pattern before the others (repeatable: the first "
+                                                    "pattern's first), with the cells they start from; the rest "
+                                                    "follow in the spec's order.")] = None,
     device: Annotated[str | None, typer.Option(help="Run the cells on this device (cpu, cuda, cuda:N) instead of "
                                                "the spec's; a finished cell counts as finished wherever it ran.")]
     = None,
@@ -72,12 +76,14 @@ def sweep(
     Example: [bold]edgeprune sweep benchmarks/specs/smoke.yaml && edgeprune report runs/sweeps/smoke[/]
 
     On a GPU machine, just the expensive cells: [bold]edgeprune sweep spec.yaml --only 'vgg16-*' --device cuda[/]
+
+    The headline's cells before the rest: [bold]edgeprune sweep spec.yaml --first 'vgg16-*-0.95-*'[/]
     """
     from ..sweep import run_sweep
 
     with sigterm_as_interrupt(), progress_bars() as progress:
         summary = run_sweep(spec, out=out, executor=executor, address=address, progress=progress, num_cpus=num_cpus,
-                            only=only, device=device)
+                            only=only, device=device, first=first)
     counts = summary["counts"]
     console.print("sweep finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
                   f" — results in [bold]{summary.get('out', out)}[/]")

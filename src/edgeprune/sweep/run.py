@@ -28,13 +28,16 @@ SWEEP = "sweep.json"
 
 def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, executor: str = "local",
               address: str | None = None, progress: Reporter | None = None, connect_timeout: float = 15.0,
-              num_cpus: int | None = None, only: list[str] | None = None, device: str | None = None) -> dict:
+              num_cpus: int | None = None, only: list[str] | None = None, device: str | None = None,
+              first: list[str] | None = None) -> dict:
     """Run every unfinished cell of a sweep; return the summary (also `<out>/sweep.json`).
 
     `address` joins a running Ray cluster (executor "ray"); without it a local Ray instance with `num_cpus`
     (default: all cores) runs the cells and is shut down after. `only` (shell-style patterns of cell names, e.g.
     "vgg16-*") runs just the unfinished cells matching one, with the cells they start from; the rest stay as they
-    are, "not selected" in the summary. `device` runs the cells on that device instead of the spec's (a finished
+    are, "not selected" in the summary. `first` (patterns too) runs the cells matching them before the others,
+    those of the first pattern first, with the cells they start from; the rest follow in the spec's order.
+    `device` runs the cells on that device instead of the spec's (a finished
     cell counts as finished whichever device it ran on). The summary's `counts["failed"]` says how
     many cells failed; each failure is recorded with its error and does not stop the others. The cells are
     task "sweep <name>" of `progress`, and each finished cell a note. A second sweep into the same folder
@@ -55,27 +58,45 @@ def run_sweep(spec_or_path: SweepSpec | str | Path, out: Path | None = None, exe
     todo = [c if device is None else Cell(c.name, dataclasses.replace(c.cfg, device=device))
             for c in cells(spec, folder)]
     picked = _select(todo, only) if only else {c.name for c in todo}
+    ranks = _ranks(todo, first or [])
     with runs.locked(folder, "sweep"):
-        return _run_locked(spec, text, folder, todo, picked, executor, address, connect_timeout, num_cpus, report)
+        return _run_locked(spec, text, folder, todo, picked, ranks, executor, address, connect_timeout, num_cpus,
+                           report)
+
+
+def _matching(todo: list[Cell], patterns: list[str], flag: str) -> list[set[str]]:
+    """The names of the cells each of `patterns` (fnmatch) matches; a pattern matching none is refused."""
+    matched = [{c.name for c in todo if fnmatch.fnmatchcase(c.name, p)} for p in patterns]
+    unmatched = [p for p, m in zip(patterns, matched, strict=True) if not m]
+    if unmatched:
+        some = ", ".join(c.name for c in todo[:3])
+        raise ConfigError(f"{flag} {unmatched[0]!r} matches no cell of this spec (cells are named like {some}); "
+                          "quote the pattern so the shell leaves its * alone")
+    return matched
+
+
+def _ranks(todo: list[Cell], patterns: list[str]) -> dict[str, int]:
+    """Each cell's chain's place in line: the index of the first of `patterns` that a cell of the chain matches
+    (a cell's sources go when it does), or len(patterns) for a chain none matches."""
+    roots, ranks = _roots(todo), {}
+    for matched, rank in zip(reversed(_matching(todo, patterns, "--first")), reversed(range(len(patterns))),
+                             strict=True):
+        ranks.update(dict.fromkeys((roots[n] for n in matched), rank))  # the earliest pattern written last
+    return {c.name: ranks.get(roots[c.name], len(patterns)) for c in todo}
 
 
 def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
     """The names of the cells matching one of `patterns` (fnmatch), with the cells they start from."""
-    names = {c.name for c in todo}
-    picked = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        some = ", ".join(c.name for c in todo[:3])
-        raise ConfigError(f"--only {unmatched[0]!r} matches no cell of this spec (cells are named like {some}); "
-                          "quote the pattern so the shell leaves its * alone")
+    picked = set().union(*_matching(todo, patterns, "--only"))
     for c in reversed(todo):  # cells() lists a cell after the one it starts from
         if c.name in picked and _source(c):
             picked.add(_source(c))
     return picked
 
 
-def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], picked: set[str], executor: str,
-                address: str | None, connect_timeout: float, num_cpus: int | None, report: Reporter) -> dict:
+def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], picked: set[str],
+                ranks: dict[str, int], executor: str, address: str | None, connect_timeout: float,
+                num_cpus: int | None, report: Reporter) -> dict:
     before = _read_statuses(folder / SWEEP)
     # cells not selected are only looked at, never refused: a finished one counts, the rest wait
     plan = {c.name: _plan(c, folder / c.name, before.get(c.name)) if c.name in picked
@@ -121,7 +142,7 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
                             + (f": {error['type']}: {error['message']}" if error else ""))
 
         try:
-            for batch in _batches(todo, run, executor):
+            for batch in _batches(todo, run, executor, ranks):
                 execute(batch, record)
         except BaseException as e:  # Ctrl-C, SIGTERM: the cells in flight say so, and resume on the next run
             with signals.handled_by(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits
@@ -144,19 +165,24 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
     return summary
 
 
-def _batches(todo: list[Cell], run: list, executor: str) -> list[list]:
+def _batches(todo: list[Cell], run: list, executor: str, ranks: dict[str, int] | None = None) -> list[list]:
     """The cells to run, in the batches the executor gets them. A cell that starts from another cell's run (a
     trained-run method from the dense cell, an INT8 copy from its cell) waits for it. Ray runs a whole stage of
     that dependency at once; one at a time (local), each chain (a model and seed's dense run, what starts from it,
     their INT8 copies) finishes before the next chain starts, in the spec's order, so a cheap model's cells are
-    all done before an expensive model's first epoch."""
-    stages, roots = _stages(todo), _roots(todo)
+    all done before an expensive model's first epoch. `ranks` (from --first) goes before both: the chains of
+    rank 0 first, and within a Ray stage its cells first (Ray starts tasks of one shape in the order given)."""
+    stages, roots, ranks = _stages(todo), _roots(todo), ranks or {}
+    place = {c.name: i for i, c in enumerate(todo)}
     if executor == "local":
         first: dict[str, int] = {}  # each chain's place: where its first cell is listed
         for i, c in enumerate(todo):
             first.setdefault(roots[c.name], i)
-        return [sorted(run, key=lambda r: (first[roots[r[0].name]], stages[r[0].name]))] if run else []
-    return [[r for r in run if stages[r[0].name] == stage] for stage in sorted(set(stages.values()))]
+        return [sorted(run, key=lambda r: (ranks.get(r[0].name, 0), first[roots[r[0].name]], stages[r[0].name]))
+                ] if run else []
+    return [sorted((r for r in run if stages[r[0].name] == stage),
+                   key=lambda r: (ranks.get(r[0].name, 0), place[r[0].name]))
+            for stage in sorted(set(stages.values()))]
 
 
 def _roots(todo: list[Cell]) -> dict[str, str]:

@@ -11,12 +11,18 @@
 
 Run from the repository root (about 20 minutes on two busy cores with the defaults):
     nice -n 5 env PYTHONPATH=src .venv/bin/python benchmarks/taylor.py [--model resnet20] [--subset 20000] ...
+
+Or from runs a sweep already made (steps 1 and 2 read, not run; the data set and budgets are theirs), e.g. CIFAR-10's
+table 5 from `cifar10_taylor.yaml`'s ResNet-20 (results under results/cifar10/taylor/):
+    PYTHONPATH=src .venv/bin/python benchmarks/taylor.py --from benchmarks/runs/cifar10_taylor/resnet20-dense-seed0 \
+        --taylor "$(ls -d benchmarks/runs/cifar10_taylor/resnet20-taylor-*-seed0)" --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from dataclasses import replace
@@ -56,35 +62,60 @@ def main() -> None:
     ap.add_argument("--round-to", type=int, default=4, help="widths kept at multiples of this (ours and "
                     "torch-pruning's alike); results of 1 get a _any suffix")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-taylor"))
+    ap.add_argument("--from", dest="source", type=Path, help="a finished dense run to start from instead of "
+                    "training one (its data set, subset and budget replace --model, --subset, --epochs, --lr)")
+    ap.add_argument("--taylor", type=Path, help="with --from: a finished Taylor run from it, read instead of run "
+                    "(its options replace the Taylor ones above)")
+    ap.add_argument("--threads", default="auto", help="torch threads of torch-pruning's steps (default auto)")
     a = ap.parse_args()
+    if a.taylor and not a.source:
+        ap.error("--taylor needs --from (the dense run it started from)")
     t0 = time.perf_counter()
-    work = a.work / a.model
-    dense_cfg = RunConfig(command="train", model=a.model,
-                          data={"name": "fashion-mnist", "subset": a.subset, "batch_size": 128, "seed": 0},
-                          train=TrainConfig(epochs=a.epochs, lr=a.lr), measure=MeasureOptions(runs=30, memory=False),
-                          threads="auto")
-    dense_dir = work / "dense"
-    if not runs.is_finished(dense_dir):
-        jobs.train(dense_cfg, dense_dir, overwrite=True)
-    method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
-              "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
-              "val_size": a.val_size, "cost": a.cost, "round_to": a.round_to}
+    if a.source:
+        dense_dir, dense_cfg = a.source, _finished_config(a.source, "--from")
+        a.model = dense_cfg.model
+    else:
+        dense_dir = a.work / a.model / "dense"
+        dense_cfg = RunConfig(command="train", model=a.model,
+                              data={"name": "fashion-mnist", "subset": a.subset, "batch_size": 128, "seed": 0},
+                              train=TrainConfig(epochs=a.epochs, lr=a.lr),
+                              measure=MeasureOptions(runs=30, memory=False), threads="auto")
+        if not runs.is_finished(dense_dir):
+            jobs.train(dense_cfg, dense_dir, overwrite=True)
+    if a.taylor:
+        method = dict(_finished_config(a.taylor, "--taylor").method)
+        if Path(method.get("source", "")).name != dense_dir.name:
+            ap.error(f"--taylor {a.taylor} started from {method.get('source')}, not from --from {dense_dir}")
+        defaults = taylor.TaylorOptions()
+        for key in ("importance", "cost", "round_to", "step_fraction", "finetune_steps", "max_drop", "val_size"):
+            setattr(a, key, method.get(key, getattr(defaults, key)))
+    else:
+        method = {"name": "taylor", "source": str(dense_dir), "importance": a.importance,
+                  "step_fraction": a.step_fraction, "finetune_steps": a.finetune_steps, "max_drop": a.max_drop,
+                  "val_size": a.val_size, "cost": a.cost, "round_to": a.round_to}
     suffix = ("" if a.cost == "none" else f"_{a.cost}") + ("_any" if a.round_to == 1 else "")
     tag = ("" if a.importance == "activation" else f"_{a.importance}") + suffix
-    ours_dir = work / f"taylor-{a.importance}{suffix}"
-    ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
-    if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
-        ours = read_report(ours_dir)
+    if a.taylor:
+        ours = read_report(a.taylor)
     else:
-        ours = jobs.prune(ours_cfg, ours_dir, overwrite=True)
+        ours_dir = a.work / a.model / f"taylor-{a.importance}{suffix}"
+        ours_cfg = jobs.from_trained(replace(dense_cfg, command="prune", method=method))
+        if runs.is_finished(ours_dir) and read_config(ours_dir / runs.CONFIG).method == ours_cfg.method:
+            ours = read_report(ours_dir)
+        else:
+            ours = jobs.prune(ours_cfg, ours_dir, overwrite=True)
+        a.taylor = ours_dir
     steps, kept = ours.details["steps"], ours.details["kept_step"]
     opts = taylor.TaylorOptions(**{k: v for k, v in method.items() if k not in ("name", "source")})
+    data_name = dense_cfg.data["name"]
+    stem = f"taylor_{a.model}{tag}" if data_name == "fashion-mnist" else f"{data_name}/taylor/vs_torch_pruning_" \
+        f"{a.model}{tag}"
 
-    # the runs above set their threads themselves; torch-pruning's baseline runs with as many as they would
-    torch.set_num_threads(threads.resolve("auto"))
+    # the runs above set their threads themselves; torch-pruning's baseline runs with as many as --threads says
+    torch.set_num_threads(threads.resolve(a.threads))
     bundle = data.loaders(**dense_cfg.data, val_size=a.val_size)
     baseline = _metapruner(dense_dir, bundle, dense_cfg.train, opts, kept, ours.profile.params) if kept else None
-    onnx = {"dense": dense_dir / runs.ONNX, "taylor": ours_dir / runs.ONNX}
+    onnx = {"dense": dense_dir / runs.ONNX, "taylor": a.taylor / runs.ONNX}
     if baseline is not None:
         onnx["torch-pruning"] = baseline.pop("onnx")
     shape = bundle.input_shape
@@ -99,11 +130,18 @@ def main() -> None:
     for name, row in rows.items():
         row.update(ort_b1_p50_ms=lat[name].p50_ms, speedup=lat["dense"].p50_ms / lat[name].p50_ms)
     env = {**measure.environment(), "torch_pruning": tp.__version__}
-    _plot(steps, kept, f"{a.model}{tag}")
-    write_results(f"taylor_{a.model}{tag}", _text(a, env, steps, kept, ours, rows, time.perf_counter() - t0, tag),
+    _plot(steps, kept, stem)
+    write_results(stem, _text(a, env, steps, kept, ours, rows, time.perf_counter() - t0, stem, dense_cfg, shape),
                   {"args": {k: str(v) for k, v in vars(a).items()}, "environment": env, "steps": steps,
                    "kept_step": kept, "stopped": ours.details["stopped"], "compared": rows,
                    "seconds": time.perf_counter() - t0})
+
+
+def _finished_config(run: Path, flag: str) -> RunConfig:
+    if not runs.is_finished(run):
+        raise SystemExit(f"{flag} {run}: not a finished run (no report.json); finish it first (`edgeprune sweep` "
+                         "resumes it), or give another")
+    return read_config(run / runs.CONFIG)
 
 
 def _metapruner(dense_dir: Path, bundle: data.DataBundle, train_cfg: TrainConfig, opts: taylor.TaylorOptions,
@@ -156,15 +194,25 @@ def _plot(steps: list[dict], kept: int, name: str) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"taylor_{name}.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
-def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds: float, tag: str) -> list[str]:
-    d = ours.details
-    lines = [f"# Taylor filter pruning, {a.model} on Fashion-MNIST", "",
-             f"{measured('taylor.py', env, 'torch', 'onnxruntime', 'torch_pruning')}; {seconds / 60:.0f} min in all.",
-             "", f"Dense start: {a.model} trained {a.epochs} epoch(s) on {a.subset} Fashion-MNIST training images "
-             f"(a short budget: far from convergence). Validation: {a.val_size} other training images, never seen "
+def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds: float, stem: str,
+          dense_cfg: RunConfig, shape: tuple) -> list[str]:
+    d, t = ours.details, dense_cfg.train
+    data_name = "Fashion-MNIST" if dense_cfg.data["name"] == "fashion-mnist" else dense_cfg.data["name"]
+    copy_note = f" ({ours.data_copy})" if ours.data_copy else ""
+    if a.source:
+        start = (f"Dense start: `{a.source}`, {a.model} trained {t.epochs} epochs (SGD lr {t.lr}, weight decay "
+                 f"{t.weight_decay}, {t.schedule}) on {dense_cfg.data.get('subset') or 'all'} {data_name}"
+                 f"{copy_note} training images; our Taylor run is `{a.taylor}`, read, not run again.")
+    else:
+        start = (f"Dense start: {a.model} trained {a.epochs} epoch(s) on {a.subset} {data_name} training images "
+                 "(a short budget: far from convergence).")
+    lines = [f"# Taylor filter pruning, {a.model} on {data_name}{copy_note}", "",
+             f"{measured('taylor.py', env, 'torch', 'onnxruntime', 'torch_pruning', load=list(os.getloadavg()))}; "
+             f"{seconds / 60:.0f} min in all.",
+             "", f"{start} Validation: {a.val_size} other training images, never seen "
              "by the dense run; test: the 10,000 test images, measured once per model at the end.",
              f"Taylor: {a.importance} criterion"
              + (" divided by the MACs each channel costs (`--cost macs`)" if a.cost == "macs" else "")
@@ -182,7 +230,7 @@ def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds:
         mark = " (kept)" if s["step"] == kept else ""
         lines.append(f"| {s['step']}{mark} | {s['params']:,} | {s['macs'] / 1e6:.2f} M | {s['ort_b1_ms']:.3f} | "
                      f"{100 * s['val_accuracy']:.2f} | {s.get('drop_points', 0):.2f} |")
-    lines += ["", f"![curve](taylor_{a.model}{tag}.png)", "",
+    lines += ["", f"![curve]({Path(stem).name}.png)", "",
               f"## At ≤ {a.max_drop} point validation drop: ours vs torch-pruning's MetaPruner + TaylorImportance",
               "", "Same dense model, same number of steps and fine-tuning batches per step; torch-pruning's channel "
               "ratio bisected to land on our parameter count. Latency: ONNX Runtime, batch 1, 1 thread, the three "
@@ -195,7 +243,7 @@ def _text(a, env: dict, steps: list[dict], kept: int, ours, rows: dict, seconds:
                      f"{r['macs'] / 1e6:.2f} M | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['ort_b1_p50_ms']:.3f} | {r['speedup']:.2f}× |")
     lines += ["", f"For scale: {PAPER}; those are TX2 GPU figures on ImageNet-size inputs, these are CPU batch-1 "
-              "figures on 28×28 inputs, where fixed per-call costs weigh more."]
+              f"figures on {shape[-2]}×{shape[-1]} inputs, where fixed per-call costs weigh more."]
     return lines
 
 

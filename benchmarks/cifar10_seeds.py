@@ -179,7 +179,8 @@ def _taylor(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
     for r in rows:
         cut = 1 - 1 / (_f(r, "compression_x") or 1)
         parts.append(f"{r['model']}: parameters -{100 * cut:.1f} %, {_f(r, 'speedup_x') or 0:.2f}x faster (ORT "
-                     f"batch 1), {_f(r, 'accuracy_delta_pts') or 0:+.2f} pts against its dense run")
+                     f"batch 1), {_f(r, 'accuracy_delta_pts') or 0:+.2f} pts against its dense run"
+                     + _torch_pruning(r["model"]))
     vgg = [r for r in rows if r["model"] == "vgg16"]
     if not vgg:
         return "; ".join(parts), "not measured yet on VGG-16, the claim's model (ResNet-20 shown beside it)"
@@ -187,6 +188,22 @@ def _taylor(results: list[dict], _pairs: list[dict]) -> tuple[str, str]:
     cut, speed = 1 - 1 / (_f(best, "compression_x") or 1), _f(best, "speedup_x") or 0
     return "; ".join(parts), ("met" if cut >= 0.8 and speed >= 9 else
                               f"missed on VGG-16: -{100 * cut:.1f} % parameters, {speed:.2f}x")
+
+
+def _torch_pruning(model: str) -> str:
+    """torch-pruning's MetaPruner + TaylorImportance on the same steps (benchmarks/taylor.py --from), if run."""
+    path = RESULTS / "taylor" / f"vs_torch_pruning_{model}.json"
+    if not path.exists():
+        return ""
+    rows = json.loads(path.read_text())["compared"]
+    dense, theirs = rows["dense"], rows.get("torch-pruning")
+    if theirs is None:
+        return ""
+    cut = {k: 100 * (1 - theirs[k] / dense[k]) for k in ("params", "macs")}
+    delta = 100 * (theirs["test_accuracy"] - dense["test_accuracy"])
+    return (f" (torch-pruning's MetaPruner + TaylorImportance on the same steps: parameters -{cut['params']:.1f} %, "
+            f"MACs -{cut['macs']:.0f} %, {theirs['speedup']:.2f}x, {delta:+.2f} pts; "
+            f"`taylor/vs_torch_pruning_{model}.md`)")
 
 
 def _pending(_results: list[dict], _pairs: list[dict]) -> tuple[str, str]:

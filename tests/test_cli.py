@@ -41,6 +41,16 @@ def test_train_writes_a_complete_run(run):
     assert {t["runtime"] for t in report["profile"]["latency"]} == {"onnxruntime", "torch"}
 
 
+def test_precision_reaches_the_run_config_and_a_bad_one_is_one_line(tmp_path):
+    result = _invoke(*TRAIN, "--runs-dir", tmp_path, "--name", "bf", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "bf" / "config.json").read_text())["train"]["precision"] == "bf16"
+    result = _invoke(*TRAIN, "--runs-dir", tmp_path, "--name", "bad", "--precision", "fp16")
+    assert result.exit_code == 2
+    assert "unknown training precision 'fp16'; choose from ['fp32', 'bf16']" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
+
+
 def test_existing_run_is_refused_and_untouched(run):
     before = _snapshot(run)
     result = _invoke(*TRAIN, "--runs-dir", run.parent, "--name", "r")

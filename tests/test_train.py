@@ -90,6 +90,30 @@ def test_a_checkpoint_from_before_layouts_resumes_contiguous_bit_for_bit(tmp_pat
         assert torch.equal(a, b), k
 
 
+def test_bf16_trains_under_autocast_and_hands_back_an_fp32_model(tmp_path):
+    # the forward and backward in bfloat16 (the weights it reaches differ from fp32's by bf16 rounding, not by
+    # more), weights, optimiser state and evaluation in fp32; a run resumes only in the precision it started in
+    models = {}
+    for precision in ("fp32", "bf16"):
+        model = _model()
+        hist = fit(model, _loader(), TrainConfig(epochs=2, lr=0.05, precision=precision),
+                   run_dir=tmp_path / precision, progress=False)
+        assert all(t.dtype in (torch.float32, torch.int64) for t in model.state_dict().values())
+        saved = torch.load(tmp_path / precision / runs.CHECKPOINT, weights_only=False)
+        assert saved["config"]["precision"] == precision
+        assert all(s.dtype == torch.float32 for st in saved["optimizer"]["state"].values() for s in st.values()
+                   if torch.is_tensor(s) and s.is_floating_point())
+        assert hist.last["train_loss"] < 1.2  # learns (ln 3 = 1.10 at chance, a little above on the first batch)
+        models[precision] = model.state_dict()
+    differ = [k for k, a in models["fp32"].items() if not torch.equal(a, models["bf16"][k])]
+    assert "conv.weight" in differ  # autocast was on: bf16 rounding moved the weights
+    for k, a in models["fp32"].items():
+        torch.testing.assert_close(a.float(), models["bf16"][k].float(), rtol=0.05, atol=0.02, msg=k)
+    with pytest.raises(ConfigError, match="precision"):
+        fit(_model(), _loader(), TrainConfig(epochs=3, lr=0.05, precision="fp32"), run_dir=tmp_path / "bf16",
+            resume=True, progress=False)
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     fit(_model(), _loader(), TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="lr"):
@@ -119,7 +143,7 @@ def test_masked_weights_stay_zero_under_momentum_and_weight_decay():
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0}, {"schedule": "linear"}, {"steps_per_epoch": 0},
                                  {"epochs": 2, "warmup_epochs": 3}, {"warmup_epochs": -0.5},
-                                 {"memory_format": "nhwc"}])
+                                 {"memory_format": "nhwc"}, {"precision": "fp16"}])
 def test_bad_train_config(bad):
     with pytest.raises(ConfigError) as e:
         TrainConfig(**bad)

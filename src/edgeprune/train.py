@@ -20,6 +20,7 @@ from .runs import CHECKPOINT, append_log
 
 SCHEDULES = ("cosine", "step", "constant")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+PRECISIONS = ("fp32", "bf16")
 _LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -44,6 +45,10 @@ class TrainConfig:
     # layout of 4-D weights and batches while training: "auto" is channels_last on the CPU (oneDNN's convolutions
     # ran a ResNet-20 step 1.2-1.4x faster so), contiguous elsewhere; the model is handed back contiguous
     memory_format: str = "auto"
+    # arithmetic of the forward pass and its backward: "bf16" runs them under torch.autocast(bfloat16) (weights,
+    # optimiser and the loss stay fp32); about 2x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs.
+    # Evaluation and the exported model stay fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -66,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"warm-up epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.memory_format not in MEMORY_FORMATS:
             raise ConfigError(f"unknown memory_format {self.memory_format!r}; choose from {list(MEMORY_FORMATS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown training precision {self.precision!r}; choose from {list(PRECISIONS)}")
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
@@ -181,6 +188,7 @@ def fit(
             raise ConfigError("resume needs a run folder")
         start, history, layout = _restore(ckpt_path, model, opt, sched, cfg)
     model.to(memory_format=_LAYOUTS[layout])  # in place: the optimiser's parameters stay the model's
+    autocast = _autocast(cfg, dev)
     try:
         t_start = time.perf_counter() - history.seconds
         for epoch in range(start, cfg.epochs):
@@ -197,8 +205,9 @@ def fit(
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if x.dim() == 4:
                     x = x.contiguous(memory_format=_LAYOUTS[layout])
-                out = model(x)
-                loss = loss_fn(out, y)
+                with autocast:
+                    out = model(x)
+                    loss = loss_fn(out, y)
                 if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}. "
@@ -251,6 +260,16 @@ def memory_format(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.memory_format == "auto":
         return "channels_last" if device.type == "cpu" else "contiguous"
     return cfg.memory_format
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The autocast context of cfg.precision on `device` (disabled for fp32)."""
+    if cfg.precision == "fp32":
+        return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", enabled=False)
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"training precision {cfg.precision} runs on cpu or cuda, not {device.type}; "
+                          "use precision fp32 there")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _seed_epoch(loader, seed: int, epoch: int) -> None:

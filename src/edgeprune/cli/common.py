@@ -136,6 +136,9 @@ WarmupEpochs = Annotated[float, typer.Option(help="Multiply --schedule by a line
                                              "the first W batches, W = this many epochs' worth (fractions "
                                              "allowed); 1-2 lets VGG-16 with batch norm train at lr 0.1.")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")]
+Precision = Annotated[str, typer.Option(help="Training arithmetic: fp32, or bf16 (autocast; weights, optimiser "
+                                        "and evaluation stay fp32): about 2x faster on CPUs with AVX512-BF16 "
+                                        "or AMX.")]
 NumClasses = Annotated[int | None, typer.Option(help="Check the data set has this many classes.")]
 InChannels = Annotated[int | None, typer.Option(help="Check the data has this many channels.")]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
@@ -155,7 +158,8 @@ TRAINING_OPTIONS = [
     ("download", Download, False), ("epochs", Epochs, 1), ("lr", Lr, 0.1), ("momentum", Momentum, 0.9),
     ("weight_decay", WeightDecay, 5e-4), ("schedule", Schedule, "cosine"), ("label_smoothing", LabelSmoothing, 0.0),
     ("steps_per_epoch", StepsPerEpoch, None), ("warmup_epochs", WarmupEpochs, 0.0), ("seed", Seed, 0),
-    ("num_classes", NumClasses, None), ("in_channels", InChannels, None), ("device", Device, "cpu"),
+    ("precision", Precision, "fp32"), ("num_classes", NumClasses, None), ("in_channels", InChannels, None),
+    ("device", Device, "cpu"),
     ("name", Name, None), ("runs_dir", RunsDir, Path("runs")), ("overwrite", Overwrite, False),
     ("resume", Resume, False), ("measure_batch", Ints, None), ("measure_threads", Ints, None),
     ("measure_runs", MeasureRuns, 30), ("threads", Threads, "auto"), ("quantize", Quantize, None),
@@ -165,7 +169,7 @@ TRAINING_OPTIONS = [
 # What a run started with --from takes from its source run, not from flags.
 FROM_SOURCE = ("model", "dataset", "data_root", "subset", "test_subset", "batch_size", "download", "epochs", "lr",
                "momentum", "weight_decay", "schedule", "label_smoothing", "steps_per_epoch", "warmup_epochs", "seed",
-               "num_classes", "in_channels")
+               "precision", "num_classes", "in_channels")
 
 
 def training_options(fn):
@@ -230,7 +234,8 @@ def start_run(command: str, args: dict, method: dict | None = None) -> None:
         command=command, model=a["model"], data=data,
         train=TrainConfig(epochs=a["epochs"], lr=a["lr"], momentum=a["momentum"], weight_decay=a["weight_decay"],
                           schedule=a["schedule"], label_smoothing=a["label_smoothing"], seed=a["seed"],
-                          steps_per_epoch=a["steps_per_epoch"], warmup_epochs=a["warmup_epochs"]),
+                          steps_per_epoch=a["steps_per_epoch"], warmup_epochs=a["warmup_epochs"],
+                          precision=a["precision"]),
         measure=jobs.MeasureOptions(batch_sizes=tuple(a["measure_batch"] or (1,)),
                                     threads=tuple(a["measure_threads"] or (1,)), runs=a["measure_runs"]),
         num_classes=a["num_classes"], in_channels=a["in_channels"], method=method or {}, device=a["device"],

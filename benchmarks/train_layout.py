@@ -31,25 +31,34 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 
 def model(kind: str, bundle) -> torch.nn.Module:
+    """A model named as the tables name them: "<model>", "<model> SynFlow <sparsity> masks" (torch's pruning hooks)
+    or "<model> Reconvene SynFlow <sparsity>[ all]" (the sweep's conversion; "all": every layer narrowed), seed 0."""
     torch.manual_seed(0)
-    if kind == "resnet20 SynFlow 0.9 masks":
-        net = create("resnet20", bundle.num_classes, bundle.in_channels)
+    name, *rest = kind.split()
+    if len(rest) >= 3 and rest[0] == "SynFlow" and rest[2] == "masks":
+        net = create(name, bundle.num_classes, bundle.in_channels)
         method = registry.get("synflow")
-        method.entry(net, method.options(sparsity=0.9), bundle.train, bundle.input_shape)
+        method.entry(net, method.options(sparsity=float(rest[1])), bundle.train, bundle.input_shape)
         return net
-    if kind == "resnet20 Reconvene SynFlow 0.9":
-        return build("resnet20", bundle, "synflow", "global", "sqrt", 0.9)
-    return create(kind.split()[0], bundle.num_classes, bundle.in_channels)
+    if len(rest) >= 3 and rest[:2] == ["Reconvene", "SynFlow"]:
+        return build(name, bundle, "synflow", "all" if rest[3:] == ["all"] else "global", "sqrt", float(rest[2]))
+    if rest:
+        raise SystemExit(f"unknown model {kind!r}: give '<model>', '<model> SynFlow 0.9 masks' or '<model> "
+                         "Reconvene SynFlow 0.9[ all]'")
+    return create(name, bundle.num_classes, bundle.in_channels)
 
 
-def step_times(net: torch.nn.Module, layout: torch.memory_format, batches: list, warmup: int = 2) -> list[float]:
+def step_times(net: torch.nn.Module, layout: torch.memory_format, batches: list, warmup: int = 2,
+               bf16: bool = False) -> list[float]:
+    """Seconds of each training step after `warmup` ones; `bf16` under autocast as TrainConfig.precision bf16."""
     net = net.to(memory_format=layout).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn, times = torch.nn.CrossEntropyLoss(), []
     for i, (x, y) in enumerate(batches):
         x = x.contiguous(memory_format=layout)
         t0 = time.perf_counter()
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

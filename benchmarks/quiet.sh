@@ -8,17 +8,17 @@
 # process itself). A Ray sweep's driver only waits, and stays as it is.
 # Ray loses a worker paused for minutes: on 2026-12-08 a 4-minute pause made the raylet drop a training cell's
 # worker, hand its slot to the next cell and queue the dropped one for a retry, while the paused process, let go,
-# trained on. So the cells are let go after QUIET_MAX_S seconds (default 60) whatever the command is doing, with a
-# warning: the rest of its timing ran under load. For longer work, stop the sweep (kill -TERM) and start it again.
+# trained on (a 60-second pause did not). So the cells are let go after QUIET_MAX_S seconds (default 30) whatever
+# the command is doing, with a warning: the rest of its timing ran under load. For longer work, stop the sweep (kill -TERM) and start it again.
 set -u
 if [ $# -eq 0 ]; then
   echo "usage: bash benchmarks/quiet.sh COMMAND [ARGS...]  (runs COMMAND with the sweeps' cells paused;" \
-       "QUIET_MAX_S, default 60, caps the pause)" >&2
+       "QUIET_MAX_S, default 30, caps the pause)" >&2
   exit 2
 fi
-max=${QUIET_MAX_S:-60}
+max=${QUIET_MAX_S:-30}
 case "$max" in
-  ''|*[!0-9]*) echo "quiet.sh: QUIET_MAX_S must be a whole number of seconds, got '$max' (60 is the default)" >&2
+  ''|*[!0-9]*) echo "quiet.sh: QUIET_MAX_S must be a whole number of seconds, got '$max' (30 is the default)" >&2
                exit 2 ;;
 esac
 pids=""

@@ -26,6 +26,17 @@ class Tiny(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class SlowTiny(Tiny):
+    """Tiny, 50 ms a training batch: a cell that stays in flight long enough to be stopped or killed mid-run."""
+
+    def forward(self, x):
+        if self.training:
+            import time
+
+            time.sleep(0.05)
+        return super().forward(x)
+
+
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)

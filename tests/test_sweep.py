@@ -33,6 +33,17 @@ def _statuses(out) -> dict:
     return {k: v["status"] for k, v in json.loads((out / "sweep.json").read_text())["cells"].items()}
 
 
+def _descends(pid: int, ancestor: int | None = None) -> bool:
+    """Whether process `pid` descends from `ancestor` (this process by default), read from /proc."""
+    ancestor = os.getpid() if ancestor is None else ancestor
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        if pid == ancestor:
+            return True
+    return False
+
+
 def _files(folder) -> dict:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
 
@@ -357,6 +368,9 @@ def test_a_failed_cell_stopped_while_being_redone_stays_failed_so_it_starts_agai
     # so the next run starts it again instead of resuming the failed run's checkpoint
     assert sweep_run._plan(cell, out / cell.name, recorded) == "fresh"
     assert sweep_run._plan(cell, out / cell.name, {"status": "interrupted"}) == "resume"
+    # a cell whose Ray worker died under it (killed, out of memory) raised nothing itself: it resumes
+    died = {"status": "failed", "error": {"type": "WorkerCrashedError", "message": "", "worker_died": True}}
+    assert sweep_run._plan(cell, out / cell.name, died) == "resume"
 
 
 def test_a_gpu_device_on_ray_needs_gpus_only_for_cells_still_to_run(tmp_path, monkeypatch):
@@ -402,6 +416,43 @@ def test_ray_starts_the_first_cells_first(tmp_path, monkeypatch):
     sweep.run_sweep(path, executor="ray", num_cpus=1, first=["*random-0.75*", "*magnitude-0.75*"], progress=False)
     assert started == ["conftest_Tiny-random-0.75-seed0", "conftest_Tiny-magnitude-0.75-seed0",
                        "conftest_Tiny-magnitude-0.5-seed0", "conftest_Tiny-random-0.5-seed0"]
+
+
+@pytest.mark.slow
+def test_a_cell_whose_ray_worker_dies_is_not_retried_and_resumes_next_time(tmp_path):
+    pytest.importorskip("ray")
+    import threading
+
+    path = _spec(tmp_path, dense=False, models=["conftest:SlowTiny"], train={"epochs": 40, "lr": 0.05},
+                 methods=[{"name": "magnitude", "sparsities": [0.5]}])
+    out = tmp_path / "t"
+    [cell] = sweep.cells(sweep.load_spec(path))
+    log, killed = out / cell.name / "log.jsonl", []
+
+    def kill_the_worker():  # once it has checkpointed an epoch: SIGKILL, as the kernel's OOM killer would
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.1)
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:  # this test's cell only: a worker of the Ray instance this process started, not another sweep's
+                if proc.joinpath("cmdline").read_bytes().startswith(b"ray::_ray_cell") and _descends(int(proc.name)):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+            except OSError:
+                pass
+
+    killer = threading.Thread(target=kill_the_worker)
+    killer.start()
+    summary = sweep.run_sweep(path, executor="ray", num_cpus=1, progress=False)
+    killer.join()
+    assert killed and summary["counts"] == {"failed": 1}  # recorded once, not started again by Ray
+    error = summary["cells"][cell.name]["error"]
+    assert error["worker_died"] is True
+    epochs = len(log.read_text().splitlines())
+    assert 1 <= epochs < 40
+    summary = sweep.run_sweep(path, progress=False)  # the next sweep goes on from the last checkpoint
+    assert summary["cells"][cell.name]["status"] == "done" and summary["cells"][cell.name]["resumed"] is True
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(1, 41))
 
 
 @pytest.mark.timeout(120)  # a hang fails here; how fast it fails is not a unit test's business

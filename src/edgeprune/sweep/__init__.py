@@ -3,8 +3,8 @@
 Every cell is an ordinary run folder `<out>/<cell>/`, made by the same job as `edgeprune train`/`prune`.
 `<out>/sweep.json` holds the parsed spec and every cell's status, rewritten atomically as each cell lands;
 `<out>/spec.yaml` is a copy of the spec. Re-running a spec skips finished cells (report.json present),
-resumes interrupted ones from their checkpoint and redoes failed ones, so a killed sweep loses at most the
-cells in flight.
+resumes interrupted ones from their checkpoint and redoes failed ones (resumes those whose Ray worker died under
+them), so a killed sweep loses at most the cells' epochs in flight.
 
 Executors: `local` runs the cells one after another in this process; `ray` runs each cell as a Ray task,
 on a local Ray instance or on a cluster (`address`) whose nodes all see `out` (shared storage).

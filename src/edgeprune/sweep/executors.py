@@ -40,9 +40,11 @@ def run_cell(cell: Cell, run_dir: Path, resume: bool = False) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def _failure(e: BaseException) -> dict:
-    return {"status": "failed", "error": {"type": type(e).__name__, "message": str(e),
-                                          "traceback": "".join(traceback.format_exception(e)[-6:])}}
+def _failure(e: BaseException, worker: bool = False) -> dict:
+    """A failed cell's record; `worker`: the process running it died (the run itself raised nothing), so what it
+    checkpointed is sound and the next sweep resumes from it instead of starting it again."""
+    error = {"type": type(e).__name__, "message": str(e), "traceback": "".join(traceback.format_exception(e)[-6:])}
+    return {"status": "failed", "error": {**error, "worker_died": True} if worker else error}
 
 
 @contextlib.contextmanager
@@ -90,7 +92,10 @@ def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
              record: Callable[[Cell, dict], None]) -> None:
     # Each cell is a generator task: its first value says it has started (sweep.json marks it running, as the
     # local executor does), its second is the result.
-    task = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus)(_ray_cell)
+    # No retries: Ray would start a cell whose worker it lost again from its first plan (from scratch, for a fresh
+    # cell), while a worker it lost for being unresponsive may still be training into the same folder. The cell is
+    # recorded failed instead, marked as its worker's failure, and the next sweep resumes it from its last epoch.
+    task = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=0)(_ray_cell)
     pending = {task.remote(cell, run_dir, resume, resources.threads): cell for cell, run_dir, resume in todo}
     t0 = time.perf_counter()
     try:
@@ -102,8 +107,8 @@ def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
             except StopIteration:  # the task ended without a result (cannot happen: _ray_cell yields two)
                 result = {"status": "failed", "seconds": time.perf_counter() - t0,
                           "error": {"type": "RuntimeError", "message": "the task returned nothing", "traceback": ""}}
-            except Exception as e:  # the task's worker died (killed, out of memory): the cell failed
-                result = {**_failure(e), "seconds": time.perf_counter() - t0}
+            except Exception as e:  # the task's worker died (killed, out of memory): not the run's own failure
+                result = {**_failure(e, worker=True), "seconds": time.perf_counter() - t0}
             if result["status"] != "running":
                 pending.pop(ready)
             record(cell, result)

@@ -222,7 +222,9 @@ def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
             raise ConfigError(f"{run_dir} is a finished run with a different {', '.join(changed)} than cell "
                               f"{cell.name} of this spec; write the sweep to another --out, or delete that folder")
         return "finished"
-    failed = _earlier(before).get("status") == "failed"  # a failed cell starts again; an interrupted one resumes
+    # a failed cell starts again; an interrupted one resumes, as does one whose worker died under it
+    earlier = _earlier(before)
+    failed = earlier.get("status") == "failed" and not (earlier.get("error") or {}).get("worker_died")
     # what a resumed run goes on from in place: its epochs, or the pruning result of a cell stopped before its
     # first epoch (a cell started again instead would train in a staging copy that the next stop throws away whole)
     progress = runs.has_progress(run_dir) or (run_dir / runs.PRUNED).is_file()

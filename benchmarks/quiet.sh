@@ -18,35 +18,50 @@ if [ $# -eq 0 ]; then
 fi
 max=${QUIET_MAX_S:-30}
 case "$max" in
-  ''|*[!0-9]*) echo "quiet.sh: QUIET_MAX_S must be a whole number of seconds, got '$max' (30 is the default)" >&2
-               exit 2 ;;
+  ''|*[!0-9]*|0) echo "quiet.sh: QUIET_MAX_S must be a whole number of seconds, at least 1, got '$max'" \
+                      "(30 is the default)" >&2
+                 exit 2 ;;
 esac
+match=${QUIET_MATCH:-}
 pids=""
 for dir in /proc/[0-9]*; do  # /proc itself, not pgrep: procps is not on every machine
   pid=${dir#/proc/}
   [ "$pid" = $$ ] && continue
   args=$(tr '\0' ' ' < "$dir/cmdline" 2>/dev/null) || continue
+  if [ -n "$match" ]; then
+    case "$args" in "$match"*) pids="$pids $pid" ;; esac
+    continue
+  fi
   case "$args" in
     "ray::_ray_cell"*) pids="$pids $pid" ;;
-    *"edgeprune sweep "*) case "$args" in *"--executor ray"*) ;; *) pids="$pids $pid" ;; esac ;;
+    *"edgeprune sweep "*)
+      case "$args" in *"--executor ray"*|*"--executor=ray"*) ;; *) pids="$pids $pid" ;; esac ;;
   esac
 done
 pids=${pids# }
 cmd=""
+watchdog=""
 resume() {
-  [ -n "$cmd" ] && kill "$cmd" 2>/dev/null
+  if [ -n "$cmd" ]; then kill "$cmd" 2>/dev/null; wait "$cmd" 2>/dev/null; fi
   [ -n "$pids" ] && kill -CONT $pids 2>/dev/null
+  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
 }
 trap resume EXIT
 trap 'exit 130' INT TERM
+start=$SECONDS
 if [ -n "$pids" ]; then
   kill -STOP $pids
   echo "quiet.sh: paused sweep cells $pids for at most ${max} s; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  sleep 2
+  if command -v setsid >/dev/null 2>&1; then  # outlives this script, whatever ends it
+    setsid sh -c "sleep $((max + 5)); kill -CONT $pids 2>/dev/null" </dev/null >/dev/null 2>&1 &
+    watchdog=$!
+  fi
+  sleep 1  # the paused cells' last work drains from the cores
+else
+  echo "quiet.sh: no sweep cells running here; the command runs beside whatever else does" >&2
 fi
-"$@" &  # in the background, so that the pause can end while it runs
+"$@" <&0 &  # in the background (stdin kept), so that the pause can end while it runs
 cmd=$!
-start=$SECONDS
 while kill -0 "$cmd" 2>/dev/null; do
   if [ -n "$pids" ] && [ $((SECONDS - start)) -ge "$max" ]; then
     kill -CONT $pids 2>/dev/null

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -106,10 +107,12 @@ def main() -> None:
             ours = jobs.prune(ours_cfg, ours_dir, overwrite=True)
         a.taylor = ours_dir
     steps, kept = ours.details["steps"], ours.details["kept_step"]
-    opts = taylor.TaylorOptions(**{k: v for k, v in method.items() if k not in ("name", "source")})
+    fields = {f.name for f in dataclasses.fields(taylor.TaylorOptions)}  # a budget (`target`) is not one of them
+    opts = taylor.TaylorOptions(**{k: v for k, v in method.items() if k in fields})
     data_name = dense_cfg.data["name"]
     stem = f"taylor_{a.model}{tag}" if data_name == "fashion-mnist" else f"{data_name}/taylor/vs_torch_pruning_" \
         f"{a.model}{tag}"
+    (RESULTS / stem).parent.mkdir(parents=True, exist_ok=True)
 
     # the runs above set their threads themselves; torch-pruning's baseline runs with as many as --threads says
     torch.set_num_threads(threads.resolve(a.threads))

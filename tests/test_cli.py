@@ -49,6 +49,11 @@ def test_precision_reaches_the_run_config_and_a_bad_one_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert "unknown training precision 'fp16'; choose from ['fp32', 'bf16']" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
+    # NeuroFlux's block-wise training has its own loop, in fp32: refused before any work, not silently ignored
+    result = _invoke("-q", "neuroflux", "-m", "lenet5", "-d", "synthetic", "-e", "1", "--memory-budget", "64MiB",
+                     "--precision", "bf16", "--runs-dir", tmp_path, "--name", "nf")
+    assert result.exit_code == 2 and "does not apply to neuroflux" in result.output, result.output
+    assert not (tmp_path / "nf").exists()
 
 
 def test_existing_run_is_refused_and_untouched(run):

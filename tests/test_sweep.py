@@ -267,9 +267,33 @@ def test_first_puts_the_matching_cells_and_their_sources_ahead_in_the_order_of_t
     # no --first: the spec's order, as before
     assert sweep_run._batches(cells, run, "local", sweep_run._ranks(cells, [])) == sweep_run._batches(
         cells, run, "local")
+    # within a chain, the cell asked for before its siblings (after its source)
+    spec2 = sweep.load_spec(_spec(tmp_path, models=["resnet20"], methods=[
+        {"name": "taylor", "max_drop": [1.0, 2.0]}]))
+    cells2 = sweep.cells(spec2)
+    run2 = [(c, tmp_path / c.name, False) for c in cells2]
+    ranks2 = sweep_run._ranks(cells2, ["*max_drop=2.0*"])
+    order = ["resnet20-dense-seed0", "resnet20-taylor-max_drop=2.0-seed0", "resnet20-taylor-max_drop=1.0-seed0"]
+    assert [r[0].name for r in sweep_run._batches(cells2, run2, "local", ranks2)[0]] == order
+    assert [r[0].name for b in sweep_run._batches(cells2, run2, "ray", ranks2) for r in b] == order
     with pytest.raises(ConfigError, match=r"--first 'vgg19-\*' matches no cell.*resnet20-dense-seed0"):
         sweep.run_sweep(_spec(tmp_path, models=["resnet20"]), first=["vgg19-*"], progress=False)
     assert not (tmp_path / "t").exists()
+
+
+def test_worker_deaths_are_counted_and_never_hide_a_failure_of_the_run_itself():
+    died = {"status": "failed", "error": {"type": "WorkerCrashedError", "message": "killed", "worker_died": True}}
+    first = sweep_run._with_deaths(died, {"status": "interrupted"})
+    assert first["error"]["worker_died"] is True and first["error"]["worker_deaths"] == 1
+    second = sweep_run._with_deaths(died, first)
+    assert second["error"]["worker_deaths"] == 2 and second["error"]["worker_died"] is True
+    third = sweep_run._with_deaths(died, second)  # it keeps dying: the next sweep starts it again
+    assert third["error"]["worker_died"] is False and "died 3 times in a row" in third["error"]["message"]
+    # a cell that diverged and was being redone elsewhere keeps its own failure: nothing of its to resume
+    diverged = {"status": "failed", "error": {"type": "TrainingDiverged", "message": "loss became nan"}}
+    assert sweep_run._with_deaths(died, diverged)["error"] == diverged["error"]
+    done = {"status": "done", "error": None}
+    assert sweep_run._with_deaths(done, diverged) == done
 
 
 def test_cells_expand_option_lists_and_seeds_with_stable_names(tmp_path):

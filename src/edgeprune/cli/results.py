@@ -62,7 +62,9 @@ def sweep(
     first: Annotated[list[str] | None, typer.Option("--first", metavar="PATTERN", help="Run the cells matching "
                                                     "this pattern before the others (repeatable: the first "
                                                     "pattern's first), with the cells they start from; the rest "
-                                                    "follow in the spec's order.")] = None,
+                                                    "follow in the spec's order. With Ray a cell that starts "
+                                                    "from another still waits for that cell's whole stage.")]
+    = None,
     device: Annotated[str | None, typer.Option(help="Run the cells on this device (cpu, cuda, cuda:N) instead of "
                                                "the spec's; a finished cell counts as finished wherever it ran.")]
     = None,

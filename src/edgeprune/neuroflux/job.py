@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from .. import data, kinds, lifecycle
+from ..errors import ConfigError
 from ..progress import Reporter
 from ..record import RunConfig, RunReport, write_report
 from ..runs import REPORT
@@ -34,6 +35,9 @@ def run(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume:
         progress: Reporter | None = None) -> RunReport:
     """Train cfg.model block-wise under the memory budget of cfg.method, save the chosen exit as the run's model."""
     settings = settings_of(cfg)
+    if cfg.train.precision != "fp32":
+        raise ConfigError(f"training precision {cfg.train.precision} does not apply to neuroflux: its block-wise "
+                          "training runs in fp32; leave --precision at fp32")
     bound_heap()  # before the data set and the model are allocated: the whole run follows one allocator rule
     # caching a block's outputs fixes its inputs: the later blocks see the images un-augmented, so all do
     bundle = data.loaders(**{**cfg.data, "augment": False, "val_size": settings.val_size})

@@ -107,14 +107,23 @@ def _run_ray(ray, resources: Resources, todo: list[tuple[Cell, Path, bool]],
             except StopIteration:  # the task ended without a result (cannot happen: _ray_cell yields two)
                 result = {"status": "failed", "seconds": time.perf_counter() - t0,
                           "error": {"type": "RuntimeError", "message": "the task returned nothing", "traceback": ""}}
-            except Exception as e:  # the task's worker died (killed, out of memory): not the run's own failure
-                result = {**_failure(e, worker=True), "seconds": time.perf_counter() - t0}
+            except Exception as e:  # the task's worker died (killed, out of memory), or Ray could not run it
+                result = {**_failure(e, worker=_worker_died(ray, e)), "seconds": time.perf_counter() - t0}
             if result["status"] != "running":
                 pending.pop(ready)
             record(cell, result)
     finally:
         for ref in pending:  # interrupted: the cells in flight are lost, the rest never start
             ray.cancel(ref, force=True)
+
+
+def _worker_died(ray, e: BaseException) -> bool:
+    """Whether Ray lost the process or node running a cell (killed, out of memory), as against a task that raised
+    or could not start: only then is what the run checkpointed sound to resume from."""
+    lost = tuple(getattr(ray.exceptions, name) for name in ("WorkerCrashedError", "OutOfMemoryError",
+                                                            "NodeDiedError", "LocalRayletDiedError")
+                 if hasattr(ray.exceptions, name))
+    return isinstance(e, lost)
 
 
 def _ray_cell(cell: Cell, run_dir: Path, resume: bool, threads: int) -> Iterator[dict]:

@@ -75,14 +75,21 @@ def _matching(todo: list[Cell], patterns: list[str], flag: str) -> list[set[str]
     return matched
 
 
-def _ranks(todo: list[Cell], patterns: list[str]) -> dict[str, int]:
-    """Each cell's chain's place in line: the index of the first of `patterns` that a cell of the chain matches
-    (a cell's sources go when it does), or len(patterns) for a chain none matches."""
-    roots, ranks = _roots(todo), {}
-    for matched, rank in zip(reversed(_matching(todo, patterns, "--first")), reversed(range(len(patterns))),
-                             strict=True):
-        ranks.update(dict.fromkeys((roots[n] for n in matched), rank))  # the earliest pattern written last
-    return {c.name: ranks.get(roots[c.name], len(patterns)) for c in todo}
+def _ranks(todo: list[Cell], patterns: list[str]) -> dict[str, tuple[int, int]]:
+    """Each cell's place in line from `patterns`: (its chain's rank, its own). A cell's own rank is the index of
+    the first pattern that it or a cell starting from it matches (a cell's sources go when it does), len(patterns)
+    if none does; its chain's rank is the best own rank in the chain."""
+    matched = _matching(todo, patterns, "--first")
+    own = {c.name: next((i for i, names in enumerate(matched) if c.name in names), len(patterns)) for c in todo}
+    for c in reversed(todo):  # cells() lists a cell after the one it starts from: children before their source
+        source = _source(c)
+        if source in own:
+            own[source] = min(own[source], own[c.name])
+    roots = _roots(todo)
+    chain: dict[str, int] = {}
+    for c in todo:
+        chain[roots[c.name]] = min(chain.get(roots[c.name], len(patterns)), own[c.name])
+    return {c.name: (chain[roots[c.name]], own[c.name]) for c in todo}
 
 
 def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
@@ -95,7 +102,7 @@ def _select(todo: list[Cell], patterns: list[str]) -> set[str]:
 
 
 def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], picked: set[str],
-                ranks: dict[str, int], executor: str, address: str | None, connect_timeout: float,
+                ranks: dict[str, tuple[int, int]], executor: str, address: str | None, connect_timeout: float,
                 num_cpus: int | None, report: Reporter) -> dict:
     before = _read_statuses(folder / SWEEP)
     # cells not selected are only looked at, never refused: a finished one counts, the rest wait
@@ -132,6 +139,7 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
 
         def record(cell: Cell, result: dict) -> None:
             nonlocal done
+            result = _with_deaths(result, _earlier(before.get(cell.name)))
             summary["cells"][cell.name].update(result)
             save()
             if result["status"] != "running":
@@ -165,23 +173,25 @@ def _run_locked(spec: SweepSpec, text: str, folder: Path, todo: list[Cell], pick
     return summary
 
 
-def _batches(todo: list[Cell], run: list, executor: str, ranks: dict[str, int] | None = None) -> list[list]:
+def _batches(todo: list[Cell], run: list, executor: str,
+             ranks: dict[str, tuple[int, int]] | None = None) -> list[list]:
     """The cells to run, in the batches the executor gets them. A cell that starts from another cell's run (a
     trained-run method from the dense cell, an INT8 copy from its cell) waits for it. Ray runs a whole stage of
-    that dependency at once; one at a time (local), each chain (a model and seed's dense run, what starts from it,
-    their INT8 copies) finishes before the next chain starts, in the spec's order, so a cheap model's cells are
-    all done before an expensive model's first epoch. `ranks` (from --first) goes before both: the chains of
-    rank 0 first, and within a Ray stage its cells first (Ray starts tasks of one shape in the order given)."""
+    that dependency at once, one stage after another; one at a time (local), each chain (a model and seed's dense
+    run, what starts from it, their INT8 copies) finishes before the next chain starts, in the spec's order, so a
+    cheap model's cells are all done before an expensive model's first epoch. `ranks` (from --first) goes before
+    both: the chains it puts first go first, and within a chain or a Ray stage the cells it puts first (Ray starts
+    tasks of one shape in the order given). With Ray a stage still waits for the one before it."""
     stages, roots, ranks = _stages(todo), _roots(todo), ranks or {}
     place = {c.name: i for i, c in enumerate(todo)}
+    rank = lambda name: ranks.get(name, (0, 0))  # noqa: E731
     if executor == "local":
         first: dict[str, int] = {}  # each chain's place: where its first cell is listed
         for i, c in enumerate(todo):
             first.setdefault(roots[c.name], i)
-        return [sorted(run, key=lambda r: (ranks.get(r[0].name, 0), first[roots[r[0].name]], stages[r[0].name]))
-                ] if run else []
-    return [sorted((r for r in run if stages[r[0].name] == stage),
-                   key=lambda r: (ranks.get(r[0].name, 0), place[r[0].name]))
+        return [sorted(run, key=lambda r: (rank(r[0].name)[0], first[roots[r[0].name]], stages[r[0].name],
+                                           rank(r[0].name)[1], place[r[0].name]))] if run else []
+    return [sorted((r for r in run if stages[r[0].name] == stage), key=lambda r: (*rank(r[0].name), place[r[0].name]))
             for stage in sorted(set(stages.values()))]
 
 
@@ -233,6 +243,27 @@ def _plan(cell: Cell, run_dir: Path, before: dict | None) -> str:
         raise ConfigError(f"{run_dir} was interrupted while training on {old}; resume it there (--device {old}), "
                           f"or delete that folder to start it again on {cell.cfg.device}")
     return "resume" if (run_dir / runs.CONFIG).is_file() and changed == [] and progress and not failed else "fresh"
+
+
+MAX_WORKER_DEATHS = 3  # a cell whose worker dies this many times in a row starts again instead of resuming
+
+
+def _with_deaths(result: dict, earlier: dict) -> dict:
+    """A cell's result with its worker deaths counted. A cell that failed on its own and was being redone keeps
+    that failure when its worker dies (it was not training in its own folder: nothing there to resume); a cell
+    whose worker keeps dying stops being resumed after MAX_WORKER_DEATHS."""
+    error = result.get("error") or {}
+    if result.get("status") != "failed" or not error.get("worker_died"):
+        return result
+    before = earlier.get("error") or {}
+    if earlier.get("status") == "failed" and not before.get("worker_died"):
+        return {**result, "error": before}
+    deaths = (before.get("worker_deaths", 1) if before.get("worker_died") else 0) + 1
+    error = {**error, "worker_deaths": deaths}
+    if deaths >= MAX_WORKER_DEATHS:
+        error.update(worker_died=False, message=f"{error['message']} (its worker died {deaths} times in a row: "
+                                                "it starts again next time)")
+    return {**result, "error": error}
 
 
 def _earlier(status: dict | None) -> dict:

@@ -67,6 +67,26 @@ def step_times(net: torch.nn.Module, layout: torch.memory_format, batches: list,
     return times
 
 
+def alternate(kinds: list[str], variants: dict[str, dict], rounds: int, steps: int) -> tuple[object, list[dict]]:
+    """Training-step medians (s) of each model kind under each of `variants` (name -> step_times keywords), the
+    variants timed alternately on a fresh copy of the model each time (so all start from the same weights), 1
+    torch thread, on real CIFAR-10 batches; (the data bundle, one row a kind: model, steps, <variant>_s)."""
+    torch.set_num_threads(1)
+    bundle = data.loaders("cifar10", batch_size=128)
+    batches, it = [], iter(bundle.train)
+    while len(batches) < steps + 2:
+        batches.append(next(it))
+    rows = []
+    for kind in kinds:
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, how in variants.items():
+                times[name] += step_times(model(kind, bundle), batches=batches, **how)
+        rows.append({"model": kind, "steps": len(times[next(iter(variants))]),
+                     **{f"{name}_s": statistics.median(t) for name, t in times.items()}})
+    return bundle, rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet20", "resnet20 SynFlow 0.9 masks",
@@ -74,21 +94,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    bundle = data.loaders("cifar10", batch_size=128)
-    batches, it = [], iter(bundle.train)
-    while len(batches) < args.steps + 2:
-        batches.append(next(it))
-    rows = []
-    for kind in args.models:
-        times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-        for _ in range(args.rounds):
-            for name, layout in LAYOUTS.items():  # a fresh copy each time, so both start from the same weights
-                times[name] += step_times(model(kind, bundle), layout, batches)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        rows.append({"model": kind, "steps": len(times["contiguous"]), "contiguous_s": med["contiguous"],
-                     "channels_last_s": med["channels_last"], "speedup": med["contiguous"] / med["channels_last"]})
-        print(rows[-1], flush=True)
+    bundle, rows = alternate(args.models, {name: {"layout": layout} for name, layout in LAYOUTS.items()},
+                             args.rounds, args.steps)
+    for row in rows:
+        row["speedup"] = row["contiguous_s"] / row["channels_last_s"]
+        print(row, flush=True)
     payload = {"environment": environment(), "load_average": os.getloadavg(), "data": bundle.name,
                "data_copy": bundle.copy, "rounds": args.rounds, "steps": args.steps, "rows": rows}
     write_results("train_layout", report(payload), payload)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from pathlib import Path
 
 import torch
 from common import measured, write_results
-from train_layout import model, step_times
+from train_layout import alternate
 
-from edgeprune import data
 from edgeprune.measure import environment
 
 PRECISIONS = {"fp32": False, "bf16": True}
@@ -48,21 +46,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    bundle = data.loaders("cifar10", batch_size=128)
-    batches, it = [], iter(bundle.train)
-    while len(batches) < args.steps + 2:
-        batches.append(next(it))
-    rows = []
-    for kind in args.models:
-        times: dict[str, list[float]] = {name: [] for name in PRECISIONS}
-        for _ in range(args.rounds):
-            for name, bf16 in PRECISIONS.items():  # a fresh copy each time, so both start from the same weights
-                times[name] += step_times(model(kind, bundle), torch.channels_last, batches, bf16=bf16)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        rows.append({"model": kind, "steps": len(times["fp32"]), "fp32_s": med["fp32"], "bf16_s": med["bf16"],
-                     "speedup": med["fp32"] / med["bf16"]})
-        print(rows[-1], flush=True)
+    bundle, rows = alternate(args.models, {name: {"layout": torch.channels_last, "bf16": bf16}
+                                           for name, bf16 in PRECISIONS.items()}, args.rounds, args.steps)
+    for row in rows:
+        row["speedup"] = row["fp32_s"] / row["bf16_s"]
+        print(row, flush=True)
     payload = {"environment": environment(), "cpu_flags": cpu_flags(), "load_average": os.getloadavg(),
                "data": bundle.name, "data_copy": bundle.copy, "rounds": args.rounds, "steps": args.steps,
                "rows": rows}

@@ -384,3 +384,14 @@ def test_compare_table_names_precision_runtime_and_onnx_sizes(tmp_path):
     line = report.verdicts({"fp32": fp32, "int8": int8}, "side by side")[0]
     assert "model.onnx 4.0× smaller (fp32 → int8; gzip 6.0×" in line
     assert "accuracy -0.5 points (onnxruntime vs torch)" in line
+
+
+def test_the_training_budget_names_bf16_and_counts_fp32_as_before():
+    from edgeprune.report.collect import _training
+
+    train = {"epochs": 30, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "seed": 0}
+    before = _training({"data": {"name": "cifar10"}, "train": train})  # a run recorded before there was a choice
+    fp32 = _training({"data": {"name": "cifar10"}, "train": {**train, "precision": "fp32"}})
+    bf16 = _training({"data": {"name": "cifar10"}, "train": {**train, "precision": "bf16"}})
+    assert fp32 == before and "autocast" not in fp32.schedule
+    assert bf16.key != fp32.key and bf16.schedule.endswith("cosine schedule, bf16 autocast")

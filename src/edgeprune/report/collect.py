@@ -187,6 +187,8 @@ def _training(config: dict) -> Training:
     data = config.get("data") or {}
     t = dict(config.get("train") or {})
     seed = t.pop("seed", None)
+    if t.get("precision", "fp32") == "fp32":  # the default, and what runs recorded before there was a choice
+        t.pop("precision", None)
     key = (json.dumps(config.get("data"), sort_keys=True), json.dumps(t, sort_keys=True))
     data_text = ", ".join(f"{k} {v}" for k, v in sorted(data.items()) if k not in ("name", "root")) or "all of it"
     if not t:
@@ -199,6 +201,8 @@ def _training(config: dict) -> Training:
         text += f", linear warm-up over {t['warmup_epochs']:g} epoch(s)"
     if t.get("label_smoothing"):
         text += f", label smoothing {t['label_smoothing']}"
+    if t.get("precision"):
+        text += f", {t['precision']} autocast"
     return Training(data_text, text, seed, key)
 
 

@@ -39,8 +39,10 @@ def size_mib(folder: Path) -> float:
 
 
 def cells(root: Path) -> list[Path]:
-    """Run folders (a config.json) of the CIFAR-10 sweeps under `root`."""
-    return sorted(c for s in SWEEPS for c in (root / s).glob("*/") if (c / "config.json").exists())
+    """Run folders (a config.json) of the CIFAR-10 sweeps under `root`; not a sweep's hidden staging copies (a cell
+    started again beside its old folder), which the sweep never resumes from."""
+    return sorted(c for s in SWEEPS for c in (root / s).glob("*/")
+                  if not c.name.startswith(".") and (c / "config.json").exists())
 
 
 LOCAL, PORTABLE = str(RUNS.resolve()), "benchmarks/runs"

@@ -50,12 +50,12 @@ trap resume EXIT
 trap 'exit 130' INT TERM
 start=$SECONDS
 if [ -n "$pids" ]; then
-  kill -STOP $pids
-  echo "quiet.sh: paused sweep cells $pids for at most ${max} s; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  if command -v setsid >/dev/null 2>&1; then  # outlives this script, whatever ends it
+  if command -v setsid >/dev/null 2>&1; then  # outlives this script, whatever ends it; started before the pause
     setsid sh -c "sleep $((max + 5)); kill -CONT $pids 2>/dev/null" </dev/null >/dev/null 2>&1 &
     watchdog=$!
   fi
+  kill -STOP $pids
+  echo "quiet.sh: paused sweep cells $pids for at most ${max} s; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   sleep 1  # the paused cells' last work drains from the cores
 else
   echo "quiet.sh: no sweep cells running here; the command runs beside whatever else does" >&2

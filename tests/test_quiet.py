@@ -1,6 +1,7 @@
 """benchmarks/quiet.sh: sweep cells paused while a timing command runs, and always let go after."""
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_a_long_command_gets_the_cells_back_after_quiet_max_s(cell):
     assert _state(cell) in "SR"
 
 
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="the watchdog needs setsid (util-linux)")
 def test_the_cells_go_on_even_when_the_script_is_killed_outright(cell):
     # SIGKILL runs no trap: the detached watchdog lets them go after QUIET_MAX_S + 5 s
     proc = subprocess.Popen(["bash", str(QUIET), "sleep", "30"], env={**ENV, "QUIET_MAX_S": "1"},

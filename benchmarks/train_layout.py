@@ -26,6 +26,7 @@ from edgeprune import data
 from edgeprune.measure import environment
 from edgeprune.methods import registry
 from edgeprune.models import create
+from edgeprune.train import autocast
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -50,14 +51,14 @@ def model(kind: str, bundle) -> torch.nn.Module:
 
 def step_times(net: torch.nn.Module, layout: torch.memory_format, batches: list, warmup: int = 2,
                bf16: bool = False) -> list[float]:
-    """Seconds of each training step after `warmup` ones; `bf16` under autocast as TrainConfig.precision bf16."""
+    """Seconds of each training step after `warmup` ones; `bf16` as training runs TrainConfig.precision bf16."""
     net = net.to(memory_format=layout).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn, times = torch.nn.CrossEntropyLoss(), []
     for i, (x, y) in enumerate(batches):
         x = x.contiguous(memory_format=layout)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast("bf16" if bf16 else "fp32", torch.device("cpu")):
             loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

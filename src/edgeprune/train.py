@@ -4,6 +4,7 @@ exact resume, NaN guard. Masks applied with torch.nn.utils.prune stay in force b
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -188,7 +189,7 @@ def fit(
             raise ConfigError("resume needs a run folder")
         start, history, layout = _restore(ckpt_path, model, opt, sched, cfg)
     model.to(memory_format=_LAYOUTS[layout])  # in place: the optimiser's parameters stay the model's
-    autocast = _autocast(cfg, dev)
+    in_precision = autocast(cfg.precision, dev)
     try:
         t_start = time.perf_counter() - history.seconds
         for epoch in range(start, cfg.epochs):
@@ -205,7 +206,7 @@ def fit(
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if x.dim() == 4:
                     x = x.contiguous(memory_format=_LAYOUTS[layout])
-                with autocast:
+                with in_precision:
                     out = model(x)
                     loss = loss_fn(out, y)
                 if not torch.isfinite(loss):  # the run folder's owner says what was kept (runs.open_run)
@@ -262,12 +263,13 @@ def memory_format(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.memory_format
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """The autocast context of cfg.precision on `device` (disabled for fp32)."""
-    if cfg.precision == "fp32":
-        return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", enabled=False)
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a training step's forward and loss run in for TrainConfig.precision `precision` on `device`:
+    torch.autocast(bfloat16) for bf16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"training precision {cfg.precision} runs on cpu or cuda, not {device.type}; "
+        raise ConfigError(f"training precision {precision} runs on cpu or cuda, not {device.type}; "
                           "use precision fp32 there")
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

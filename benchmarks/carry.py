@@ -38,6 +38,10 @@ def size_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
+def largest_mib(folder: Path) -> float:
+    return max((f.stat().st_size for f in folder.rglob("*") if f.is_file()), default=0) / 2**20
+
+
 def cells(root: Path) -> list[Path]:
     """Run folders (a config.json) of the CIFAR-10 sweeps under `root`; not a sweep's hidden staging copies (a cell
     started again beside its old folder), which the sweep never resumes from."""
@@ -76,12 +80,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("direction", choices=["save", "restore"])
     ap.add_argument("--max-mib", type=float, default=16.0, help="carry only cells this small (default 16)")
+    ap.add_argument("--max-file-mib", type=float, default=4.5, help="and whose every file is this small (default "
+                    "4.5: the repository's checks flag tracked files over 5 MB)")
     args = ap.parse_args()
     src, dst = (RUNS, CARRIED) if args.direction == "save" else (CARRIED, RUNS)
     for cell in cells(src):
         target = dst / cell.relative_to(src)
         if args.direction == "save" and size_mib(cell) > args.max_mib:
             print(f"left behind (over {args.max_mib:g} MiB): {cell.relative_to(src)}")
+            continue
+        if args.direction == "save" and largest_mib(cell) > args.max_file_mib:
+            print(f"left behind (a file over {args.max_file_mib:g} MiB): {cell.relative_to(src)}")
+            if target.exists():  # carried earlier while it was smaller: not tracked any more
+                shutil.rmtree(target)
             continue
         same_config = target.exists() and _config(target) == _config(cell)
         if target.exists() and not same_config and args.direction == "restore":
